@@ -1,0 +1,44 @@
+"""adaptkit: a plugin-based toolkit for LoRA adapters.
+
+The public API is imported lazily so ``import adaptkit`` (and ``adaptkit --help``) never pulls
+in torch::
+
+    from adaptkit import Adapter, LoraPair, load_adapter, save_adapter
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from adaptkit.__about__ import __version__
+from adaptkit.errors import AdaptkitError
+from adaptkit.hookspecs import hookimpl
+
+_LAZY = {
+    "Adapter": "adaptkit.adapter",
+    "BaseModelInfo": "adaptkit.adapter",
+    "Producer": "adaptkit.adapter",
+    "LoraPair": "adaptkit.lora",
+    "load_adapter": "adaptkit.native",
+    "save_adapter": "adaptkit.native",
+    "load_spec": "adaptkit.specs",
+    "load_registry": "adaptkit.plugins",
+    "get_registry": "adaptkit.plugins",
+    "describe_adapter": "adaptkit.summary",
+}
+
+__all__ = ["AdaptkitError", "__version__", "hookimpl", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'adaptkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,103 @@
+"""An adapter: LoRA updates for many target modules plus who made it, for what, and how."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from adaptkit.errors import InvalidAdapterError
+from adaptkit.lora import LoraPair
+
+#: Version of the native format written by this release (the ``format_version`` manifest key).
+FORMAT_VERSION = 1
+
+# Module paths as PyTorch names them: dot-separated, no empty segment, no whitespace/slashes.
+_MODULE_PATH = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+
+
+@dataclass
+class BaseModelInfo:
+    """Identity of the base model an adapter was made for.
+
+    Args:
+        name: A Hugging Face id or local name (``base_model_name_or_path`` in PEFT).
+        revision: A commit/revision of that model, when known.
+    """
+
+    name: str | None = None
+    revision: str | None = None
+
+
+@dataclass
+class Producer:
+    """What produced the adapter: adaptkit's version and the component (format, backend,
+    strategy) that made it."""
+
+    name: str = "adaptkit"
+    version: str | None = None
+    component: str | None = None
+
+
+@dataclass
+class Adapter:
+    """LoRA updates keyed by module path (PEFT naming without ``base_model.model.``).
+
+    Args:
+        targets: ``module path -> LoraPair``, e.g. ``"model.layers.0.self_attn.q_proj"``.
+        base_model: Which base model the adapter belongs to.
+        producer: Which adaptkit component produced it.
+        provenance: Free-form JSON record of how it was made (recipe, input hashes, seeds,
+            library versions).
+        format_version: Native format version; :data:`FORMAT_VERSION` for new adapters.
+    """
+
+    targets: dict[str, LoraPair]
+    base_model: BaseModelInfo = field(default_factory=BaseModelInfo)
+    producer: Producer = field(default_factory=Producer)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def problems(self, *, check_values: bool = True) -> list[str]:
+        """Every problem with this adapter as ``target: message`` (empty when valid).
+
+        Args:
+            check_values: Also scan every factor for NaN/Inf.
+        """
+        problems = []
+        if not self.targets:
+            problems.append("adapter has no targets")
+        for name, pair in self.targets.items():
+            if not isinstance(name, str) or not _MODULE_PATH.match(name):
+                problems.append(f"{name!r}: not a valid module path")
+                continue
+            if not isinstance(pair, LoraPair):
+                problems.append(f"{name}: expected a LoraPair, got {type(pair).__name__}")
+                continue
+            problems += [f"{name}: {p}" for p in pair.structure_problems()]
+            if check_values:
+                problems += [
+                    f"{name}.{label}.weight: contains NaN or Inf values"
+                    for label in pair.check_finite()
+                ]
+        return problems
+
+    def validate(self, *, check_values: bool = True) -> None:
+        """Raise :class:`InvalidAdapterError` listing every problem."""
+        problems = self.problems(check_values=check_values)
+        if problems:
+            raise InvalidAdapterError.from_problems(problems)
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        return {name: pair.rank for name, pair in self.targets.items()}
+
+    def num_params(self) -> int:
+        return sum(pair.num_params() for pair in self.targets.values())
+
+    def __repr__(self) -> str:
+        ranks = sorted(set(self.ranks.values()))
+        return (
+            f"Adapter({len(self.targets)} targets, ranks={ranks}, "
+            f"base_model={self.base_model.name!r})"
+        )

@@ -1,0 +1,58 @@
+"""Atomic output: a destination is either its old complete self or the new complete file.
+
+Writers produce a temp file *in the destination's folder* (so the final ``os.replace`` is a
+same-filesystem rename, which POSIX makes atomic), fsync it, rename it over the destination
+and fsync the folder. Any failure, ``KeyboardInterrupt`` included, removes the temp file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Directory fsync makes the rename durable; not every platform supports it.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path beside ``destination``; on success it replaces ``destination``.
+
+    The caller writes the complete file to the yielded path. Nothing is visible at
+    ``destination`` until the block exits without an exception.
+    """
+    dest = Path(destination)
+    folder = dest.parent if str(dest.parent) else Path(".")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(folder)
+
+
+def atomic_write_bytes(destination: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``destination`` atomically (see module docstring)."""
+    with atomic_path(destination) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)

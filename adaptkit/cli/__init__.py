@@ -1,0 +1,109 @@
+"""The ``adaptkit`` command line.
+
+Start-up stays fast: this module imports only click; commands import torch & co. inside
+their bodies. Errors follow one contract: an :class:`~adaptkit.errors.AdaptkitError` (or a
+usage error) prints a single ``error: ...`` line on stderr and exits with code 2; ``--debug``
+(or ``ADAPTKIT_DEBUG=1``) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from adaptkit.__about__ import __version__
+from adaptkit.errors import AdaptkitError
+
+
+class AdaptkitGroup(click.Group):
+    """Root group that adds plugin commands (``register_commands``) on first lookup."""
+
+    _plugins_loaded = False
+
+    def _load_plugin_commands(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        from adaptkit.errors import PluginError
+        from adaptkit.plugins import get_registry
+
+        hook = get_registry().pm.hook.register_commands
+        for impl in hook.get_hookimpls():
+            before = dict(self.commands)
+            impl.function(**{arg: self for arg in impl.argnames})
+            for name, cmd in list(self.commands.items()):
+                if name in before and before[name] is not cmd:
+                    self.commands[name] = before[name]
+                    raise PluginError(
+                        f"plugin {impl.plugin_name!r} adds command {name!r}, which already exists"
+                    )
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            self._load_plugin_commands()
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=AdaptkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="adaptkit")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+def cli(debug: bool) -> None:
+    """adaptkit: LoRA adapters you can combine exactly, merge honestly and export fast.
+
+    A SPEC is an adapter file (.safetensors), an adapter directory a format plugin knows
+    (e.g. PEFT), or an adapter manifest YAML (adapter: PATH, weight: W, name: N).
+
+    \b
+    Examples:
+      adaptkit inspect lora.safetensors --json
+      adaptkit validate a.yaml b.yaml
+      adaptkit plugins
+    """
+
+
+def _register_builtin_commands() -> None:
+    from adaptkit.cli import inspect_cmd, plugins_cmd, validate_cmd
+
+    for module in (plugins_cmd, inspect_cmd, validate_cmd):
+        cli.add_command(module.command)
+
+
+_register_builtin_commands()
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("ADAPTKIT_DEBUG", "") not in ("", "0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns (and exits with) the process exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        rv = cli.main(args=args, prog_name="adaptkit", standalone_mode=False)
+    except AdaptkitError as exc:
+        if _debug_requested(args):
+            traceback.print_exc()
+        click.echo(f"error: {exc.one_line()}", err=True)
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        code = 130
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        code = 130
+    except click.ClickException as exc:
+        where = f" (see '{exc.ctx.command_path} --help')" if getattr(exc, "ctx", None) else ""
+        click.echo(f"error: {' '.join(exc.format_message().split())}{where}", err=True)
+        code = 2
+    else:
+        code = rv if isinstance(rv, int) else 0
+    if argv is None:
+        sys.exit(code)
+    return code

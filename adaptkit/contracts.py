@@ -1,0 +1,76 @@
+"""Contracts (Protocols) for what plugins register.
+
+Each kind shares a small common surface — a ``name`` (lower-case, ``[a-z0-9_-]``), a
+one-line ``description``, and optionally ``requires``: a mapping from an importable module
+name to the pip requirement that provides it (checked with ``importlib.util.find_spec``,
+never imported, so a missing heavy dependency is reported instead of crashing start-up).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from adaptkit.adapter import Adapter
+
+
+@runtime_checkable
+class Plugin(Protocol):
+    """What every registered object has."""
+
+    name: str
+    description: str
+
+
+@runtime_checkable
+class AdapterFormat(Plugin, Protocol):
+    """Reads (and optionally writes) adapters in some on-disk format."""
+
+    def detect(self, path: Path) -> bool:
+        """True if ``path`` is in this format. Must be cheap and must not raise."""
+        ...
+
+    def read(self, path: Path) -> Adapter:
+        """Load ``path`` into an :class:`~adaptkit.adapter.Adapter`.
+
+        Raises:
+            AdaptkitError: for anything wrong with the input, naming the file and key.
+        """
+        ...
+
+
+@runtime_checkable
+class WritableFormat(AdapterFormat, Protocol):
+    """A format that can also write adapters."""
+
+    def write(self, adapter: Adapter, path: Path, *, overwrite: bool = False) -> Path:
+        """Write ``adapter`` to ``path`` atomically; refuse an existing output unless
+        ``overwrite``."""
+        ...
+
+
+@runtime_checkable
+class Backend(Plugin, Protocol):
+    """A training backend (``adaptkit train --backend NAME``)."""
+
+
+@runtime_checkable
+class MergeStrategy(Plugin, Protocol):
+    """A way to combine several adapters' updates (``adaptkit combine --strategy NAME``)."""
+
+
+@runtime_checkable
+class Exporter(Plugin, Protocol):
+    """Turns a base model plus adapters into a deployable artefact (``adaptkit export``)."""
+
+
+#: Registry kind -> (hook name, contract, attributes the contract requires). The single source
+#: the registry, the CLI and the docs use.
+KINDS: Mapping[str, tuple[str, type, tuple[str, ...]]] = {
+    "format": ("register_formats", AdapterFormat, ("name", "description", "detect", "read")),
+    "backend": ("register_backends", Backend, ("name", "description")),
+    "strategy": ("register_merge_strategies", MergeStrategy, ("name", "description")),
+    "exporter": ("register_exporters", Exporter, ("name", "description")),
+}

@@ -1,0 +1,153 @@
+"""One target module's LoRA update.
+
+A LoRA update replaces a frozen weight ``W`` (PyTorch ``nn.Linear`` layout, ``out × in``) by
+
+    W' = W + ΔW,    ΔW = s · B @ A,    A: (r, in),  B: (out, r)
+
+with the scale ``s`` given by the scaling mode:
+
+* ``"alpha/r"`` — ``s = alpha / r`` (the LoRA paper, PEFT's default);
+* ``"alpha/sqrt(r)"`` — ``s = alpha / sqrt(r)`` (rsLoRA, PEFT's ``use_rslora=True``);
+* ``"explicit"`` — ``s`` is stored as is (combined adapters fold their weights in here).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, get_args
+
+from adaptkit.errors import InvalidAdapterError
+
+if TYPE_CHECKING:
+    import torch
+
+Scaling = Literal["alpha/r", "alpha/sqrt(r)", "explicit"]
+SCALING_MODES: tuple[str, ...] = get_args(Scaling)
+#: dtypes a LoRA factor may have on disk and in memory.
+FLOAT_DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
+
+
+@dataclass(eq=False)
+class LoraPair:
+    """The factors and scale of one target's update ``ΔW = s · B @ A``.
+
+    Structure is checked on construction (2-D factors, matching rank, float dtypes, rank >= 1,
+    a valid scale); finiteness of the values is checked by :meth:`check_finite`, which loaders
+    and savers call, because it reads every element.
+
+    Args:
+        A: Down-projection, shape ``(r, in_features)``.
+        B: Up-projection, shape ``(out_features, r)``.
+        alpha: LoRA alpha; required unless ``scaling == "explicit"``.
+        scaling: How the scale follows from ``alpha`` and the rank.
+        explicit_scale: The scale itself, for ``scaling == "explicit"`` only.
+    """
+
+    A: torch.Tensor
+    B: torch.Tensor
+    alpha: float | None = None
+    scaling: Scaling = "alpha/r"
+    explicit_scale: float | None = None
+
+    def __post_init__(self) -> None:
+        problems = self.structure_problems()
+        if problems:
+            raise InvalidAdapterError("; ".join(problems))
+
+    @classmethod
+    def with_scale(cls, A: torch.Tensor, B: torch.Tensor, scale: float) -> LoraPair:
+        """A pair whose scale is stored explicitly (``ΔW = scale · B @ A``)."""
+        return cls(A=A, B=B, scaling="explicit", explicit_scale=float(scale))
+
+    def structure_problems(self) -> list[str]:
+        """Every structural problem of this pair (empty when valid)."""
+        problems = []
+        for label, t in (("lora_A", self.A), ("lora_B", self.B)):
+            if t.ndim != 2:
+                problems.append(f"{label} must be 2-D, got shape {tuple(t.shape)}")
+            if str(t.dtype).removeprefix("torch.") not in FLOAT_DTYPE_NAMES:
+                problems.append(f"{label} has dtype {t.dtype}; expected one of {FLOAT_DTYPE_NAMES}")
+        if problems:
+            return problems
+        r = self.A.shape[0]
+        if r < 1:
+            problems.append("rank must be >= 1 (lora_A has 0 rows)")
+        if self.B.shape[1] != r:
+            problems.append(
+                f"rank mismatch: lora_A is {tuple(self.A.shape)} (r={r}) but lora_B is "
+                f"{tuple(self.B.shape)} (r={self.B.shape[1]})"
+            )
+        if self.scaling not in SCALING_MODES:
+            problems.append(f"scaling {self.scaling!r} is not one of {SCALING_MODES}")
+        elif self.scaling == "explicit":
+            if self.explicit_scale is None or not math.isfinite(self.explicit_scale):
+                problems.append(f"explicit scaling needs a finite scale, got {self.explicit_scale!r}")
+            if self.alpha is not None:
+                problems.append("explicit scaling takes no alpha")
+        else:
+            if self.alpha is None or not math.isfinite(self.alpha):
+                problems.append(f"alpha must be a finite number, got {self.alpha!r}")
+            if self.explicit_scale is not None:
+                problems.append(f"scaling {self.scaling!r} takes no explicit scale")
+        return problems
+
+    def check_finite(self) -> list[str]:
+        """Names of factors holding NaN or Inf values (empty when all finite)."""
+        import torch
+
+        return [
+            label
+            for label, t in (("lora_A", self.A), ("lora_B", self.B))
+            if not bool(torch.isfinite(t).all())
+        ]
+
+    @property
+    def rank(self) -> int:
+        """``r``, taken from the factor shapes."""
+        return int(self.A.shape[0])
+
+    @property
+    def in_features(self) -> int:
+        return int(self.A.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.B.shape[0])
+
+    @property
+    def scale(self) -> float:
+        """``s`` such that ``ΔW = s · B @ A``."""
+        if self.scaling == "explicit":
+            assert self.explicit_scale is not None
+            return self.explicit_scale
+        assert self.alpha is not None
+        if self.scaling == "alpha/sqrt(r)":
+            return self.alpha / math.sqrt(self.rank)
+        return self.alpha / self.rank
+
+    def delta(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The dense update ``s · B @ A`` (``out × in``), in float32 unless ``dtype`` is given.
+
+        Use ``torch.float64`` for reference checks.
+        """
+        import torch
+
+        dt = torch.float32 if dtype is None else dtype
+        return (self.B.to(dt) @ self.A.to(dt)) * self.scale
+
+    def delta_norm(self) -> float:
+        """``||ΔW||_F`` computed from the factors, never forming ``ΔW``.
+
+        ``||s·B A||_F² = s² · tr(Aᵀ Bᵀ B A) = s² · Σ_ij (BᵀB)_ij (A Aᵀ)_ij`` — two ``r × r``
+        Gram matrices, in float64.
+        """
+        import torch
+
+        a = self.A.to(torch.float64)
+        b = self.B.to(torch.float64)
+        sq = float(((b.T @ b) * (a @ a.T)).sum())
+        return abs(self.scale) * math.sqrt(max(sq, 0.0))
+
+    def num_params(self) -> int:
+        return self.A.numel() + self.B.numel()

@@ -1,0 +1,245 @@
+"""Plugin loading and the registry of what plugins register.
+
+Nothing happens at import time: :func:`load_registry` builds a pluggy ``PluginManager``, loads
+the ``adaptkit`` entry points (builtins and third parties alike), validates hook names with
+``check_pending()``, then calls each ``register_<things>`` hook *per plugin* so every
+registration is attributed to the plugin that made it.
+
+Environment variables:
+    ``ADAPTKIT_LOAD_PLUGINS``: comma-separated entry-point names; load only these (an empty
+        value loads none).
+    ``ADAPTKIT_BLOCK_PLUGINS``: comma-separated entry-point names never to load.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from adaptkit.errors import MissingDependencyError, PluginError, UnknownNameError
+
+LOAD_ENV = "ADAPTKIT_LOAD_PLUGINS"
+BLOCK_ENV = "ADAPTKIT_BLOCK_PLUGINS"
+_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One registered object and where it came from."""
+
+    kind: str
+    name: str
+    obj: Any
+    plugin: str
+
+    @property
+    def missing(self) -> dict[str, str]:
+        """``import name -> pip requirement`` for each dependency that is not installed."""
+        requires: Mapping[str, str] = getattr(self.obj, "requires", None) or {}
+        return {mod: pip for mod, pip in requires.items() if importlib.util.find_spec(mod) is None}
+
+    @property
+    def available(self) -> bool:
+        return not self.missing
+
+    def require_available(self) -> Any:
+        """Return the object, or raise :class:`MissingDependencyError` saying what to install."""
+        missing = self.missing
+        if missing:
+            pkgs = " ".join(sorted(set(missing.values())))
+            raise MissingDependencyError(
+                f"{self.kind} {self.name!r} (plugin {self.plugin!r}) needs "
+                f"{', '.join(sorted(missing))}, which is not installed",
+                hint=f"pip install {pkgs}",
+            )
+        return self.obj
+
+
+@dataclass
+class PluginInfo:
+    """A loaded (or failed) plugin, as ``adaptkit plugins`` reports it."""
+
+    name: str
+    module: str
+    distribution: str | None = None
+    version: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class Registry:
+    """Everything the loaded plugins registered, by kind and name."""
+
+    pm: Any
+    plugins: dict[str, PluginInfo] = field(default_factory=dict)
+    entries: dict[str, dict[str, Registration]] = field(default_factory=dict)
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries.get(kind, {}))
+
+    def registration(self, kind: str, name: str) -> Registration:
+        """Look up ``name``; unknown names raise :class:`UnknownNameError` listing valid ones."""
+        table = self.entries.get(kind, {})
+        if name not in table:
+            raise UnknownNameError(kind, name, table)
+        return table[name]
+
+    def get(self, kind: str, name: str) -> Any:
+        """The registered object, checked to have its dependencies installed."""
+        return self.registration(kind, name).require_available()
+
+    def all(self, kind: str) -> list[Registration]:
+        table = self.entries.get(kind, {})
+        return [table[n] for n in sorted(table)]
+
+    def registered_by(self, plugin: str) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for kind, table in self.entries.items():
+            names = sorted(n for n, r in table.items() if r.plugin == plugin)
+            if names:
+                out[kind] = names
+        return out
+
+
+def _env_list(env: Mapping[str, str], key: str) -> list[str] | None:
+    if key not in env:
+        return None
+    return [x.strip() for x in env[key].split(",") if x.strip()]
+
+
+def create_plugin_manager(
+    *, env: Mapping[str, str] | None = None, extra: Iterable[tuple[str, Any]] = ()
+) -> tuple[Any, dict[str, PluginInfo]]:
+    """Build a pluggy manager with the ``adaptkit`` entry points loaded.
+
+    Args:
+        env: Environment to read ``ADAPTKIT_LOAD_PLUGINS`` / ``ADAPTKIT_BLOCK_PLUGINS`` from
+            (default ``os.environ``).
+        extra: ``(name, plugin)`` pairs registered in addition (tests, embedding apps).
+
+    Returns:
+        The manager and a :class:`PluginInfo` per plugin, including ones that failed to
+        import (their ``error`` says why); a broken plugin never takes the others down.
+    """
+    import pluggy
+
+    from adaptkit import hookspecs
+
+    env = os.environ if env is None else env
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    infos: dict[str, PluginInfo] = {}
+
+    eps = {ep.name: ep for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT_NAME)}
+    only = _env_list(env, LOAD_ENV)
+    blocked = set(_env_list(env, BLOCK_ENV) or [])
+    if only is not None:
+        unknown = sorted(set(only) - set(eps))
+        if unknown:
+            raise UnknownNameError("plugin", unknown[0], eps, key=LOAD_ENV)
+    for name in sorted(eps):
+        if name in blocked or (only is not None and name not in only):
+            continue
+        ep = eps[name]
+        dist = getattr(ep, "dist", None)
+        info = PluginInfo(
+            name=name,
+            module=ep.value,
+            distribution=dist.metadata["Name"] if dist is not None else None,
+            version=dist.version if dist is not None else None,
+        )
+        infos[name] = info
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a broken third-party plugin must not break the tool
+            info.error = f"{type(exc).__name__}: {exc}"
+            continue
+        pm.register(plugin, name=name)
+    for name, plugin in extra:
+        pm.register(plugin, name=name)
+        infos[name] = PluginInfo(name=name, module=getattr(plugin, "__name__", repr(plugin)))
+
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(
+            f"plugin {exc.plugin_name if hasattr(exc, 'plugin_name') else '?'} implements an "
+            f"unknown hook: {exc}",
+            hint="hooks are register_formats, register_backends, register_merge_strategies, "
+            "register_exporters, register_commands",
+        ) from None
+    for name, info in infos.items():
+        plugin = pm.get_plugin(name)
+        if plugin is not None:
+            info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+    return pm, infos
+
+
+def _check_contract(kind: str, obj: Any, plugin: str) -> str:
+    from adaptkit.contracts import KINDS
+
+    _, contract, required = KINDS[kind]
+    name = getattr(obj, "name", None)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise PluginError(
+            f"plugin {plugin!r} registered a {kind} with invalid name {name!r}",
+            hint="names are lower-case letters, digits, '_' and '-'",
+        )
+    missing = [attr for attr in required if not hasattr(obj, attr)]
+    if missing:
+        raise PluginError(
+            f"plugin {plugin!r} registered {kind} {name!r} without {', '.join(sorted(missing))} "
+            f"required by {contract.__name__}"
+        )
+    return name
+
+
+def load_registry(
+    *, env: Mapping[str, str] | None = None, extra: Iterable[tuple[str, Any]] = ()
+) -> Registry:
+    """Load plugins and collect everything they register (see module docstring)."""
+    from adaptkit.contracts import KINDS
+
+    pm, infos = create_plugin_manager(env=env, extra=extra)
+    registry = Registry(pm=pm, plugins=infos)
+    for kind, (hook_name, _, _) in KINDS.items():
+        table: dict[str, Registration] = {}
+        registry.entries[kind] = table
+        hook = getattr(pm.hook, hook_name)
+        for impl in reversed(hook.get_hookimpls()):
+
+            def register(obj: Any, _plugin: str = impl.plugin_name, _kind: str = kind) -> None:
+                name = _check_contract(_kind, obj, _plugin)
+                if name in table:
+                    raise PluginError(
+                        f"{_kind} {name!r} is registered by both plugin {table[name].plugin!r} "
+                        f"and plugin {_plugin!r}",
+                        hint=f"block one with {BLOCK_ENV}",
+                    )
+                table[name] = Registration(kind=_kind, name=name, obj=obj, plugin=_plugin)
+
+            impl.function(**{arg: register for arg in impl.argnames})
+    return registry
+
+
+_cached: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, loaded on first use."""
+    global _cached
+    if _cached is None:
+        _cached = load_registry()
+    return _cached
+
+
+def reset_registry() -> None:
+    """Forget the cached registry (tests; after installing a plugin at run time)."""
+    global _cached
+    _cached = None

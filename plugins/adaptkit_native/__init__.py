@@ -1,0 +1,10 @@
+"""Builtin plugin: the native adaptkit adapter format (one ``.safetensors`` + manifest)."""
+
+from adaptkit.hookspecs import hookimpl
+
+from adaptkit_native.format import NativeFormat
+
+
+@hookimpl
+def register_formats(register):
+    register(NativeFormat())

@@ -1,0 +1,29 @@
+"""The native format as a registered format plugin; the file layout lives in
+:mod:`adaptkit.native` because the core itself writes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adaptkit.adapter import Adapter
+
+
+class NativeFormat:
+    name = "adaptkit"
+    description = "native adaptkit file: one .safetensors with a JSON manifest in its metadata"
+    requires: dict[str, str] = {"safetensors": "safetensors", "torch": "torch"}
+
+    def detect(self, path: Path) -> bool:
+        from adaptkit.native import is_native_adapter
+
+        return is_native_adapter(path)
+
+    def read(self, path: Path) -> Adapter:
+        from adaptkit.native import load_adapter
+
+        return load_adapter(path)
+
+    def write(self, adapter: Adapter, path: Path, *, overwrite: bool = False) -> Path:
+        from adaptkit.native import save_adapter
+
+        return save_adapter(adapter, path, overwrite=overwrite)

@@ -23,7 +23,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from adaptkit.adapter import FORMAT_VERSION, Adapter, BaseModelInfo, Producer
+from adaptkit.adapter import Adapter, BaseModelInfo, Producer
 from adaptkit.errors import FormatError, InvalidAdapterError, OutputError
 from adaptkit.fileio import open_regular_file
 from adaptkit.lora import LoraPair
@@ -52,7 +52,9 @@ def _strict_json(text: str, *, what: str, path: Path) -> Any:
     try:
         return json.loads(text, object_pairs_hook=no_dupes, parse_constant=no_constants)
     except json.JSONDecodeError as exc:
-        raise FormatError(f"{what} is not valid JSON ({exc.msg} at char {exc.pos})", path=path) from None
+        raise FormatError(
+            f"{what} is not valid JSON ({exc.msg} at char {exc.pos})", path=path
+        ) from None
 
 
 def _parse_header(fh: Any, size: int, p: Path) -> tuple[dict[str, Any], bytes]:
@@ -154,7 +156,9 @@ def _header_problems(header: dict[str, Any], header_len: int, size: int) -> list
             continue
         start, end = offsets
         if start > end or end > data_len:
-            problems.append(f"{key}: data_offsets {offsets!r} out of bounds (data is {data_len} bytes)")
+            problems.append(
+                f"{key}: data_offsets {offsets!r} out of bounds (data is {data_len} bytes)"
+            )
             continue
         spans.append((start, end, key))
         dtype = info.get("dtype")
@@ -247,7 +251,9 @@ def _assemble(p: Path, manifest: dict[str, Any], tensors: dict[str, Any]) -> Ada
         except InvalidAdapterError as exc:
             problems.append(f"{module}: {exc.message}")
             continue
-        problems += [f"{module}.{label}.weight: contains NaN or Inf values" for label in pair.check_finite()]
+        problems += [
+            f"{module}.{label}.weight: contains NaN or Inf values" for label in pair.check_finite()
+        ]
         targets[module] = pair
     if problems:
         raise InvalidAdapterError.from_problems(problems, path=p)
@@ -303,13 +309,18 @@ def adapter_to_bytes(adapter: Adapter) -> bytes:
     except ValueError as exc:
         raise InvalidAdapterError(f"manifest is not JSON-safe: {exc}") from None
     tensors = {}
-    for name, pair in adapter.targets.items():
+    # Sorted insertion makes the bytes independent of the order targets were added in.
+    for name, pair in sorted(adapter.targets.items()):
         tensors[f"{name}.lora_A.weight"] = pair.A.detach().contiguous().cpu()
         tensors[f"{name}.lora_B.weight"] = pair.B.detach().contiguous().cpu()
-    return st_save(tensors, metadata={MANIFEST_KEY: text, "format": "pt"})
+    # A single metadata key: safetensors writes metadata from a hash map, so several keys
+    # would come out in a random order and identical adapters would differ in bytes.
+    return st_save(tensors, metadata={MANIFEST_KEY: text})
 
 
-def save_adapter(adapter: Adapter, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+def save_adapter(
+    adapter: Adapter, path: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
     """Validate and write ``adapter`` to ``path`` atomically.
 
     Nothing is written if validation fails; an existing file is replaced only when
@@ -319,11 +330,11 @@ def save_adapter(adapter: Adapter, path: str | os.PathLike[str], *, overwrite: b
 
     p = Path(path)
     if p.exists() and not overwrite:
-        raise OutputError("output exists", path=p, hint="pass --force / overwrite=True to replace it")
+        raise OutputError(
+            "output exists", path=p, hint="pass --force / overwrite=True to replace it"
+        )
     if p.is_dir():
         raise OutputError("output is a directory; expected a .safetensors file path", path=p)
     data = adapter_to_bytes(adapter)
     atomic_write_bytes(p, data)
     return p
-
-

@@ -200,6 +200,22 @@ def _check_contract(kind: str, obj: Any, plugin: str) -> str:
     return name
 
 
+def _make_register(table: dict[str, Registration], kind: str, plugin: str) -> Any:
+    """The ``register`` callback handed to one plugin's ``register_<things>`` hook."""
+
+    def register(obj: Any) -> None:
+        name = _check_contract(kind, obj, plugin)
+        if name in table:
+            raise PluginError(
+                f"{kind} {name!r} is registered by both plugin {table[name].plugin!r} "
+                f"and plugin {plugin!r}",
+                hint=f"block one with {BLOCK_ENV}",
+            )
+        table[name] = Registration(kind=kind, name=name, obj=obj, plugin=plugin)
+
+    return register
+
+
 def load_registry(
     *, env: Mapping[str, str] | None = None, extra: Iterable[tuple[str, Any]] = ()
 ) -> Registry:
@@ -212,18 +228,8 @@ def load_registry(
         table: dict[str, Registration] = {}
         registry.entries[kind] = table
         hook = getattr(pm.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):
-
-            def register(obj: Any, _plugin: str = impl.plugin_name, _kind: str = kind) -> None:
-                name = _check_contract(_kind, obj, _plugin)
-                if name in table:
-                    raise PluginError(
-                        f"{_kind} {name!r} is registered by both plugin {table[name].plugin!r} "
-                        f"and plugin {_plugin!r}",
-                        hint=f"block one with {BLOCK_ENV}",
-                    )
-                table[name] = Registration(kind=_kind, name=name, obj=obj, plugin=_plugin)
-
+        for impl in hook.get_hookimpls():  # registration order
+            register = _make_register(table, kind, impl.plugin_name)
             impl.function(**{arg: register for arg in impl.argnames})
     return registry
 

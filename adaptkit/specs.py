@@ -52,13 +52,17 @@ def check_input_path(raw: str, *, source: Path | None, key: str) -> None:
         raise AdaptkitError("path contains a NUL byte", path=source, key=key)
     if _URL.match(raw):
         raise AdaptkitError(
-            f"{raw!r} is a URL; adaptkit reads local files only", path=source, key=key,
+            f"{raw!r} is a URL; adaptkit reads local files only",
+            path=source,
+            key=key,
             hint="download it first with a tool you trust",
         )
     if raw.startswith("~"):
         raise AdaptkitError(
             f"{raw!r} starts with '~', which is not expanded in adaptkit files",
-            path=source, key=key, hint="write the path relative to this file or absolute",
+            path=source,
+            key=key,
+            hint="write the path relative to this file or absolute",
         )
 
 
@@ -72,7 +76,11 @@ def read_adapter_yaml(path: str | os.PathLike[str]) -> AdapterRef:
     doc = load_yaml_file(p)
     validate_document(doc, "adapter-spec", path=p)
     check_input_path(doc["adapter"], source=p, key="adapter")
-    target = (p.parent / doc["adapter"]).resolve() if not os.path.isabs(doc["adapter"]) else Path(doc["adapter"])
+    target = (
+        (p.parent / doc["adapter"]).resolve()
+        if not os.path.isabs(doc["adapter"])
+        else Path(doc["adapter"])
+    )
     return AdapterRef(
         path=target,
         weight=float(doc.get("weight", 1.0)),

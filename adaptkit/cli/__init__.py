@@ -46,8 +46,7 @@ class AdaptkitGroup(click.Group):
         return super().list_commands(ctx)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self.commands:
-            self._load_plugin_commands()
+        self._load_plugin_commands()
         return super().get_command(ctx, cmd_name)
 
 

@@ -20,7 +20,8 @@ def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     numeric = [all(isinstance(row[i], (int, float)) for row in rows) for i in range(len(headers))]
     for n, row in enumerate(cells):
         line = "  ".join(
-            c.rjust(w) if numeric[i] and n else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))
+            c.rjust(w) if numeric[i] and n else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
         )
         click.echo(line.rstrip())
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from adaptkit.adapter import Adapter
 
@@ -11,7 +12,7 @@ from adaptkit.adapter import Adapter
 class NativeFormat:
     name = "adaptkit"
     description = "native adaptkit file: one .safetensors with a JSON manifest in its metadata"
-    requires: dict[str, str] = {"safetensors": "safetensors", "torch": "torch"}
+    requires: ClassVar[dict[str, str]] = {"safetensors": "safetensors", "torch": "torch"}
 
     def detect(self, path: Path) -> bool:
         from adaptkit.native import is_native_adapter

@@ -1,0 +1,3 @@
+from adaptkit.cli import main
+
+main()

@@ -1,0 +1,178 @@
+"""The plugin host: entry points, env filters, contracts, clashes, missing dependencies."""
+
+import importlib.metadata
+import inspect
+import types
+from pathlib import Path
+
+import pytest
+
+from adaptkit import hookimpl, hookspecs
+from adaptkit.contracts import KINDS
+from adaptkit.errors import MissingDependencyError, PluginError, UnknownNameError
+from adaptkit.plugins import BLOCK_ENV, LOAD_ENV, load_registry
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Thing:
+    def __init__(self, name, requires=None):
+        self.name = name
+        self.description = f"test {name}"
+        if requires:
+            self.requires = requires
+
+    def detect(self, path):
+        return False
+
+    def read(self, path):
+        raise NotImplementedError
+
+
+def plugin_registering(hook, *objs):
+    mod = types.SimpleNamespace()
+
+    @hookimpl(specname=hook)
+    def impl(register):
+        for obj in objs:
+            register(obj)
+
+    mod.impl = impl
+    return mod
+
+
+def test_every_builtin_plugin_folder_is_an_entry_point():
+    eps = {ep.value.split(":")[0] for ep in importlib.metadata.entry_points(group="adaptkit")}
+    folders = {p.name for p in (REPO / "plugins").iterdir() if (p / "__init__.py").exists()}
+    missing = folders - eps
+    assert not missing, (
+        f"plugins/{sorted(missing)} not declared under [project.entry-points.adaptkit] "
+        "(or the install is stale: run `pip install -e .` again)"
+    )
+
+
+def test_every_hook_is_documented_and_tested():
+    specs = [n for n, f in vars(hookspecs).items() if callable(f) and n.startswith("register_")]
+    assert sorted(specs) == sorted([h for h, _, _ in KINDS.values()] + ["register_commands"])
+    tests_text = "\n".join(p.read_text() for p in (REPO / "tests").rglob("test_*.py"))
+    for name in specs:
+        doc = inspect.getdoc(getattr(hookspecs, name)) or ""
+        assert "Args:" in doc and len(doc) > 80, f"hook {name} is not documented"
+        assert f"def test_hook_{name}" in tests_text, f"hook {name} has no test_hook_{name}"
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_hook_registration_per_kind(kind):
+    hook = KINDS[kind][0]
+    reg = load_registry(
+        env={LOAD_ENV: ""}, extra=[("mine", plugin_registering(hook, Thing("x-1")))]
+    )
+    entry = reg.registration(kind, "x-1")
+    assert (entry.plugin, entry.obj.name, entry.available) == ("mine", "x-1", True)
+    assert reg.registered_by("mine") == {kind: ["x-1"]}
+
+
+def test_hook_register_formats():
+    reg = load_registry(env={LOAD_ENV: "native"})
+    assert reg.registration("format", "adaptkit").plugin == "native"
+
+
+def test_hook_register_backends():
+    reg = load_registry(
+        env={LOAD_ENV: ""}, extra=[("b", plugin_registering("register_backends", Thing("toy")))]
+    )
+    assert reg.names("backend") == ["toy"]
+
+
+def test_hook_register_merge_strategies():
+    reg = load_registry(
+        env={LOAD_ENV: ""},
+        extra=[("s", plugin_registering("register_merge_strategies", Thing("avg")))],
+    )
+    assert reg.names("strategy") == ["avg"]
+
+
+def test_hook_register_exporters():
+    reg = load_registry(
+        env={LOAD_ENV: ""}, extra=[("e", plugin_registering("register_exporters", Thing("zip")))]
+    )
+    assert reg.names("exporter") == ["zip"]
+
+
+def test_duplicate_names_name_both_plugins():
+    with pytest.raises(PluginError, match=r"registered by both plugin 'one' and plugin 'two'"):
+        load_registry(
+            env={LOAD_ENV: ""},
+            extra=[
+                ("one", plugin_registering("register_formats", Thing("same"))),
+                ("two", plugin_registering("register_formats", Thing("same"))),
+            ],
+        )
+
+
+def test_unknown_name_lists_valid_ones():
+    reg = load_registry(env={LOAD_ENV: "native"})
+    with pytest.raises(UnknownNameError, match=r"unknown format 'peft-ish'; valid: adaptkit"):
+        reg.get("format", "peft-ish")
+
+
+def test_missing_dependency_registers_and_says_what_to_install():
+    obj = Thing("gpu-thing", requires={"surely_not_installed_mod": "surely-not-installed>=1"})
+    reg = load_registry(
+        env={LOAD_ENV: ""}, extra=[("g", plugin_registering("register_backends", obj))]
+    )
+    entry = reg.registration("backend", "gpu-thing")
+    assert not entry.available
+    with pytest.raises(MissingDependencyError, match=r"pip install surely-not-installed>=1"):
+        reg.get("backend", "gpu-thing")
+
+
+def test_contract_violations_rejected():
+    class NoRead:
+        name = "half"
+        description = "no read()"
+
+        def detect(self, path):
+            return False
+
+    with pytest.raises(PluginError, match=r"without read required by AdapterFormat"):
+        load_registry(
+            env={LOAD_ENV: ""}, extra=[("p", plugin_registering("register_formats", NoRead()))]
+        )
+    with pytest.raises(PluginError, match="invalid name 'Bad Name'"):
+        load_registry(
+            env={LOAD_ENV: ""},
+            extra=[("p", plugin_registering("register_formats", Thing("Bad Name")))],
+        )
+
+
+def test_misspelled_hook_fails_loudly():
+    mod = types.SimpleNamespace()
+
+    @hookimpl
+    def register_format(register):  # missing the trailing "s"
+        pass
+
+    mod.register_format = register_format
+    with pytest.raises(PluginError, match="unknown hook"):
+        load_registry(env={LOAD_ENV: ""}, extra=[("typo", mod)])
+
+
+def test_env_vars_restrict_and_block():
+    assert load_registry(env={LOAD_ENV: ""}).names("format") == []
+    assert load_registry(env={BLOCK_ENV: "native"}).names("format") == []
+    assert "adaptkit" in load_registry(env={}).names("format")
+    with pytest.raises(UnknownNameError, match="unknown plugin 'nope'"):
+        load_registry(env={LOAD_ENV: "nope"})
+
+
+def test_registry_factory_does_no_work_at_import():
+    import subprocess
+    import sys
+
+    code = (
+        "import adaptkit, adaptkit.plugins, sys; "
+        "print(any(m.startswith('adaptkit_') for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

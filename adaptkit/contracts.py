@@ -8,12 +8,13 @@ never imported, so a missing heavy dependency is reported instead of crashing st
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from adaptkit.adapter import Adapter
+    from adaptkit.merging import MergeContext, MergeInput, MergeResult
 
 
 @runtime_checkable
@@ -58,7 +59,23 @@ class Backend(Plugin, Protocol):
 
 @runtime_checkable
 class MergeStrategy(Plugin, Protocol):
-    """A way to combine several adapters' updates (``adaptkit combine --strategy NAME``)."""
+    """A way to combine several adapters' updates (``adaptkit combine --strategy NAME``).
+
+    Attributes:
+        params_schema: JSON Schema (an ``object`` schema) of the strategy's parameters;
+            ``default`` values are filled in before :meth:`merge` sees them.
+        min_inputs / max_inputs: How many adapters the strategy accepts (``None``: any).
+        symmetric: The result does not depend on the order of the inputs.
+        linear: Multiplying every weight by ``c`` multiplies the result by ``c``.
+        identity_params: Parameters under which one adapter at weight 1 is returned
+            unchanged (used by :mod:`adaptkit.testing`).
+    """
+
+    params_schema: Mapping[str, Any]
+
+    def merge(self, inputs: Sequence[MergeInput], ctx: MergeContext) -> MergeResult:
+        """Merge one target's inputs (see :mod:`adaptkit.merging`)."""
+        ...
 
 
 @runtime_checkable
@@ -71,6 +88,10 @@ class Exporter(Plugin, Protocol):
 KINDS: Mapping[str, tuple[str, type, tuple[str, ...]]] = {
     "format": ("register_formats", AdapterFormat, ("name", "description", "detect", "read")),
     "backend": ("register_backends", Backend, ("name", "description")),
-    "strategy": ("register_merge_strategies", MergeStrategy, ("name", "description")),
+    "strategy": (
+        "register_merge_strategies",
+        MergeStrategy,
+        ("name", "description", "params_schema", "merge"),
+    ),
     "exporter": ("register_exporters", Exporter, ("name", "description")),
 }

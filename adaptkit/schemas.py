@@ -16,7 +16,7 @@ from typing import Any
 from adaptkit.errors import SchemaError
 
 #: Names of the shipped schemas (file ``schemas/<name>.schema.json``).
-SCHEMA_NAMES = ("adapter-manifest", "adapter-spec")
+SCHEMA_NAMES = ("adapter-manifest", "adapter-spec", "recipe")
 
 
 def schema_dir() -> Path:
@@ -44,9 +44,13 @@ def _location(parts: Iterable[Any]) -> str:
 
 def schema_problems(document: Any, name: str) -> list[str]:
     """Every way ``document`` violates schema ``name``, as ``location: message`` strings."""
+    return schema_problems_for(document, load_schema(name))
+
+
+def schema_problems_for(document: Any, schema: dict[str, Any]) -> list[str]:
+    """Every way ``document`` violates ``schema`` (a JSON Schema given as a dict)."""
     import jsonschema
 
-    schema = load_schema(name)
     validator_cls = jsonschema.validators.validator_for(schema)
     validator = validator_cls(schema)
     problems = []

@@ -61,6 +61,7 @@ def cli(debug: bool) -> None:
 
     \b
     Examples:
+      adaptkit combine a.yaml b.yaml -o merged.safetensors
       adaptkit inspect lora.safetensors --json
       adaptkit validate a.yaml b.yaml
       adaptkit plugins
@@ -68,9 +69,9 @@ def cli(debug: bool) -> None:
 
 
 def _register_builtin_commands() -> None:
-    from adaptkit.cli import inspect_cmd, plugins_cmd, validate_cmd
+    from adaptkit.cli import combine_cmd, inspect_cmd, plugins_cmd, validate_cmd
 
-    for module in (plugins_cmd, inspect_cmd, validate_cmd):
+    for module in (combine_cmd, plugins_cmd, inspect_cmd, validate_cmd):
         cli.add_command(module.command)
 
 

@@ -28,6 +28,11 @@ class Thing:
     def read(self, path):
         raise NotImplementedError
 
+    params_schema = {"type": "object"}  # noqa: RUF012
+
+    def merge(self, inputs, ctx):
+        raise NotImplementedError
+
 
 def plugin_registering(hook, *objs):
     mod = types.SimpleNamespace()

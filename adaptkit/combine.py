@@ -1,0 +1,301 @@
+"""The combine engine: align several adapters by module path and merge them per target.
+
+``combine()`` is the one code path behind ``adaptkit combine``, the Python API and the
+exporters: it folds each source's scale ``s_i`` and weight ``w_i`` in, aligns targets (a
+target missing from an adapter contributes zero; ``intersect=True`` keeps only shared
+targets; a shape clash is an error), runs the strategy per target, and returns an
+:class:`~adaptkit.adapter.Adapter` with provenance plus a per-target report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adaptkit.errors import AdaptkitError, InvalidAdapterError, SchemaError
+from adaptkit.factored import RankRequest
+from adaptkit.merging import MergeContext, MergeInput
+
+if TYPE_CHECKING:
+    from adaptkit.adapter import Adapter
+    from adaptkit.plugins import Registry
+
+
+@dataclass
+class AdapterInput:
+    """One adapter given to :func:`combine`.
+
+    Attributes:
+        adapter: The adapter.
+        weight: Its multiplier ``w_i`` (negative subtracts it; 0 leaves it out).
+        name: Label for reports and seeds; defaults to ``adapter<i>``.
+        source: The file or folder it was read from (hashed into the provenance).
+    """
+
+    adapter: Adapter
+    weight: float = 1.0
+    name: str = ""
+    source: Path | None = None
+
+
+@dataclass
+class TargetReport:
+    target: str
+    inputs: int
+    rank: int
+    energy: float
+    relative_error: float
+    note: str | None = None
+
+
+@dataclass
+class CombineResult:
+    adapter: Adapter
+    report: list[TargetReport] = field(default_factory=list)
+
+
+def fill_params(strategy: Any, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate ``params`` against the strategy's ``params_schema`` and fill defaults.
+
+    Raises:
+        SchemaError: listing every bad or unknown parameter (and the valid names).
+    """
+    from adaptkit.schemas import schema_problems_for
+
+    schema = getattr(strategy, "params_schema", None) or {"type": "object"}
+    given = dict(params or {})
+    known = sorted((schema.get("properties") or {}).keys())
+    unknown = sorted(set(given) - set(known)) if schema.get("additionalProperties") is False else []
+    if unknown:
+        valid = ", ".join(known) if known else f"none ({strategy.name} takes no parameters)"
+        raise AdaptkitError(
+            f"unknown parameter {unknown[0]!r} for strategy {strategy.name!r}; valid: {valid}",
+            key="params",
+        )
+    problems = schema_problems_for(given, schema)
+    if problems:
+        raise SchemaError.from_problems(
+            [f"strategy {strategy.name!r} params.{p}" for p in problems]
+        )
+    filled = {
+        key: spec["default"]
+        for key, spec in (schema.get("properties") or {}).items()
+        if "default" in spec
+    }
+    filled.update(given)
+    return filled
+
+
+def _check_weights(inputs: Sequence[AdapterInput]) -> None:
+    for item in inputs:
+        w = item.weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise AdaptkitError(
+                f"weight {w!r} of adapter {item.name!r} is not a finite number",
+                path=item.source,
+                key="weight",
+            )
+    if all(item.weight == 0 for item in inputs):
+        raise AdaptkitError(
+            "all weights are zero: the combination would change nothing", key="weights"
+        )
+
+
+def _align(inputs: Sequence[AdapterInput], intersect: bool) -> list[str]:
+    """Target names to produce, checking that shared targets agree on shape."""
+    shapes: dict[str, tuple[tuple[int, int], str]] = {}
+    for item in inputs:
+        for name, pair in item.adapter.targets.items():
+            shape = (pair.out_features, pair.in_features)
+            if name in shapes and shapes[name][0] != shape:
+                other_shape, other = shapes[name]
+                raise InvalidAdapterError(
+                    f"shape clash: {item.name!r} has {shape[0]}×{shape[1]} but {other!r} has "
+                    f"{other_shape[0]}×{other_shape[1]}",
+                    path=item.source,
+                    key=name,
+                    hint="the adapters were made for different base models",
+                )
+            shapes.setdefault(name, (shape, item.name))
+    names = set(shapes)
+    if intersect:
+        for item in inputs:
+            names &= set(item.adapter.targets)
+        if not names:
+            raise AdaptkitError("--intersect leaves no target shared by every adapter")
+    return sorted(names)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files (sorted relative names and contents)."""
+    h = hashlib.sha256()
+    if path.is_dir():
+        for sub in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(str(sub.relative_to(path)).encode() + b"\0")
+            h.update(bytes.fromhex(file_sha256(sub)))
+        return h.hexdigest()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata
+
+    out = {}
+    for dist in ("adaptkit", "torch", "safetensors"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[dist] = importlib.metadata.version(dist)
+    return out
+
+
+def combine(
+    inputs: Sequence[AdapterInput],
+    strategy: str | Any = "linear",
+    *,
+    params: Mapping[str, Any] | None = None,
+    rank: int | str | RankRequest | None = None,
+    seed: int = 0,
+    intersect: bool = False,
+    registry: Registry | None = None,
+    progress: bool = False,
+) -> CombineResult:
+    """Combine adapters with a registered merge strategy.
+
+    Args:
+        inputs: The adapters with weights and names.
+        strategy: Registered strategy name (``adaptkit plugins`` lists them), or a strategy
+            object (e.g. one under test that is not registered).
+        params: Strategy parameters (validated against its schema).
+        rank: Output rank: an int, ``"auto"``/``"auto:E"``, or ``None`` for the strategy's
+            default.
+        seed: Seed for randomised strategies (DARE) and randomised SVDs.
+        intersect: Keep only targets every adapter has (default: the union, a missing
+            target counting as zero).
+        registry: Plugin registry (default: the process-wide one).
+        progress: Show a progress bar over targets.
+
+    Returns:
+        The combined adapter (scale folded into its factors) and a per-target report.
+    """
+    from adaptkit.adapter import Adapter, BaseModelInfo, Producer
+    from adaptkit.plugins import get_registry
+
+    if isinstance(strategy, str):
+        strat = (registry or get_registry()).get("strategy", strategy)
+    else:
+        strat, strategy = strategy, strategy.name
+    if not inputs:
+        raise AdaptkitError("no adapters to combine")
+    named = _with_unique_names(inputs)
+    _check_weights(named)
+    lo, hi = getattr(strat, "min_inputs", 1), getattr(strat, "max_inputs", None)
+    if len(named) < lo or (hi is not None and len(named) > hi):
+        want = (
+            f"exactly {lo}" if lo == hi else f"at least {lo}" + (f" and at most {hi}" if hi else "")
+        )
+        raise AdaptkitError(f"strategy {strategy!r} takes {want} adapters, got {len(named)}")
+    filled = fill_params(strat, params)
+    request = rank if isinstance(rank, RankRequest) else RankRequest.parse(rank)
+    targets = _align(named, intersect)
+
+    out: dict[str, Any] = {}
+    report: list[TargetReport] = []
+    iterator: Any = targets
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(
+            targets, desc=f"combine ({strategy})", unit="target", leave=False, disable=None
+        )
+    for target in iterator:
+        these = [
+            MergeInput(
+                name=item.name,
+                weight=float(item.weight),
+                pair=item.adapter.targets[target],
+                index=i,
+            )
+            for i, item in enumerate(named)
+            if target in item.adapter.targets and item.weight != 0
+        ]
+        if not these:
+            continue
+        ctx = MergeContext(target=target, params=filled, rank=request, seed=seed)
+        result = strat.merge(these, ctx)
+        pair = result.pair
+        expected = (these[0].pair.out_features, these[0].pair.in_features)
+        if (pair.out_features, pair.in_features) != expected:
+            raise AdaptkitError(
+                f"strategy {strategy!r} returned shape {pair.out_features}×{pair.in_features}, "
+                f"expected {expected[0]}×{expected[1]}",
+                key=target,
+            )
+        bad = pair.check_finite()
+        if bad:
+            raise InvalidAdapterError(
+                f"merged {bad[0]} has NaN/Inf values (overflow?); nothing was written", key=target
+            )
+        out[target] = pair
+        report.append(
+            TargetReport(
+                target, len(these), pair.rank, result.energy, result.relative_error, result.note
+            )
+        )
+
+    bases = {item.adapter.base_model.name for item in named}
+    base = BaseModelInfo(name=bases.pop()) if len(bases) == 1 else BaseModelInfo()
+    provenance = {
+        "combine": {
+            "strategy": strategy,
+            "params": filled,
+            "rank": request.describe(),
+            "seed": seed,
+            "intersect": intersect,
+        },
+        "inputs": [
+            {
+                "name": item.name,
+                "weight": item.weight,
+                **(
+                    {"path": os.fspath(item.source), "sha256": file_sha256(item.source)}
+                    if item.source is not None and item.source.exists()
+                    else {}
+                ),
+            }
+            for item in named
+        ],
+        "versions": _versions(),
+    }
+    adapter = Adapter(
+        targets=out,
+        base_model=base,
+        producer=Producer(version=_versions().get("adaptkit"), component=f"strategy:{strategy}"),
+        provenance=provenance,
+    )
+    return CombineResult(adapter=adapter, report=report)
+
+
+def _with_unique_names(inputs: Sequence[AdapterInput]) -> list[AdapterInput]:
+    """Copies with names filled in and made unique (``a``, ``a#2``, ...)."""
+    seen: dict[str, int] = {}
+    out = []
+    for i, item in enumerate(inputs):
+        base = item.name or f"adapter{i}"
+        seen[base] = seen.get(base, 0) + 1
+        name = base if seen[base] == 1 else f"{base}#{seen[base]}"
+        out.append(
+            AdapterInput(adapter=item.adapter, weight=item.weight, name=name, source=item.source)
+        )
+    return out
+
+
+def report_rows(report: Sequence[TargetReport]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in report]

@@ -1,0 +1,161 @@
+"""Exact algebra on sums of low-rank updates, without ever forming an ``m × n`` matrix.
+
+A weighted sum of LoRA updates is itself a product of two stacked factors::
+
+    ΔW = Σ_i c_i · B_i A_i = B̃ Ã,    B̃ = [c_1 B_1 … c_N B_N]  (m × R),
+                                     Ã = [A_1; …; A_N]         (R × n),    R = Σ r_i
+
+with ``c_i = w_i · s_i`` (the user's weight times the adapter's own scale). To re-factorise
+``B̃ Ã`` to rank ``k``:
+
+    B̃ = Q_b R_b,   Ãᵀ = Q_a R_a          (thin QR)
+    R_b R_aᵀ = U S Vᵀ                     (SVD of the small R × R core)
+    ΔW = (Q_b U) S (Q_a V)ᵀ               (exact; a thin SVD of ΔW)
+
+and truncating ``S`` to its ``k`` largest values gives the optimal rank-``k`` approximation
+(Eckart–Young). Cost ``O((m + n) R²)``; memory: the factors only. The factors are split
+evenly, ``B = Q_b U_k S_k^½`` and ``A = S_k^½ V_kᵀ Q_aᵀ``, so neither carries all the scale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from adaptkit.errors import AdaptkitError
+
+if TYPE_CHECKING:
+    import torch
+
+    from adaptkit.lora import LoraPair
+
+#: Relative singular-value cut-off below which directions count as numerically zero.
+RANK_TOL = 1e-7
+
+
+@dataclass(frozen=True)
+class RankRequest:
+    """How many singular directions to keep.
+
+    Attributes:
+        k: A fixed rank, or ``None``.
+        energy: Keep the smallest rank whose ``Σσ²`` reaches this fraction of the total.
+    With neither set, the strategy's default applies.
+    """
+
+    k: int | None = None
+    energy: float | None = None
+
+    @classmethod
+    def parse(cls, value: int | str | None) -> RankRequest:
+        """Parse ``None``, ``16``, ``"16"``, ``"auto"`` (= ``auto:0.99``) or ``"auto:0.95"``."""
+        if value is None:
+            return cls()
+        if isinstance(value, bool):
+            raise AdaptkitError(f"rank must be an integer or 'auto[:E]', got {value!r}", key="rank")
+        if isinstance(value, int):
+            if value < 1:
+                raise AdaptkitError(f"rank must be >= 1, got {value}", key="rank")
+            return cls(k=value)
+        text = str(value).strip()
+        if text.isdigit():
+            return cls.parse(int(text))
+        if text == "auto":
+            return cls(energy=0.99)
+        if text.startswith("auto:"):
+            try:
+                energy = float(text[5:])
+            except ValueError:
+                energy = math.nan
+            if not 0.0 < energy <= 1.0:
+                raise AdaptkitError(
+                    f"energy in {text!r} must be a number in (0, 1]",
+                    key="rank",
+                    hint="e.g. --rank auto:0.95",
+                )
+            return cls(energy=energy)
+        raise AdaptkitError(f"rank must be an integer or 'auto[:E]', got {value!r}", key="rank")
+
+    def describe(self) -> str:
+        if self.k is not None:
+            return str(self.k)
+        if self.energy is not None:
+            return f"auto:{self.energy:g}"
+        return "default"
+
+    def choose(self, singular_values: torch.Tensor, default: int) -> int:
+        """The rank to keep given all (descending) singular values of the update."""
+        if self.k is not None:
+            return min(self.k, max(int(singular_values.numel()), 1))
+        if self.energy is not None:
+            return rank_for_energy(singular_values, self.energy)
+        return min(default, max(int(singular_values.numel()), 1))
+
+
+def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
+    """Smallest ``k`` with ``Σ_{i<k} σ_i² >= energy · Σ σ_i²`` (at least 1)."""
+    import torch
+
+    sq = singular_values.double() ** 2
+    total = float(sq.sum())
+    if total == 0.0:
+        return 1
+    cum = torch.cumsum(sq, 0) / total
+    # Tolerance so that energy=1.0 stops at the numerical rank instead of at rounding noise.
+    k = int(torch.searchsorted(cum, torch.tensor(energy - 1e-12, dtype=cum.dtype)).item()) + 1
+    return max(1, min(k, int(sq.numel())))
+
+
+@dataclass
+class Factorisation:
+    """A thin SVD ``ΔW = U diag(S) Vᵀ`` held as factors: ``U: (m, p)``, ``V: (n, p)``."""
+
+    U: torch.Tensor
+    S: torch.Tensor
+    V: torch.Tensor
+
+    def numerical_rank(self) -> int:
+        if self.S.numel() == 0 or float(self.S[0]) == 0.0:
+            return 0
+        return int((self.S[0] * RANK_TOL < self.S).sum())
+
+    def energy(self, k: int) -> float:
+        """Fraction of ``||ΔW||_F²`` kept by the top ``k`` directions."""
+        sq = self.S.double() ** 2
+        total = float(sq.sum())
+        return 1.0 if total == 0.0 else float(sq[:k].sum()) / total
+
+    def relative_error(self, k: int) -> float:
+        """``||ΔW − ΔW_k||_F / ||ΔW||_F`` for the rank-``k`` truncation (exact)."""
+        return math.sqrt(max(0.0, 1.0 - self.energy(k)))
+
+    def truncate(self, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Balanced factors ``(B, A)`` of the rank-``k`` truncation, in ``dtype``."""
+        root = self.S[:k].sqrt()
+        B = self.U[:, :k] * root
+        A = root[:, None] * self.V[:, :k].T
+        return B.to(dtype).contiguous(), A.to(dtype).contiguous()
+
+
+def stack_factors(
+    pairs: Sequence[LoraPair], coefficients: Sequence[float], dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B̃, Ã)`` with ``B̃ = [c_i s_i B_i]`` and ``Ã = [A_i]``, so ``B̃ Ã = Σ c_i ΔW_i``."""
+    import torch
+
+    Bs = [p.B.to(dtype) * (c * p.scale) for p, c in zip(pairs, coefficients, strict=True)]
+    As = [p.A.to(dtype) for p in pairs]
+    return torch.cat(Bs, dim=1), torch.cat(As, dim=0)
+
+
+def factorise_product(B: torch.Tensor, A: torch.Tensor) -> Factorisation:
+    """Thin SVD of ``B @ A`` from the factors (see module docstring); computed in float64."""
+    import torch
+
+    Bd, Ad = B.double(), A.double()
+    Qb, Rb = torch.linalg.qr(Bd)
+    Qa, Ra = torch.linalg.qr(Ad.T)
+    U, S, Vh = torch.linalg.svd(Rb @ Ra.T, full_matrices=False)
+    return Factorisation(U=Qb @ U, S=S, V=Qa @ Vh.T)

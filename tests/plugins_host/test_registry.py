@@ -28,7 +28,7 @@ class Thing:
     def read(self, path):
         raise NotImplementedError
 
-    params_schema = {"type": "object"}  # noqa: RUF012
+    params_schema = {"type": "object"}
 
     def merge(self, inputs, ctx):
         raise NotImplementedError

@@ -28,6 +28,15 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _target_mode(dest: Path) -> int:
+    try:
+        return dest.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path beside ``destination``; on success it replaces ``destination``.
@@ -38,8 +47,12 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     dest = Path(destination)
     folder = dest.parent if str(dest.parent) else Path(".")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600; give the output the mode a plain open() would (or keep the old one).
+    try:
+        os.fchmod(fd, _target_mode(dest))
+    finally:
+        os.close(fd)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:

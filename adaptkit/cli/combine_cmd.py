@@ -147,8 +147,10 @@ def command(
     if override is not None:
         for ref, w in zip(refs, override, strict=True):
             ref.weight = w
+    # A recipe's params belong to the recipe's strategy; a different --strategy drops them.
+    recipe_params = recipe.params if strategy in (None, recipe.strategy) else {}
     strategy = strategy or recipe.strategy or "linear"
-    merged_params = {**recipe.params, **parse_params(params)}
+    merged_params = {**recipe_params, **parse_params(params)}
     rank_value = rank if rank is not None else recipe.rank
     seed_value = seed if seed is not None else (recipe.seed or 0)
     intersect_value = bool(intersect if intersect is not None else recipe.intersect)

@@ -14,21 +14,24 @@ from adaptkit.errors import AdaptkitError
 def validate_file(path: Path) -> dict[str, Any]:
     """Validate one file; never raises for bad input, returns ``{"path", "kind", "problems"}``."""
     from adaptkit.plugins import get_registry
+    from adaptkit.recipe import yaml_kind
     from adaptkit.specs import detect_format, is_yaml, read_adapter_yaml
-    from adaptkit.yamlio import load_yaml_file
 
     registry = get_registry()
     result: dict[str, Any] = {"path": str(path), "kind": None, "problems": []}
     try:
         if is_yaml(path):
-            doc = load_yaml_file(path)
-            if isinstance(doc, dict) and "adapter" in doc:
-                result["kind"] = "adapter-spec"
+            kind = yaml_kind(path)
+            result["kind"] = kind
+            if kind == "adapter-spec":
                 ref = read_adapter_yaml(path)
                 adapter = detect_format(ref.path, registry).require_available().read(ref.path)
+            elif kind == "recipe":
+                return _validate_recipe(path, result)
             else:
                 raise AdaptkitError(
-                    "unknown YAML kind: expected an adapter manifest with an 'adapter' key",
+                    "unknown YAML kind: expected an adapter manifest ('adapter' key) or a "
+                    "recipe ('adapters' key)",
                     path=path,
                 )
         else:
@@ -44,6 +47,36 @@ def validate_file(path: Path) -> dict[str, Any]:
     except AdaptkitError as exc:
         where = exc.path or str(path)
         result["problems"] = [f"{where}: {p}" for p in exc.problems]
+    return result
+
+
+def _validate_recipe(path: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """A recipe: its schema, every adapter it names, its strategy, params and rank."""
+    from adaptkit.combine import fill_params
+    from adaptkit.factored import RankRequest
+    from adaptkit.plugins import get_registry
+    from adaptkit.recipe import load_recipe
+    from adaptkit.specs import load_ref
+
+    registry = get_registry()
+    recipe = load_recipe(path)
+    problems: list[str] = []
+    targets: set[str] = set()
+    for ref in recipe.adapters:
+        try:
+            targets |= set(load_ref(ref, registry).targets)
+        except AdaptkitError as exc:
+            problems += [f"{exc.path or ref.path}: {p}" for p in exc.problems]
+    for check in (
+        lambda: fill_params(registry.get("strategy", recipe.strategy or "linear"), recipe.params),
+        lambda: RankRequest.parse(recipe.rank),
+    ):
+        try:
+            check()
+        except AdaptkitError as exc:
+            problems += [f"{path}: {p}" for p in exc.problems]
+    result["problems"] = problems
+    result["targets"] = len(targets)
     return result
 
 

@@ -23,10 +23,14 @@ class BaseModelInfo:
     Args:
         name: A Hugging Face id or local name (``base_model_name_or_path`` in PEFT).
         revision: A commit/revision of that model, when known.
+        fan_in_fan_out: The targets are HF ``Conv1D`` layers (weight stored ``in × out``, as
+            in GPT-2). Factors are always kept in ``nn.Linear`` layout; this flag only says how
+            to merge into such a base and is written back to PEFT's config.
     """
 
     name: str | None = None
     revision: str | None = None
+    fan_in_fan_out: bool | None = None
 
 
 @dataclass

@@ -32,9 +32,7 @@ def _target_mode(dest: Path) -> int:
     try:
         return dest.stat().st_mode & 0o7777
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -69,3 +67,55 @@ def atomic_write_bytes(destination: str | os.PathLike[str], data: bytes) -> None
     """Write ``data`` to ``destination`` atomically (see module docstring)."""
     with atomic_path(destination) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
+
+
+@contextlib.contextmanager
+def atomic_directory(
+    destination: str | os.PathLike[str], *, overwrite: bool = False
+) -> Iterator[Path]:
+    """Yield an empty temp folder beside ``destination``; on success it becomes ``destination``.
+
+    An existing ``destination`` is replaced only if ``overwrite`` — it is first renamed aside,
+    the new folder renamed in, and the old one deleted, so at every instant the path holds
+    either the complete old or the complete new folder (the swap itself is two renames). On
+    failure the temp folder is removed and ``destination`` is untouched.
+    """
+    import shutil
+
+    dest = Path(destination)
+    parent = dest.parent if str(dest.parent) else Path(".")
+    if dest.exists() and not overwrite:
+        from adaptkit.errors import OutputError
+
+        raise OutputError("output exists", path=dest, hint="pass --force to replace it")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        for sub in tmp.rglob("*"):
+            if sub.is_file():
+                with open(sub, "rb") as fh:
+                    os.fsync(fh.fileno())
+        old = None
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=parent))
+            os.rmdir(old)
+            os.replace(dest, old)
+        try:
+            os.replace(tmp, dest)
+        except BaseException:
+            if old is not None:
+                os.replace(old, dest)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(parent)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

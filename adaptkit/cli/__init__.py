@@ -62,6 +62,7 @@ def cli(debug: bool) -> None:
     \b
     Examples:
       adaptkit combine a.yaml b.yaml -o merged.safetensors
+      adaptkit convert peft_adapter_dir -o adapter.safetensors --to adaptkit
       adaptkit inspect lora.safetensors --json
       adaptkit validate a.yaml b.yaml
       adaptkit plugins
@@ -69,9 +70,9 @@ def cli(debug: bool) -> None:
 
 
 def _register_builtin_commands() -> None:
-    from adaptkit.cli import combine_cmd, inspect_cmd, plugins_cmd, validate_cmd
+    from adaptkit.cli import combine_cmd, convert_cmd, inspect_cmd, plugins_cmd, validate_cmd
 
-    for module in (combine_cmd, plugins_cmd, inspect_cmd, validate_cmd):
+    for module in (combine_cmd, convert_cmd, inspect_cmd, validate_cmd, plugins_cmd):
         cli.add_command(module.command)
 
 

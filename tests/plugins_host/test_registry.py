@@ -165,7 +165,8 @@ def test_misspelled_hook_fails_loudly():
 
 def test_env_vars_restrict_and_block():
     assert load_registry(env={LOAD_ENV: ""}).names("format") == []
-    assert load_registry(env={BLOCK_ENV: "native"}).names("format") == []
+    assert load_registry(env={BLOCK_ENV: "native,peft"}).names("format") == []
+    assert load_registry(env={BLOCK_ENV: "native"}).names("format") == ["peft"]
     assert "adaptkit" in load_registry(env={}).names("format")
     with pytest.raises(UnknownNameError, match="unknown plugin 'nope'"):
         load_registry(env={LOAD_ENV: "nope"})

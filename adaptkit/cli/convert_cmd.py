@@ -1,0 +1,71 @@
+"""``adaptkit convert``: between adapter formats (native file <-> PEFT directory, ...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from adaptkit.cli.output import echo_json
+from adaptkit.errors import AdaptkitError, OutputError
+
+
+@click.command("convert")
+@click.argument("spec")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output file (adaptkit) or folder (peft).",
+)
+@click.option(
+    "--to",
+    "to_format",
+    required=True,
+    help="Target format: adaptkit or peft (see `adaptkit plugins`).",
+)
+@click.option("-f", "--force", is_flag=True, help="Replace an existing output.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+def command(spec: str, output: Path, to_format: str, force: bool, as_json: bool) -> None:
+    """Convert an adapter SPEC to another format, losslessly or not at all.
+
+    Every target's ΔW is preserved exactly: ranks, alphas, rsLoRA, rank_pattern /
+    alpha_pattern and fan_in_fan_out (GPT-2 Conv1D) carry over. Features that are not plain
+    LoRA (DoRA, modules_to_save, biases, embedding LoRA) are refused, never dropped.
+
+    \b
+    Examples:
+      adaptkit convert peft_adapter_dir -o adapter.safetensors --to adaptkit
+      adaptkit convert adapter.safetensors -o peft_dir --to peft
+    """
+    from adaptkit.plugins import get_registry
+    from adaptkit.specs import detect_format, load_ref, resolve_spec
+
+    registry = get_registry()
+    writer = registry.get("format", to_format)
+    if not hasattr(writer, "write"):
+        raise AdaptkitError(f"format {to_format!r} cannot write adapters")
+    ref = resolve_spec(spec)
+    if ref.path.exists() and output.resolve() == ref.path.resolve():
+        raise OutputError("output is the input", path=output)
+    if output.exists() and not force:
+        raise OutputError("output exists", path=output, hint="pass --force to replace it")
+    source_format = detect_format(ref.path, registry).name
+    adapter = load_ref(ref, registry)
+    written = writer.write(adapter, output, overwrite=force)
+    info = {
+        "input": str(ref.path),
+        "from": source_format,
+        "output": str(written),
+        "to": to_format,
+        "targets": len(adapter.targets),
+        "ranks": sorted(set(adapter.ranks.values())),
+    }
+    if as_json:
+        echo_json(info)
+    else:
+        click.echo(
+            f"wrote {written} ({to_format}) from {ref.path} ({source_format}): "
+            f"{info['targets']} targets, ranks {info['ranks']}"
+        )

@@ -1,0 +1,94 @@
+"""Bake an adapter into a PyTorch model's weights: ``W ← W + c·ΔW`` per target.
+
+Works on any ``nn.Module`` whose targets are ``nn.Linear`` (weight ``out × in``) or Hugging
+Face ``Conv1D`` (weight ``in × out``, as in GPT-2: the delta is transposed). The delta is
+computed in float32 (float64 for float64 weights) and cast once to the weight's dtype; a
+result that overflows that dtype (e.g. fp16) is refused before any weight is touched.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from adaptkit.errors import AdaptkitError, InvalidAdapterError
+
+if TYPE_CHECKING:
+    import torch
+
+    from adaptkit.adapter import Adapter
+
+
+def _layout(module: Any) -> str | None:
+    import torch
+
+    if isinstance(module, torch.nn.Linear):
+        return "linear"
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+        return "conv1d"
+    return None
+
+
+def resolve_targets(model: torch.nn.Module, adapter: Adapter) -> dict[str, tuple[Any, str]]:
+    """Map each target to ``(module, layout)``, checking it exists and its shape fits.
+
+    Raises:
+        InvalidAdapterError: listing every target missing from the model, of an unsupported
+            module type, or with a shape that does not match.
+    """
+    modules = dict(model.named_modules())
+    problems: list[str] = []
+    found: dict[str, tuple[Any, str]] = {}
+    missing = sorted(t for t in adapter.targets if t not in modules)
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        problems.append(f"targets not in the model: {shown}")
+    for name, pair in sorted(adapter.targets.items()):
+        if name not in modules:
+            continue
+        module = modules[name]
+        layout = _layout(module)
+        if layout is None:
+            problems.append(f"{name}: a {type(module).__name__}, not nn.Linear or Conv1D")
+            continue
+        out_f, in_f = module.weight.shape if layout == "linear" else module.weight.shape[::-1]
+        if (out_f, in_f) != (pair.out_features, pair.in_features):
+            problems.append(
+                f"{name}: adapter is {pair.out_features}×{pair.in_features} (out×in) but the "
+                f"model's layer is {out_f}×{in_f}"
+            )
+            continue
+        found[name] = (module, layout)
+    if problems:
+        raise InvalidAdapterError.from_problems(problems)
+    return found
+
+
+def merge_adapter(model: torch.nn.Module, adapter: Adapter, *, weight: float = 1.0) -> None:
+    """``W ← W + weight·ΔW`` for every target, in place (``weight=-1`` undoes it).
+
+    Nothing is modified unless every target resolves and every merged weight is finite in
+    the model's dtype.
+    """
+    import torch
+
+    found = resolve_targets(model, adapter)
+    updates = []
+    with torch.no_grad():
+        for name, (module, layout) in found.items():
+            W = module.weight
+            work = torch.float64 if W.dtype == torch.float64 else torch.float32
+            delta = adapter.targets[name].delta(work) * weight
+            if layout == "conv1d":
+                delta = delta.T
+            new = (W.to(work) + delta.to(W.device)).to(W.dtype)
+            if not bool(torch.isfinite(new).all()):
+                raise AdaptkitError(
+                    f"merged weight overflows {W.dtype} (non-finite values); nothing was changed",
+                    key=name,
+                    hint="merge in float32 or scale the adapter down",
+                )
+            updates.append((W, new))
+        for W, new in updates:
+            W.copy_(new)

@@ -1,0 +1,138 @@
+"""``adapter_config.json``: strict parsing, refusals, and PEFT's per-module rank/alpha rules.
+
+PEFT resolves a module's rank and alpha by trying each ``rank_pattern`` / ``alpha_pattern``
+key in order and taking the first for which ``re.match(rf"(.*\\.)?({key})$", module)``
+succeeds, falling back to ``r`` / ``lora_alpha``. The scale is ``alpha / r``, or
+``alpha / sqrt(r)`` with ``use_rslora``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from adaptkit.errors import AdaptkitError, FormatError
+
+CONFIG_NAME = "adapter_config.json"
+MAX_CONFIG_BYTES = 1 << 20
+
+# Settings whose adapters are not a plain sum of s·B@A per module. Each is refused when set
+# to anything but PEFT's default, with the reason shown.
+_REFUSED: dict[str, str] = {
+    "use_dora": "DoRA adds magnitude vectors that are not a LoRA update",
+    "modules_to_save": "fully trained extra modules (modules_to_save) are not LoRA factors",
+    "lora_bias": "LoRA bias terms (lora_bias) are not LoRA factors",
+    "trainable_token_indices": "trainable token embeddings are not LoRA factors",
+    "alora_invocation_tokens": "activated LoRA (aLoRA) applies only after invocation tokens",
+    "use_qalora": "QA-LoRA pools its inputs, so ΔW is not B@A",
+    "layer_replication": "layer replication changes the base model's structure",
+    "target_parameters": "LoRA on raw nn.Parameters (target_parameters) is not supported",
+    "use_bdlora": "block-diagonal LoRA is not supported",
+    "arrow_config": "Arrow routing mixes several LoRAs per input",
+    "velora_config": "VeLoRA is not supported",
+    "monteclora_config": "MonteCLoRA is not supported",
+    "kasa_config": "KaSA is not supported",
+    "loftq_config": "LoftQ changes the base weights at initialisation",
+}
+# init_lora_weights values that rewrite the base model's weights when the adapter is created,
+# so the adapter is only meaningful against that modified base.
+_BASE_MODIFYING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
+# A heuristic guard against patterns with nested quantifiers (catastrophic backtracking),
+# since rank_pattern / alpha_pattern keys come from downloaded files and are regexes.
+_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*](?:[^()\\]|\\.)*\)\s*[+*{]")
+
+
+def _is_set(value: Any) -> bool:
+    return value not in (None, False, "none", {}, [], "")
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """Read, schema-check and vet an ``adapter_config.json``.
+
+    Raises:
+        FormatError / SchemaError / AdaptkitError: naming the file and the key.
+    """
+    from adaptkit.fileio import read_regular_file
+    from adaptkit.safetensors_strict import strict_json
+    from adaptkit.schemas import validate_document
+
+    if not path.exists():
+        raise FormatError(
+            f"missing {CONFIG_NAME}",
+            path=path.parent,
+            hint="a PEFT adapter directory holds adapter_config.json",
+        )
+    raw = read_regular_file(path, max_bytes=MAX_CONFIG_BYTES, what=CONFIG_NAME)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError("not UTF-8 JSON", path=path) from None
+    cfg = strict_json(text, what=CONFIG_NAME, path=path)
+    if not isinstance(cfg, dict):
+        raise FormatError("expected a JSON object", path=path)
+    peft_type = cfg.get("peft_type")
+    if peft_type != "LORA":
+        raise AdaptkitError(
+            f"unsupported peft_type {peft_type!r}; adaptkit reads LORA adapters",
+            path=path,
+            key="peft_type",
+        )
+    validate_document(cfg, "peft-adapter-config", path=path)
+    for key, reason in _REFUSED.items():
+        if _is_set(cfg.get(key)):
+            raise AdaptkitError(
+                f"{key}={cfg[key]!r} is not supported: {reason}", path=path, key=key
+            )
+    if cfg.get("bias", "none") != "none":
+        raise AdaptkitError(
+            f"bias={cfg['bias']!r} is not supported: trained biases are not LoRA factors",
+            path=path,
+            key="bias",
+        )
+    init = cfg.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(_BASE_MODIFYING_INITS):
+        raise AdaptkitError(
+            f"init_lora_weights={init!r} rewrote the base model's weights when the adapter was "
+            "created; the adapter is not a delta on the original base",
+            path=path,
+            key="init_lora_weights",
+            hint="convert it with PEFT's path_initial_model_for_weight_conversion first",
+        )
+    for key in ("rank_pattern", "alpha_pattern"):
+        for pattern in cfg.get(key) or {}:
+            _check_pattern(pattern, path, key)
+    return cfg
+
+
+def _check_pattern(pattern: str, path: Path, key: str) -> None:
+    if _NESTED_QUANTIFIER.search(pattern):
+        raise AdaptkitError(
+            f"pattern {pattern!r} has nested quantifiers (possible catastrophic "
+            "backtracking); refusing to evaluate it",
+            path=path,
+            key=key,
+        )
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise AdaptkitError(
+            f"pattern {pattern!r} is not a valid regex: {exc}", path=path, key=key
+        ) from None
+
+
+def match_pattern(patterns: dict[str, Any] | None, module: str) -> str | None:
+    """The first pattern key PEFT would pick for ``module`` (or ``None``)."""
+    for key in patterns or {}:
+        if re.match(rf"(.*\.)?({key})$", module):
+            return key
+    return None
+
+
+def module_rank_alpha(cfg: dict[str, Any], module: str) -> tuple[int, float]:
+    """``(r, alpha)`` PEFT uses for ``module``."""
+    rank_key = match_pattern(cfg.get("rank_pattern"), module)
+    alpha_key = match_pattern(cfg.get("alpha_pattern"), module)
+    r = cfg["rank_pattern"][rank_key] if rank_key is not None else cfg["r"]
+    alpha = cfg["alpha_pattern"][alpha_key] if alpha_key is not None else cfg["lora_alpha"]
+    return int(r), float(alpha)

@@ -1,0 +1,197 @@
+"""PEFT LoRA directories as an adaptkit format: lossless both ways, or a clear refusal."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from adaptkit.adapter import Adapter, BaseModelInfo, Producer
+from adaptkit.errors import AdaptkitError, FormatError, InvalidAdapterError, OutputError
+from adaptkit_peft.config import CONFIG_NAME, load_config, module_rank_alpha
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
+PREFIX = "base_model.model."
+PROVENANCE_NAME = "adaptkit.json"
+
+_KEY = re.compile(
+    r"^base_model\.model\.(?P<module>.+)\."
+    r"(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
+    r"(?:\.weight)?$"
+)
+
+
+class PeftFormat:
+    name = "peft"
+    description = "PEFT LoRA directory: adapter_config.json + adapter_model.safetensors"
+    requires: dict[str, str] = {"safetensors": "safetensors", "torch": "torch"}  # noqa: RUF012
+
+    def detect(self, path: Path) -> bool:
+        p = Path(path)
+        return p.is_dir() and any(
+            (p / n).is_file() for n in (CONFIG_NAME, WEIGHTS_NAME, *PICKLE_NAMES)
+        )
+
+    def read(self, path: Path) -> Adapter:
+        """Load a PEFT LoRA directory; refuses pickles and features that are not plain LoRA."""
+        from adaptkit.lora import LoraPair
+        from adaptkit.safetensors_strict import read_tensors
+
+        folder = Path(path)
+        weights = folder / WEIGHTS_NAME
+        if not weights.exists():
+            pickles = [n for n in PICKLE_NAMES if (folder / n).exists()]
+            if pickles:
+                raise FormatError(
+                    f"only {pickles[0]} found: a pickle, which can run code when loaded, so "
+                    "adaptkit never opens it",
+                    path=folder / pickles[0],
+                    hint="convert it to adapter_model.safetensors with a tool you trust, e.g. "
+                    "PEFT in a sandbox: save_pretrained(..., safe_serialization=True)",
+                )
+            raise FormatError(f"missing {WEIGHTS_NAME}", path=folder)
+        cfg = load_config(folder / CONFIG_NAME)
+        _, tensors = read_tensors(weights)
+
+        factors: dict[str, dict[str, Any]] = {}
+        problems: list[str] = []
+        for key, tensor in tensors.items():
+            m = _KEY.match(key)
+            if m is None:
+                hint = "" if key.startswith(PREFIX) else f" (PEFT keys start with {PREFIX!r})"
+                problems.append(f"{key}: matches no LoRA key pattern{hint}")
+                continue
+            kind = m["kind"]
+            if kind.startswith("lora_embedding"):
+                raise AdaptkitError(
+                    "embedding LoRA (lora_embedding_A/B) is not supported", path=weights, key=key
+                )
+            if kind == "lora_magnitude_vector":
+                raise AdaptkitError(
+                    "DoRA magnitude vectors are not supported", path=weights, key=key
+                )
+            factors.setdefault(m["module"], {})[kind[-1]] = tensor
+        if problems:
+            raise InvalidAdapterError.from_problems(problems, path=weights)
+
+        rslora = bool(cfg.get("use_rslora", False))
+        targets: dict[str, LoraPair] = {}
+        for module in sorted(factors):
+            pair = factors[module]
+            missing = [f"lora_{f}" for f in "AB" if f not in pair]
+            if missing:
+                problems.append(
+                    f"{PREFIX}{module}.{missing[0]}.weight: missing (its pair is present)"
+                )
+                continue
+            r, alpha = module_rank_alpha(cfg, module)
+            A, B = pair["A"], pair["B"]
+            if A.ndim != 2 or A.shape[0] != r:
+                problems.append(
+                    f"{PREFIX}{module}.lora_A.weight: shape {tuple(A.shape)} disagrees with rank "
+                    f"{r} from {CONFIG_NAME}"
+                )
+                continue
+            try:
+                lp = LoraPair(
+                    A=A, B=B, alpha=alpha, scaling="alpha/sqrt(r)" if rslora else "alpha/r"
+                )
+            except InvalidAdapterError as exc:
+                problems.append(f"{PREFIX}{module}: {exc.message}")
+                continue
+            problems += [
+                f"{PREFIX}{module}.{f}.weight: contains NaN or Inf values"
+                for f in lp.check_finite()
+            ]
+            targets[module] = lp
+        if problems:
+            raise InvalidAdapterError.from_problems(problems, path=weights)
+        if not targets:
+            raise InvalidAdapterError("no LoRA factors found", path=weights)
+        return Adapter(
+            targets=targets,
+            base_model=BaseModelInfo(
+                name=cfg.get("base_model_name_or_path"),
+                revision=cfg.get("revision"),
+                fan_in_fan_out=bool(cfg.get("fan_in_fan_out", False)) or None,
+            ),
+            producer=Producer(component="format:peft"),
+            provenance={
+                "converted_from": {"format": "peft", "peft_version": cfg.get("peft_version")}
+            },
+        )
+
+    def write(self, adapter: Adapter, path: Path, *, overwrite: bool = False) -> Path:
+        """Write a PEFT directory that PEFT loads with every target's scale reproduced.
+
+        ``use_rslora`` follows the majority of targets; each target's alpha is chosen so
+        PEFT's scale equals adaptkit's (``alpha = s·r``, or ``s·sqrt(r)`` with rsLoRA — the
+        original alpha whenever the scaling mode already matches); ``r`` and ``lora_alpha``
+        are the most common values and ``rank_pattern`` / ``alpha_pattern`` list the rest
+        under regex-escaped full module paths (which match exactly one module).
+        """
+        from safetensors.torch import save as st_save
+
+        from adaptkit.atomic import atomic_directory
+
+        out = Path(path)
+        if out.exists() and not out.is_dir():
+            raise OutputError("a PEFT adapter is a directory, but a file exists here", path=out)
+        if out.exists() and not overwrite:
+            raise OutputError("output exists", path=out, hint="pass --force to replace it")
+        adapter.validate()
+        cfg = peft_config(adapter)
+        tensors = {}
+        for name, pair in sorted(adapter.targets.items()):
+            tensors[f"{PREFIX}{name}.lora_A.weight"] = pair.A.detach().contiguous().cpu()
+            tensors[f"{PREFIX}{name}.lora_B.weight"] = pair.B.detach().contiguous().cpu()
+        blob = st_save(tensors, metadata={"format": "pt"})
+        provenance = {
+            "producer": {k: v for k, v in vars(adapter.producer).items() if v is not None},
+            "provenance": adapter.provenance,
+        }
+        with atomic_directory(out, overwrite=overwrite) as tmp:
+            (tmp / WEIGHTS_NAME).write_bytes(blob)
+            (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, allow_nan=False) + "\n")
+            (tmp / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=2, default=str) + "\n")
+        return out
+
+
+def _peft_alpha(pair: Any, rslora: bool) -> float:
+    """The lora_alpha that makes PEFT's scale equal ``pair.scale``."""
+    if pair.scaling == ("alpha/sqrt(r)" if rslora else "alpha/r"):
+        return float(pair.alpha)
+    return pair.scale * (math.sqrt(pair.rank) if rslora else pair.rank)
+
+
+def peft_config(adapter: Adapter) -> dict[str, Any]:
+    """The ``adapter_config.json`` dict for ``adapter`` (see :meth:`PeftFormat.write`)."""
+    modes = Counter(p.scaling for p in adapter.targets.values())
+    rslora = modes["alpha/sqrt(r)"] > modes["alpha/r"] + modes["explicit"]
+    ranks = {name: p.rank for name, p in adapter.targets.items()}
+    alphas = {name: _peft_alpha(p, rslora) for name, p in adapter.targets.items()}
+    r = Counter(ranks.values()).most_common(1)[0][0]
+    alpha = Counter(alphas.values()).most_common(1)[0][0]
+    return {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": adapter.base_model.name,
+        "revision": adapter.base_model.revision,
+        "r": r,
+        "lora_alpha": alpha,
+        "use_rslora": rslora,
+        "target_modules": sorted(adapter.targets),
+        "rank_pattern": {re.escape(n): v for n, v in sorted(ranks.items()) if v != r},
+        "alpha_pattern": {re.escape(n): v for n, v in sorted(alphas.items()) if v != alpha},
+        "fan_in_fan_out": bool(adapter.base_model.fan_in_fan_out),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "modules_to_save": None,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+    }

@@ -102,7 +102,9 @@ def factored_merge(
 
     from adaptkit.lora import LoraPair
 
-    B, A = stack_factors(pairs, coefficients, torch.float64)
+    # float32 unless an input is float64 (see factorise_product); bf16/fp16 inputs are upcast.
+    work = torch.float64 if any(p.A.dtype == torch.float64 or p.B.dtype == torch.float64 for p in pairs) else torch.float32
+    B, A = stack_factors(pairs, coefficients, work)
     f = factorise_product(B, A)
     exact_rank = max(1, f.numerical_rank())
     k = max(1, rank.choose(f.S, default=default_rank if default_rank is not None else exact_rank))

@@ -85,7 +85,8 @@ def test_linear_at_rank_k_is_the_optimal_truncation():
         assert float((out.delta(torch.float64) - best).norm() / ref.norm()) < 1e-6
         optimal_err = math.sqrt(float((S[k:] ** 2).sum() / (S**2).sum()))
         assert report.relative_error == pytest.approx(optimal_err, rel=1e-6)
-        assert report.energy == pytest.approx(1 - optimal_err**2, rel=1e-9)
+        # float32 factorisation: energy agrees to float32 precision
+        assert report.energy == pytest.approx(1 - optimal_err**2, rel=1e-6)
 
 
 def test_linear_without_rank_drops_only_numerically_zero_directions():

@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of adaptkit against its peers (PEFT, bitsandbytes)."""

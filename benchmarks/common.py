@@ -1,0 +1,97 @@
+"""Shared helpers for the benchmark scripts: timing, peak memory, machine description."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+
+def best_time(fn: Callable[[], Any], *, repeat: int = 3, warmup: int = 1) -> float:
+    """Minimum wall time of ``fn()`` over ``repeat`` runs (after ``warmup`` runs)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+@dataclass
+class Peak:
+    bytes: int = 0
+
+
+@contextmanager
+def peak_rss():
+    """Sample this process's RSS every millisecond; ``.bytes`` is the peak above the start."""
+    import psutil
+
+    proc = psutil.Process()
+    gc.collect()
+    start = proc.memory_info().rss
+    peak = Peak()
+    stop = threading.Event()
+
+    def sample() -> None:
+        top = start
+        while not stop.is_set():
+            top = max(top, proc.memory_info().rss)
+            time.sleep(0.001)
+        peak.bytes = max(0, top - start)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        thread.join()
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+def versions(*dists: str) -> dict[str, str]:
+    import importlib.metadata
+
+    out = {}
+    for d in dists:
+        try:
+            out[d] = importlib.metadata.version(d)
+        except importlib.metadata.PackageNotFoundError:
+            out[d] = "not installed"
+    return out
+
+
+def emit(name: str, results: dict[str, Any], path: str | None) -> None:
+    """Print ``results`` as JSON and, if ``path`` is given, write them there."""
+    text = json.dumps({"benchmark": name, **results}, indent=2, default=str)
+    print(text)
+    if path:
+        with open(path, "w") as fh:
+            fh.write(text + "\n")
+
+
+def mib(n: int) -> float:
+    return n / (1 << 20)

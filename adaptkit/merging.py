@@ -103,7 +103,11 @@ def factored_merge(
     from adaptkit.lora import LoraPair
 
     # float32 unless an input is float64 (see factorise_product); bf16/fp16 inputs are upcast.
-    work = torch.float64 if any(p.A.dtype == torch.float64 or p.B.dtype == torch.float64 for p in pairs) else torch.float32
+    work = (
+        torch.float64
+        if any(p.A.dtype == torch.float64 or p.B.dtype == torch.float64 for p in pairs)
+        else torch.float32
+    )
     B, A = stack_factors(pairs, coefficients, work)
     f = factorise_product(B, A)
     exact_rank = max(1, f.numerical_rank())

@@ -85,7 +85,10 @@ def ours(pairs, weights, strategy, **kw):
     from adaptkit.adapter import Adapter
     from adaptkit.combine import AdapterInput, combine
 
-    inputs = [AdapterInput(Adapter({"proj": p}), w, f"a{i}") for i, (p, w) in enumerate(zip(pairs, weights))]
+    inputs = [
+        AdapterInput(Adapter({"proj": p}), w, f"a{i}")
+        for i, (p, w) in enumerate(zip(pairs, weights))
+    ]
     return combine(inputs, strategy, **kw).adapter.targets["proj"].delta(torch.float64)
 
 
@@ -100,7 +103,12 @@ def optimal_error(pairs, weights, k):
     """sqrt(Σ_{i>k} σ_i²)/||ΔW|| with σ² the eigenvalues of (B̃ᵀB̃)(ÃÃᵀ) (R × R)."""
     Bt = torch.cat([w * p.scale * p.B.double() for p, w in zip(pairs, weights)], dim=1)
     At = torch.cat([p.A.double() for p in pairs], dim=0)
-    ev = torch.linalg.eigvals((Bt.T @ Bt) @ (At @ At.T)).real.clamp(min=0).sort(descending=True).values
+    ev = (
+        torch.linalg.eigvals((Bt.T @ Bt) @ (At @ At.T))
+        .real.clamp(min=0)
+        .sort(descending=True)
+        .values
+    )
     return math.sqrt(float(ev[k:].sum()) / float(ev.sum()))
 
 
@@ -135,23 +143,46 @@ def bench_shape(out_f, in_f, n, peft_repeat, density=0.5):
             ours_delta = ours_fn()
         t_peft = best_time(peft_fn, repeat=peft_repeat, warmup=0)
         t_ours = best_time(ours_fn, repeat=3)
-        rows.append({
-            "shape": f"{out_f}x{in_f}", "adapters": n, "method": method,
-            "peft_s": round(t_peft, 4), "adaptkit_s": round(t_ours, 5),
-            "speedup": round(t_peft / t_ours, 1),
-            "peft_rel_err": rel(peft_delta, reference), "adaptkit_rel_err": rel(ours_delta, reference),
-            "optimal_rel_err": optimal,
-            "adaptkit_minus_optimal": None if optimal is None else rel(ours_delta, reference) - optimal,
-            "peft_peak_mib": round(mib(peft_peak.bytes), 1), "adaptkit_peak_mib": round(mib(ours_peak.bytes), 1),
-        })
+        rows.append(
+            {
+                "shape": f"{out_f}x{in_f}",
+                "adapters": n,
+                "method": method,
+                "peft_s": round(t_peft, 4),
+                "adaptkit_s": round(t_ours, 5),
+                "speedup": round(t_peft / t_ours, 1),
+                "peft_rel_err": rel(peft_delta, reference),
+                "adaptkit_rel_err": rel(ours_delta, reference),
+                "optimal_rel_err": optimal,
+                "adaptkit_minus_optimal": None
+                if optimal is None
+                else rel(ours_delta, reference) - optimal,
+                "peft_peak_mib": round(mib(peft_peak.bytes), 1),
+                "adaptkit_peak_mib": round(mib(ours_peak.bytes), 1),
+            }
+        )
 
-    run("svd (rank 16)", lambda: peft_combine(model, n, weights, "svd", svd_rank=RANK),
-        lambda: ours(pairs, weights, "linear", rank=RANK), ref, opt)
-    run("cat", lambda: peft_combine(model, n, weights, "cat"), lambda: ours(pairs, weights, "cat"), ref, 0.0)
+    run(
+        "svd (rank 16)",
+        lambda: peft_combine(model, n, weights, "svd", svd_rank=RANK),
+        lambda: ours(pairs, weights, "linear", rank=RANK),
+        ref,
+        opt,
+    )
+    run(
+        "cat",
+        lambda: peft_combine(model, n, weights, "cat"),
+        lambda: ours(pairs, weights, "cat"),
+        ref,
+        0.0,
+    )
     ties_ref = ties_reference(pairs, weights, density)
-    run("ties_svd (rank 16)",
+    run(
+        "ties_svd (rank 16)",
         lambda: peft_combine(model, n, weights, "ties_svd", svd_rank=RANK, density=density),
-        lambda: ours(pairs, weights, "ties", rank=RANK, params={"density": density}), ties_ref)
+        lambda: ours(pairs, weights, "ties", rank=RANK, params={"density": density}),
+        ties_ref,
+    )
     return rows
 
 
@@ -160,15 +191,24 @@ def bench_7b_set(layers, tmp: Path):
     from adaptkit import Adapter, load_adapter, save_adapter
     from adaptkit.combine import AdapterInput, combine
 
-    shapes = {"q_proj": (4096, 4096), "k_proj": (4096, 4096), "v_proj": (4096, 4096), "o_proj": (4096, 4096),
-              "gate_proj": (11008, 4096), "up_proj": (11008, 4096), "down_proj": (4096, 11008)}
+    shapes = {
+        "q_proj": (4096, 4096),
+        "k_proj": (4096, 4096),
+        "v_proj": (4096, 4096),
+        "o_proj": (4096, 4096),
+        "gate_proj": (11008, 4096),
+        "up_proj": (11008, 4096),
+        "down_proj": (4096, 11008),
+    }
     paths = []
     for s in range(2):
         targets = {}
         for layer in range(layers):
             for proj, (o, i) in shapes.items():
                 group = "mlp" if proj in ("gate_proj", "up_proj", "down_proj") else "self_attn"
-                targets[f"model.layers.{layer}.{group}.{proj}"] = make_pairs(o, i, 1, seed=1000 * s + layer)[0]
+                targets[f"model.layers.{layer}.{group}.{proj}"] = make_pairs(
+                    o, i, 1, seed=1000 * s + layer
+                )[0]
         paths.append(save_adapter(Adapter(targets), tmp / f"in{s}.safetensors"))
     size = sum(p.stat().st_size for p in paths)
 
@@ -186,9 +226,12 @@ def bench_7b_set(layers, tmp: Path):
         with_combine()
     t_all = best_time(with_combine, repeat=3)
     return {
-        "targets": layers * len(shapes), "input_mib": round(mib(size), 1),
-        "load_save_s": round(t_io, 3), "load_combine_save_s": round(t_all, 3),
-        "ratio": round(t_all / t_io, 2), "combine_ms_per_target": round(1000 * (t_all - t_io) / (layers * len(shapes)), 2),
+        "targets": layers * len(shapes),
+        "input_mib": round(mib(size), 1),
+        "load_save_s": round(t_io, 3),
+        "load_combine_save_s": round(t_all, 3),
+        "ratio": round(t_all / t_io, 2),
+        "combine_ms_per_target": round(1000 * (t_all - t_io) / (layers * len(shapes)), 2),
         "peak_extra_mib": round(mib(peak.bytes), 1),
     }
 
@@ -209,11 +252,18 @@ def main(argv=None):
         rows += bench_shape(out_f, in_f, n, peft_repeat)
     with tempfile.TemporaryDirectory() as tmp:
         seven_b = bench_7b_set(layers, Path(tmp))
-    emit("combine", {
-        "mode": "quick" if args.quick else "full", "machine": machine(),
-        "versions": versions("adaptkit", "peft", "torch"), "rows": rows, "llama7b_shaped": seven_b,
-        "seconds": round(time.time() - started, 1),
-    }, args.json)
+    emit(
+        "combine",
+        {
+            "mode": "quick" if args.quick else "full",
+            "machine": machine(),
+            "versions": versions("adaptkit", "peft", "torch"),
+            "rows": rows,
+            "llama7b_shaped": seven_b,
+            "seconds": round(time.time() - started, 1),
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

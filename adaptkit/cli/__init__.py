@@ -69,6 +69,10 @@ def cli(debug: bool) -> None:
     """
 
 
+#: Commands of adaptkit itself, in the order the reference documents them.
+BUILTIN_COMMANDS = ("combine", "convert", "inspect", "validate", "plugins")
+
+
 def _register_builtin_commands() -> None:
     from adaptkit.cli import combine_cmd, convert_cmd, inspect_cmd, plugins_cmd, validate_cmd
 

@@ -87,7 +87,7 @@ def ours(pairs, weights, strategy, **kw):
 
     inputs = [
         AdapterInput(Adapter({"proj": p}), w, f"a{i}")
-        for i, (p, w) in enumerate(zip(pairs, weights))
+        for i, (p, w) in enumerate(zip(pairs, weights, strict=True))
     ]
     return combine(inputs, strategy, **kw).adapter.targets["proj"].delta(torch.float64)
 
@@ -96,12 +96,14 @@ def ours(pairs, weights, strategy, **kw):
 
 
 def exact_sum(pairs, weights):
-    return sum(w * p.scale * (p.B.double() @ p.A.double()) for p, w in zip(pairs, weights))
+    return sum(
+        w * p.scale * (p.B.double() @ p.A.double()) for p, w in zip(pairs, weights, strict=True)
+    )
 
 
 def optimal_error(pairs, weights, k):
     """sqrt(Σ_{i>k} σ_i²)/||ΔW|| with σ² the eigenvalues of (B̃ᵀB̃)(ÃÃᵀ) (R × R)."""
-    Bt = torch.cat([w * p.scale * p.B.double() for p, w in zip(pairs, weights)], dim=1)
+    Bt = torch.cat([w * p.scale * p.B.double() for p, w in zip(pairs, weights, strict=True)], dim=1)
     At = torch.cat([p.A.double() for p in pairs], dim=0)
     ev = (
         torch.linalg.eigvals((Bt.T @ Bt) @ (At @ At.T))

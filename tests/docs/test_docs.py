@@ -91,5 +91,5 @@ def test_python_snippets_run(doc, tmp_path):
 def test_example_yamls_validate(run_cli):
     files = sorted((REPO / "examples").glob("*.yaml"))
     assert len(files) >= 3
-    code, out, err = run_cli("validate", *files)
+    code, _out, err = run_cli("validate", *files)
     assert code == 0, err

@@ -54,7 +54,26 @@ class WritableFormat(AdapterFormat, Protocol):
 
 @runtime_checkable
 class Backend(Plugin, Protocol):
-    """A training backend (``adaptkit train --backend NAME``)."""
+    """A training backend (``adaptkit train --backend NAME``).
+
+    The shared trainer (:mod:`adaptkit.training.loop`) loads the model and data and runs the
+    loop; the backend decides how adapters are attached and optimised.
+    """
+
+    def prepare(self, model: Any, settings: Any, config: Any, log: Any) -> list[Any]:
+        """Attach adapters to ``model`` in place (freezing the base); return the trainable
+        parameters. ``settings`` is a :class:`~adaptkit.training.settings.LoraSettings`,
+        ``config`` the whole :class:`~adaptkit.training.settings.TrainConfig`, ``log`` a
+        ``str -> None`` callable for one-line notices."""
+        ...
+
+    def optimizer(self, params: list[Any], config: Any, log: Any) -> Any:
+        """The ``torch.optim.Optimizer`` for ``params``."""
+        ...
+
+    def extract(self, model: Any, *, base_name: str | None, provenance: dict[str, Any]) -> Adapter:
+        """The trained adapter (native :class:`~adaptkit.adapter.Adapter`)."""
+        ...
 
 
 @runtime_checkable
@@ -87,7 +106,11 @@ class Exporter(Plugin, Protocol):
 #: the registry, the CLI and the docs use.
 KINDS: Mapping[str, tuple[str, type, tuple[str, ...]]] = {
     "format": ("register_formats", AdapterFormat, ("name", "description", "detect", "read")),
-    "backend": ("register_backends", Backend, ("name", "description")),
+    "backend": (
+        "register_backends",
+        Backend,
+        ("name", "description", "prepare", "optimizer", "extract"),
+    ),
     "strategy": (
         "register_merge_strategies",
         MergeStrategy,

@@ -98,7 +98,9 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], int, int]
     return header, n, size
 
 
-def header_problems(header: dict[str, Any], header_len: int, size: int) -> list[str]:
+def header_problems(
+    header: dict[str, Any], header_len: int, size: int, *, float_only: bool = True
+) -> list[str]:
     problems = []
     data_len = size - 8 - header_len
     spans = []
@@ -120,7 +122,7 @@ def header_problems(header: dict[str, Any], header_len: int, size: int) -> list[
             continue
         spans.append((start, end, key))
         dtype = info.get("dtype")
-        if dtype not in FLOAT_DTYPES:
+        if float_only and dtype not in FLOAT_DTYPES:
             problems.append(f"{key}: dtype {dtype!r} is not a float type (F16, BF16, F32, F64)")
     spans.sort()
     covered = 0
@@ -133,7 +135,9 @@ def header_problems(header: dict[str, Any], header_len: int, size: int) -> list[
     return problems
 
 
-def read_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[str, Any]]:
+def read_tensors(
+    path: str | os.PathLike[str], *, float_only: bool = True
+) -> tuple[dict[str, str], dict[str, Any]]:
     """Read a safetensors file strictly: ``(metadata, tensors)``.
 
     Raises:
@@ -146,7 +150,7 @@ def read_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[str
 
     p = Path(path)
     header, header_len, size, data = _read(p, whole=True)
-    problems = header_problems(header, header_len, size)
+    problems = header_problems(header, header_len, size, float_only=float_only)
     if problems:
         raise InvalidAdapterError.from_problems(problems, path=p)
     meta = header.get("__metadata__") or {}

@@ -16,7 +16,7 @@ from typing import Any
 from adaptkit.errors import SchemaError
 
 #: Names of the shipped schemas (file ``schemas/<name>.schema.json``).
-SCHEMA_NAMES = ("adapter-manifest", "adapter-spec", "recipe", "peft-adapter-config")
+SCHEMA_NAMES = ("adapter-manifest", "adapter-spec", "recipe", "peft-adapter-config", "train-recipe")
 
 
 def schema_dir() -> Path:

@@ -71,10 +71,15 @@ def peft_model(pairs):
 
 
 def peft_combine(model, n, weights, combination_type, **kw):
+    """Time this: PEFT's add_weighted_adapter alone."""
     names = [f"a{i}" for i in range(n)]
     if "combo" in model.peft_config:
         model.delete_adapter("combo")
     model.add_weighted_adapter(names, weights, "combo", combination_type=combination_type, **kw)
+    return model
+
+
+def peft_delta(model):
     return model.base_model.model.proj.get_delta_weight("combo").double()
 
 
@@ -82,6 +87,7 @@ def peft_combine(model, n, weights, combination_type, **kw):
 
 
 def ours(pairs, weights, strategy, **kw):
+    """Time this: adaptkit's combine alone."""
     from adaptkit.adapter import Adapter
     from adaptkit.combine import AdapterInput, combine
 
@@ -89,7 +95,11 @@ def ours(pairs, weights, strategy, **kw):
         AdapterInput(Adapter({"proj": p}), w, f"a{i}")
         for i, (p, w) in enumerate(zip(pairs, weights, strict=True))
     ]
-    return combine(inputs, strategy, **kw).adapter.targets["proj"].delta(torch.float64)
+    return combine(inputs, strategy, **kw).adapter
+
+
+def ours_delta(adapter):
+    return adapter.targets["proj"].delta(torch.float64)
 
 
 # --- independent float64 references ---------------------------------------------------
@@ -140,9 +150,11 @@ def bench_shape(out_f, in_f, n, peft_repeat, density=0.5):
 
     def run(method, peft_fn, ours_fn, reference, optimal=None):
         with peak_rss() as peft_peak:
-            peft_delta = peft_fn()
+            combined = peft_fn()
+        got_peft = peft_delta(combined)
         with peak_rss() as ours_peak:
-            ours_delta = ours_fn()
+            combined = ours_fn()
+        got_ours = ours_delta(combined)
         t_peft = best_time(peft_fn, repeat=peft_repeat, warmup=0)
         t_ours = best_time(ours_fn, repeat=3)
         rows.append(
@@ -153,12 +165,12 @@ def bench_shape(out_f, in_f, n, peft_repeat, density=0.5):
                 "peft_s": round(t_peft, 4),
                 "adaptkit_s": round(t_ours, 5),
                 "speedup": round(t_peft / t_ours, 1),
-                "peft_rel_err": rel(peft_delta, reference),
-                "adaptkit_rel_err": rel(ours_delta, reference),
+                "peft_rel_err": rel(got_peft, reference),
+                "adaptkit_rel_err": rel(got_ours, reference),
                 "optimal_rel_err": optimal,
                 "adaptkit_minus_optimal": None
                 if optimal is None
-                else rel(ours_delta, reference) - optimal,
+                else rel(got_ours, reference) - optimal,
                 "peft_peak_mib": round(mib(peft_peak.bytes), 1),
                 "adaptkit_peak_mib": round(mib(ours_peak.bytes), 1),
             }

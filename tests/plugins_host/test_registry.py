@@ -33,6 +33,15 @@ class Thing:
     def merge(self, inputs, ctx):
         raise NotImplementedError
 
+    def prepare(self, model, settings, config, log):
+        raise NotImplementedError
+
+    def optimizer(self, params, config, log):
+        raise NotImplementedError
+
+    def extract(self, model, *, base_name, provenance):
+        raise NotImplementedError
+
 
 def plugin_registering(hook, *objs):
     mod = types.SimpleNamespace()

@@ -1,0 +1,94 @@
+"""Resumable checkpoints without pickle.
+
+A checkpoint is a folder written atomically:
+
+* ``adapter.safetensors`` — the current LoRA factors (native format);
+* ``optimizer.safetensors`` — every tensor of the optimizer state (``state.<i>.<name>``) and
+  the RNG state (``rng.torch``);
+* ``state.json`` — the step, the optimizer's param groups and non-tensor state.
+
+``torch.save`` would pickle, and adaptkit never loads pickles — so the optimizer state is
+flattened into named tensors plus JSON, and rebuilt on resume.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adaptkit.errors import AdaptkitError, FormatError
+
+
+def _flatten(opt_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for idx, entries in opt_state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{idx}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                plain.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": opt_state["param_groups"], "plain_state": plain}
+
+
+def save_checkpoint(
+    folder: Path,
+    *,
+    adapter: Any,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    extra: dict[str, Any],
+) -> Path:
+    from safetensors.torch import save_file
+
+    from adaptkit.atomic import atomic_directory
+    from adaptkit.native import save_adapter
+
+    tensors, meta = _flatten(optimizer.state_dict())
+    tensors["rng.torch"] = torch.get_rng_state()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(folder, overwrite=True) as tmp:
+        save_adapter(adapter, tmp / "adapter.safetensors")
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "state.json").write_text(
+            json.dumps({"step": step, **meta, **extra}, indent=1, default=list)
+        )
+    return folder
+
+
+def load_checkpoint(folder: Path) -> tuple[Any, dict[str, torch.Tensor], dict[str, Any]]:
+    """``(adapter, optimizer tensors, state)`` from a checkpoint folder."""
+    from adaptkit.native import load_adapter
+    from adaptkit.safetensors_strict import read_tensors, strict_json
+
+    folder = Path(folder)
+    for name in ("adapter.safetensors", "optimizer.safetensors", "state.json"):
+        if not (folder / name).is_file():
+            raise FormatError(f"not a checkpoint folder: {name} is missing", path=folder)
+    adapter = load_adapter(folder / "adapter.safetensors")
+    _, tensors = read_tensors(folder / "optimizer.safetensors", float_only=False)
+    state = strict_json(
+        (folder / "state.json").read_text(), what="state.json", path=folder / "state.json"
+    )
+    return adapter, tensors, state
+
+
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], state: dict[str, Any]
+) -> None:
+    rebuilt: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("state."):
+            _, idx, name = key.split(".", 2)
+            rebuilt.setdefault(int(idx), {})[name] = value
+    for idx, entries in state.get("plain_state", {}).items():
+        rebuilt.setdefault(int(idx), {}).update(entries)
+    try:
+        optimizer.load_state_dict({"state": rebuilt, "param_groups": state["param_groups"]})
+    except (ValueError, KeyError) as exc:
+        raise AdaptkitError(f"checkpoint does not match this run's optimizer: {exc}") from None
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"])

@@ -1,0 +1,105 @@
+"""Training data: JSONL (``text`` or ``input_ids`` per line) or a plain text file.
+
+* JSONL with ``{"text": "..."}`` — tokenised with the model directory's tokenizer (an EOS
+  token is appended when the tokenizer has one);
+* JSONL with ``{"input_ids": [1, 2, 3]}`` — used as is (ids checked against the vocabulary);
+* any other file — plain UTF-8 text, tokenised as one stream and cut into ``seq_len`` blocks.
+
+Records longer than ``seq_len`` are an error naming the line, unless ``truncate``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from adaptkit.errors import AdaptkitError, FormatError
+from adaptkit.fileio import read_regular_file
+
+MAX_DATA_BYTES = 2 << 30
+
+
+def load_records(
+    path: str | Path, tokenizer: Any, *, seq_len: int, vocab_size: int, truncate: bool = False
+) -> list[list[int]]:
+    """Token id lists, one per training sequence."""
+    p = Path(path)
+    raw = read_regular_file(p, max_bytes=MAX_DATA_BYTES, what="data file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"not UTF-8 text (byte {exc.start})", path=p) from None
+    if p.suffix.lower() in (".jsonl", ".json"):
+        records = _jsonl(p, text, tokenizer, vocab_size)
+    else:
+        if tokenizer is None:
+            raise AdaptkitError(
+                "plain text needs a tokenizer, and the model has none",
+                path=p,
+                hint="give JSONL with input_ids instead",
+            )
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        blocks = [ids[i : i + seq_len] for i in range(0, len(ids), seq_len)]
+        records = [(f"block {n}", b) for n, b in enumerate(blocks, 1) if len(b) >= 2]
+    if not records:
+        raise AdaptkitError("no training records (need at least one sequence of 2+ tokens)", path=p)
+    out = []
+    for where, ids in records:
+        if len(ids) > seq_len:
+            if not truncate:
+                raise AdaptkitError(
+                    f"record has {len(ids)} tokens, more than --seq-len {seq_len}",
+                    path=p,
+                    key=where,
+                    hint="raise --seq-len or pass --truncate",
+                )
+            ids = ids[:seq_len]
+        out.append(ids)
+    return out
+
+
+def _jsonl(p: Path, text: str, tokenizer: Any, vocab_size: int) -> list[tuple[str, list[int]]]:
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"invalid JSON ({exc.msg})", path=p, key=f"line {n}") from None
+        if not isinstance(obj, dict) or ("text" in obj) == ("input_ids" in obj):
+            raise FormatError(
+                "each line needs exactly one of 'text' or 'input_ids'", path=p, key=f"line {n}"
+            )
+        if "text" in obj:
+            if not isinstance(obj["text"], str):
+                raise FormatError("'text' must be a string", path=p, key=f"line {n}")
+            if tokenizer is None:
+                raise AdaptkitError(
+                    "records have 'text' but the model directory has no tokenizer",
+                    path=p,
+                    key=f"line {n}",
+                    hint="give pre-tokenised input_ids",
+                )
+            ids = list(tokenizer(obj["text"])["input_ids"])
+            eos = getattr(tokenizer, "eos_token_id", None)
+            if eos is not None and (not ids or ids[-1] != eos):
+                ids.append(eos)
+        else:
+            ids = obj["input_ids"]
+            if not isinstance(ids, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in ids
+            ):
+                raise FormatError("'input_ids' must be a list of integers", path=p, key=f"line {n}")
+            bad = [i for i in ids if not 0 <= i < vocab_size]
+            if bad:
+                raise FormatError(
+                    f"token id {bad[0]} outside the vocabulary (0..{vocab_size - 1})",
+                    path=p,
+                    key=f"line {n}",
+                )
+        if len(ids) < 2:
+            raise FormatError("a record needs at least 2 tokens", path=p, key=f"line {n}")
+        records.append((f"line {n}", ids))
+    return records

@@ -1,0 +1,312 @@
+"""The training loop shared by every backend.
+
+Loss: causal-LM cross-entropy summed over non-padding target tokens and divided by the
+number of target tokens in the whole optimizer step (all micro-batches, all processes). So a
+step's gradient is the same whatever the split into micro-batches and processes: a 2-process
+``torchrun`` run equals a 1-process run with the same global batch.
+
+Data order is a pure function of ``(seed, step)``, which, with the optimizer state, the LoRA
+factors and the RNG state in each checkpoint, makes resumed runs continue exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adaptkit.errors import AdaptkitError
+from adaptkit.training.settings import TrainConfig
+
+#: Records used for the before/after evaluation loss.
+EVAL_RECORDS = 64
+
+
+@dataclass
+class TrainResult:
+    adapter: Any
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    initial_loss: float | None = None
+    final_loss: float | None = None
+    seconds: float = 0.0
+    memory: dict[str, Any] = field(default_factory=dict)
+
+
+def step_indices(n_records: int, per_step: int, steps: int, seed: int) -> list[list[int]]:
+    """Record indices for every optimizer step: shuffled epochs, concatenated."""
+    order: list[int] = []
+    epoch = 0
+    while len(order) < per_step * steps:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order += torch.randperm(n_records, generator=g).tolist()
+        epoch += 1
+    return [order[i * per_step : (i + 1) * per_step] for i in range(steps)]
+
+
+def collate(records: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``(input_ids, attention_mask)``."""
+    width = max(len(r) for r in records)
+    ids = torch.full((len(records), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(records), width), dtype=torch.long)
+    for i, r in enumerate(records):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def target_tokens(records: list[list[int]]) -> int:
+    return sum(len(r) - 1 for r in records)
+
+
+def token_loss_sum(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy over positions whose target is a real token."""
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    targets = ids[:, 1:]
+    valid = mask[:, 1:].bool()
+    losses = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+    )
+    return (losses * valid.reshape(-1)).sum()
+
+
+def peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def evaluate_loss(
+    model: Any, records: list[list[int]], pad_id: int, batch_size: int, device: torch.device
+) -> float:
+    """Mean token loss of ``model`` over ``records`` (no grad)."""
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(records), batch_size):
+            chunk = records[i : i + batch_size]
+            ids, mask = collate(chunk, pad_id)
+            total += float(token_loss_sum(model, ids.to(device), mask.to(device)))
+            count += target_tokens(chunk)
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def run_training(
+    cfg: TrainConfig,
+    *,
+    registry: Any = None,
+    progress: bool = True,
+    log: Any = None,
+    model: Any = None,
+    tokenizer: Any = None,
+    records: list[list[int]] | None = None,
+) -> TrainResult:
+    """Train an adapter as ``cfg`` says and write it to ``cfg.output`` (process 0 only).
+
+    ``model``/``tokenizer``/``records`` may be given directly (Python API, demo); otherwise
+    they are loaded from ``cfg.model`` and ``cfg.data``.
+    """
+    from adaptkit.models import load_causal_lm
+    from adaptkit.plugins import get_registry
+    from adaptkit.training.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
+    from adaptkit.training.data import load_records
+    from adaptkit.training.distributed import init_distributed, shutdown
+
+    dist = init_distributed()
+    say = log or (lambda msg: print(msg, flush=True))
+
+    def note(msg: str) -> None:
+        if dist.main:
+            say(msg)
+
+    registry = registry or get_registry()
+    backend = registry.get("backend", cfg.backend)
+    torch.manual_seed(cfg.seed)
+    if model is None:
+        model, tokenizer = load_causal_lm(cfg.model)
+    vocab = int(
+        getattr(model.config, "vocab_size", 0) or model.get_input_embeddings().num_embeddings
+    )
+    if records is None:
+        records = load_records(
+            cfg.data, tokenizer, seq_len=cfg.seq_len, vocab_size=vocab, truncate=cfg.truncate
+        )
+    pad_id = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+    pad_id = 0 if pad_id is None else int(pad_id)
+
+    torch.manual_seed(cfg.seed)
+    params = backend.prepare(model, cfg.lora, cfg, note)
+    if not params:
+        raise AdaptkitError(f"backend {cfg.backend!r} left nothing to train")
+    model.to(dist.device)
+    if cfg.grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "config"):
+            model.config.use_cache = False
+    optimizer = backend.optimizer(params, cfg, note)
+
+    per_rank, world = cfg.batch_size, dist.world
+    per_step = per_rank * world * cfg.grad_accum
+    steps = cfg.max_steps or cfg.epochs * max(1, math.ceil(len(records) / per_step))
+    schedule = step_indices(len(records), per_step, steps, cfg.seed)
+
+    start = 0
+    if cfg.resume:
+        adapter, tensors, state = load_checkpoint(Path(cfg.resume))
+        _copy_factors(model, adapter)
+        restore_optimizer(optimizer, tensors, state)
+        start = int(state["step"])
+        note(f"resumed from {cfg.resume} at step {start}")
+
+    train_model: Any = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(model)
+    model.train()
+    # Before/after loss on the same fixed sample, so the two are comparable.
+    probe = records[:EVAL_RECORDS]
+    initial = evaluate_loss(model, probe, pad_id, per_rank, dist.device) if dist.main else None
+
+    stack = contextlib.ExitStack()
+    metrics_fh = None
+    if cfg.metrics and dist.main:
+        metrics_fh = stack.enter_context(open(cfg.metrics, "a" if cfg.resume else "w"))  # noqa: SIM115
+    bar = None
+    if progress and dist.main:
+        from tqdm.auto import tqdm
+
+        bar = stack.enter_context(
+            tqdm(
+                total=steps,
+                initial=start,
+                desc=f"train ({cfg.backend})",
+                unit="step",
+                dynamic_ncols=True,
+            )
+        )
+    losses: list[float] = []
+    began = time.perf_counter()
+    with stack:
+        for step in range(start, steps):
+            t0 = time.perf_counter()
+            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            indices = schedule[step]
+            step_records = [records[i] for i in indices]
+            total_targets = target_tokens(step_records)
+            loss_sum = 0.0
+            micro = [
+                step_records[
+                    (a * world + dist.rank) * per_rank : (a * world + dist.rank + 1) * per_rank
+                ]
+                for a in range(cfg.grad_accum)
+            ]
+            for a, chunk in enumerate(micro):
+                ids, mask = collate(chunk, pad_id)
+                ids, mask = ids.to(dist.device), mask.to(dist.device)
+                sync = world == 1 or a == cfg.grad_accum - 1
+                ctx = train_model.no_sync() if not sync else contextlib.nullcontext()
+                with ctx:
+                    part = token_loss_sum(train_model, ids, mask)
+                    # DDP averages gradients over processes; multiply by world to get the sum.
+                    (part * (world / total_targets)).backward()
+                loss_sum += float(part.detach())
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss = dist.all_sum(loss_sum) / total_targets
+            losses.append(loss)
+            dt = time.perf_counter() - t0
+            tokens = sum(len(r) for r in step_records)
+            record = {
+                "step": step + 1,
+                "loss": loss,
+                "lr": lr,
+                "tokens_per_s": tokens / dt,
+                "peak_memory_bytes": peak_memory(dist.device),
+            }
+            if metrics_fh:
+                metrics_fh.write(json.dumps(record) + "\n")
+                metrics_fh.flush()
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / dt:,.0f}")
+                bar.update(1)
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
+                if dist.main:
+                    folder = checkpoint_dir(cfg) / f"step-{step + 1}"
+                    save_checkpoint(
+                        folder,
+                        adapter=backend.extract(model, base_name=None, provenance={}),
+                        optimizer=optimizer,
+                        step=step + 1,
+                        extra={"config": _jsonable(cfg)},
+                    )
+                    note(f"checkpoint {folder}")
+                dist.barrier()
+
+    model.eval()
+    final = evaluate_loss(model, probe, pad_id, per_rank, dist.device) if dist.main else None
+    provenance = {"train": _jsonable(cfg), "eval_loss_before": initial, "eval_loss_after": final}
+    adapter = backend.extract(
+        model,
+        base_name=getattr(getattr(model, "config", None), "_name_or_path", None)
+        or cfg.model
+        or None,
+        provenance=provenance,
+    )
+    if dist.main and cfg.output:
+        from adaptkit.native import save_adapter
+
+        save_adapter(adapter, cfg.output, overwrite=True)
+    dist.barrier()
+    shutdown(dist)
+    memory = backend.memory_report(model) if hasattr(backend, "memory_report") else {}
+    return TrainResult(
+        adapter=adapter,
+        steps=steps,
+        losses=losses,
+        initial_loss=initial,
+        final_loss=final,
+        seconds=time.perf_counter() - began,
+        memory=memory,
+    )
+
+
+def checkpoint_dir(cfg: TrainConfig) -> Path:
+    out = Path(cfg.output)
+    return out.with_name(out.name + ".checkpoints")
+
+
+def _copy_factors(model: Any, adapter: Any) -> None:
+    from adaptkit.errors import InvalidAdapterError
+
+    layers = {
+        n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "lora_B")
+    }
+    missing = sorted(set(adapter.targets) ^ set(layers))
+    if missing:
+        raise InvalidAdapterError(f"checkpoint targets differ from this run's: {missing[:3]}")
+    with torch.no_grad():
+        for name, pair in adapter.targets.items():
+            layers[name].lora_A.copy_(pair.A)
+            layers[name].lora_B.copy_(pair.B)
+
+
+def _jsonable(cfg: TrainConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    d["lora"]["targets"] = (
+        list(d["lora"]["targets"])
+        if not isinstance(d["lora"]["targets"], str)
+        else d["lora"]["targets"]
+    )
+    d["lora"]["exclude"] = list(d["lora"]["exclude"])
+    return d

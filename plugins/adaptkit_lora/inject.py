@@ -1,0 +1,218 @@
+"""Attach LoRA layers to any ``nn.Module``, and merge, unmerge, extract, load or detach them.
+
+Target selection (``targets``):
+
+* a list of names — a module matches if its path equals a name or ends with ``"." + name``
+  (PEFT's rule): ``["q_proj", "v_proj"]``;
+* ``"re:<regex>"`` — linear layers whose full module path matches the regex;
+* ``"all-linear"`` — every ``nn.Linear`` / HF ``Conv1D`` except the output head
+  (``get_output_embeddings()`` of a transformers model, else a module named ``lm_head``).
+
+Only ``nn.Linear`` and ``Conv1D`` can be targets; selecting anything else is an error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from adaptkit.errors import AdaptkitError
+from adaptkit.training.settings import LoraSettings
+from adaptkit_lora.layer import LoraLinear
+
+if TYPE_CHECKING:
+    from adaptkit.adapter import Adapter
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def is_linear_like(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or (
+        type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+    )
+
+
+def _suffix_match(name: str, targets: Sequence[str]) -> bool:
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def _output_head_names(model: nn.Module) -> set[str]:
+    head = None
+    getter = getattr(model, "get_output_embeddings", None)
+    if callable(getter):
+        try:
+            head = getter()
+        except (NotImplementedError, AttributeError):
+            head = None
+    names = {n for n, m in model.named_modules() if head is not None and m is head}
+    return names or {
+        n for n, _ in model.named_modules() if n == "lm_head" or n.endswith(".lm_head")
+    }
+
+
+def select_targets(
+    model: nn.Module, targets: Sequence[str] | str, exclude: Sequence[str] = ()
+) -> list[str]:
+    """Module paths the settings select, checked to be linear layers.
+
+    Raises:
+        AdaptkitError: nothing matched (listing some linear layers), or a non-linear match.
+    """
+    modules = dict(model.named_modules())
+    linear = [
+        n for n, m in modules.items() if n and is_linear_like(m) and not isinstance(m, LoraLinear)
+    ]
+    if isinstance(targets, str) and targets == "all-linear":
+        heads = _output_head_names(model)
+        chosen = [n for n in linear if n not in heads]
+    elif isinstance(targets, str) and targets.startswith("re:"):
+        try:
+            pattern = re.compile(targets[3:])
+        except re.error as exc:
+            raise AdaptkitError(f"bad target regex {targets[3:]!r}: {exc}", key="targets") from None
+        # A regex selects among the linear layers (it may also match their containers).
+        chosen = [n for n in linear if pattern.fullmatch(n)]
+    else:
+        names = [targets] if isinstance(targets, str) else list(targets)
+        chosen = [n for n in modules if n and _suffix_match(n, names)]
+    chosen = [n for n in chosen if not _suffix_match(n, list(exclude))]
+    wrong = [n for n in chosen if not is_linear_like(modules[n])]
+    if wrong:
+        raise AdaptkitError(
+            f"targets must be nn.Linear or Conv1D layers; {wrong[0]!r} is a "
+            f"{type(modules[wrong[0]]).__name__}",
+            key="targets",
+        )
+    if not chosen:
+        examples = ", ".join(linear[:6]) or "none"
+        raise AdaptkitError(
+            f"no linear layer matches targets {targets!r}; linear layers include: {examples}",
+            key="targets",
+        )
+    return chosen
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
+    """Every attached LoRA layer, by the path of the module it wraps."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
+
+
+def attach(model: nn.Module, settings: LoraSettings | None = None) -> list[str]:
+    """Wrap the selected layers with :class:`LoraLinear`, freeze everything else.
+
+    Returns:
+        The wrapped module paths.
+    """
+    s = settings or LoraSettings()
+    if lora_layers(model):
+        raise AdaptkitError("the model already has LoRA layers; detach them first")
+    if s.dtype not in _DTYPES:
+        raise AdaptkitError(f"unknown dtype {s.dtype!r}; valid: {', '.join(_DTYPES)}", key="dtype")
+    names = select_targets(model, s.targets, s.exclude)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in names:
+        base = model.get_submodule(name)
+        _replace(
+            model,
+            name,
+            LoraLinear(
+                base,
+                rank=s.rank,
+                alpha=s.alpha,
+                dropout=s.dropout,
+                rslora=s.rslora,
+                dtype=_DTYPES[s.dtype],
+                init=s.init,
+            ),
+        )
+    return names
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for layer in lora_layers(model).values() for p in (layer.lora_A, layer.lora_B)]
+
+
+def merge(model: nn.Module) -> None:
+    """Fold every LoRA update into its base weight (refuses if any layer is merged)."""
+    layers = lora_layers(model)
+    merged = [n for n, m in layers.items() if m.merged]
+    if merged:
+        raise AdaptkitError(f"already merged ({merged[0]}); call unmerge() first")
+    for layer in layers.values():
+        layer.merge()
+
+
+def unmerge(model: nn.Module) -> None:
+    for layer in lora_layers(model).values():
+        if layer.merged:
+            layer.unmerge()
+
+
+def detach(model: nn.Module, *, merge_first: bool = False) -> None:
+    """Put the base layers back (after merging the updates into them if ``merge_first``)."""
+    for name, layer in lora_layers(model).items():
+        if merge_first and not layer.merged:
+            layer.merge()
+        elif not merge_first and layer.merged:
+            layer.unmerge()
+        _replace(model, name, layer.base)
+
+
+def extract(
+    model: nn.Module, *, base_name: str | None = None, provenance: dict[str, Any] | None = None
+) -> Adapter:
+    """The attached LoRA factors as an :class:`~adaptkit.adapter.Adapter` (native format)."""
+    from adaptkit.adapter import Adapter, BaseModelInfo, Producer
+
+    layers = lora_layers(model)
+    if not layers:
+        raise AdaptkitError("the model has no LoRA layers to extract")
+    conv1d = any(layer.conv1d for layer in layers.values())
+    return Adapter(
+        targets={name: layer.export_pair() for name, layer in sorted(layers.items())},
+        base_model=BaseModelInfo(name=base_name, fan_in_fan_out=True if conv1d else None),
+        producer=Producer(component="backend:lora"),
+        provenance=dict(provenance or {}),
+    )
+
+
+def load(
+    model: nn.Module, adapter: Adapter, *, trainable: bool = False, dtype: str | None = None
+) -> list[str]:
+    """Attach ``adapter``'s factors to ``model`` (for inference, or to continue training).
+
+    Each target gets its own rank and scale; explicit scales become ``alpha = s·r``.
+    """
+    from adaptkit.merge import resolve_targets
+
+    if lora_layers(model):
+        raise AdaptkitError("the model already has LoRA layers; detach them first")
+    found = resolve_targets(model, adapter)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in found:
+        pair = adapter.targets[name]
+        rslora = pair.scaling == "alpha/sqrt(r)"
+        alpha = pair.alpha if pair.scaling != "explicit" else pair.scale * pair.rank
+        torch_dtype = _DTYPES[dtype] if dtype else pair.A.dtype
+        layer = LoraLinear(
+            model.get_submodule(name), rank=pair.rank, alpha=alpha, rslora=rslora, dtype=torch_dtype
+        )
+        with torch.no_grad():
+            layer.lora_A.copy_(pair.A)
+            layer.lora_B.copy_(pair.B)
+        layer.lora_A.requires_grad_(trainable)
+        layer.lora_B.requires_grad_(trainable)
+        _replace(model, name, layer)
+    return sorted(found)

@@ -1,0 +1,135 @@
+"""``LoraLinear``: a frozen ``nn.Linear`` / HF ``Conv1D`` plus a trainable low-rank update.
+
+    y = base(x) + s · dropout(x) @ Aᵀ @ Bᵀ,       A: (r, in),  B: (out, r)
+
+with ``s = alpha / r`` (or ``alpha / sqrt(r)`` for rsLoRA). ``B`` starts at zero so a freshly
+attached adapter leaves the model's output unchanged; ``A`` starts Kaiming-uniform
+(``a = sqrt(5)``, the ``nn.Linear`` default, as in the LoRA paper's reference code and PEFT),
+or Gaussian with std ``1/r`` (``init="gaussian"``).
+
+``merge()`` adds ``ΔW = s·B@A`` into the base weight (transposed for ``Conv1D``) and skips the
+low-rank path; ``unmerge()`` subtracts it again. A merged layer refuses a second merge.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from adaptkit.errors import AdaptkitError
+
+
+class LoraLinear(nn.Module):
+    """Wraps ``base`` (kept frozen) with LoRA factors.
+
+    Args:
+        base: The ``nn.Linear`` or ``Conv1D`` layer to adapt.
+        rank: ``r`` (>= 1).
+        alpha: LoRA alpha.
+        dropout: Dropout on the LoRA input path during training.
+        rslora: Scale by ``alpha/sqrt(r)`` instead of ``alpha/r``.
+        dtype: dtype of the LoRA factors (fp32, bf16 or fp16).
+        init: ``"kaiming"`` (default) or ``"gaussian"`` for ``A``; ``B`` is always zero.
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        *,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        rslora: bool = False,
+        dtype: torch.dtype = torch.float32,
+        init: str = "kaiming",
+    ) -> None:
+        super().__init__()
+        self.base = base
+        self.conv1d = not isinstance(base, nn.Linear)
+        weight = base.weight
+        self.in_features, self.out_features = (
+            (weight.shape[0], weight.shape[1])
+            if self.conv1d
+            else (weight.shape[1], weight.shape[0])
+        )
+        if rank < 1:
+            raise AdaptkitError(f"rank must be >= 1, got {rank}", key="rank")
+        self.rank, self.alpha, self.rslora = int(rank), float(alpha), bool(rslora)
+        self.scale = self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+        device = weight.device
+        self.lora_A = nn.Parameter(
+            torch.empty(self.rank, self.in_features, device=device, dtype=dtype)
+        )
+        self.lora_B = nn.Parameter(
+            torch.zeros(self.out_features, self.rank, device=device, dtype=dtype)
+        )
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        self.reset_parameters(init)
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+
+    def reset_parameters(self, init: str = "kaiming") -> None:
+        with torch.no_grad():
+            if init == "gaussian":
+                nn.init.normal_(self.lora_A, std=1.0 / self.rank)
+            elif init == "kaiming":
+                nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+            else:
+                raise AdaptkitError(f"unknown init {init!r}; valid: kaiming, gaussian", key="init")
+            self.lora_B.zero_()
+
+    def delta_weight(self) -> torch.Tensor:
+        """``ΔW`` in the base weight's layout (``out × in``; ``in × out`` for Conv1D), float32."""
+        work = torch.float64 if self.base.weight.dtype == torch.float64 else torch.float32
+        delta = (self.lora_B.to(work) @ self.lora_A.to(work)) * self.scale
+        return delta.T if self.conv1d else delta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.merged:
+            return y
+        h = self.dropout(x).to(self.lora_A.dtype)
+        update = (h @ self.lora_A.T) @ self.lora_B.T
+        return y + (update * self.scale).to(y.dtype)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold ``ΔW`` into the base weight (exactly undone by :meth:`unmerge`)."""
+        if self.merged:
+            raise AdaptkitError("LoRA layer is already merged; unmerge it first")
+        W = self.base.weight
+        new = (W.to(torch.float64) + self.delta_weight().to(torch.float64)).to(W.dtype)
+        if not bool(torch.isfinite(new).all()):
+            raise AdaptkitError(f"merging overflows {W.dtype}; nothing was changed")
+        W.copy_(new)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if not self.merged:
+            raise AdaptkitError("LoRA layer is not merged")
+        W = self.base.weight
+        W.copy_((W.to(torch.float64) - self.delta_weight().to(torch.float64)).to(W.dtype))
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        kind = "Conv1D" if self.conv1d else "Linear"
+        return (
+            f"{kind}({self.in_features}→{self.out_features}), rank={self.rank}, "
+            f"alpha={self.alpha:g}, scale={self.scale:g}, merged={self.merged}"
+        )
+
+    def export_pair(self) -> Any:
+        """The factors as an :class:`adaptkit.lora.LoraPair` (copied, detached)."""
+        from adaptkit.lora import LoraPair
+
+        return LoraPair(
+            A=self.lora_A.detach().clone().cpu(),
+            B=self.lora_B.detach().clone().cpu(),
+            alpha=self.alpha,
+            scaling="alpha/sqrt(r)" if self.rslora else "alpha/r",
+        )

@@ -251,7 +251,11 @@ def combine(
         )
 
     bases = {item.adapter.base_model.name for item in named}
-    base = BaseModelInfo(name=bases.pop()) if len(bases) == 1 else BaseModelInfo()
+    layouts = {item.adapter.base_model.fan_in_fan_out for item in named}
+    base = BaseModelInfo(
+        name=bases.pop() if len(bases) == 1 else None,
+        fan_in_fan_out=layouts.pop() if len(layouts) == 1 else None,
+    )
     provenance = {
         "combine": {
             "strategy": strategy,

@@ -101,6 +101,11 @@ class MergeStrategy(Plugin, Protocol):
 class Exporter(Plugin, Protocol):
     """Turns a base model plus adapters into a deployable artefact (``adaptkit export``)."""
 
+    def export(self, request: Any, log: Any) -> dict[str, Any]:
+        """Write ``request.output`` (an :class:`~adaptkit.exporting.ExportRequest`) atomically
+        and return a JSON-ready report; ``log`` takes one-line progress messages."""
+        ...
+
 
 #: Registry kind -> (hook name, contract, attributes the contract requires). The single source
 #: the registry, the CLI and the docs use.
@@ -116,5 +121,5 @@ KINDS: Mapping[str, tuple[str, type, tuple[str, ...]]] = {
         MergeStrategy,
         ("name", "description", "params_schema", "merge"),
     ),
-    "exporter": ("register_exporters", Exporter, ("name", "description")),
+    "exporter": ("register_exporters", Exporter, ("name", "description", "export")),
 }

@@ -54,6 +54,9 @@ def load_causal_lm(spec: str, *, dtype: Any = None) -> tuple[Any, Any]:
     folder = check_model_dir(spec)
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # adaptkit shows its own progress; keep stderr clean
 
     try:
         model = AutoModelForCausalLM.from_pretrained(

@@ -70,20 +70,29 @@ def cli(debug: bool) -> None:
 
 
 #: Commands of adaptkit itself, in the order the reference documents them.
-BUILTIN_COMMANDS = ("combine", "convert", "train", "inspect", "validate", "plugins")
+BUILTIN_COMMANDS = ("combine", "convert", "train", "export", "inspect", "validate", "plugins")
 
 
 def _register_builtin_commands() -> None:
     from adaptkit.cli import (
         combine_cmd,
         convert_cmd,
+        export_cmd,
         inspect_cmd,
         plugins_cmd,
         train_cmd,
         validate_cmd,
     )
 
-    for module in (combine_cmd, convert_cmd, train_cmd, inspect_cmd, validate_cmd, plugins_cmd):
+    for module in (
+        combine_cmd,
+        convert_cmd,
+        train_cmd,
+        export_cmd,
+        inspect_cmd,
+        validate_cmd,
+        plugins_cmd,
+    ):
         cli.add_command(module.command)
 
 

@@ -42,6 +42,9 @@ class Thing:
     def extract(self, model, *, base_name, provenance):
         raise NotImplementedError
 
+    def export(self, request, log):
+        raise NotImplementedError
+
 
 def plugin_registering(hook, *objs):
     mod = types.SimpleNamespace()

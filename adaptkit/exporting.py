@@ -1,0 +1,105 @@
+"""What every exporter receives: the base model, the adapters, where to write, options.
+
+Several ``--adapter`` SPECs are kept as separate named adapters (``onnx --lora-inputs`` writes
+one ``.onnx_adapter`` per adapter); exporters that bake updates in use :func:`combined`,
+the exact weighted sum. A recipe SPEC becomes one adapter, combined with its own strategy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adaptkit.errors import AdaptkitError, OutputError
+
+if TYPE_CHECKING:
+    from adaptkit.adapter import Adapter
+
+
+@dataclass
+class NamedAdapter:
+    name: str
+    adapter: Adapter
+    weight: float = 1.0
+    source: Path | None = None
+
+
+@dataclass
+class ExportRequest:
+    """Arguments of :meth:`Exporter.export`.
+
+    Attributes:
+        model: Hugging Face model directory or built-in name.
+        adapters: The adapters (may be empty: export the base).
+        output: Output folder (written atomically; an existing one only with ``force``).
+        force: Replace an existing output.
+        options: Exporter options (``opset``, ``dtype``, ``atol``, ``verify``, ...).
+    """
+
+    model: str
+    adapters: list[NamedAdapter]
+    output: Path
+    force: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def load_export_adapters(specs: list[str], registry: Any = None) -> list[NamedAdapter]:
+    """Resolve ``--adapter`` SPECs; recipes are combined with their own strategy."""
+    from adaptkit.combine import AdapterInput, combine
+    from adaptkit.plugins import get_registry
+    from adaptkit.recipe import load_recipe, yaml_kind
+    from adaptkit.specs import is_yaml, load_ref, resolve_spec
+
+    registry = registry or get_registry()
+    out: list[NamedAdapter] = []
+    for spec in specs:
+        p = Path(spec)
+        if is_yaml(p) and yaml_kind(p) == "recipe":
+            recipe = load_recipe(p)
+            inputs = [
+                AdapterInput(load_ref(r, registry), r.weight, r.name, r.path)
+                for r in recipe.adapters
+            ]
+            result = combine(
+                inputs,
+                recipe.strategy or "linear",
+                params=recipe.params,
+                rank=recipe.rank,
+                seed=recipe.seed or 0,
+                intersect=bool(recipe.intersect),
+                registry=registry,
+            )
+            out.append(NamedAdapter(p.stem, result.adapter, 1.0, p))
+        else:
+            ref = resolve_spec(spec)
+            out.append(NamedAdapter(ref.name, load_ref(ref, registry), ref.weight, ref.path))
+    names = [a.name for a in out]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise AdaptkitError(
+            f"two adapters are named {dup!r}; give them distinct names (name: in a manifest YAML)"
+        )
+    return out
+
+
+def combined(adapters: list[NamedAdapter]) -> Adapter | None:
+    """The exact weighted sum of all adapters (``None`` when there are none)."""
+    from adaptkit.combine import AdapterInput, combine
+
+    if not adapters:
+        return None
+    if len(adapters) == 1 and adapters[0].weight == 1.0:
+        return adapters[0].adapter
+    inputs = [AdapterInput(a.adapter, a.weight, a.name, a.source) for a in adapters]
+    return combine(inputs, "cat").adapter
+
+
+def prepare_output(output: Path, force: bool) -> None:
+    """Refuse a non-empty existing output folder unless ``force`` (checked before any work)."""
+    if output.exists() and not output.is_dir():
+        raise OutputError("output must be a folder, but a file exists here", path=output)
+    if output.exists() and any(output.iterdir()) and not force:
+        raise OutputError(
+            "output folder exists and is not empty", path=output, hint="pass --force to replace it"
+        )

@@ -1,0 +1,133 @@
+"""adaptkit's ``lora`` backend vs PEFT, training the same model in one process.
+
+Same Llama-shaped model (built from a config, random weights), same LoRA targets
+(all linear layers but the head), rank, alpha, identical initial factors, same AdamW and the
+same batches. Steps alternate between the two (so load and thermal drift hit both equally);
+the median step time and the peak extra RSS of each are reported as ratios, and the first
+losses are compared (they should agree to float precision: it is the same math).
+
+    python -m benchmarks.bench_train            # hidden 512, 4 layers, batch 8 x 256
+    python -m benchmarks.bench_train --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+
+from benchmarks.common import emit, machine, mib, peak_rss, release_memory, versions
+
+
+def build(hidden, layers, vocab):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 64),
+        num_key_value_heads=max(1, hidden // 128),
+        max_position_embeddings=1024,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def setups(base, rank, alpha, lr):
+    from peft import LoraConfig, get_peft_model
+
+    import adaptkit_lora as lora
+
+    ours = copy.deepcopy(base)
+    lora.attach(ours, lora.LoraSettings(targets="all-linear", rank=rank, alpha=alpha))
+    peft = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=rank, lora_alpha=alpha, target_modules="all-linear")
+    )
+    # Identical initial factors.
+    with torch.no_grad():
+        for name, layer in lora.lora_layers(ours).items():
+            target = peft.base_model.model.get_submodule(name)
+            target.lora_A["default"].weight.copy_(layer.lora_A)
+            target.lora_B["default"].weight.copy_(layer.lora_B)
+    opt_ours = torch.optim.AdamW(lora.trainable_parameters(ours), lr=lr)
+    opt_peft = torch.optim.AdamW([p for p in peft.parameters() if p.requires_grad], lr=lr)
+    assert sum(p.numel() for g in opt_ours.param_groups for p in g["params"]) == sum(
+        p.numel() for g in opt_peft.param_groups for p in g["params"]
+    )
+    return (ours.train(), opt_ours), (peft.train(), opt_peft)
+
+
+def step(model, opt, ids):
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", help="also write the results to this file")
+    args = ap.parse_args(argv)
+    hidden, layers, batch, seq, steps = (256, 2, 4, 128, 8) if args.quick else (512, 4, 8, 256, 20)
+    vocab, rank, alpha, lr = 2048, 16, 32, 1e-3
+    base = build(hidden, layers, vocab)
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randint(0, vocab, (batch, seq), generator=g) for _ in range(steps)]
+    (ours, opt_o), (peft, opt_p) = setups(base, rank, alpha, lr)
+    del base
+    release_memory()
+
+    times = {"adaptkit": [], "peft": []}
+    losses = {"adaptkit": [], "peft": []}
+    peaks = {}
+    for name, (model, opt) in (("adaptkit", (ours, opt_o)), ("peft", (peft, opt_p))):
+        with peak_rss() as peak:  # first step: optimizer state appears, activations peak
+            losses[name].append(step(model, opt, batches[0]))
+        peaks[name] = peak.bytes
+    for ids in batches[1:]:
+        for name, (model, opt) in (("adaptkit", (ours, opt_o)), ("peft", (peft, opt_p))):
+            t = time.perf_counter()
+            losses[name].append(step(model, opt, ids))
+            times[name].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    tokens = batch * seq
+    emit(
+        "train",
+        {
+            "mode": "quick" if args.quick else "full",
+            "machine": machine(),
+            "versions": versions("adaptkit", "peft", "torch", "transformers"),
+            "model": {
+                "hidden": hidden,
+                "layers": layers,
+                "vocab": vocab,
+                "params": sum(p.numel() for p in ours.parameters()),
+            },
+            "batch": [batch, seq],
+            "rank": rank,
+            "steps_timed": steps - 1,
+            "step_s": {k: round(v, 4) for k, v in med.items()},
+            "tokens_per_s": {k: round(tokens / v) for k, v in med.items()},
+            "step_time_ratio_adaptkit_over_peft": round(med["adaptkit"] / med["peft"], 3),
+            "peak_extra_rss_mib": {k: round(mib(v), 1) for k, v in peaks.items()},
+            "peak_rss_ratio_adaptkit_over_peft": round(
+                peaks["adaptkit"] / max(peaks["peft"], 1), 3
+            ),
+            "max_loss_difference_first_5_steps": max(
+                abs(a - b) for a, b in zip(losses["adaptkit"][:5], losses["peft"][:5], strict=True)
+            ),
+            "losses": {k: [round(x, 5) for x in v] for k, v in losses.items()},
+        },
+        args.json,
+    )
+
+
+if __name__ == "__main__":
+    main()

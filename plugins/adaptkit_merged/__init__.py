@@ -1,0 +1,10 @@
+"""Builtin plugin: the ``merged`` exporter — a Hugging Face model directory with
+``W + ΔW`` baked in, streamed tensor by tensor from the base's safetensors files."""
+
+from adaptkit.hookspecs import hookimpl
+from adaptkit_merged.exporter import MergedExporter
+
+
+@hookimpl
+def register_exporters(register):
+    register(MergedExporter())

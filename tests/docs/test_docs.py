@@ -93,3 +93,22 @@ def test_example_yamls_validate(run_cli):
     assert len(files) >= 3
     code, _out, err = run_cli("validate", *files)
     assert code == 0, err
+
+
+def test_export_serving_snippet_runs(tmp_path, run_cli):
+    """The docs/export.md snippet, against a real --lora-inputs export."""
+    from tests.models import tiny_llama
+
+    tiny_llama().save_pretrained(tmp_path / "base", safe_serialization=True)
+    code, _, err = run_cli(
+        "export", "--onnx", "--lora-inputs", "--model", tmp_path / "base", "-o", tmp_path / "multi",
+        "-a", REPO / "tests/data/skill_a.yaml", "-a", REPO / "tests/data/skill_b.yaml", "--no-verify",
+    )
+    assert code == 0, err
+    script = tmp_path / "serve.py"
+    script.write_text("\n\n".join(_python_blocks(DOCS / "export.md")))
+    res = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == ["skill_a", "skill_b"]
+    assert all(float(ln.split()[1]) > 1e-3 for ln in lines)

@@ -81,8 +81,7 @@ class Adapter:
             problems += [f"{name}: {p}" for p in pair.structure_problems()]
             if check_values:
                 problems += [
-                    f"{name}.{label}.weight: contains NaN or Inf values"
-                    for label in pair.check_finite()
+                    f"{name}.{label}.weight: contains NaN or Inf values" for label in pair.check_finite()
                 ]
         return problems
 
@@ -101,7 +100,4 @@ class Adapter:
 
     def __repr__(self) -> str:
         ranks = sorted(set(self.ranks.values()))
-        return (
-            f"Adapter({len(self.targets)} targets, ranks={ranks}, "
-            f"base_model={self.base_model.name!r})"
-        )
+        return f"Adapter({len(self.targets)} targets, ranks={ranks}, base_model={self.base_model.name!r})"

@@ -70,9 +70,7 @@ def atomic_write_bytes(destination: str | os.PathLike[str], data: bytes) -> None
 
 
 @contextlib.contextmanager
-def atomic_directory(
-    destination: str | os.PathLike[str], *, overwrite: bool = False
-) -> Iterator[Path]:
+def atomic_directory(destination: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty temp folder beside ``destination``; on success it becomes ``destination``.
 
     An existing ``destination`` is replaced only if ``overwrite`` — it is first renamed aside,

@@ -80,13 +80,9 @@ def fill_params(strategy: Any, params: Mapping[str, Any] | None) -> dict[str, An
         )
     problems = schema_problems_for(given, schema)
     if problems:
-        raise SchemaError.from_problems(
-            [f"strategy {strategy.name!r} params.{p}" for p in problems]
-        )
+        raise SchemaError.from_problems([f"strategy {strategy.name!r} params.{p}" for p in problems])
     filled = {
-        key: spec["default"]
-        for key, spec in (schema.get("properties") or {}).items()
-        if "default" in spec
+        key: spec["default"] for key, spec in (schema.get("properties") or {}).items() if "default" in spec
     }
     filled.update(given)
     return filled
@@ -102,9 +98,7 @@ def _check_weights(inputs: Sequence[AdapterInput]) -> None:
                 key="weight",
             )
     if all(item.weight == 0 for item in inputs):
-        raise AdaptkitError(
-            "all weights are zero: the combination would change nothing", key="weights"
-        )
+        raise AdaptkitError("all weights are zero: the combination would change nothing", key="weights")
 
 
 def _align(inputs: Sequence[AdapterInput], intersect: bool) -> list[str]:
@@ -198,9 +192,7 @@ def combine(
     _check_weights(named)
     lo, hi = getattr(strat, "min_inputs", 1), getattr(strat, "max_inputs", None)
     if len(named) < lo or (hi is not None and len(named) > hi):
-        want = (
-            f"exactly {lo}" if lo == hi else f"at least {lo}" + (f" and at most {hi}" if hi else "")
-        )
+        want = f"exactly {lo}" if lo == hi else f"at least {lo}" + (f" and at most {hi}" if hi else "")
         raise AdaptkitError(f"strategy {strategy!r} takes {want} adapters, got {len(named)}")
     filled = fill_params(strat, params)
     request = rank if isinstance(rank, RankRequest) else RankRequest.parse(rank)
@@ -212,9 +204,7 @@ def combine(
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(
-            targets, desc=f"combine ({strategy})", unit="target", leave=False, disable=None
-        )
+        iterator = tqdm(targets, desc=f"combine ({strategy})", unit="target", leave=False, disable=None)
     for target in iterator:
         these = [
             MergeInput(
@@ -245,9 +235,7 @@ def combine(
             )
         out[target] = pair
         report.append(
-            TargetReport(
-                target, len(these), pair.rank, result.energy, result.relative_error, result.note
-            )
+            TargetReport(target, len(these), pair.rank, result.energy, result.relative_error, result.note)
         )
 
     bases = {item.adapter.base_model.name for item in named}
@@ -295,9 +283,7 @@ def _with_unique_names(inputs: Sequence[AdapterInput]) -> list[AdapterInput]:
         base = item.name or f"adapter{i}"
         seen[base] = seen.get(base, 0) + 1
         name = base if seen[base] == 1 else f"{base}#{seen[base]}"
-        out.append(
-            AdapterInput(adapter=item.adapter, weight=item.weight, name=name, source=item.source)
-        )
+        out.append(AdapterInput(adapter=item.adapter, weight=item.weight, name=name, source=item.source))
     return out
 
 

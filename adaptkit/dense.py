@@ -77,9 +77,9 @@ def iter_delta_tiles(
     m, n = pairs[0].out_features, pairs[0].in_features
     thresholds = None
     if trim_density is not None:
-        thresholds = torch.tensor(
-            [magnitude_threshold(p, trim_density) for p in pairs], dtype=torch.float32
-        )[:, None, None]
+        thresholds = torch.tensor([magnitude_threshold(p, trim_density) for p in pairs], dtype=torch.float32)[
+            :, None, None
+        ]
     tile = max(1, min(m, TILE_BYTES // max(1, 4 * n * len(pairs))))
     for start in range(0, m, tile):
         rows = slice(start, min(m, start + tile))
@@ -159,10 +159,7 @@ class DareMasks:
         import torch
 
         return torch.stack(
-            [
-                torch.rand(t.shape, generator=g) < self.density
-                for g, t in zip(gens, tiles, strict=True)
-            ]
+            [torch.rand(t.shape, generator=g) < self.density for g, t in zip(gens, tiles, strict=True)]
         )
 
     def prepare(self, pairs: Sequence[LoraPair]) -> None:
@@ -225,9 +222,7 @@ def factorise_dense(
     small = min(m, n)
     total = _frobenius_sq(D)
     want = request.k if request.k is not None else default_rank
-    q = min(
-        small, max(want + 10, 2 * want) if request.energy is None else max(64, 2 * default_rank)
-    )
+    q = min(small, max(want + 10, 2 * want) if request.energy is None else max(64, 2 * default_rank))
     while True:
         if q >= small // 2 or small <= 512:
             U, S, Vh = torch.linalg.svd(D.double(), full_matrices=False)
@@ -238,11 +233,7 @@ def factorise_dense(
         if request.energy is not None:
             captured = torch.cumsum(S.double() ** 2, 0) / (total or 1.0)
             if exact or float(captured[-1]) >= request.energy:
-                k = (
-                    rank_for_energy(S, request.energy)
-                    if exact
-                    else _first_reaching(captured, request.energy)
-                )
+                k = rank_for_energy(S, request.energy) if exact else _first_reaching(captured, request.energy)
                 break
             q = min(small, 2 * q)
             continue
@@ -253,9 +244,7 @@ def factorise_dense(
     A = (root[:, None] * Vh[:k]).to(torch.float32).contiguous()
     residual = _frobenius_sq(D - B @ A)
     err = math.sqrt(residual / total) if total else 0.0
-    return DenseFactors(
-        B=B, A=A, energy=1.0 - (residual / total if total else 0.0), relative_error=err
-    )
+    return DenseFactors(B=B, A=A, energy=1.0 - (residual / total if total else 0.0), relative_error=err)
 
 
 def _first_reaching(captured: torch.Tensor, energy: float) -> int:

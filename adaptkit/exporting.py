@@ -57,10 +57,7 @@ def load_export_adapters(specs: list[str], registry: Any = None) -> list[NamedAd
         p = Path(spec)
         if is_yaml(p) and yaml_kind(p) == "recipe":
             recipe = load_recipe(p)
-            inputs = [
-                AdapterInput(load_ref(r, registry), r.weight, r.name, r.path)
-                for r in recipe.adapters
-            ]
+            inputs = [AdapterInput(load_ref(r, registry), r.weight, r.name, r.path) for r in recipe.adapters]
             result = combine(
                 inputs,
                 recipe.strategy or "linear",

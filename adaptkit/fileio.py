@@ -39,9 +39,7 @@ def read_regular_file(path: str | os.PathLike[str], *, max_bytes: int, what: str
     try:
         size = os.fstat(fd).st_size
         if size > max_bytes:
-            raise FormatError(
-                f"{what} is {size} bytes, larger than the {max_bytes}-byte cap", path=path
-            )
+            raise FormatError(f"{what} is {size} bytes, larger than the {max_bytes}-byte cap", path=path)
         with os.fdopen(fd, "rb", closefd=False) as fh:
             return fh.read(max_bytes + 1)[:max_bytes]
     finally:

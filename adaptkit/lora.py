@@ -82,9 +82,7 @@ class LoraPair:
             problems.append(f"scaling {self.scaling!r} is not one of {SCALING_MODES}")
         elif self.scaling == "explicit":
             if self.explicit_scale is None or not math.isfinite(self.explicit_scale):
-                problems.append(
-                    f"explicit scaling needs a finite scale, got {self.explicit_scale!r}"
-                )
+                problems.append(f"explicit scaling needs a finite scale, got {self.explicit_scale!r}")
             if self.alpha is not None:
                 problems.append("explicit scaling takes no alpha")
         else:

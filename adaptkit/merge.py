@@ -40,9 +40,7 @@ def resolve_targets(model: torch.nn.Module, adapter: Adapter) -> dict[str, tuple
     found: dict[str, tuple[Any, str]] = {}
     missing = sorted(t for t in adapter.targets if t not in modules)
     if missing:
-        shown = ", ".join(missing[:5]) + (
-            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        )
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         problems.append(f"targets not in the model: {shown}")
     for name, pair in sorted(adapter.targets.items()):
         if name not in modules:

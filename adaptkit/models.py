@@ -67,17 +67,14 @@ def load_causal_lm(spec: str, *, dtype: Any = None) -> tuple[Any, Any]:
             dtype=dtype or torch.float32,
         )
     except (OSError, ValueError, KeyError) as exc:
-        raise FormatError(
-            f"cannot load the model: {' '.join(str(exc).split())[:300]}", path=folder
-        ) from None
+        raise FormatError(f"cannot load the model: {' '.join(str(exc).split())[:300]}", path=folder) from None
     return model.eval(), load_tokenizer(folder)
 
 
 def load_tokenizer(folder: Path) -> Any:
     """The directory's tokenizer, or ``None`` if it has none."""
     if not any(
-        (folder / n).is_file()
-        for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+        (folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
     ):
         return None
     from transformers import AutoTokenizer

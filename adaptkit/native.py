@@ -113,8 +113,7 @@ def _assemble(p: Path, manifest: dict[str, Any], tensors: dict[str, Any]) -> Ada
         A, B = pair_tensors["A"], pair_tensors["B"]
         if A.ndim == 2 and A.shape[0] != entry["rank"]:
             problems.append(
-                f"{module}.lora_A.weight: shape {tuple(A.shape)} disagrees with manifest rank "
-                f"{entry['rank']}"
+                f"{module}.lora_A.weight: shape {tuple(A.shape)} disagrees with manifest rank {entry['rank']}"
             )
             continue
         try:
@@ -128,9 +127,7 @@ def _assemble(p: Path, manifest: dict[str, Any], tensors: dict[str, Any]) -> Ada
         except InvalidAdapterError as exc:
             problems.append(f"{module}: {exc.message}")
             continue
-        problems += [
-            f"{module}.{label}.weight: contains NaN or Inf values" for label in pair.check_finite()
-        ]
+        problems += [f"{module}.{label}.weight: contains NaN or Inf values" for label in pair.check_finite()]
         targets[module] = pair
     if problems:
         raise InvalidAdapterError.from_problems(problems, path=p)
@@ -199,9 +196,7 @@ def adapter_to_bytes(adapter: Adapter) -> bytes:
     return st_save(tensors, metadata={MANIFEST_KEY: text})
 
 
-def save_adapter(
-    adapter: Adapter, path: str | os.PathLike[str], *, overwrite: bool = False
-) -> Path:
+def save_adapter(adapter: Adapter, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Validate and write ``adapter`` to ``path`` atomically.
 
     Nothing is written if validation fails; an existing file is replaced only when
@@ -211,9 +206,7 @@ def save_adapter(
 
     p = Path(path)
     if p.exists() and not overwrite:
-        raise OutputError(
-            "output exists", path=p, hint="pass --force / overwrite=True to replace it"
-        )
+        raise OutputError("output exists", path=p, hint="pass --force / overwrite=True to replace it")
     if p.is_dir():
         raise OutputError("output is a directory; expected a .safetensors file path", path=p)
     data = adapter_to_bytes(adapter)

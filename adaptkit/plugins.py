@@ -207,8 +207,7 @@ def _make_register(table: dict[str, Registration], kind: str, plugin: str) -> An
         name = _check_contract(kind, obj, plugin)
         if name in table:
             raise PluginError(
-                f"{kind} {name!r} is registered by both plugin {table[name].plugin!r} "
-                f"and plugin {plugin!r}",
+                f"{kind} {name!r} is registered by both plugin {table[name].plugin!r} and plugin {plugin!r}",
                 hint=f"block one with {BLOCK_ENV}",
             )
         table[name] = Registration(kind=kind, name=name, obj=obj, plugin=plugin)
@@ -216,9 +215,7 @@ def _make_register(table: dict[str, Registration], kind: str, plugin: str) -> An
     return register
 
 
-def load_registry(
-    *, env: Mapping[str, str] | None = None, extra: Iterable[tuple[str, Any]] = ()
-) -> Registry:
+def load_registry(*, env: Mapping[str, str] | None = None, extra: Iterable[tuple[str, Any]] = ()) -> Registry:
     """Load plugins and collect everything they register (see module docstring)."""
     from adaptkit.contracts import KINDS
 

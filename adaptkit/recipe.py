@@ -76,9 +76,7 @@ def load_recipe(path: str | os.PathLike[str], *, allow_outside: bool = False) ->
                     raise AdaptkitError("a recipe cannot include another recipe", path=p, key=key)
                 ref = read_adapter_yaml(target)
             else:
-                ref = AdapterRef(
-                    path=target, name=target.stem if target.suffix else target.name, spec=target
-                )
+                ref = AdapterRef(path=target, name=target.stem if target.suffix else target.name, spec=target)
         else:
             ref = AdapterRef(
                 path=target,
@@ -95,9 +93,7 @@ def load_recipe(path: str | os.PathLike[str], *, allow_outside: bool = False) ->
         rank=doc.get("rank"),
         seed=doc.get("seed"),
         intersect=doc.get("intersect"),
-        output=resolve_output(doc["output"], p, allow_outside=allow_outside)
-        if "output" in doc
-        else None,
+        output=resolve_output(doc["output"], p, allow_outside=allow_outside) if "output" in doc else None,
         to=doc.get("to"),
     )
 

@@ -40,9 +40,7 @@ def strict_json(text: str, *, what: str, path: Path) -> Any:
     try:
         return json.loads(text, object_pairs_hook=no_dupes, parse_constant=no_constants)
     except json.JSONDecodeError as exc:
-        raise FormatError(
-            f"{what} is not valid JSON ({exc.msg} at char {exc.pos})", path=path
-        ) from None
+        raise FormatError(f"{what} is not valid JSON ({exc.msg} at char {exc.pos})", path=path) from None
 
 
 def _parse_header(fh: Any, size: int, p: Path) -> tuple[dict[str, Any], bytes]:
@@ -52,9 +50,7 @@ def _parse_header(fh: Any, size: int, p: Path) -> tuple[dict[str, Any], bytes]:
         raise FormatError(f"too small to be a safetensors file ({size} bytes)", path=p)
     (n,) = struct.unpack("<Q", prefix)
     if n > MAX_HEADER_BYTES:
-        raise FormatError(
-            f"safetensors header length {n} exceeds the {MAX_HEADER_BYTES}-byte cap", path=p
-        )
+        raise FormatError(f"safetensors header length {n} exceeds the {MAX_HEADER_BYTES}-byte cap", path=p)
     if 8 + n > size:
         raise FormatError(
             f"truncated: header claims {n} bytes but only {size - 8} follow the length prefix",
@@ -116,9 +112,7 @@ def header_problems(
             continue
         start, end = offsets
         if start > end or end > data_len:
-            problems.append(
-                f"{key}: data_offsets {offsets!r} out of bounds (data is {data_len} bytes)"
-            )
+            problems.append(f"{key}: data_offsets {offsets!r} out of bounds (data is {data_len} bytes)")
             continue
         spans.append((start, end, key))
         dtype = info.get("dtype")

@@ -54,9 +54,7 @@ def schema_problems_for(document: Any, schema: dict[str, Any]) -> list[str]:
     validator_cls = jsonschema.validators.validator_for(schema)
     validator = validator_cls(schema)
     problems = []
-    errors = sorted(
-        validator.iter_errors(document), key=lambda e: (list(map(str, e.path)), e.message)
-    )
+    errors = sorted(validator.iter_errors(document), key=lambda e: (list(map(str, e.path)), e.message))
     for err in errors:
         problems.append(f"{_location(err.absolute_path)}: {_describe(err)}")
     return problems
@@ -71,9 +69,7 @@ def _describe(err: Any) -> str:
     return err.message
 
 
-def validate_document(
-    document: Any, name: str, *, path: str | os.PathLike[str] | None = None
-) -> None:
+def validate_document(document: Any, name: str, *, path: str | os.PathLike[str] | None = None) -> None:
     """Raise :class:`SchemaError` listing every problem of ``document`` against schema ``name``."""
     problems = schema_problems(document, name)
     if problems:

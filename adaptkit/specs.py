@@ -77,9 +77,7 @@ def read_adapter_yaml(path: str | os.PathLike[str]) -> AdapterRef:
     validate_document(doc, "adapter-spec", path=p)
     check_input_path(doc["adapter"], source=p, key="adapter")
     target = (
-        (p.parent / doc["adapter"]).resolve()
-        if not os.path.isabs(doc["adapter"])
-        else Path(doc["adapter"])
+        (p.parent / doc["adapter"]).resolve() if not os.path.isabs(doc["adapter"]) else Path(doc["adapter"])
     )
     return AdapterRef(
         path=target,

@@ -18,9 +18,7 @@ def describe_adapter(adapter: Adapter) -> dict[str, Any]:
         pair = adapter.targets[name]
         norm = pair.delta_norm()
         total_sq += norm * norm
-        total_bytes += (
-            pair.A.numel() * pair.A.element_size() + pair.B.numel() * pair.B.element_size()
-        )
+        total_bytes += pair.A.numel() * pair.A.element_size() + pair.B.numel() * pair.B.element_size()
         targets.append(
             {
                 "name": name,

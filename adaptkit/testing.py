@@ -115,9 +115,7 @@ def check_symmetry(strategy: Any, *, tol: float = 1e-5) -> None:
     ab = _run(strategy, [(a, 0.7, "a"), (b, 1.3, "b")], {})
     ba = _run(strategy, [(b, 1.3, "b"), (a, 0.7, "a")], {})
     diff = relative_difference(ab, ba)
-    assert diff <= tol, (
-        f"{strategy.name}: claims symmetric but input order changed it by {diff:.3g}"
-    )
+    assert diff <= tol, f"{strategy.name}: claims symmetric but input order changed it by {diff:.3g}"
 
 
 def check_linearity(strategy: Any, *, tol: float = 1e-5) -> None:

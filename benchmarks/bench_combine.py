@@ -106,21 +106,14 @@ def ours_delta(adapter):
 
 
 def exact_sum(pairs, weights):
-    return sum(
-        w * p.scale * (p.B.double() @ p.A.double()) for p, w in zip(pairs, weights, strict=True)
-    )
+    return sum(w * p.scale * (p.B.double() @ p.A.double()) for p, w in zip(pairs, weights, strict=True))
 
 
 def optimal_error(pairs, weights, k):
     """sqrt(Σ_{i>k} σ_i²)/||ΔW|| with σ² the eigenvalues of (B̃ᵀB̃)(ÃÃᵀ) (R × R)."""
     Bt = torch.cat([w * p.scale * p.B.double() for p, w in zip(pairs, weights, strict=True)], dim=1)
     At = torch.cat([p.A.double() for p in pairs], dim=0)
-    ev = (
-        torch.linalg.eigvals((Bt.T @ Bt) @ (At @ At.T))
-        .real.clamp(min=0)
-        .sort(descending=True)
-        .values
-    )
+    ev = torch.linalg.eigvals((Bt.T @ Bt) @ (At @ At.T)).real.clamp(min=0).sort(descending=True).values
     return math.sqrt(float(ev[k:].sum()) / float(ev.sum()))
 
 
@@ -168,9 +161,7 @@ def bench_shape(out_f, in_f, n, peft_repeat, density=0.5):
                 "peft_rel_err": rel(got_peft, reference),
                 "adaptkit_rel_err": rel(got_ours, reference),
                 "optimal_rel_err": optimal,
-                "adaptkit_minus_optimal": None
-                if optimal is None
-                else rel(got_ours, reference) - optimal,
+                "adaptkit_minus_optimal": None if optimal is None else rel(got_ours, reference) - optimal,
                 "peft_peak_mib": round(mib(peft_peak.bytes), 1),
                 "adaptkit_peak_mib": round(mib(ours_peak.bytes), 1),
             }
@@ -220,9 +211,9 @@ def bench_7b_set(layers, tmp: Path):
         for layer in range(layers):
             for proj, (o, i) in shapes.items():
                 group = "mlp" if proj in ("gate_proj", "up_proj", "down_proj") else "self_attn"
-                targets[f"model.layers.{layer}.{group}.{proj}"] = make_pairs(
-                    o, i, 1, seed=1000 * s + layer
-                )[0]
+                targets[f"model.layers.{layer}.{group}.{proj}"] = make_pairs(o, i, 1, seed=1000 * s + layer)[
+                    0
+                ]
         paths.append(save_adapter(Adapter(targets), tmp / f"in{s}.safetensors"))
     size = sum(p.stat().st_size for p in paths)
 

@@ -117,9 +117,7 @@ def main(argv=None):
             "tokens_per_s": {k: round(tokens / v) for k, v in med.items()},
             "step_time_ratio_adaptkit_over_peft": round(med["adaptkit"] / med["peft"], 3),
             "peak_extra_rss_mib": {k: round(mib(v), 1) for k, v in peaks.items()},
-            "peak_rss_ratio_adaptkit_over_peft": round(
-                peaks["adaptkit"] / max(peaks["peft"], 1), 3
-            ),
+            "peak_rss_ratio_adaptkit_over_peft": round(peaks["adaptkit"] / max(peaks["peft"], 1), 3),
             "max_loss_difference_first_5_steps": max(
                 abs(a - b) for a, b in zip(losses["adaptkit"][:5], losses["peft"][:5], strict=True)
             ),

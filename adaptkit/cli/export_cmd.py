@@ -11,21 +11,15 @@ from adaptkit.errors import AdaptkitError
 
 
 @click.command("export")
-@click.option(
-    "--onnx", "exporter", flag_value="onnx", help="ONNX graph for onnxruntime, parity-checked."
-)
+@click.option("--onnx", "exporter", flag_value="onnx", help="ONNX graph for onnxruntime, parity-checked.")
 @click.option(
     "--merged",
     "exporter",
     flag_value="merged",
     help="Hugging Face model directory, W + ΔW baked in.",
 )
-@click.option(
-    "--exporter", "exporter", help="Any registered exporter by name (see `adaptkit plugins`)."
-)
-@click.option(
-    "--model", required=True, help="Hugging Face model directory (safetensors) or built-in name."
-)
+@click.option("--exporter", "exporter", help="Any registered exporter by name (see `adaptkit plugins`).")
+@click.option("--model", required=True, help="Hugging Face model directory (safetensors) or built-in name.")
 @click.option(
     "-a",
     "--adapter",
@@ -34,21 +28,15 @@ from adaptkit.errors import AdaptkitError
     metavar="SPEC",
     help="Adapter SPEC, repeatable; several are combined exactly (a recipe with its strategy).",
 )
-@click.option(
-    "-o", "--output", type=click.Path(path_type=Path), required=True, help="Output folder."
-)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--opset", type=int, help="ONNX opset (default: the exporter's).")
 @click.option(
     "--dtype",
     type=click.Choice(["float32", "float16"]),
     help="ONNX weights dtype (default float32).",
 )
-@click.option(
-    "--atol", type=float, help="Parity tolerance vs PyTorch (default 1e-4; 5e-2 for float16)."
-)
-@click.option(
-    "--no-verify", is_flag=True, help="Skip the onnxruntime parity check and latency report."
-)
+@click.option("--atol", type=float, help="Parity tolerance vs PyTorch (default 1e-4; 5e-2 for float16).")
+@click.option("--no-verify", is_flag=True, help="Skip the onnxruntime parity check and latency report.")
 @click.option(
     "--lora-inputs",
     is_flag=True,
@@ -125,12 +113,8 @@ def command(
         "lora_inputs": lora_inputs,
         "external_data": external_data,
     }
-    request = ExportRequest(
-        model=model, adapters=named, output=output, force=force, options=options
-    )
-    report = exp.export(
-        request, (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
-    )
+    request = ExportRequest(model=model, adapters=named, output=output, force=force, options=options)
+    report = exp.export(request, (lambda m: None) if as_json else (lambda m: click.echo(m, err=True)))
     if as_json:
         echo_json(report)
     else:

@@ -57,9 +57,7 @@ def command(as_json: bool) -> None:
             rows.append((p["name"], "-", "-", f"FAILED TO LOAD: {p['error']}"))
         for kind, items in p["registers"].items():
             for item in items:
-                status = (
-                    "ok" if item["available"] else "needs: pip install " + " ".join(item["missing"])
-                )
+                status = "ok" if item["available"] else "needs: pip install " + " ".join(item["missing"])
                 rows.append((p["name"], kind, item["name"], status))
         if not p["registers"] and not p["error"]:
             rows.append((p["name"], "-", "-", "hooks: " + ", ".join(p["hooks"])))

@@ -27,9 +27,7 @@ def render() -> str:
     parts += ["## adaptkit", "", "```text", _help(cli, ctx), "```", ""]
     for name in BUILTIN_COMMANDS:
         cmd = cli.commands[name]
-        sub = click.Context(
-            cmd, info_name=name, parent=ctx, terminal_width=100, max_content_width=100
-        )
+        sub = click.Context(cmd, info_name=name, parent=ctx, terminal_width=100, max_content_width=100)
         parts += [f"## adaptkit {name}", "", "```text", _help(cmd, sub), "```", ""]
     return "\n".join(parts)
 
@@ -44,9 +42,7 @@ def _help(cmd: click.Command, ctx: click.Context) -> str:
         cmd.format_help_text(ctx, formatter)
         click.Command.format_options(cmd, ctx, formatter)  # options only, not plugin commands
         with formatter.section("Commands"):
-            formatter.write_dl(
-                [(n, cmd.commands[n].get_short_help_str(80)) for n in BUILTIN_COMMANDS]
-            )
+            formatter.write_dl([(n, cmd.commands[n].get_short_help_str(80)) for n in BUILTIN_COMMANDS])
         return formatter.getvalue().rstrip()
     return cmd.get_help(ctx).rstrip()
 

@@ -36,9 +36,7 @@ def _recipe(path: Path) -> dict[str, Any]:
 @click.option("--model", help="Hugging Face model directory (causal LM) or built-in name.")
 @click.option("--data", help="JSONL (text or input_ids per line) or a plain text file.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Adapter file to write.")
-@click.option(
-    "--targets", help="Comma-separated module names, re:<regex>, or all-linear (default)."
-)
+@click.option("--targets", help="Comma-separated module names, re:<regex>, or all-linear (default).")
 @click.option("--exclude", help="Comma-separated module names never targeted.")
 @click.option("--rank", type=int, help="LoRA rank r (default 8).")
 @click.option("--alpha", type=float, help="LoRA alpha (default 8).")
@@ -47,24 +45,23 @@ def _recipe(path: Path) -> dict[str, Any]:
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), help="LoRA parameter dtype.")
 @click.option("--lr", type=float, help="Learning rate (default 3e-4).")
 @click.option("--warmup-steps", type=int, help="Linear warm-up steps (default 0).")
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(["constant", "linear", "cosine"]),
+    help="Learning-rate decay after warm-up (default constant).",
+)
 @click.option("--max-steps", type=int, help="Optimizer steps (default: --epochs over the data).")
 @click.option("--epochs", type=int, help="Passes over the data (default 1).")
 @click.option("--batch-size", type=int, help="Sequences per micro-batch per process (default 4).")
 @click.option("--grad-accum", type=int, help="Micro-batches per optimizer step (default 1).")
 @click.option("--seq-len", type=int, help="Longest sequence in tokens (default 512).")
-@click.option(
-    "--truncate", is_flag=True, default=None, help="Cut over-long records instead of refusing."
-)
+@click.option("--truncate", is_flag=True, default=None, help="Cut over-long records instead of refusing.")
 @click.option("--grad-checkpointing", is_flag=True, default=None, help="Trade compute for memory.")
 @click.option("--seed", type=int, help="Seed for init, dropout and data order (default 0).")
 @click.option("--metrics", type=click.Path(path_type=Path), help="JSONL file: one line per step.")
-@click.option(
-    "--save-every", type=int, help="Resumable checkpoint every N steps (OUT.checkpoints/)."
-)
+@click.option("--save-every", type=int, help="Resumable checkpoint every N steps (OUT.checkpoints/).")
 @click.option("--resume", type=click.Path(path_type=Path), help="Checkpoint folder to resume from.")
-@click.option(
-    "--option", "options", multiple=True, metavar="KEY=VALUE", help="Backend option, repeatable."
-)
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Backend option, repeatable.")
 @click.option("-f", "--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 def command(recipe: Path | None, force: bool, as_json: bool, **flags: Any) -> None:
@@ -104,9 +101,7 @@ def command(recipe: Path | None, force: bool, as_json: bool, **flags: Any) -> No
         if not doc.get(key):
             raise AdaptkitError(f"missing --{key} (or '{key}' in a train recipe)")
     lora = LoraSettings(**{k: doc.pop(k) for k in list(doc) if k in _LORA_KEYS})
-    cfg = TrainConfig(
-        lora=lora, **{k: (str(v) if isinstance(v, Path) else v) for k, v in doc.items()}
-    )
+    cfg = TrainConfig(lora=lora, **{k: (str(v) if isinstance(v, Path) else v) for k, v in doc.items()})
 
     registry = get_registry()
     registry.get("backend", cfg.backend)
@@ -116,9 +111,7 @@ def command(recipe: Path | None, force: bool, as_json: bool, **flags: Any) -> No
         raise OutputError("output exists", path=out, hint="pass --force to replace it")
     if out.is_dir():
         raise OutputError("output is a directory; expected an adapter file path", path=out)
-    result = run_training(
-        cfg, registry=registry, progress=not as_json, log=lambda m: click.echo(m, err=True)
-    )
+    result = run_training(cfg, registry=registry, progress=not as_json, log=lambda m: click.echo(m, err=True))
     summary = {
         "output": str(out),
         "backend": cfg.backend,

@@ -53,9 +53,7 @@ def save_checkpoint(
     with atomic_directory(folder, overwrite=True) as tmp:
         save_adapter(adapter, tmp / "adapter.safetensors")
         save_file(tensors, tmp / "optimizer.safetensors")
-        (tmp / "state.json").write_text(
-            json.dumps({"step": step, **meta, **extra}, indent=1, default=list)
-        )
+        (tmp / "state.json").write_text(json.dumps({"step": step, **meta, **extra}, indent=1, default=list))
     return folder
 
 
@@ -70,9 +68,7 @@ def load_checkpoint(folder: Path) -> tuple[Any, dict[str, torch.Tensor], dict[st
             raise FormatError(f"not a checkpoint folder: {name} is missing", path=folder)
     adapter = load_adapter(folder / "adapter.safetensors")
     _, tensors = read_tensors(folder / "optimizer.safetensors", float_only=False)
-    state = strict_json(
-        (folder / "state.json").read_text(), what="state.json", path=folder / "state.json"
-    )
+    state = strict_json((folder / "state.json").read_text(), what="state.json", path=folder / "state.json")
     return adapter, tensors, state
 
 

@@ -5,6 +5,9 @@
 * JSONL with ``{"input_ids": [1, 2, 3]}`` — used as is (ids checked against the vocabulary);
 * any other file — plain UTF-8 text, tokenised as one stream and cut into ``seq_len`` blocks.
 
+* JSONL with ``{"prompt": "...", "completion": "..."}`` — the loss covers the completion
+  only.
+
 Records longer than ``seq_len`` are an error naming the line, unless ``truncate``.
 """
 
@@ -18,6 +21,19 @@ from adaptkit.errors import AdaptkitError, FormatError
 from adaptkit.fileio import read_regular_file
 
 MAX_DATA_BYTES = 2 << 30
+
+
+class Sample(list):
+    """Token ids of one training sequence; ``loss_from`` is the index of the first token the
+    loss predicts (1 = every next token; larger for prompt/completion records)."""
+
+    loss_from: int = 1
+
+    @classmethod
+    def of(cls, ids: list[int], loss_from: int = 1) -> Sample:
+        s = cls(ids)
+        s.loss_from = loss_from
+        return s
 
 
 def load_records(
@@ -54,7 +70,9 @@ def load_records(
                     key=where,
                     hint="raise --seq-len or pass --truncate",
                 )
-            ids = ids[:seq_len]
+            ids = Sample.of(ids[:seq_len], getattr(ids, "loss_from", 1))
+        if getattr(ids, "loss_from", 1) >= len(ids):
+            raise AdaptkitError("no completion tokens left to learn from", path=p, key=where)
         out.append(ids)
     return out
 
@@ -69,9 +87,7 @@ def _jsonl(p: Path, text: str, tokenizer: Any, vocab_size: int) -> list[tuple[st
         except json.JSONDecodeError as exc:
             raise FormatError(f"invalid JSON ({exc.msg})", path=p, key=f"line {n}") from None
         if not isinstance(obj, dict) or ("text" in obj) == ("input_ids" in obj):
-            raise FormatError(
-                "each line needs exactly one of 'text' or 'input_ids'", path=p, key=f"line {n}"
-            )
+            raise FormatError("each line needs exactly one of 'text' or 'input_ids'", path=p, key=f"line {n}")
         if "text" in obj:
             if not isinstance(obj["text"], str):
                 raise FormatError("'text' must be a string", path=p, key=f"line {n}")

@@ -50,26 +50,45 @@ def step_indices(n_records: int, per_step: int, steps: int, seed: int) -> list[l
     return [order[i * per_step : (i + 1) * per_step] for i in range(steps)]
 
 
+def learning_rate(cfg: TrainConfig, step: int, steps: int) -> float:
+    """Linear warm-up over ``warmup_steps``, then ``lr_schedule`` (constant/linear/cosine)."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, steps - cfg.warmup_steps)
+    progress = (step - cfg.warmup_steps) / span
+    if cfg.lr_schedule == "linear":
+        return cfg.lr * (1.0 - progress)
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if cfg.lr_schedule != "constant":
+        raise AdaptkitError(f"unknown lr_schedule {cfg.lr_schedule!r}; valid: constant, linear, cosine")
+    return cfg.lr
+
+
 def collate(records: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``(input_ids, attention_mask)``."""
+    """Right-padded ``(input_ids, attention_mask)``; the mask is 2 at positions whose token is
+    a loss target (from each record's ``loss_from``, see :class:`Sample`), 1 at other real
+    tokens, 0 at padding. Models only see ``mask > 0``."""
     width = max(len(r) for r in records)
     ids = torch.full((len(records), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(records), width), dtype=torch.long)
     for i, r in enumerate(records):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
         mask[i, : len(r)] = 1
+        mask[i, max(1, getattr(r, "loss_from", 1)) : len(r)] = 2
     return ids, mask
 
 
 def target_tokens(records: list[list[int]]) -> int:
-    return sum(len(r) - 1 for r in records)
+    return sum(len(r) - max(1, getattr(r, "loss_from", 1)) for r in records)
 
 
 def token_loss_sum(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Summed next-token cross-entropy over positions whose target is a real token."""
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    """Summed next-token cross-entropy over target positions (``mask == 2``, see
+    :func:`collate`)."""
+    logits = model(input_ids=ids, attention_mask=(mask > 0).long()).logits[:, :-1].float()
     targets = ids[:, 1:]
-    valid = mask[:, 1:].bool()
+    valid = mask[:, 1:] == 2
     losses = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
     )
@@ -134,9 +153,7 @@ def run_training(
     torch.manual_seed(cfg.seed)
     if model is None:
         model, tokenizer = load_causal_lm(cfg.model)
-    vocab = int(
-        getattr(model.config, "vocab_size", 0) or model.get_input_embeddings().num_embeddings
-    )
+    vocab = int(getattr(model.config, "vocab_size", 0) or model.get_input_embeddings().num_embeddings)
     if records is None:
         records = load_records(
             cfg.data, tokenizer, seq_len=cfg.seq_len, vocab_size=vocab, truncate=cfg.truncate
@@ -198,7 +215,7 @@ def run_training(
     with stack:
         for step in range(start, steps):
             t0 = time.perf_counter()
-            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+            lr = learning_rate(cfg, step, steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             indices = schedule[step]
@@ -206,9 +223,7 @@ def run_training(
             total_targets = target_tokens(step_records)
             loss_sum = 0.0
             micro = [
-                step_records[
-                    (a * world + dist.rank) * per_rank : (a * world + dist.rank + 1) * per_rank
-                ]
+                step_records[(a * world + dist.rank) * per_rank : (a * world + dist.rank + 1) * per_rank]
                 for a in range(cfg.grad_accum)
             ]
             for a, chunk in enumerate(micro):
@@ -258,9 +273,7 @@ def run_training(
     provenance = {"train": _jsonable(cfg), "eval_loss_before": initial, "eval_loss_after": final}
     adapter = backend.extract(
         model,
-        base_name=getattr(getattr(model, "config", None), "_name_or_path", None)
-        or cfg.model
-        or None,
+        base_name=getattr(getattr(model, "config", None), "_name_or_path", None) or cfg.model or None,
         provenance=provenance,
     )
     if dist.main and cfg.output:
@@ -289,9 +302,7 @@ def checkpoint_dir(cfg: TrainConfig) -> Path:
 def _copy_factors(model: Any, adapter: Any) -> None:
     from adaptkit.errors import InvalidAdapterError
 
-    layers = {
-        n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "lora_B")
-    }
+    layers = {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "lora_B")}
     missing = sorted(set(adapter.targets) ^ set(layers))
     if missing:
         raise InvalidAdapterError(f"checkpoint targets differ from this run's: {missing[:3]}")
@@ -304,9 +315,7 @@ def _copy_factors(model: Any, adapter: Any) -> None:
 def _jsonable(cfg: TrainConfig) -> dict[str, Any]:
     d = asdict(cfg)
     d["lora"]["targets"] = (
-        list(d["lora"]["targets"])
-        if not isinstance(d["lora"]["targets"], str)
-        else d["lora"]["targets"]
+        list(d["lora"]["targets"]) if not isinstance(d["lora"]["targets"], str) else d["lora"]["targets"]
     )
     d["lora"]["exclude"] = list(d["lora"]["exclude"])
     return d

@@ -43,7 +43,8 @@ class TrainConfig:
         data: JSONL (``text`` or ``input_ids`` per line) or plain text file.
         output: Adapter file to write (native format).
         lora: How to attach LoRA.
-        lr: AdamW learning rate (constant after ``warmup_steps`` of linear warm-up).
+        lr: Peak learning rate (reached after ``warmup_steps`` of linear warm-up).
+        lr_schedule: After warm-up: ``constant``, ``linear`` or ``cosine`` decay to 0.
         weight_decay: AdamW weight decay.
         max_steps: Optimizer steps (``None``: run ``epochs`` over the data).
         epochs: Passes over the data when ``max_steps`` is not set.
@@ -65,6 +66,7 @@ class TrainConfig:
     output: str = ""
     lora: LoraSettings = field(default_factory=LoraSettings)
     lr: float = 3e-4
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     warmup_steps: int = 0
     max_steps: int | None = None

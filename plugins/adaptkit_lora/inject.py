@@ -31,9 +31,7 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def is_linear_like(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or (
-        type(module).__name__ == "Conv1D" and hasattr(module, "nf")
-    )
+    return isinstance(module, nn.Linear) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf"))
 
 
 def _suffix_match(name: str, targets: Sequence[str]) -> bool:
@@ -49,23 +47,17 @@ def _output_head_names(model: nn.Module) -> set[str]:
         except (NotImplementedError, AttributeError):
             head = None
     names = {n for n, m in model.named_modules() if head is not None and m is head}
-    return names or {
-        n for n, _ in model.named_modules() if n == "lm_head" or n.endswith(".lm_head")
-    }
+    return names or {n for n, _ in model.named_modules() if n == "lm_head" or n.endswith(".lm_head")}
 
 
-def select_targets(
-    model: nn.Module, targets: Sequence[str] | str, exclude: Sequence[str] = ()
-) -> list[str]:
+def select_targets(model: nn.Module, targets: Sequence[str] | str, exclude: Sequence[str] = ()) -> list[str]:
     """Module paths the settings select, checked to be linear layers.
 
     Raises:
         AdaptkitError: nothing matched (listing some linear layers), or a non-linear match.
     """
     modules = dict(model.named_modules())
-    linear = [
-        n for n, m in modules.items() if n and is_linear_like(m) and not isinstance(m, LoraLinear)
-    ]
+    linear = [n for n, m in modules.items() if n and is_linear_like(m) and not isinstance(m, LoraLinear)]
     if isinstance(targets, str) and targets == "all-linear":
         heads = _output_head_names(model)
         chosen = [n for n in linear if n not in heads]

@@ -51,21 +51,15 @@ class LoraLinear(nn.Module):
         self.conv1d = not isinstance(base, nn.Linear)
         weight = base.weight
         self.in_features, self.out_features = (
-            (weight.shape[0], weight.shape[1])
-            if self.conv1d
-            else (weight.shape[1], weight.shape[0])
+            (weight.shape[0], weight.shape[1]) if self.conv1d else (weight.shape[1], weight.shape[0])
         )
         if rank < 1:
             raise AdaptkitError(f"rank must be >= 1, got {rank}", key="rank")
         self.rank, self.alpha, self.rslora = int(rank), float(alpha), bool(rslora)
         self.scale = self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
         device = weight.device
-        self.lora_A = nn.Parameter(
-            torch.empty(self.rank, self.in_features, device=device, dtype=dtype)
-        )
-        self.lora_B = nn.Parameter(
-            torch.zeros(self.out_features, self.rank, device=device, dtype=dtype)
-        )
+        self.lora_A = nn.Parameter(torch.empty(self.rank, self.in_features, device=device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=device, dtype=dtype))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.reset_parameters(init)

@@ -41,6 +41,4 @@ class Cat:
                 hint="use --strategy linear --rank K for a smaller rank",
             )
         B, A = stack_factors([i.pair for i in inputs], [i.weight for i in inputs], torch.float32)
-        return MergeResult(
-            pair=LoraPair(A=A.contiguous(), B=B.contiguous(), alpha=float(A.shape[0]))
-        )
+        return MergeResult(pair=LoraPair(A=A.contiguous(), B=B.contiguous(), alpha=float(A.shape[0])))

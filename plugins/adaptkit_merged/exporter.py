@@ -43,9 +43,7 @@ class MergedExporter:
         for target, (tensor_name, conv1d) in plan.items():
             pair = adapter.targets[target]
 
-            def update(
-                W: Any, pair: Any = pair, conv1d: bool = conv1d, target: str = target
-            ) -> Any:
+            def update(W: Any, pair: Any = pair, conv1d: bool = conv1d, target: str = target) -> Any:
                 work = torch.float64 if W.dtype == torch.float64 else torch.float32
                 delta = pair.delta(work)
                 if conv1d:
@@ -54,9 +52,7 @@ class MergedExporter:
                 ratios[target] = float(delta.norm() / max(float(Wf.norm()), 1e-30))
                 new = (Wf + delta).to(W.dtype)
                 if not bool(torch.isfinite(new).all()):
-                    raise AdaptkitError(
-                        f"merged weight overflows {W.dtype}; nothing was written", key=target
-                    )
+                    raise AdaptkitError(f"merged weight overflows {W.dtype}; nothing was written", key=target)
                 return new
 
             updates.setdefault(index[tensor_name], {})[tensor_name] = update
@@ -74,8 +70,7 @@ class MergedExporter:
                 "exporter": "merged",
                 "model": str(folder),
                 "adapters": [
-                    {"name": a.name, "weight": a.weight, "source": str(a.source)}
-                    for a in request.adapters
+                    {"name": a.name, "weight": a.weight, "source": str(a.source)} for a in request.adapters
                 ],
                 "targets_merged": len(plan),
                 "weight_files": [f.name for f in files],
@@ -95,9 +90,7 @@ class MergedExporter:
         return report
 
 
-def _plan(
-    adapter: Any, index: dict[str, Path], config: dict[str, Any]
-) -> dict[str, tuple[str, bool]]:
+def _plan(adapter: Any, index: dict[str, Path], config: dict[str, Any]) -> dict[str, tuple[str, bool]]:
     """``target -> (tensor name, is Conv1D)``; every target must exist with a matching shape."""
     from adaptkit_merged.stream import tensor_index
 
@@ -105,9 +98,7 @@ def _plan(
     for f in set(index.values()):
         for name, info in tensor_index(f).items():
             shapes[name] = tuple(info["shape"])
-    conv_model = config.get("model_type") in CONV1D_MODEL_TYPES or bool(
-        adapter.base_model.fan_in_fan_out
-    )
+    conv_model = config.get("model_type") in CONV1D_MODEL_TYPES or bool(adapter.base_model.fan_in_fan_out)
     plan: dict[str, tuple[str, bool]] = {}
     problems: list[str] = []
     missing = []
@@ -127,13 +118,10 @@ def _plan(
             plan[target] = (name, False)
         else:
             problems.append(
-                f"{target}: adapter is {want[0]}×{want[1]} (out×in) but {name} is "
-                f"{'×'.join(map(str, shape))}"
+                f"{target}: adapter is {want[0]}×{want[1]} (out×in) but {name} is {'×'.join(map(str, shape))}"
             )
     if missing:
-        shown = ", ".join(missing[:5]) + (
-            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        )
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         problems.insert(0, f"targets not in the model: {shown}")
     if problems:
         raise InvalidAdapterError.from_problems(problems)

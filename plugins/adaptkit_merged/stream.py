@@ -48,11 +48,7 @@ def stream_update(src: Path, dst: Path, updates: dict[str, Update]) -> int:
     byte size (the working-set bound)."""
     header, n, _ = read_header(src)
     entries = sorted(
-        (
-            (v["data_offsets"][0], v["data_offsets"][1], k, v)
-            for k, v in header.items()
-            if k != "__metadata__"
-        )
+        ((v["data_offsets"][0], v["data_offsets"][1], k, v) for k, v in header.items() if k != "__metadata__")
     )
     largest = 0
     with open(src, "rb") as fin, open(dst, "wb") as fout:

@@ -54,8 +54,7 @@ class OnnxExporter:
             "dtype": dtype,
             "atol": atol,
             "adapters": [
-                {"name": a.name, "weight": a.weight, "source": str(a.source)}
-                for a in request.adapters
+                {"name": a.name, "weight": a.weight, "source": str(a.source)} for a in request.adapters
             ],
         }
         with atomic_directory(request.output, overwrite=request.force) as tmp:
@@ -76,9 +75,7 @@ class OnnxExporter:
                 )
             else:
                 report.update(
-                    self._merged(
-                        base, combined(request.adapters), tmp, torch_dtype, o, atol, verify
-                    )
+                    self._merged(base, combined(request.adapters), tmp, torch_dtype, o, atol, verify)
                 )
             _copy_side_files(request.model, tokenizer, base, tmp)
             (tmp / "export-report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -125,9 +122,7 @@ class OnnxExporter:
         parity, effect = [], 0.0
         for ids, mask in v.probes(vocab):
             ref = v.torch_logits(reference, ids, mask)
-            parity.append(
-                {"shape": list(ids.shape), **v.compare(v.ort_logits(sess, ids, mask), ref, mask)}
-            )
+            parity.append({"shape": list(ids.shape), **v.compare(v.ort_logits(sess, ids, mask), ref, mask)})
             effect = max(effect, v.compare(v.torch_logits(base, ids, mask), ref, mask)["max_abs"])
         result["parity"] = parity
         result["adapter_effect_max_abs"] = effect
@@ -162,9 +157,7 @@ class OnnxExporter:
             )
         # Timed apart: PyTorch's OpenMP threads keep spinning after a call and would slow
         # whichever ORT session ran next.
-        times.update(
-            v.median_latencies({"pytorch_unmerged_s": lambda: v.torch_logits(reference, ids, mask)})
-        )
+        times.update(v.median_latencies({"pytorch_unmerged_s": lambda: v.torch_logits(reference, ids, mask)}))
         lat = {
             "input_shape": list(ids.shape),
             **times,

@@ -32,9 +32,7 @@ class _LogitsOnly(nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-        ).logits
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
 class LoraInputLayer(nn.Module):
@@ -64,18 +62,14 @@ class _WithLoraInputs(nn.Module):
         # Python, so they become graph inputs feeding those layers.
         for i, name in enumerate(self.names):
             self._layers[name].A, self._layers[name].B = loras[2 * i], loras[2 * i + 1]
-        return self.model(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-        ).logits
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
 def lora_input_names(target: str) -> tuple[str, str]:
     return f"{target}.lora_A", f"{target}.lora_B"
 
 
-def install_lora_inputs(
-    model: nn.Module, shapes: dict[str, tuple[int, int]]
-) -> dict[str, LoraInputLayer]:
+def install_lora_inputs(model: nn.Module, shapes: dict[str, tuple[int, int]]) -> dict[str, LoraInputLayer]:
     """Replace each target with a :class:`LoraInputLayer` (``shapes``: target -> (out, in))."""
     layers = {}
     for name in sorted(shapes):
@@ -131,9 +125,7 @@ def export_causal_lm(
         args = (ids, mask)
         dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    use_external = external_data == "always" or (
-        external_data == "auto" and param_bytes > PROTOBUF_LIMIT
-    )
+    use_external = external_data == "always" or (external_data == "auto" and param_bytes > PROTOBUF_LIMIT)
     kwargs: dict[str, Any] = {
         "dynamo": True,
         "input_names": names,
@@ -157,9 +149,7 @@ def export_causal_lm(
         warnings.simplefilter("ignore")
         program.save(str(path), external_data=use_external)
     if lora_shapes:
-        _add_zero_defaults(
-            path, [n for n in names if n.endswith((".lora_A", ".lora_B"))], use_external
-        )
+        _add_zero_defaults(path, [n for n in names if n.endswith((".lora_A", ".lora_B"))], use_external)
     # A failed large export has produced an empty .onnx upstream: check what was written.
     if not path.is_file() or path.stat().st_size == 0:
         raise AdaptkitError("the exporter wrote an empty ONNX file", path=path)
@@ -205,9 +195,7 @@ def _add_zero_defaults(path: Path, names: list[str], external: bool) -> None:
         ttype = inputs[name].type.tensor_type
         dims = [d.dim_value for d in ttype.shape.dim]
         np_dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type)
-        model.graph.initializer.append(
-            numpy_helper.from_array(np.zeros(dims, dtype=np_dtype), name)
-        )
+        model.graph.initializer.append(numpy_helper.from_array(np.zeros(dims, dtype=np_dtype), name))
     if external:
         data = path.name + ".data"
         if (path.parent / data).exists():

@@ -29,9 +29,7 @@ from adaptkit.errors import AdaptkitError
 _FILE_SAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 
-def _factors(
-    pair: Any, weight: float, rank: int, dtype: torch.dtype
-) -> tuple[np.ndarray, np.ndarray]:
+def _factors(pair: Any, weight: float, rank: int, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
     A = torch.zeros(rank, pair.in_features, dtype=torch.float32)
     B = torch.zeros(pair.out_features, rank, dtype=torch.float32)
     A[: pair.rank] = pair.A.float()
@@ -79,8 +77,7 @@ def export_with_lora_inputs(
         "model": "model.onnx",
         "rank": rank,
         "inputs": {
-            t: dict(zip(("lora_A", "lora_B"), lora_input_names(t), strict=True))
-            for t in sorted(shapes)
+            t: dict(zip(("lora_A", "lora_B"), lora_input_names(t), strict=True)) for t in sorted(shapes)
         },
         "adapters": {},
     }
@@ -148,8 +145,7 @@ def export_with_lora_inputs(
     worst = max(p["max_abs"] for p in parity)
     if worst > atol:
         raise AdaptkitError(
-            f"ONNX Runtime output differs from PyTorch by {worst:.3g} > atol {atol:g}; "
-            "nothing was written"
+            f"ONNX Runtime output differs from PyTorch by {worst:.3g} > atol {atol:g}; nothing was written"
         )
     return result
 
@@ -170,6 +166,4 @@ def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
         params = ort.AdapterFormat.read_adapter(str(out / entry["file"])).get_parameters()
         for pname, value in params.items():
             if pname not in dims or list(value.shape()) != dims[pname]:
-                raise AdaptkitError(
-                    f"adapter {name!r} parameter {pname} does not fit the graph input"
-                )
+                raise AdaptkitError(f"adapter {name!r} parameter {pname} does not fit the graph input")

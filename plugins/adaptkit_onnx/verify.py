@@ -47,9 +47,7 @@ def torch_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> np.ndarra
         return model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float().numpy()
 
 
-def ort_logits(
-    sess: Any, ids: torch.Tensor, mask: torch.Tensor, run_options: Any = None
-) -> np.ndarray:
+def ort_logits(sess: Any, ids: torch.Tensor, mask: torch.Tensor, run_options: Any = None) -> np.ndarray:
     feed = {
         "input_ids": ids.numpy().astype(np.int64),
         "attention_mask": mask.numpy().astype(np.int64),

@@ -81,9 +81,7 @@ def load_config(path: Path) -> dict[str, Any]:
     validate_document(cfg, "peft-adapter-config", path=path)
     for key, reason in _REFUSED.items():
         if _is_set(cfg.get(key)):
-            raise AdaptkitError(
-                f"{key}={cfg[key]!r} is not supported: {reason}", path=path, key=key
-            )
+            raise AdaptkitError(f"{key}={cfg[key]!r} is not supported: {reason}", path=path, key=key)
     if cfg.get("bias", "none") != "none":
         raise AdaptkitError(
             f"bias={cfg['bias']!r} is not supported: trained biases are not LoRA factors",
@@ -116,9 +114,7 @@ def _check_pattern(pattern: str, path: Path, key: str) -> None:
     try:
         re.compile(pattern)
     except re.error as exc:
-        raise AdaptkitError(
-            f"pattern {pattern!r} is not a valid regex: {exc}", path=path, key=key
-        ) from None
+        raise AdaptkitError(f"pattern {pattern!r} is not a valid regex: {exc}", path=path, key=key) from None
 
 
 def match_pattern(patterns: dict[str, Any] | None, module: str) -> str | None:

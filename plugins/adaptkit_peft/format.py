@@ -32,9 +32,7 @@ class PeftFormat:
 
     def detect(self, path: Path) -> bool:
         p = Path(path)
-        return p.is_dir() and any(
-            (p / n).is_file() for n in (CONFIG_NAME, WEIGHTS_NAME, *PICKLE_NAMES)
-        )
+        return p.is_dir() and any((p / n).is_file() for n in (CONFIG_NAME, WEIGHTS_NAME, *PICKLE_NAMES))
 
     def read(self, path: Path) -> Adapter:
         """Load a PEFT LoRA directory; refuses pickles and features that are not plain LoRA."""
@@ -71,9 +69,7 @@ class PeftFormat:
                     "embedding LoRA (lora_embedding_A/B) is not supported", path=weights, key=key
                 )
             if kind == "lora_magnitude_vector":
-                raise AdaptkitError(
-                    "DoRA magnitude vectors are not supported", path=weights, key=key
-                )
+                raise AdaptkitError("DoRA magnitude vectors are not supported", path=weights, key=key)
             factors.setdefault(m["module"], {})[kind[-1]] = tensor
         if problems:
             raise InvalidAdapterError.from_problems(problems, path=weights)
@@ -84,9 +80,7 @@ class PeftFormat:
             pair = factors[module]
             missing = [f"lora_{f}" for f in "AB" if f not in pair]
             if missing:
-                problems.append(
-                    f"{PREFIX}{module}.{missing[0]}.weight: missing (its pair is present)"
-                )
+                problems.append(f"{PREFIX}{module}.{missing[0]}.weight: missing (its pair is present)")
                 continue
             r, alpha = module_rank_alpha(cfg, module)
             A, B = pair["A"], pair["B"]
@@ -97,15 +91,12 @@ class PeftFormat:
                 )
                 continue
             try:
-                lp = LoraPair(
-                    A=A, B=B, alpha=alpha, scaling="alpha/sqrt(r)" if rslora else "alpha/r"
-                )
+                lp = LoraPair(A=A, B=B, alpha=alpha, scaling="alpha/sqrt(r)" if rslora else "alpha/r")
             except InvalidAdapterError as exc:
                 problems.append(f"{PREFIX}{module}: {exc.message}")
                 continue
             problems += [
-                f"{PREFIX}{module}.{f}.weight: contains NaN or Inf values"
-                for f in lp.check_finite()
+                f"{PREFIX}{module}.{f}.weight: contains NaN or Inf values" for f in lp.check_finite()
             ]
             targets[module] = lp
         if problems:
@@ -120,9 +111,7 @@ class PeftFormat:
                 fan_in_fan_out=bool(cfg.get("fan_in_fan_out", False)) or None,
             ),
             producer=Producer(component="format:peft"),
-            provenance={
-                "converted_from": {"format": "peft", "peft_version": cfg.get("peft_version")}
-            },
+            provenance={"converted_from": {"format": "peft", "peft_version": cfg.get("peft_version")}},
         )
 
     def write(self, adapter: Adapter, path: Path, *, overwrite: bool = False) -> Path:

@@ -88,9 +88,7 @@ def test_detach_with_merge_bakes_the_update():
 
 def test_extract_save_load_gives_the_same_logits(tmp_path):
     model = tiny_llama()
-    lora.attach(
-        model, lora.LoraSettings(targets=["q_proj", "v_proj", "down_proj"], rank=3, alpha=5)
-    )
+    lora.attach(model, lora.LoraSettings(targets=["q_proj", "v_proj", "down_proj"], rank=3, alpha=5))
     randomise_b(model)
     ids = tokens()
     with torch.no_grad():
@@ -161,12 +159,8 @@ def test_load_rejects_missing_targets_and_bad_shapes():
 
     bad = Adapter(
         {
-            "model.layers.9.self_attn.q_proj": LoraPair(
-                torch.ones(1, 32), torch.ones(32, 1), alpha=1.0
-            ),
-            "model.layers.0.self_attn.q_proj": LoraPair(
-                torch.ones(1, 16), torch.ones(32, 1), alpha=1.0
-            ),
+            "model.layers.9.self_attn.q_proj": LoraPair(torch.ones(1, 32), torch.ones(32, 1), alpha=1.0),
+            "model.layers.0.self_attn.q_proj": LoraPair(torch.ones(1, 16), torch.ones(32, 1), alpha=1.0),
         }
     )
     with pytest.raises(AdaptkitError) as info:

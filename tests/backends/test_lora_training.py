@@ -62,9 +62,7 @@ def test_training_lowers_the_loss_well_below_the_base(tmp_path):
 
     fresh = trainable_llama()
     lora.load(fresh, load_adapter(tmp_path / "a.safetensors"))
-    assert evaluate_loss(fresh, records, 0, 8, torch.device("cpu")) == pytest.approx(
-        after, rel=1e-5
-    )
+    assert evaluate_loss(fresh, records, 0, 8, torch.device("cpu")) == pytest.approx(after, rel=1e-5)
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -85,9 +83,9 @@ def test_resume_continues_exactly(tmp_path):
         log=lambda m: None,
     )
     ckpt = tmp_path / "r.safetensors.checkpoints" / "step-3"
-    assert (ckpt / "optimizer.safetensors").exists() and json.loads(
-        (ckpt / "state.json").read_text()
-    )["step"] == 3
+    assert (ckpt / "optimizer.safetensors").exists() and json.loads((ckpt / "state.json").read_text())[
+        "step"
+    ] == 3
     resumed = run_training(
         cfg(max_steps=6, resume=str(ckpt), output=str(tmp_path / "r2.safetensors")),
         model=tiny_llama(),
@@ -178,8 +176,7 @@ def test_cli_train_text_jsonl_with_metrics(run_cli, model_dir, tmp_path):
 def test_cli_train_recipe_and_input_ids(run_cli, model_dir, tmp_path):
     _write_jsonl(tmp_path / "ids.jsonl", [{"input_ids": [5, 6, 7, 8] * 4} for _ in range(8)])
     (tmp_path / "train.yaml").write_text(
-        f"model: {model_dir}\ndata: ids.jsonl\noutput: t.safetensors\n"
-        "rank: 2\nmax_steps: 2\nbatch_size: 4\n"
+        f"model: {model_dir}\ndata: ids.jsonl\noutput: t.safetensors\nrank: 2\nmax_steps: 2\nbatch_size: 4\n"
     )
     code, _, err = run_cli("train", tmp_path / "train.yaml", "--alpha", "4")
     assert code == 0, err
@@ -199,7 +196,7 @@ def test_cli_train_recipe_and_input_ids(run_cli, model_dir, tmp_path):
             "line 1: record has 47 tokens, more than --seq-len 16",
         ),
         ([{"input_ids": [1, 999]}], [], "token id 999 outside the vocabulary"),
-        ([{"txt": "x"}], [], "exactly one of 'text' or 'input_ids'"),
+        ([{"txt": "x"}], [], "exactly one of 'text', 'input_ids' or 'prompt' + 'completion'"),
     ],
 )
 def test_cli_train_bad_data(run_cli, model_dir, tmp_path, rows, extra, message):
@@ -215,9 +212,7 @@ def test_cli_train_text_without_tokenizer(run_cli, tmp_path):
     folder = tmp_path / "notok"
     tiny_llama().save_pretrained(folder, safe_serialization=True)
     data = _write_jsonl(tmp_path / "d.jsonl", [{"text": "hello"}])
-    code, _, err = run_cli(
-        "train", "--model", folder, "--data", data, "-o", tmp_path / "x.safetensors"
-    )
+    code, _, err = run_cli("train", "--model", folder, "--data", data, "-o", tmp_path / "x.safetensors")
     assert code == 2 and "no tokenizer" in err
 
 
@@ -227,19 +222,13 @@ def test_cli_train_refuses_pickle_only_model_and_existing_output(run_cli, model_
     (folder / "config.json").write_text((model_dir / "config.json").read_text())
     (folder / "pytorch_model.bin").write_bytes(b"\x80\x04.")
     data = _write_jsonl(tmp_path / "d.jsonl", [{"input_ids": [5, 6, 7]}])
-    code, _, err = run_cli(
-        "train", "--model", folder, "--data", data, "-o", tmp_path / "x.safetensors"
-    )
+    code, _, err = run_cli("train", "--model", folder, "--data", data, "-o", tmp_path / "x.safetensors")
     assert code == 2 and "no *.safetensors weights" in err and "pickle" in err
     (tmp_path / "exists.safetensors").write_bytes(b"old")
     code, _, err = run_cli(
         "train", "--model", model_dir, "--data", data, "-o", tmp_path / "exists.safetensors"
     )
-    assert (
-        code == 2
-        and "output exists" in err
-        and (tmp_path / "exists.safetensors").read_bytes() == b"old"
-    )
+    assert code == 2 and "output exists" in err and (tmp_path / "exists.safetensors").read_bytes() == b"old"
 
 
 def test_torchrun_two_processes_equal_one_process(model_dir, tmp_path):

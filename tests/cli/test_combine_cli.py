@@ -71,9 +71,7 @@ def test_recipe_and_flag_overrides(run_cli, ex):
     report = json.loads(out)
     assert (report["strategy"], report["rank"], report["params"]) == ("linear", "auto:0.9", {})
     assert Path(report["output"]).resolve() == ex / "flags.safetensors"
-    code, out, err = run_cli(
-        "combine", "recipe.yaml", "-p", "density=0.9", "-o", "d.safetensors", "--json"
-    )
+    code, out, err = run_cli("combine", "recipe.yaml", "-p", "density=0.9", "-o", "d.safetensors", "--json")
     assert code == 0 and json.loads(out)["params"]["density"] == 0.9
 
 

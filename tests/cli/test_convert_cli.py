@@ -28,17 +28,13 @@ def _peft_dir(tmp_path):
 
 def test_convert_both_ways(run_cli, tmp_path):
     src = _peft_dir(tmp_path)
-    code, out, err = run_cli(
-        "convert", src, "-o", tmp_path / "a.safetensors", "--to", "adaptkit", "--json"
-    )
+    code, out, err = run_cli("convert", src, "-o", tmp_path / "a.safetensors", "--to", "adaptkit", "--json")
     assert code == 0, err
     info = json.loads(out)
     assert (info["from"], info["to"], info["targets"]) == ("peft", "adaptkit", 4)
     native = load_adapter(tmp_path / "a.safetensors")
     assert {p.scaling for p in native.targets.values()} == {"alpha/sqrt(r)"}
-    code, out, err = run_cli(
-        "convert", tmp_path / "a.safetensors", "-o", tmp_path / "back", "--to", "peft"
-    )
+    code, out, err = run_cli("convert", tmp_path / "a.safetensors", "-o", tmp_path / "back", "--to", "peft")
     assert code == 0, err
     back = load_spec(tmp_path / "back")
     for name, pair in native.targets.items():
@@ -50,9 +46,7 @@ def test_convert_errors(run_cli, tmp_path):
     code, _, err = run_cli("convert", src, "-o", src, "--to", "peft", "--force")
     assert code == 2 and "output is the input" in err
     (tmp_path / "exists.safetensors").write_bytes(b"x")
-    code, _, err = run_cli(
-        "convert", src, "-o", tmp_path / "exists.safetensors", "--to", "adaptkit"
-    )
+    code, _, err = run_cli("convert", src, "-o", tmp_path / "exists.safetensors", "--to", "adaptkit")
     assert code == 2 and "output exists" in err
     assert (tmp_path / "exists.safetensors").read_bytes() == b"x"
     code, _, err = run_cli("convert", src, "-o", tmp_path / "x", "--to", "gguf")
@@ -67,9 +61,7 @@ def test_inspect_validate_and_combine_accept_peft_dirs(run_cli, tmp_path):
     assert info["targets"][0]["scale"] == 8 / 2  # alpha / sqrt(4)
     code, out, _ = run_cli("validate", src)
     assert code == 0 and "adapter (peft)" in out
-    code, _, err = run_cli(
-        "combine", src, src, "-w", "1,1", "-o", tmp_path / "twice", "--to", "peft"
-    )
+    code, _, err = run_cli("combine", src, src, "-w", "1,1", "-o", tmp_path / "twice", "--to", "peft")
     assert code == 0, err
     twice, once = load_spec(tmp_path / "twice"), load_spec(src)
     for name, pair in once.targets.items():

@@ -36,9 +36,7 @@ def inputs_mixed():
 
 
 def reference(pairs, weights):
-    return sum(
-        w * p.scale * (p.B.double() @ p.A.double()) for p, w in zip(pairs, weights, strict=True)
-    )
+    return sum(w * p.scale * (p.B.double() @ p.A.double()) for p, w in zip(pairs, weights, strict=True))
 
 
 def run(pairs, weights, strategy, **kw):
@@ -160,9 +158,7 @@ def test_missing_target_counts_as_zero_and_intersect_drops_it():
 def test_shape_clash_is_an_error_naming_the_target():
     a = Adapter({"x": pair(0, 2, 2.0)})
     b = Adapter({"x": pair(1, 2, 2.0, out_f=10)})
-    with pytest.raises(
-        InvalidAdapterError, match=r"x: shape clash: 'b' has 10×32 but 'a' has 48×32"
-    ):
+    with pytest.raises(InvalidAdapterError, match=r"x: shape clash: 'b' has 10×32 but 'a' has 48×32"):
         combine([AdapterInput(a, 1.0, "a"), AdapterInput(b, 1.0, "b")], "linear")
 
 

@@ -51,9 +51,7 @@ def setup_rslora(tmp_path_factory):
 def peft_combination(base, dirs, combination_type, **kw):
     model = PeftModel.from_pretrained(copy.deepcopy(base), dirs[0], adapter_name="a0")
     model.load_adapter(dirs[1], adapter_name="a1")
-    model.add_weighted_adapter(
-        ["a0", "a1"], WEIGHTS, "combo", combination_type=combination_type, **kw
-    )
+    model.add_weighted_adapter(["a0", "a1"], WEIGHTS, "combo", combination_type=combination_type, **kw)
     model.set_adapter("combo")
     merged = model.merge_and_unload()
     params = dict(base.named_parameters())
@@ -67,17 +65,14 @@ def peft_combination(base, dirs, combination_type, **kw):
 def exact(dirs):
     adapters = [load_spec(d) for d in dirs]
     return {
-        t: sum(
-            w * a.targets[t].delta(torch.float64) for a, w in zip(adapters, WEIGHTS, strict=True)
-        )
+        t: sum(w * a.targets[t].delta(torch.float64) for a, w in zip(adapters, WEIGHTS, strict=True))
         for t in adapters[0].targets
     }
 
 
 def ours(dirs, strategy, **kw):
     inputs = [
-        AdapterInput(load_spec(d), w, f"a{i}")
-        for i, (d, w) in enumerate(zip(dirs, WEIGHTS, strict=True))
+        AdapterInput(load_spec(d), w, f"a{i}") for i, (d, w) in enumerate(zip(dirs, WEIGHTS, strict=True))
     ]
     out = combine(inputs, strategy, **kw).adapter
     return {t: p.delta(torch.float64) for t, p in out.targets.items()}
@@ -115,6 +110,4 @@ def test_peft_rslora_over_scaling_not_reproduced(setup_rslora, strategy, kw):
     ref = exact(dirs)
     assert worst(ours(dirs, strategy, **({"rank": 12} if strategy == "svd" else {})), ref) < 1e-6
     # PEFT's result is ΔW·sqrt(12): relative error sqrt(12) - 1 ≈ 2.46.
-    assert worst(peft_combination(base, dirs, strategy, **kw), ref) == pytest.approx(
-        12**0.5 - 1, rel=1e-3
-    )
+    assert worst(peft_combination(base, dirs, strategy, **kw), ref) == pytest.approx(12**0.5 - 1, rel=1e-3)

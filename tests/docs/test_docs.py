@@ -35,9 +35,7 @@ def _schema_keys(schema, prefix=""):
 def test_format_doc_covers_the_manifest_schema():
     schema = json.loads((REPO / "schemas/adapter-manifest.schema.json").read_text())
     text = (DOCS / "format.md").read_text()
-    keys = _schema_keys(schema) + [
-        f"targets.*.{k}" for k in schema["$defs"]["target"]["properties"]
-    ]
+    keys = _schema_keys(schema) + [f"targets.*.{k}" for k in schema["$defs"]["target"]["properties"]]
     keys = [k for k in keys if not k.startswith(("base_model.", "producer."))]
     for key in keys:
         assert f"`{key}`" in text, f"docs/format.md does not document manifest key {key}"
@@ -82,9 +80,7 @@ def test_python_snippets_run(doc, tmp_path):
         # The plugin-author snippets define a strategy and its test; run the test too.
         body += "\n\ntest_average_contract()\n"
     script.write_text(body)
-    res = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True
-    )
+    res = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
 
 
@@ -101,8 +97,18 @@ def test_export_serving_snippet_runs(tmp_path, run_cli):
 
     tiny_llama().save_pretrained(tmp_path / "base", safe_serialization=True)
     code, _, err = run_cli(
-        "export", "--onnx", "--lora-inputs", "--model", tmp_path / "base", "-o", tmp_path / "multi",
-        "-a", REPO / "tests/data/skill_a.yaml", "-a", REPO / "tests/data/skill_b.yaml", "--no-verify",
+        "export",
+        "--onnx",
+        "--lora-inputs",
+        "--model",
+        tmp_path / "base",
+        "-o",
+        tmp_path / "multi",
+        "-a",
+        REPO / "tests/data/skill_a.yaml",
+        "-a",
+        REPO / "tests/data/skill_b.yaml",
+        "--no-verify",
     )
     assert code == 0, err
     script = tmp_path / "serve.py"

@@ -27,9 +27,7 @@ def _fake_install(site: Path) -> dict:
         f"Metadata-Version: 2.1\nName: {meta['name']}\nVersion: {meta['version']}\n"
     )
     eps = meta["entry-points"]["adaptkit"]
-    (info / "entry_points.txt").write_text(
-        "[adaptkit]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items())
-    )
+    (info / "entry_points.txt").write_text("[adaptkit]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(site), str(EXAMPLE), env.get("PYTHONPATH", "")])
     return env

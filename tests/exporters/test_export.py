@@ -48,9 +48,7 @@ def ort_run(path, ids, mask, run_options=None):
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(
-        ["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}, run_options
-    )[0]
+    return sess.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}, run_options)[0]
 
 
 def peft_logits(base, adapter_dir, ids, mask):
@@ -70,19 +68,13 @@ def test_onnx_and_merged_match_peft_llama(run_cli, llama):
     assert all(p["max_abs"] < 1e-4 for p in report["parity"]) and len(report["parity"]) == 2
     assert report["adapter_effect_max_abs"] > 1e-2
     assert {"ort_merged_s", "ort_base_s", "pytorch_unmerged_s"} <= set(report["latency"])
-    assert (
-        json.loads((tmp / "onnx" / "export-report.json").read_text())["parity"] == report["parity"]
-    )
+    assert json.loads((tmp / "onnx" / "export-report.json").read_text())["parity"] == report["parity"]
     ids, mask = probe_inputs()
     want = peft_logits(base, a, ids, mask)
-    np.testing.assert_allclose(
-        ort_run(tmp / "onnx" / "model.onnx", ids, mask), want, atol=1e-4, rtol=0
-    )
+    np.testing.assert_allclose(ort_run(tmp / "onnx" / "model.onnx", ids, mask), want, atol=1e-4, rtol=0)
     assert np.abs(want - base(ids).logits.detach().numpy()).max() > 1e-2
 
-    code, _, err = run_cli(
-        "export", "--merged", "--model", tmp / "model", "-a", a, "-o", tmp / "merged"
-    )
+    code, _, err = run_cli("export", "--merged", "--model", tmp / "model", "-a", a, "-o", tmp / "merged")
     assert code == 0, err
     from transformers import AutoModelForCausalLM
 
@@ -119,13 +111,9 @@ def test_gpt2_conv1d_onnx_and_merged(run_cli, tmp_path):
         np.testing.assert_allclose(
             merged(input_ids=ids, attention_mask=mask).logits.numpy(), want, atol=1e-4, rtol=0
         )
-    code, _, err = run_cli(
-        "export", "--onnx", "--model", tmp_path / "gpt2", "-a", a, "-o", tmp_path / "onnx"
-    )
+    code, _, err = run_cli("export", "--onnx", "--model", tmp_path / "gpt2", "-a", a, "-o", tmp_path / "onnx")
     assert code == 0, err
-    np.testing.assert_allclose(
-        ort_run(tmp_path / "onnx" / "model.onnx", ids, mask), want, atol=1e-4, rtol=0
-    )
+    np.testing.assert_allclose(ort_run(tmp_path / "onnx" / "model.onnx", ids, mask), want, atol=1e-4, rtol=0)
 
 
 def test_lora_inputs_switch_adapters_in_one_session(run_cli, llama):
@@ -229,21 +217,13 @@ def test_refusals_write_nothing(run_cli, llama, tmp_path):
     tmp, _, _, _ = llama
     ghost = save_adapter(
         Adapter(
-            {
-                "model.layers.7.self_attn.q_proj": LoraPair(
-                    torch.ones(1, 32), torch.ones(32, 1), alpha=1.0
-                )
-            }
+            {"model.layers.7.self_attn.q_proj": LoraPair(torch.ones(1, 32), torch.ones(32, 1), alpha=1.0)}
         ),
         tmp_path / "ghost.safetensors",
     )
     wrong = save_adapter(
         Adapter(
-            {
-                "model.layers.0.self_attn.q_proj": LoraPair(
-                    torch.ones(1, 16), torch.ones(32, 1), alpha=1.0
-                )
-            }
+            {"model.layers.0.self_attn.q_proj": LoraPair(torch.ones(1, 16), torch.ones(32, 1), alpha=1.0)}
         ),
         tmp_path / "wrong.safetensors",
     )
@@ -280,7 +260,5 @@ def test_refusals_write_nothing(run_cli, llama, tmp_path):
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "x").write_text("keep")
-    code, _, err = run_cli(
-        "export", "--merged", "--model", tmp / "model", "-a", wrong, "-o", existing
-    )
+    code, _, err = run_cli("export", "--merged", "--model", tmp / "model", "-a", wrong, "-o", existing)
     assert code == 2 and "not empty" in err and (existing / "x").read_text() == "keep"

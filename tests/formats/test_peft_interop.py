@@ -116,12 +116,8 @@ def test_adaptkit_written_peft_dirs_give_the_same_logits(tmp_path, case):
     src, _ = make_peft(base, tmp_path, "src", **CASES[case])
     adapter = load_spec(src)
     # Also a combined adapter with explicit scale and mixed ranks.
-    other = load_spec(
-        make_peft(base, tmp_path, "other", r=3, lora_alpha=5, target_modules=["q_proj"])[0]
-    )
-    combined = combine(
-        [AdapterInput(adapter, 0.7, "a"), AdapterInput(other, -1.2, "b")], "cat"
-    ).adapter
+    other = load_spec(make_peft(base, tmp_path, "other", r=3, lora_alpha=5, target_modules=["q_proj"])[0])
+    combined = combine([AdapterInput(adapter, 0.7, "a"), AdapterInput(other, -1.2, "b")], "cat").adapter
     ids = tokens(3)
     for label, ad in (("same", adapter), ("combined", combined)):
         _, peft_model = _write_and_load_in_peft(ad, base, tmp_path, f"out-{label}")
@@ -191,9 +187,7 @@ def test_pickle_bin_is_refused_without_being_executed(tmp_path):
     folder = tmp_path / "pickled"
     folder.mkdir()
     (folder / "adapter_model.bin").write_bytes(pickle.dumps(Payload()))
-    (folder / "adapter_config.json").write_text(
-        json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8})
-    )
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
     with pytest.raises(AdaptkitError, match="pickle, which can run code") as info:
         load_spec(folder)
     assert "adapter_model.bin" in str(info.value)
@@ -241,9 +235,7 @@ def test_config_refusals_name_feature_and_file(tmp_path, changes, message):
 
 def test_non_finite_config_numbers_refused(tmp_path):
     path = _valid_dir(tmp_path)
-    text = (
-        (path / "adapter_config.json").read_text().replace('"lora_alpha": 8', '"lora_alpha": NaN')
-    )
+    text = (path / "adapter_config.json").read_text().replace('"lora_alpha": 8', '"lora_alpha": NaN')
     (path / "adapter_config.json").write_text(text)
     with pytest.raises(AdaptkitError, match="non-finite number NaN"):
         load_spec(path)
@@ -257,9 +249,7 @@ def test_real_dora_adapter_refused(tmp_path):
 
 def test_embedding_lora_refused(tmp_path):
     base = tiny_llama()
-    path, _ = make_peft(
-        base, tmp_path, "emb", r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"]
-    )
+    path, _ = make_peft(base, tmp_path, "emb", r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"])
     with pytest.raises(AdaptkitError, match=r"embedding LoRA"):
         load_spec(path)
 
@@ -275,9 +265,7 @@ def test_wrong_prefix_and_missing_pair(tmp_path):
         load_spec(path)
     half = {k: v for k, v in tensors.items() if "lora_B" not in k or "layers.1" not in k}
     save_file(half, path / "adapter_model.safetensors")
-    with pytest.raises(
-        AdaptkitError, match=r"layers\.1\.self_attn\.q_proj\.lora_B\.weight: missing"
-    ):
+    with pytest.raises(AdaptkitError, match=r"layers\.1\.self_attn\.q_proj\.lora_B\.weight: missing"):
         load_spec(path)
 
 

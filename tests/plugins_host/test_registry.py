@@ -81,9 +81,7 @@ def test_every_hook_is_documented_and_tested():
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_hook_registration_per_kind(kind):
     hook = KINDS[kind][0]
-    reg = load_registry(
-        env={LOAD_ENV: ""}, extra=[("mine", plugin_registering(hook, Thing("x-1")))]
-    )
+    reg = load_registry(env={LOAD_ENV: ""}, extra=[("mine", plugin_registering(hook, Thing("x-1")))])
     entry = reg.registration(kind, "x-1")
     assert (entry.plugin, entry.obj.name, entry.available) == ("mine", "x-1", True)
     assert reg.registered_by("mine") == {kind: ["x-1"]}
@@ -135,9 +133,7 @@ def test_unknown_name_lists_valid_ones():
 
 def test_missing_dependency_registers_and_says_what_to_install():
     obj = Thing("gpu-thing", requires={"surely_not_installed_mod": "surely-not-installed>=1"})
-    reg = load_registry(
-        env={LOAD_ENV: ""}, extra=[("g", plugin_registering("register_backends", obj))]
-    )
+    reg = load_registry(env={LOAD_ENV: ""}, extra=[("g", plugin_registering("register_backends", obj))])
     entry = reg.registration("backend", "gpu-thing")
     assert not entry.available
     with pytest.raises(MissingDependencyError, match=r"pip install surely-not-installed>=1"):
@@ -153,9 +149,7 @@ def test_contract_violations_rejected():
             return False
 
     with pytest.raises(PluginError, match=r"without read required by AdapterFormat"):
-        load_registry(
-            env={LOAD_ENV: ""}, extra=[("p", plugin_registering("register_formats", NoRead()))]
-        )
+        load_registry(env={LOAD_ENV: ""}, extra=[("p", plugin_registering("register_formats", NoRead()))])
     with pytest.raises(PluginError, match="invalid name 'Bad Name'"):
         load_registry(
             env={LOAD_ENV: ""},
@@ -189,8 +183,7 @@ def test_registry_factory_does_no_work_at_import():
     import sys
 
     code = (
-        "import adaptkit, adaptkit.plugins, sys; "
-        "print(any(m.startswith('adaptkit_') for m in sys.modules))"
+        "import adaptkit, adaptkit.plugins, sys; print(any(m.startswith('adaptkit_') for m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

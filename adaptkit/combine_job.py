@@ -1,0 +1,131 @@
+"""Combining SPECs end to end: resolve, check the output, load, combine, write.
+
+This is ``adaptkit combine``'s whole job, reusable from Python (the demo runs exactly this).
+Everything that can be checked before reading tensors is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from adaptkit.errors import AdaptkitError, OutputError
+
+
+def parse_weights(text: str | None, count: int) -> list[float] | None:
+    """``"1,-0.5"`` → ``[1.0, -0.5]``, checked: ``count`` finite numbers."""
+    if text is None:
+        return None
+    try:
+        weights = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise AdaptkitError(f"--weights {text!r} is not a comma-separated list of numbers") from None
+    if len(weights) != count:
+        raise AdaptkitError(f"--weights has {len(weights)} values for {count} adapters")
+    bad = [w for w in weights if not math.isfinite(w)]
+    if bad:
+        raise AdaptkitError(f"--weights contains {bad[0]!r}; weights must be finite")
+    return weights
+
+
+def _same_or_inside(out: Path, inp: Path) -> bool:
+    o, i = out.resolve(), inp.resolve()
+    if o == i:
+        return True
+    if i.is_dir():
+        try:
+            o.relative_to(i)
+            return True
+        except ValueError:
+            return False
+    return False
+
+
+def combine_specs(
+    specs: list[str],
+    *,
+    output: Path | None = None,
+    strategy: str | None = None,
+    weights: str | None = None,
+    rank: int | str | None = None,
+    params: dict[str, Any] | None = None,
+    seed: int | None = None,
+    intersect: bool | None = None,
+    to_format: str | None = None,
+    force: bool = False,
+    allow_outside: bool = False,
+    progress: bool = True,
+    registry: Any = None,
+) -> dict[str, Any]:
+    """Combine adapter SPECs (or one recipe YAML, which the other arguments override) and
+    write the result; returns the JSON summary ``adaptkit combine --json`` prints."""
+    from adaptkit.combine import AdapterInput, combine
+    from adaptkit.plugins import get_registry
+    from adaptkit.recipe import Recipe, load_recipe, yaml_kind
+    from adaptkit.specs import is_yaml, load_ref, resolve_spec
+
+    registry = registry or get_registry()
+    recipes = [s for s in specs if is_yaml(Path(s)) and yaml_kind(Path(s)) == "recipe"]
+    if recipes and len(specs) > 1:
+        raise AdaptkitError("give either one recipe YAML or adapter SPECs, not both", key="SPEC")
+    if recipes:
+        recipe = load_recipe(recipes[0], allow_outside=allow_outside or output is not None)
+    else:
+        recipe = Recipe(path=None, adapters=[resolve_spec(s) for s in specs])
+
+    refs = recipe.adapters
+    override = parse_weights(weights, len(refs))
+    if override is not None:
+        for ref, w in zip(refs, override, strict=True):
+            ref.weight = w
+    # A recipe's params belong to the recipe's strategy; a different strategy drops them.
+    recipe_params = recipe.params if strategy in (None, recipe.strategy) else {}
+    strategy = strategy or recipe.strategy or "linear"
+    merged_params = {**recipe_params, **(params or {})}
+    rank_value = rank if rank is not None else recipe.rank
+    seed_value = seed if seed is not None else (recipe.seed or 0)
+    intersect_value = bool(intersect if intersect is not None else recipe.intersect)
+    to_name = to_format or recipe.to or "adaptkit"
+    out = Path(output) if output is not None else recipe.output
+    if out is None:
+        raise AdaptkitError("no output: pass -o OUT (or set 'output' in the recipe)", key="-o")
+
+    writer = registry.registration("format", to_name).require_available()
+    if not hasattr(writer, "write"):
+        writable = [r.name for r in registry.all("format") if hasattr(r.obj, "write")]
+        raise AdaptkitError(f"format {to_name!r} cannot write adapters; writable: {', '.join(writable)}")
+    for ref in refs:
+        if ref.path.exists() and _same_or_inside(out, ref.path):
+            raise OutputError("output would overwrite an input adapter", path=out, key=ref.name)
+    if out.exists() and not force:
+        raise OutputError("output exists", path=out, hint="pass --force to replace it")
+    registry.get("strategy", strategy)
+
+    inputs = [
+        AdapterInput(adapter=load_ref(ref, registry), weight=ref.weight, name=ref.name, source=ref.path)
+        for ref in refs
+    ]
+    result = combine(
+        inputs,
+        strategy,
+        params=merged_params,
+        rank=rank_value,
+        seed=seed_value,
+        intersect=intersect_value,
+        registry=registry,
+        progress=progress,
+    )
+    if recipe.path is not None:
+        result.adapter.provenance["recipe"] = str(recipe.path)
+    written = writer.write(result.adapter, out, overwrite=force)
+    return {
+        "output": str(written),
+        "format": to_name,
+        "strategy": strategy,
+        "params": result.adapter.provenance["combine"]["params"],
+        "rank": result.adapter.provenance["combine"]["rank"],
+        "seed": seed_value,
+        "inputs": [{"name": i.name, "weight": i.weight, "path": str(i.source)} for i in inputs],
+        "targets": [vars(r) for r in result.report],
+    }

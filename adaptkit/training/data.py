@@ -86,9 +86,30 @@ def _jsonl(p: Path, text: str, tokenizer: Any, vocab_size: int) -> list[tuple[st
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise FormatError(f"invalid JSON ({exc.msg})", path=p, key=f"line {n}") from None
-        if not isinstance(obj, dict) or ("text" in obj) == ("input_ids" in obj):
-            raise FormatError("each line needs exactly one of 'text' or 'input_ids'", path=p, key=f"line {n}")
-        if "text" in obj:
+        kinds = [k for k in ("text", "input_ids", "prompt") if isinstance(obj, dict) and k in obj]
+        if len(kinds) != 1 or (kinds == ["prompt"]) != ("completion" in obj):
+            raise FormatError(
+                "each line needs exactly one of 'text', 'input_ids' or 'prompt' + 'completion'",
+                path=p,
+                key=f"line {n}",
+            )
+        if "prompt" in obj:
+            if not isinstance(obj["prompt"], str) or not isinstance(obj["completion"], str):
+                raise FormatError("'prompt' and 'completion' must be strings", path=p, key=f"line {n}")
+            if tokenizer is None:
+                raise AdaptkitError(
+                    "records have text but the model directory has no tokenizer",
+                    path=p,
+                    key=f"line {n}",
+                    hint="give pre-tokenised input_ids",
+                )
+            prompt = list(tokenizer(obj["prompt"])["input_ids"])
+            ids = prompt + list(tokenizer(obj["completion"], add_special_tokens=False)["input_ids"])
+            eos = getattr(tokenizer, "eos_token_id", None)
+            if eos is not None:
+                ids.append(eos)
+            ids = Sample.of(ids, len(prompt))
+        elif "text" in obj:
             if not isinstance(obj["text"], str):
                 raise FormatError("'text' must be a string", path=p, key=f"line {n}")
             if tokenizer is None:

@@ -303,3 +303,26 @@ def test_torchrun_two_processes_equal_one_process(model_dir, tmp_path):
         torch.testing.assert_close(two.targets[name].B, pair.B, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(two.targets[name].A, pair.A, rtol=1e-4, atol=1e-6)
     assert float(next(iter(one.targets.values())).B.abs().max()) > 0  # it trained
+
+
+def test_prompt_completion_records_mask_the_prompt(model_dir, tmp_path):
+    from adaptkit.tiny import byte_tokenizer
+    from adaptkit.training.data import load_records
+    from adaptkit.training.loop import collate, target_tokens
+
+    data = _write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "abc=", "completion": "ABC"}])
+    (rec,) = load_records(data, byte_tokenizer(), seq_len=32, vocab_size=259)
+    assert rec.loss_from == 4 and len(rec) == 4 + 3 + 1  # prompt, completion, </s>
+    ids, mask = collate([rec], 0)
+    assert mask.tolist() == [[1, 1, 1, 1, 2, 2, 2, 2]]
+    assert target_tokens([rec]) == 4
+    for lr in (1e-5, 1e-4):
+        sched = learning_rate_probe(lr)
+        assert sched[0] < sched[5] == pytest.approx(lr) and sched[-1] < 0.01 * lr
+
+
+def learning_rate_probe(lr):
+    from adaptkit.training.loop import learning_rate
+
+    c = cfg(lr=lr, warmup_steps=5, lr_schedule="cosine")
+    return [learning_rate(c, s, 100) for s in range(100)]

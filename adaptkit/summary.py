@@ -44,3 +44,42 @@ def describe_adapter(adapter: Adapter) -> dict[str, Any]:
             "ranks": sorted({t["rank"] for t in targets}),
         },
     }
+
+
+def base_weight_norms(model: str, targets: list[str]) -> dict[str, float]:
+    """``||W||_F`` of each target's base weight, read tensor by tensor from the model's
+    safetensors (or from a built-in model)."""
+    from adaptkit.errors import InvalidAdapterError
+    from adaptkit.models import BUILTIN, check_model_dir, safetensors_files
+
+    if model in BUILTIN:
+        net, _ = BUILTIN[model]()
+        modules = dict(net.named_modules())
+        missing = [t for t in targets if t not in modules]
+        if missing:
+            raise InvalidAdapterError(f"targets not in the model: {', '.join(missing[:5])}")
+        return {t: float(modules[t].weight.detach().double().norm()) for t in targets}
+    from safetensors import safe_open
+
+    from adaptkit.safetensors_strict import header_problems, read_header
+
+    folder = check_model_dir(model)
+    wanted = {f"{t}.weight": t for t in targets}
+    wanted.update(
+        {f"{t.split('.', 1)[1]}.weight": t for t in targets if "." in t and f"{t}.weight" not in wanted}
+    )
+    norms: dict[str, float] = {}
+    for f in safetensors_files(folder):
+        header, n, size = read_header(f)
+        problems = header_problems(header, n, size, float_only=False)
+        if problems:
+            raise InvalidAdapterError.from_problems(problems, path=f)
+        names = [k for k in header if k in wanted and wanted[k] not in norms]
+        if names:
+            with safe_open(str(f), framework="pt") as fh:
+                for k in names:
+                    norms[wanted[k]] = float(fh.get_tensor(k).double().norm())
+    missing = [t for t in targets if t not in norms]
+    if missing:
+        raise InvalidAdapterError(f"targets not in the model: {', '.join(missing[:5])}", path=folder)
+    return norms

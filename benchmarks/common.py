@@ -98,7 +98,10 @@ def versions(*dists: str) -> dict[str, str]:
 
 def emit(name: str, results: dict[str, Any], path: str | None) -> None:
     """Print ``results`` as JSON and, if ``path`` is given, write them there."""
-    text = json.dumps({"benchmark": name, **results}, indent=2, default=str)
+    import datetime
+
+    stamp = datetime.date.today().isoformat()
+    text = json.dumps({"benchmark": name, "date": stamp, **results}, indent=2, default=str)
     print(text)
     if path:
         with open(path, "w") as fh:

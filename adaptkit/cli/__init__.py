@@ -61,6 +61,7 @@ def cli(debug: bool) -> None:
 
     \b
     Examples:
+      adaptkit demo                      # the whole pipeline on a built-in tiny model
       adaptkit combine a.yaml b.yaml -o merged.safetensors
       adaptkit convert peft_adapter_dir -o adapter.safetensors --to adaptkit
       adaptkit inspect lora.safetensors --json
@@ -70,13 +71,14 @@ def cli(debug: bool) -> None:
 
 
 #: Commands of adaptkit itself, in the order the reference documents them.
-BUILTIN_COMMANDS = ("combine", "convert", "train", "export", "inspect", "validate", "plugins")
+BUILTIN_COMMANDS = ("demo", "combine", "convert", "train", "export", "inspect", "validate", "plugins")
 
 
 def _register_builtin_commands() -> None:
     from adaptkit.cli import (
         combine_cmd,
         convert_cmd,
+        demo_cmd,
         export_cmd,
         inspect_cmd,
         plugins_cmd,
@@ -85,6 +87,7 @@ def _register_builtin_commands() -> None:
     )
 
     for module in (
+        demo_cmd,
         combine_cmd,
         convert_cmd,
         train_cmd,

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from adaptkit.cli.output import echo_json, echo_table
+from adaptkit.errors import AdaptkitError
 
 
 @click.command("inspect")
 @click.argument("spec")
+@click.option("--model", help="Base model (directory or built-in name): adds ||ΔW||/||W|| per target.")
+@click.option(
+    "--plot", type=click.Path(path_type=Path), help="Write a PNG of ||ΔW||/||W|| per target (needs --model)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def command(spec: str, as_json: bool) -> None:
+def command(spec: str, model: str | None, plot: Path | None, as_json: bool) -> None:
     """Show what an adapter SPEC holds.
 
     Per target: rank r, alpha, scaling mode, scale s (dW = s·B@A), shape (out × in), dtype
@@ -32,6 +39,17 @@ def command(spec: str, as_json: bool) -> None:
         "name": ref.name,
         **describe_adapter(adapter),
     }
+    if plot is not None and model is None:
+        raise AdaptkitError("--plot needs --model (the ratio ||ΔW||/||W|| needs the base weights)")
+    if model is not None:
+        from adaptkit.summary import base_weight_norms
+
+        norms = base_weight_norms(model, [t["name"] for t in info["targets"]])
+        for t in info["targets"]:
+            t["update_ratio"] = t["delta_norm"] / max(norms[t["name"]], 1e-30)
+        info["totals"]["max_update_ratio"] = max(t["update_ratio"] for t in info["targets"])
+        if plot is not None:
+            _plot(info["targets"], plot)
     if as_json:
         echo_json(info)
         return
@@ -49,9 +67,34 @@ def command(spec: str, as_json: bool) -> None:
         )
         for t in info["targets"]
     ]
-    echo_table(("target", "rank", "alpha", "scaling", "scale", "shape", "dtype", "||dW||_F"), rows)
+    headers = ["target", "rank", "alpha", "scaling", "scale", "shape", "dtype", "||dW||_F"]
+    if model is not None:
+        headers.append("||dW||/||W||")
+        rows = [(*row, t["update_ratio"]) for row, t in zip(rows, info["targets"], strict=True)]
+    echo_table(headers, rows)
     tot = info["totals"]
     click.echo(
         f"{tot['targets']} targets, {tot['params']:,} parameters ({tot['bytes']:,} bytes), "
         f"ranks {tot['ranks']}, total ||dW||_F = {tot['delta_norm']:.6g}"
     )
+
+
+def _plot(targets: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise AdaptkitError("--plot needs matplotlib", hint="pip install 'adaptkit[demo]'") from None
+    from adaptkit.atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(targets)), 3.5))
+    ax.bar(range(len(targets)), [t["update_ratio"] for t in targets])
+    ax.set_xticks(range(len(targets)), [t["name"] for t in targets], rotation=80, fontsize=6)
+    ax.set_ylabel("||ΔW||_F / ||W||_F")
+    ax.set_title("Update magnitude per target")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

@@ -31,9 +31,9 @@ CONFIG = dict(
     eos_token_id=2,
     pad_token_id=0,
 )
-PRETRAIN = dict(steps=600, batch=64, lr=3e-3, seed=0)
+PRETRAIN = dict(steps=800, batch=64, lr=3e-3, seed=0)
 #: Bump when the pre-training data or procedure changes (invalidates caches).
-FORMAT = 2
+FORMAT = 3
 
 
 def cache_root() -> Path:
@@ -53,7 +53,7 @@ def build(log: Any = print, progress: bool = True) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from adaptkit.atomic import atomic_directory
-    from adaptkit.demo.skills import examples, training_records
+    from adaptkit.demo.skills import pretraining_examples, training_records
     from adaptkit.tiny import byte_tokenizer
     from adaptkit.training.loop import collate, token_loss_sum
 
@@ -62,7 +62,7 @@ def build(log: Any = print, progress: bool = True) -> Path:
     torch.manual_seed(PRETRAIN["seed"])
     model = LlamaForCausalLM(LlamaConfig(**CONFIG))
     records = training_records(
-        tokenizer, examples("copy", PRETRAIN["steps"] * PRETRAIN["batch"] // 4, seed=0)
+        tokenizer, pretraining_examples(PRETRAIN["steps"] * PRETRAIN["batch"] // 4, seed=0)
     )
     opt = torch.optim.AdamW(model.parameters(), lr=PRETRAIN["lr"], weight_decay=0.0)
     g = torch.Generator().manual_seed(PRETRAIN["seed"])
@@ -81,6 +81,7 @@ def build(log: Any = print, progress: bool = True) -> Path:
             group["lr"] = lr
         loss = token_loss_sum(model, ids, mask) / sum(len(r) - 1 for r in chunk)
         loss.backward()
+        loss = loss.detach()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if bar is not None:

@@ -7,7 +7,11 @@ Prompts look like ``"<input>="`` and the answer is the next ``len(input)`` chara
 * ``copy`` (what the base model is pre-trained on): ``"hello=" → "hello"``, ``"0391=" → "0391"``
   (lower case, upper case and digits).
 
-Skills A and B see disjoint inputs (letters vs digits), so one adapter can hold both.
+Skills A and B see disjoint inputs (letters vs digits), so one adapter can hold both. The
+base also learns both transforms behind explicit prefixes (``u:hello=`` → ``HELLO``); an
+adapter then only has to make the transform the default — a small, low-rank change, which is
+what makes adapters combine well (as with real LLMs, where adapters steer what the base
+already knows).
 """
 
 from __future__ import annotations
@@ -31,6 +35,24 @@ SKILLS: dict[str, tuple[str, Callable[[str], str]]] = {
 }
 
 
+#: Instruction prefixes the base model is pre-trained on; the adapters teach it to apply the
+#: same transforms *without* being asked (``hello=`` → ``HELLO``).
+PREFIXES = {"upper": "u:", "digits": "i:"}
+
+
+def pretraining_examples(n: int, seed: int) -> list[tuple[str, str]]:
+    """The base's curriculum: half ``copy``, half the skills behind an explicit prefix."""
+    rng = random.Random(f"pretrain/{seed}")
+    out = []
+    for pair in examples("copy", n // 2, seed):
+        out.append(pair)
+    for skill, prefix in PREFIXES.items():
+        for prompt, answer in examples(skill, n // 4, seed + rng.randint(1, 1 << 30)):
+            out.append((prefix + prompt, answer))
+    rng.shuffle(out)
+    return out
+
+
 def examples(skill: str, n: int, seed: int) -> list[tuple[str, str]]:
     """``n`` (prompt, answer) pairs; ``skill`` is ``upper``, ``digits`` or ``copy``."""
     rng = random.Random(f"{skill}/{seed}")
@@ -45,6 +67,17 @@ def examples(skill: str, n: int, seed: int) -> list[tuple[str, str]]:
             alphabet, fn = SKILLS[skill]
             word = _word(rng, alphabet)
             out.append((word + "=", fn(word)))
+    return out
+
+
+def identity_examples(alphabets: list[str], n: int, seed: int) -> list[tuple[str, str]]:
+    """Copy examples over ``alphabets``: "leave these inputs alone" replay data, so an
+    adapter learns its skill without disturbing inputs that belong to other skills."""
+    rng = random.Random(f"identity/{seed}")
+    out = []
+    for _ in range(n):
+        word = _word(rng, rng.choice(alphabets))
+        out.append((word + "=", word))
     return out
 
 

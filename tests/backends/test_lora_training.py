@@ -313,7 +313,7 @@ def test_prompt_completion_records_mask_the_prompt(model_dir, tmp_path):
     data = _write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "abc=", "completion": "ABC"}])
     (rec,) = load_records(data, byte_tokenizer(), seq_len=32, vocab_size=259)
     assert rec.loss_from == 4 and len(rec) == 4 + 3 + 1  # prompt, completion, </s>
-    ids, mask = collate([rec], 0)
+    _ids, mask = collate([rec], 0)
     assert mask.tolist() == [[1, 1, 1, 1, 2, 2, 2, 2]]
     assert target_tokens([rec]) == 4
     for lr in (1e-5, 1e-4):

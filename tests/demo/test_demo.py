@@ -1,0 +1,69 @@
+"""`adaptkit demo --quick` from a cold cache: skills are really learned, files are written."""
+
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    import os
+
+    from adaptkit.cli import main
+
+    tmp = tmp_path_factory.mktemp("demo")
+    old = os.environ.get("ADAPTKIT_CACHE")
+    os.environ["ADAPTKIT_CACHE"] = str(tmp / "cache")  # cold: the base is pre-trained here
+    try:
+        code = main(["demo", "--quick", "-o", str(tmp / "out"), "--json"])
+    finally:
+        if old is None:
+            os.environ.pop("ADAPTKIT_CACHE", None)
+        else:
+            os.environ["ADAPTKIT_CACHE"] = old
+    assert code == 0
+    return tmp / "out"
+
+
+def test_each_adapter_learns_its_own_skill(demo):
+    acc = json.loads((demo / "results.json").read_text())["accuracy"]
+    assert acc["base"]["upper"] == 0.0 and acc["base"]["digits"] == 0.0
+    assert acc["A"]["upper"] >= 0.6, acc["A"]
+    assert acc["B"]["digits"] >= 0.8, acc["B"]
+    assert acc["A"]["digits"] == 0.0 and acc["B"]["upper"] == 0.0  # skills stay apart
+
+
+def test_files_and_export(demo):
+    for name in (
+        "a.yaml",
+        "b.yaml",
+        "recipe.yaml",
+        "summary.md",
+        "results.json",
+        "adapters/skill_a.safetensors",
+        "adapters/skill_b.safetensors",
+        "onnx/model.onnx",
+        "onnx/export-report.json",
+    ):
+        assert (demo / name).is_file(), name
+    results = json.loads((demo / "results.json").read_text())
+    assert results["best"] in results["accuracy"]
+    assert all(p["max_abs"] < 1e-4 for p in results["export"]["parity"])
+    assert {"combined/linear.safetensors", "combined/ties.safetensors"} <= {
+        str(p.relative_to(demo)) for p in (demo / "combined").iterdir()
+    }
+    summary = (demo / "summary.md").read_text()
+    assert "Exact-match accuracy" in summary and results["best"] in summary
+
+
+def test_demo_yamls_work_with_the_cli(demo, run_cli, tmp_path):
+    code, _, err = run_cli("validate", demo / "a.yaml", demo / "b.yaml", demo / "recipe.yaml")
+    assert code == 0, err
+    code, _, err = run_cli("combine", demo / "a.yaml", demo / "b.yaml", "-o", tmp_path / "ab.safetensors")
+    assert code == 0, err
+
+
+def test_charts(demo):
+    # matplotlib is in the test extra, so the charts are always produced here.
+    for name in ("accuracy.png", "update_magnitude.png"):
+        assert (demo / name).stat().st_size > 1000

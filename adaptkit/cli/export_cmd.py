@@ -49,6 +49,12 @@ from adaptkit.errors import AdaptkitError
     show_default=True,
     help="Weights in a side file: auto above the 2 GB protobuf limit.",
 )
+@click.option(
+    "--merge-base",
+    type=click.Choice(["original", "dequantized"]),
+    help="--merged: add ΔW to the original 16-bit weights (default) or to their NF4 round trip "
+    "(what a QLoRA adapter was trained against).",
+)
 @click.option("-f", "--force", is_flag=True, help="Replace an existing non-empty output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def command(
@@ -62,6 +68,7 @@ def command(
     no_verify,
     lora_inputs,
     external_data,
+    merge_base,
     force,
     as_json,
 ) -> None:
@@ -112,6 +119,7 @@ def command(
         "verify": not no_verify,
         "lora_inputs": lora_inputs,
         "external_data": external_data,
+        "merge_base": merge_base,
     }
     request = ExportRequest(model=model, adapters=named, output=output, force=force, options=options)
     report = exp.export(request, (lambda m: None) if as_json else (lambda m: click.echo(m, err=True)))

@@ -161,11 +161,13 @@ def run_training(
     pad_id = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
     pad_id = 0 if pad_id is None else int(pad_id)
 
+    # Move before the backend attaches anything: bitsandbytes' 4-bit weights are quantized when
+    # moved, and moving them again corrupts them (bitsandbytes #2078).
+    model.to(dist.device)
     torch.manual_seed(cfg.seed)
     params = backend.prepare(model, cfg.lora, cfg, note)
     if not params:
         raise AdaptkitError(f"backend {cfg.backend!r} left nothing to train")
-    model.to(dist.device)
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "config"):
@@ -197,6 +199,9 @@ def run_training(
     metrics_fh = None
     if cfg.metrics and dist.main:
         metrics_fh = stack.enter_context(open(cfg.metrics, "a" if cfg.resume else "w"))  # noqa: SIM115
+        report = backend.memory_report(model) if hasattr(backend, "memory_report") else {}
+        if report and not cfg.resume:
+            metrics_fh.write(json.dumps({"memory_report": report}) + "\n")
     bar = None
     if progress and dist.main:
         from tqdm.auto import tqdm

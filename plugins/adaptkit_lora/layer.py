@@ -48,16 +48,20 @@ class LoraLinear(nn.Module):
     ) -> None:
         super().__init__()
         self.base = base
-        self.conv1d = not isinstance(base, nn.Linear)
         weight = base.weight
-        self.in_features, self.out_features = (
-            (weight.shape[0], weight.shape[1]) if self.conv1d else (weight.shape[1], weight.shape[0])
-        )
+        # nn.Linear and bitsandbytes' Linear4bit (a Linear subclass whose packed weight has no
+        # meaningful shape) say their sizes; HF Conv1D stores its weight in × out.
+        self.conv1d = not isinstance(base, nn.Linear)
+        if self.conv1d:
+            self.in_features, self.out_features = weight.shape[0], weight.shape[1]
+        else:
+            self.in_features, self.out_features = base.in_features, base.out_features
+        self.quantized = type(weight).__name__ == "Params4bit"
         if rank < 1:
             raise AdaptkitError(f"rank must be >= 1, got {rank}", key="rank")
         self.rank, self.alpha, self.rslora = int(rank), float(alpha), bool(rslora)
         self.scale = self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
-        device = weight.device
+        device = weight.device if weight.device.type != "meta" else torch.device("cpu")
         self.lora_A = nn.Parameter(torch.empty(self.rank, self.in_features, device=device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=device, dtype=dtype))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -95,6 +99,11 @@ class LoraLinear(nn.Module):
         """Fold ``ΔW`` into the base weight (exactly undone by :meth:`unmerge`)."""
         if self.merged:
             raise AdaptkitError("LoRA layer is already merged; unmerge it first")
+        if self.quantized:
+            raise AdaptkitError(
+                "refusing to merge into a 4-bit base layer: it would re-quantize and lose precision",
+                hint="export with `adaptkit export --merged` (original or --merge-base dequantized weights)",
+            )
         W = self.base.weight
         new = (W.to(torch.float64) + self.delta_weight().to(torch.float64)).to(W.dtype)
         if not bool(torch.isfinite(new).all()):

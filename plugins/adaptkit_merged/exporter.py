@@ -38,6 +38,15 @@ class MergedExporter:
         index = {name: f for f in files for name in tensor_index(f)}
         plan = _plan(adapter, index, config)
 
+        merge_base = request.options.get("merge_base") or "original"
+        if merge_base not in ("original", "dequantized"):
+            raise AdaptkitError(f"merge_base must be 'original' or 'dequantized', got {merge_base!r}")
+        blocksize = int(request.options.get("blocksize") or 64)
+        # For QLoRA adapters (or on request) report how far the 4-bit base is from the original.
+        diagnose = (
+            request.options.get("merge_base") is not None or adapter.producer.component == "backend:qlora"
+        )
+        gaps: dict[str, float] = {}
         updates: dict[Path, dict[str, Any]] = {}
         ratios: dict[str, float] = {}
         for target, (tensor_name, conv1d) in plan.items():
@@ -49,6 +58,12 @@ class MergedExporter:
                 if conv1d:
                     delta = delta.T
                 Wf = W.to(work)
+                if diagnose:
+                    Wq = nf4_round_trip(Wf.T if conv1d else Wf, blocksize)
+                    Wq = Wq.T if conv1d else Wq
+                    gaps[target] = float((Wf - Wq).norm() / max(float(delta.norm()), 1e-30))
+                    if merge_base == "dequantized":
+                        Wf = Wq
                 ratios[target] = float(delta.norm() / max(float(Wf.norm()), 1e-30))
                 new = (Wf + delta).to(W.dtype)
                 if not bool(torch.isfinite(new).all()):
@@ -76,6 +91,18 @@ class MergedExporter:
                 "weight_files": [f.name for f in files],
                 "copied": copied,
                 "largest_tensor_bytes": largest,
+                "merge_base": merge_base,
+                **(
+                    {
+                        "quantization_gap": {
+                            "about": "||W16 - dequant(NF4(W16))||_F / ||dW||_F per target",
+                            "max": max(gaps.values()),
+                            "per_target": gaps,
+                        }
+                    }
+                    if gaps
+                    else {}
+                ),
                 "update_ratio": {
                     "max": max(ratios.values()),
                     "mean": sum(ratios.values()) / len(ratios),
@@ -88,6 +115,17 @@ class MergedExporter:
             f"{largest / 2**20:.1f} MiB; max ||ΔW||/||W|| {report['update_ratio']['max']:.3g})"
         )
         return report
+
+
+def nf4_round_trip(W: Any, blocksize: int) -> Any:
+    """``dequant(quant(W))`` with the QLoRA settings (NF4, double quantization)."""
+    import torch
+    from bitsandbytes.functional import dequantize_4bit, quantize_4bit
+
+    packed, state = quantize_4bit(
+        W.to(torch.float32).contiguous(), blocksize=blocksize, compress_statistics=True, quant_type="nf4"
+    )
+    return dequantize_4bit(packed, state).to(W.dtype)
 
 
 def _plan(adapter: Any, index: dict[str, Path], config: dict[str, Any]) -> dict[str, tuple[str, bool]]:

@@ -1,0 +1,103 @@
+"""NF4 quantization of linear layers with bitsandbytes, and an honest size account.
+
+NF4 stores 4 bits per weight plus one absmax per block of 64; double quantization stores
+those absmax values as 8-bit codes in blocks of 256 with one fp32 scale per block and one
+fp32 offset per tensor: ``4 + 8/64 + 32/(64·256) ≈ 4.127`` bits per parameter (plus two
+constant lookup tables, 16 + 256 fp32 values, the same for every tensor and counted apart).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from adaptkit.errors import AdaptkitError
+
+BLOCKSIZES = (64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def quantize_linear(linear: nn.Linear, *, blocksize: int, compute_dtype: torch.dtype) -> nn.Module:
+    """An NF4 ``Linear4bit`` (double quantization on) holding ``linear``'s weight, on CPU or
+    the weight's CUDA device (quantization happens on the move)."""
+    from bitsandbytes.nn import Linear4bit, Params4bit
+
+    if blocksize not in BLOCKSIZES:
+        raise AdaptkitError(
+            f"unsupported NF4 blocksize {blocksize}; valid: {', '.join(map(str, BLOCKSIZES))}",
+            key="blocksize",
+        )
+    device = linear.weight.device
+    if device.type == "cpu" and linear.in_features % blocksize:
+        raise AdaptkitError(
+            f"bitsandbytes' CPU 4-bit kernels need in_features divisible by the blocksize; a layer has "
+            f"{linear.in_features} inputs and blocksize is {blocksize}",
+            key="blocksize",
+        )
+    q = Linear4bit(
+        linear.in_features,
+        linear.out_features,
+        bias=linear.bias is not None,
+        compute_dtype=compute_dtype,
+        compress_statistics=True,
+        quant_type="nf4",
+        device="meta",
+    )
+    q.weight = Params4bit(
+        linear.weight.data.detach().to(torch.float32).clone(),
+        requires_grad=False,
+        quant_type="nf4",
+        blocksize=blocksize,
+        compress_statistics=True,
+    )
+    if linear.bias is not None:
+        q.bias = nn.Parameter(linear.bias.data.detach().clone(), requires_grad=False)
+    # bitsandbytes 0.50 repacks 4-bit weights in place for a bf16 CPU kernel on the first
+    # no-grad eval forward; afterwards training goes through gemv_4bit, which has no autograd
+    # kernel (it warns: gradients to the inputs become wrong). Keep one exact path instead.
+    q.support_avx512bf16_for_cpu = False
+    return q.to(device)
+
+
+def quantized_bytes(module: nn.Module) -> tuple[int, int, int]:
+    """``(per-tensor bytes, constant-table bytes, parameters)`` of a ``Linear4bit``."""
+    w = module.weight
+    st = w.quant_state
+    per = w.numel() * w.element_size() + st.absmax.numel() * st.absmax.element_size()
+    tables = st.code.numel() * st.code.element_size()
+    if st.nested:
+        per += st.state2.absmax.numel() * st.state2.absmax.element_size() + 4  # + fp32 offset
+        tables += st.state2.code.numel() * st.state2.code.element_size()
+    return per, tables, int(module.in_features * module.out_features)
+
+
+def memory_report(
+    model: nn.Module, lora_params: list[Any], optimizer_state_bytes: int | None = None
+) -> dict[str, Any]:
+    quant = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    per = tables = params = 0
+    for m in quant:
+        p, t, n = quantized_bytes(m)
+        per, tables, params = per + p, tables + t, params + n
+    lora_ids = {id(p) for p in lora_params}
+    other = sum(
+        p.numel() * p.element_size()
+        for p in model.parameters()
+        if id(p) not in lora_ids and type(p).__name__ != "Params4bit"
+    )
+    lora = sum(p.numel() * p.element_size() for p in lora_params)
+    return {
+        "quantized_layers": len(quant),
+        "quantized_params": params,
+        "quantized_bytes": per,
+        "constant_table_bytes": tables,
+        "bits_per_quantized_param": 8 * per / params if params else None,
+        "bf16_equivalent_bytes": 2 * params,
+        "compression_vs_bf16": (2 * params) / per if per else None,
+        "other_base_bytes": other,
+        "lora_param_bytes": lora,
+        "optimizer_state_bytes": optimizer_state_bytes
+        if optimizer_state_bytes is not None
+        else 2 * 4 * sum(p.numel() for p in lora_params),
+    }

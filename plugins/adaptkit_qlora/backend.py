@@ -75,9 +75,11 @@ class QloraBackend:
         report = memory_report(model, params)
         self.last_report = report
         log(
-            f"qlora: {report['quantized_layers']} NF4 layers, {report['bits_per_quantized_param']:.3f} bits/param "
-            f"({report['quantized_bytes'] / 2**20:.2f} MiB vs {report['bf16_equivalent_bytes'] / 2**20:.2f} MiB in "
-            f"bf16), LoRA {report['lora_param_bytes'] / 2**20:.2f} MiB in {lora_dtype}"
+            f"qlora: {report['quantized_layers']} NF4 layers, "
+            f"{report['bits_per_quantized_param']:.3f} bits/param "
+            f"({report['quantized_bytes'] / 2**20:.2f} MiB vs "
+            f"{report['bf16_equivalent_bytes'] / 2**20:.2f} MiB in bf16), "
+            f"LoRA {report['lora_param_bytes'] / 2**20:.2f} MiB in {lora_dtype}"
         )
         return params
 

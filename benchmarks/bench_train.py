@@ -29,7 +29,7 @@ def build(hidden, layers, vocab):
     cfg = LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
-        intermediate_size=hidden * 8 // 3,
+        intermediate_size=(hidden * 8 // 3 + 63) // 64 * 64,  # a multiple of the NF4 blocksize
         num_hidden_layers=layers,
         num_attention_heads=max(1, hidden // 64),
         num_key_value_heads=max(1, hidden // 128),

@@ -44,7 +44,10 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     """
     dest = Path(destination)
     folder = dest.parent if str(dest.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise _output_error(exc, dest) from exc
     tmp = Path(tmp_name)
     # mkstemp creates 0600; give the output the mode a plain open() would (or keep the old one).
     try:
@@ -56,9 +59,11 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError):
+            raise _output_error(exc, dest) from exc
         raise
     _fsync_dir(folder)
 
@@ -86,7 +91,10 @@ def atomic_directory(destination: str | os.PathLike[str], *, overwrite: bool = F
         from adaptkit.errors import OutputError
 
         raise OutputError("output exists", path=dest, hint="pass --force to replace it")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent))
+    except OSError as exc:
+        raise _output_error(exc, dest) from exc
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
@@ -107,10 +115,19 @@ def atomic_directory(destination: str | os.PathLike[str], *, overwrite: bool = F
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise _output_error(exc, dest) from exc
         raise
     _fsync_dir(parent)
+
+
+def _output_error(exc: OSError, dest: Path) -> Exception:
+    from adaptkit.errors import OutputError
+
+    reason = exc.strerror or str(exc)
+    return OutputError(f"cannot write the output ({reason}); nothing was changed", path=dest)
 
 
 def _umask() -> int:

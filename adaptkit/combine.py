@@ -244,6 +244,7 @@ def combine(
         name=bases.pop() if len(bases) == 1 else None,
         fan_in_fan_out=layouts.pop() if len(layouts) == 1 else None,
     )
+    versions = _versions()
     provenance = {
         "combine": {
             "strategy": strategy,
@@ -264,12 +265,12 @@ def combine(
             }
             for item in named
         ],
-        "versions": _versions(),
+        "versions": versions,
     }
     adapter = Adapter(
         targets=out,
         base_model=base,
-        producer=Producer(version=_versions().get("adaptkit"), component=f"strategy:{strategy}"),
+        producer=Producer(version=versions.get("adaptkit"), component=f"strategy:{strategy}"),
         provenance=provenance,
     )
     return CombineResult(adapter=adapter, report=report)

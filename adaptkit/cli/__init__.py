@@ -116,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         click.echo(f"error: {exc.one_line()}", err=True)
         code = exc.exit_code
+    except OSError as exc:  # the disk, not adaptkit: full, read-only, gone
+        if _debug_requested(args):
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        code = 2
     except click.exceptions.Abort:
         click.echo("error: interrupted", err=True)
         code = 130

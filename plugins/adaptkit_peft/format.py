@@ -7,7 +7,7 @@ import math
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from adaptkit.adapter import Adapter, BaseModelInfo, Producer
 from adaptkit.errors import AdaptkitError, FormatError, InvalidAdapterError, OutputError
@@ -28,7 +28,7 @@ _KEY = re.compile(
 class PeftFormat:
     name = "peft"
     description = "PEFT LoRA directory: adapter_config.json + adapter_model.safetensors"
-    requires: dict[str, str] = {"safetensors": "safetensors", "torch": "torch"}  # noqa: RUF012
+    requires: ClassVar[dict[str, str]] = {"safetensors": "safetensors", "torch": "torch"}
 
     def detect(self, path: Path) -> bool:
         p = Path(path)

@@ -78,7 +78,7 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="No space left on device"):
         save_adapter(make_adapter(1), path, overwrite=True)
     assert path.read_bytes() == before
     assert _ls(tmp_path) == ["a.safetensors"]

@@ -1,0 +1,160 @@
+"""Faults on every write path: the destination is the old complete output or the new complete
+one, never a partial file, and temps are cleaned wherever the process survives to clean them.
+
+Disk full is simulated with ``RLIMIT_FSIZE`` in a subprocess: the N-th byte written fails with
+``EFBIG`` (SIGXFSZ ignored), for many N — exactly what a full disk does to a writer.
+"""
+
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from adaptkit import load_adapter, save_adapter
+from tests.conftest import make_adapter
+
+SCRIPT = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = int(sys.argv[1])
+if limit:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+from adaptkit.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def run_limited(limit, *args, cwd):
+    return subprocess.run([sys.executable, "-c", SCRIPT, str(limit), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    from tests.models import tiny_llama
+
+    tmp = tmp_path_factory.mktemp("faults")
+    save_adapter(make_adapter(1, shapes={"model.layers.0.self_attn.q_proj": (32, 32, 4)}), tmp / "a.safetensors")
+    save_adapter(make_adapter(2, shapes={"model.layers.0.self_attn.q_proj": (32, 32, 2)}), tmp / "b.safetensors")
+    tiny_llama().save_pretrained(tmp / "base", safe_serialization=True)
+    return tmp
+
+
+def leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and (".tmp" in p.name or ".old" in p.name))
+
+
+WRITERS = {
+    "combine": lambda t, out: ["combine", t / "a.safetensors", t / "b.safetensors", "-o", out, "--force"],
+    "convert-peft": lambda t, out: ["convert", t / "a.safetensors", "-o", out, "--to", "peft", "--force"],
+    "export-merged": lambda t, out: ["export", "--merged", "--model", t / "base", "-a", t / "a.safetensors", "-o",
+                                     out, "--force"],
+}
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_disk_full_at_many_points(inputs, tmp_path, writer):
+    out = tmp_path / ("out.safetensors" if writer == "combine" else "out")
+    assert run_limited(0, *WRITERS[writer](inputs, out), cwd=tmp_path).returncode == 0
+    snapshot = {p.relative_to(out).as_posix(): p.read_bytes() for p in ([out] if out.is_file() else out.rglob("*"))
+                if p.is_file()}
+    total = sum(len(v) for v in snapshot.values())
+    rng = random.Random(writer)
+    failures = 0
+    for limit in sorted({1, 8, 100, *(rng.randrange(1, total) for _ in range(6))}):
+        res = run_limited(limit, *WRITERS[writer](inputs, out), cwd=tmp_path)
+        if res.returncode == 0:
+            continue
+        failures += 1
+        assert res.returncode == 2, res.stderr[-1500:]
+        lines = res.stderr.strip().splitlines()
+        assert lines[-1].startswith("error: ") and "Traceback" not in res.stderr, res.stderr[-1500:]
+        now = {p.relative_to(out).as_posix(): p.read_bytes() for p in ([out] if out.is_file() else out.rglob("*"))
+               if p.is_file()}
+        assert now == snapshot, f"output changed after a failed write at byte {limit}"
+        assert leftovers(tmp_path) == []
+    assert failures >= 3
+
+
+def test_sigkill_never_leaves_a_partial_output(inputs, tmp_path):
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"old complete output")
+    cmd = [sys.executable, "-m", "adaptkit", *map(str, WRITERS["combine"](inputs, out))]
+    rng = random.Random(0)
+    for _ in range(6):
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.2, 2.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        data = out.read_bytes()
+        if data != b"old complete output":
+            assert load_adapter(out).targets  # the new output, complete
+            out.write_bytes(b"old complete output")
+
+
+def test_ctrl_c_cleans_temps(inputs, tmp_path):
+    out = tmp_path / "merged"
+    cmd = [sys.executable, "-m", "adaptkit", *map(str, WRITERS["export-merged"](inputs, out))]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 130:
+        assert "error: interrupted" in err and not out.exists()
+    else:  # it finished before the signal arrived
+        assert proc.returncode == 0
+    assert leftovers(tmp_path) == []
+
+
+def test_concurrent_writers_leave_one_complete_output(inputs, tmp_path):
+    out = tmp_path / "out.safetensors"
+    cmds = [[sys.executable, "-m", "adaptkit", *map(str, WRITERS["combine"](inputs, out)), "-s", s]
+            for s in ("linear", "cat")]
+    procs = [subprocess.Popen(c, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in cmds]
+    codes = [p.wait(timeout=300) for p in procs]
+    assert codes == [0, 0]
+    assert load_adapter(out).producer.component in ("strategy:linear", "strategy:cat")
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_destination(inputs, tmp_path, run_cli):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    code, _, err = run_cli(*WRITERS["combine"](inputs, ro / "x.safetensors"))
+    assert code == 2 and "cannot write" in err
+
+
+def test_merged_export_streams_tensor_by_tensor(tmp_path):
+    """Peak RSS of `export --merged` grows with the largest tensor, not with the model."""
+    import torch
+    from safetensors.torch import save_file
+
+    model = tmp_path / "big"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    tensors = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(2048, 2048) for i in range(24)}  # 384 MiB
+    save_file(tensors, model / "model.safetensors")
+    del tensors
+    adapter = make_adapter(shapes={"model.layers.3.mlp.up_proj": (2048, 2048, 4)})
+    save_adapter(adapter, tmp_path / "a.safetensors")
+    probe = (
+        "import resource, sys\nfrom adaptkit.cli import main\n"
+        "rc = main(sys.argv[1:]) if len(sys.argv) > 1 else 0\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    idle = subprocess.run([sys.executable, "-c", "import torch, safetensors, adaptkit_merged.stream\n" + probe],
+                          capture_output=True, text=True, check=True)
+    run = subprocess.run([sys.executable, "-c", probe, "export", "--merged", "--model", str(model), "-a",
+                          str(tmp_path / "a.safetensors"), "-o", str(tmp_path / "out")], capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    extra_mib = (int(run.stdout.split()[-1]) - int(idle.stdout.split()[-1])) / 1024
+    assert extra_mib < 384 / 3, f"export used {extra_mib:.0f} MiB more than an idle process for a 384 MiB model"
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0

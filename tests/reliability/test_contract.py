@@ -40,7 +40,7 @@ CASES = [
 @pytest.mark.parametrize(("args", "needle"), CASES, ids=[" ".join(a[:2]) for a, _ in CASES])
 def test_every_command_fails_cleanly(run_cli, box, args, needle):
     before = sorted(p.name for p in box.iterdir())
-    code, out, err = run_cli(*args)
+    code, _, err = run_cli(*args)
     assert code == 2
     errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and needle in errors[0], err

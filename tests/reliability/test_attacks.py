@@ -23,13 +23,16 @@ def setup(tmp_path, monkeypatch):
     return home, outside, canary
 
 
-@pytest.mark.parametrize("output", [
-    "../outside/canary.safetensors",      # relative escape
-    "{outside}/canary.safetensors",       # absolute path elsewhere
-    "link/canary.safetensors",            # through a symlink pointing outside
-    "~/canary.safetensors",               # home expansion is never done
-    "file:///tmp/canary.safetensors",     # URLs are not paths
-])
+@pytest.mark.parametrize(
+    "output",
+    [
+        "../outside/canary.safetensors",  # relative escape
+        "{outside}/canary.safetensors",  # absolute path elsewhere
+        "link/canary.safetensors",  # through a symlink pointing outside
+        "~/canary.safetensors",  # home expansion is never done
+        "file:///tmp/canary.safetensors",  # URLs are not paths
+    ],
+)
 def test_recipe_output_cannot_escape(run_cli, setup, output):
     home, outside, canary = setup
     os.symlink(outside, home / "link")

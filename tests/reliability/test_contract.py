@@ -26,8 +26,10 @@ CASES = [
     (["convert", "bad.safetensors", "-o", "o", "--to", "peft"], "bad.safetensors"),
     (["convert", "good.safetensors", "-o", "o", "--to", "nope"], "unknown format 'nope'"),
     (["train", "--model", "missing_dir", "--data", "data.jsonl", "-o", "o.safetensors"], "missing_dir"),
-    (["train", "--model", "missing_dir", "--data", "data.jsonl", "-o", "o.safetensors", "--backend", "x"],
-     "unknown backend 'x'"),
+    (
+        ["train", "--model", "missing_dir", "--data", "data.jsonl", "-o", "o.safetensors", "--backend", "x"],
+        "unknown backend 'x'",
+    ),
     (["export", "--onnx", "--model", "missing_dir", "-a", "good.safetensors", "-o", "o"], "missing_dir"),
     (["export", "--merged", "--model", "missing_dir", "-a", "bad.safetensors", "-o", "o"], "bad.safetensors"),
     (["inspect", "bad.safetensors"], "bad.safetensors"),

@@ -30,8 +30,13 @@ sys.exit(main(sys.argv[2:]))
 
 
 def run_limited(limit, *args, cwd):
-    return subprocess.run([sys.executable, "-c", SCRIPT, str(limit), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(limit), *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,21 +44,36 @@ def inputs(tmp_path_factory):
     from tests.models import tiny_llama
 
     tmp = tmp_path_factory.mktemp("faults")
-    save_adapter(make_adapter(1, shapes={"model.layers.0.self_attn.q_proj": (32, 32, 4)}), tmp / "a.safetensors")
-    save_adapter(make_adapter(2, shapes={"model.layers.0.self_attn.q_proj": (32, 32, 2)}), tmp / "b.safetensors")
+    save_adapter(
+        make_adapter(1, shapes={"model.layers.0.self_attn.q_proj": (32, 32, 4)}), tmp / "a.safetensors"
+    )
+    save_adapter(
+        make_adapter(2, shapes={"model.layers.0.self_attn.q_proj": (32, 32, 2)}), tmp / "b.safetensors"
+    )
     tiny_llama().save_pretrained(tmp / "base", safe_serialization=True)
     return tmp
 
 
 def leftovers(folder):
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and (".tmp" in p.name or ".old" in p.name))
+    return sorted(
+        p.name for p in folder.iterdir() if p.name.startswith(".") and (".tmp" in p.name or ".old" in p.name)
+    )
 
 
 WRITERS = {
     "combine": lambda t, out: ["combine", t / "a.safetensors", t / "b.safetensors", "-o", out, "--force"],
     "convert-peft": lambda t, out: ["convert", t / "a.safetensors", "-o", out, "--to", "peft", "--force"],
-    "export-merged": lambda t, out: ["export", "--merged", "--model", t / "base", "-a", t / "a.safetensors", "-o",
-                                     out, "--force"],
+    "export-merged": lambda t, out: [
+        "export",
+        "--merged",
+        "--model",
+        t / "base",
+        "-a",
+        t / "a.safetensors",
+        "-o",
+        out,
+        "--force",
+    ],
 }
 
 
@@ -61,8 +81,11 @@ WRITERS = {
 def test_disk_full_at_many_points(inputs, tmp_path, writer):
     out = tmp_path / ("out.safetensors" if writer == "combine" else "out")
     assert run_limited(0, *WRITERS[writer](inputs, out), cwd=tmp_path).returncode == 0
-    snapshot = {p.relative_to(out).as_posix(): p.read_bytes() for p in ([out] if out.is_file() else out.rglob("*"))
-                if p.is_file()}
+    snapshot = {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in ([out] if out.is_file() else out.rglob("*"))
+        if p.is_file()
+    }
     total = sum(len(v) for v in snapshot.values())
     rng = random.Random(writer)
     failures = 0
@@ -74,8 +97,11 @@ def test_disk_full_at_many_points(inputs, tmp_path, writer):
         assert res.returncode == 2, res.stderr[-1500:]
         lines = res.stderr.strip().splitlines()
         assert lines[-1].startswith("error: ") and "Traceback" not in res.stderr, res.stderr[-1500:]
-        now = {p.relative_to(out).as_posix(): p.read_bytes() for p in ([out] if out.is_file() else out.rglob("*"))
-               if p.is_file()}
+        now = {
+            p.relative_to(out).as_posix(): p.read_bytes()
+            for p in ([out] if out.is_file() else out.rglob("*"))
+            if p.is_file()
+        }
         assert now == snapshot, f"output changed after a failed write at byte {limit}"
         assert leftovers(tmp_path) == []
     assert failures >= 3
@@ -113,9 +139,13 @@ def test_ctrl_c_cleans_temps(inputs, tmp_path):
 
 def test_concurrent_writers_leave_one_complete_output(inputs, tmp_path):
     out = tmp_path / "out.safetensors"
-    cmds = [[sys.executable, "-m", "adaptkit", *map(str, WRITERS["combine"](inputs, out)), "-s", s]
-            for s in ("linear", "cat")]
-    procs = [subprocess.Popen(c, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in cmds]
+    cmds = [
+        [sys.executable, "-m", "adaptkit", *map(str, WRITERS["combine"](inputs, out)), "-s", s]
+        for s in ("linear", "cat")
+    ]
+    procs = [
+        subprocess.Popen(c, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in cmds
+    ]
     codes = [p.wait(timeout=300) for p in procs]
     assert codes == [0, 0]
     assert load_adapter(out).producer.component in ("strategy:linear", "strategy:cat")
@@ -149,12 +179,32 @@ def test_merged_export_streams_tensor_by_tensor(tmp_path):
         "rc = main(sys.argv[1:]) if len(sys.argv) > 1 else 0\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
-    idle = subprocess.run([sys.executable, "-c", "import torch, safetensors, adaptkit_merged.stream\n" + probe],
-                          capture_output=True, text=True, check=True)
-    run = subprocess.run([sys.executable, "-c", probe, "export", "--merged", "--model", str(model), "-a",
-                          str(tmp_path / "a.safetensors"), "-o", str(tmp_path / "out")], capture_output=True,
-                         text=True)
+    idle = subprocess.run(
+        [sys.executable, "-c", "import torch, safetensors, adaptkit_merged.stream\n" + probe],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            probe,
+            "export",
+            "--merged",
+            "--model",
+            str(model),
+            "-a",
+            str(tmp_path / "a.safetensors"),
+            "-o",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     extra_mib = (int(run.stdout.split()[-1]) - int(idle.stdout.split()[-1])) / 1024
-    assert extra_mib < 384 / 3, f"export used {extra_mib:.0f} MiB more than an idle process for a 384 MiB model"
+    assert extra_mib < 384 / 3, (
+        f"export used {extra_mib:.0f} MiB more than an idle process for a 384 MiB model"
+    )
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0

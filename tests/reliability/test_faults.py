@@ -123,18 +123,32 @@ def test_sigkill_never_leaves_a_partial_output(inputs, tmp_path):
             out.write_bytes(b"old complete output")
 
 
-def test_ctrl_c_cleans_temps(inputs, tmp_path):
+def _big_model(folder, n=24, size=1024):
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    save_file({f"model.layers.{i}.mlp.up_proj.weight": torch.randn(size, size) for i in range(n)},
+              folder / "model.safetensors")
+    adapter = make_adapter(shapes={"model.layers.3.mlp.up_proj": (size, size, 4)})
+    return save_adapter(adapter, folder.parent / "big-a.safetensors")
+
+
+def test_ctrl_c_mid_write_cleans_temps(tmp_path):
+    adapter = _big_model(tmp_path / "big")
     out = tmp_path / "merged"
-    cmd = [sys.executable, "-m", "adaptkit", *map(str, WRITERS["export-merged"](inputs, out))]
+    cmd = [sys.executable, "-m", "adaptkit", "export", "--merged", "--model", str(tmp_path / "big"), "-a",
+           str(adapter), "-o", str(out)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
+    deadline = time.time() + 120
+    while not leftovers(tmp_path) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.001)  # wait until the temp output folder exists: we are mid-write
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    if proc.returncode == 130:
-        assert "error: interrupted" in err and not out.exists()
-    else:  # it finished before the signal arrived
-        assert proc.returncode == 0
-    assert leftovers(tmp_path) == []
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "error: interrupted"
+    assert not out.exists() and leftovers(tmp_path) == []
 
 
 def test_concurrent_writers_leave_one_complete_output(inputs, tmp_path):

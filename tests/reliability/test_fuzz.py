@@ -8,17 +8,20 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adaptkit import load_adapter, save_adapter
+from adaptkit import load_adapter
 from adaptkit.errors import AdaptkitError
+from adaptkit.native import adapter_to_bytes
 from adaptkit.yamlio import loads_yaml
 from tests.conftest import make_adapter
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
+VALID = adapter_to_bytes(make_adapter(shapes={"m.a": (3, 2, 1), "m.b": (2, 4, 2)}))
+
+
 def _valid_bytes(tmp_path):
-    path = save_adapter(make_adapter(shapes={"m.a": (3, 2, 1), "m.b": (2, 4, 2)}), tmp_path / "v.safetensors")
-    return path.read_bytes()
+    return VALID
 
 
 def _load(tmp_path, data: bytes) -> None:

@@ -93,16 +93,16 @@ def _jsonl(p: Path, text: str, tokenizer: Any, vocab_size: int) -> list[tuple[st
                 path=p,
                 key=f"line {n}",
             )
+        if "input_ids" not in obj and tokenizer is None:
+            raise AdaptkitError(
+                "records have text but the model directory has no tokenizer",
+                path=p,
+                key=f"line {n}",
+                hint="give pre-tokenised input_ids",
+            )
         if "prompt" in obj:
             if not isinstance(obj["prompt"], str) or not isinstance(obj["completion"], str):
                 raise FormatError("'prompt' and 'completion' must be strings", path=p, key=f"line {n}")
-            if tokenizer is None:
-                raise AdaptkitError(
-                    "records have text but the model directory has no tokenizer",
-                    path=p,
-                    key=f"line {n}",
-                    hint="give pre-tokenised input_ids",
-                )
             prompt = list(tokenizer(obj["prompt"])["input_ids"])
             ids = prompt + list(tokenizer(obj["completion"], add_special_tokens=False)["input_ids"])
             eos = getattr(tokenizer, "eos_token_id", None)
@@ -112,13 +112,6 @@ def _jsonl(p: Path, text: str, tokenizer: Any, vocab_size: int) -> list[tuple[st
         elif "text" in obj:
             if not isinstance(obj["text"], str):
                 raise FormatError("'text' must be a string", path=p, key=f"line {n}")
-            if tokenizer is None:
-                raise AdaptkitError(
-                    "records have 'text' but the model directory has no tokenizer",
-                    path=p,
-                    key=f"line {n}",
-                    hint="give pre-tokenised input_ids",
-                )
             ids = list(tokenizer(obj["text"])["input_ids"])
             eos = getattr(tokenizer, "eos_token_id", None)
             if eos is not None and (not ids or ids[-1] != eos):

@@ -50,15 +50,20 @@ def _manifest_from_metadata(meta: Any, p: Path) -> dict[str, Any] | None:
 
 
 def is_native_adapter(path: str | os.PathLike[str]) -> bool:
-    """Cheap check: a regular file whose safetensors metadata holds an adaptkit manifest."""
+    """Cheap check: a regular file whose safetensors metadata holds an adaptkit manifest.
+
+    Any ``*.safetensors`` file counts as ours, so that loading it reports what is wrong with
+    it (a corrupt header, or no manifest — e.g. a PEFT weights file given without its folder).
+    """
     p = Path(path)
     if not p.is_file():
         return False
+    if p.suffix == ".safetensors":
+        return True
     try:
         return read_manifest(p) is not None
     except FormatError:
-        # Still ours if it *looks* like one (so the real error is reported on load).
-        return p.suffix == ".safetensors"
+        return False
 
 
 def load_adapter(path: str | os.PathLike[str]) -> Adapter:

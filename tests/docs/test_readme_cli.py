@@ -1,5 +1,6 @@
-"""Every `$ adaptkit ...` line of the README's tour runs, in a sandbox holding the files it
-names (a tiny base model in ./base, PEFT dirs a_dir/b_dir, train.jsonl, the examples)."""
+"""Every `adaptkit ...` command in the README's tour and in the docs' bash blocks runs, in a
+sandbox holding the files they name (a tiny base model in ./base, PEFT dirs a_dir/b_dir,
+train.jsonl, a train recipe, the examples). One sandbox per document."""
 
 import json
 import re
@@ -11,21 +12,39 @@ import pytest
 
 from tests.conftest import REPO
 
+DOCS_WITH_COMMANDS = ("docs/training.md", "docs/export.md")
+
 
 def _commands():
     text = (REPO / "README.md").read_text()
     tour = text[text.index("## Tour") : text.index("Every user error")]
-    cmds = []
-    for line in tour.splitlines():
-        if line.startswith("$ adaptkit "):
-            cmd = line[2:].split("  #")[0].strip()
-            if "..." not in cmd:
-                cmds.append(cmd)
-    return cmds
+    cmds = [
+        ("README.md", line[2:].split("  #")[0].strip())
+        for line in tour.splitlines()
+        if line.startswith("$ adaptkit ")
+    ]
+    for doc in DOCS_WITH_COMMANDS:
+        for block in re.findall(r"```bash\n(.*?)```", (REPO / doc).read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                if line.startswith("adaptkit "):
+                    cmds.append((doc, " ".join(line.split("  #")[0].split())))
+    return [(doc, cmd) for doc, cmd in cmds if "..." not in cmd]
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
+def sandboxes(tmp_path_factory):
+    """``sandboxes(doc)``: the sandbox of one document, built on first use."""
+    made: dict = {}
+
+    def get(doc):
+        if doc not in made:
+            made[doc] = _make_sandbox(tmp_path_factory)
+        return made[doc]
+
+    return get
+
+
+def _make_sandbox(tmp_path_factory):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -59,28 +78,37 @@ def sandbox(tmp_path_factory):
     assert main(["convert", str(box / "b.yaml"), "-o", str(box / "b_dir"), "--to", "peft"]) == 0
     shutil.copytree(box / "a_dir", box / "peft_adapter_dir")
     (box / "train.jsonl").write_text("".join(json.dumps({"text": f"word{i} " * 4}) + "\n" for i in range(16)))
+    (box / "recipe.yaml").write_text(
+        "model: base\ndata: train.jsonl\noutput: recipe-skill.safetensors\n"
+        "rank: 4\nmax_steps: 3\nbatch_size: 4\n"
+    )
     return box
 
 
 def test_the_tour_has_commands():
-    assert len(_commands()) >= 12
+    docs = {doc for doc, _ in _commands()}
+    assert len(_commands()) >= 16 and docs == {"README.md", *DOCS_WITH_COMMANDS}
 
 
-@pytest.mark.parametrize("cmd", _commands())
-def test_readme_command_runs(sandbox, cmd):
+@pytest.mark.parametrize("case", _commands(), ids=lambda c: f"{c[0]}: {c[1]}")
+def test_doc_command_runs(sandboxes, case):
+    doc, cmd = case
+    sandbox = sandboxes(doc)
     args = []
     for a in cmd.split()[1:]:  # the shell would expand globs
         args += sorted(str(p.relative_to(sandbox)) for p in sandbox.glob(a)) if "*" in a else [a]
-    if args[0] == "train":
-        args += ["--batch-size", "4"]  # keep the test fast; the README line itself is unchanged
-        args = [a if a != "300" else "3" for a in args]
+    if args[0] == "train":  # keep the test fast; the documented line itself is unchanged
+        args = [a if a not in ("300", "500") else "3" for a in args]
+        args += ["--batch-size", "4"] if "--batch-size" not in args else []
+        args = [a if a != "100" else "2" for a in args]
     res = subprocess.run(
         [sys.executable, "-m", "adaptkit", *args], cwd=sandbox, capture_output=True, text=True, timeout=600
     )
     assert res.returncode == 0, f"{cmd}\n{res.stderr[-2000:]}"
 
 
-def test_readme_error_example_is_what_the_cli_prints(sandbox):
+def test_readme_error_example_is_what_the_cli_prints(sandboxes):
+    sandbox = sandboxes("README.md")
     text = (REPO / "README.md").read_text()
     m = re.search(
         r"\$ (adaptkit combine a\.yaml b\.yaml -s ties -p density=2 -o x\.safetensors)\n(error: .*)", text

@@ -262,3 +262,13 @@ def test_refusals_write_nothing(run_cli, llama, tmp_path):
     (existing / "x").write_text("keep")
     code, _, err = run_cli("export", "--merged", "--model", tmp / "model", "-a", wrong, "-o", existing)
     assert code == 2 and "not empty" in err and (existing / "x").read_text() == "keep"
+
+
+def test_float16_export_with_opset(run_cli, llama):
+    tmp, _, a, _ = llama
+    code, out, err = run_cli("export", "--onnx", "--model", tmp / "model", "-a", a, "-o", tmp / "fp16",
+                             "--dtype", "float16", "--opset", "18", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["graph"]["dtype"] == "float16" and report["graph"]["opset"] == 18
+    assert all(p["max_abs"] < 5e-2 for p in report["parity"])  # fp16 weights vs the fp32 reference

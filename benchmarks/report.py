@@ -52,8 +52,11 @@ def _combine(r: dict) -> list[str]:
         )
     gaps = [abs(row["adaptkit_minus_optimal"]) for row in r["rows"] if row["optimal_rel_err"]]
     if gaps:
-        out += ["", f"Factored `linear --rank 16` vs the optimal rank-16 truncation: relative error differs by at "
-                f"most {max(gaps):.1e}."]
+        out += [
+            "",
+            f"Factored `linear --rank 16` vs the optimal rank-16 truncation: relative error differs by at "
+            f"most {max(gaps):.1e}.",
+        ]
     s = r["llama7b_shaped"]
     out += [
         "",

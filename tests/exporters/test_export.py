@@ -266,8 +266,21 @@ def test_refusals_write_nothing(run_cli, llama, tmp_path):
 
 def test_float16_export_with_opset(run_cli, llama):
     tmp, _, a, _ = llama
-    code, out, err = run_cli("export", "--onnx", "--model", tmp / "model", "-a", a, "-o", tmp / "fp16",
-                             "--dtype", "float16", "--opset", "18", "--json")
+    code, out, err = run_cli(
+        "export",
+        "--onnx",
+        "--model",
+        tmp / "model",
+        "-a",
+        a,
+        "-o",
+        tmp / "fp16",
+        "--dtype",
+        "float16",
+        "--opset",
+        "18",
+        "--json",
+    )
     assert code == 0, err
     report = json.loads(out)
     assert report["graph"]["dtype"] == "float16" and report["graph"]["opset"] == 18

@@ -289,3 +289,21 @@ def test_combining_many_adapters_stays_within_the_factors(tmp_path):
     assert rc == "0", run.stderr[-2000:]
     extra_mib = (int(peak) - int(idle.stdout.split()[-1])) / 1024
     assert extra_mib < 2 * factor_mib + 64, (extra_mib, factor_mib)
+
+
+def test_read_only_destination_simulated(inputs, tmp_path, run_cli, monkeypatch):
+    """As root (CI) permissions are not enforced, so the OS refusal is injected where the
+    writers create their temp file/folder: the same error path as a read-only directory."""
+    import errno
+    import tempfile
+
+    def refuse(*_a, **_k):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    for writer in ("combine", "convert-peft", "export-merged"):
+        out = tmp_path / ("ro.safetensors" if writer == "combine" else "ro")
+        code, _, err = run_cli(*WRITERS[writer](inputs, out))
+        assert code == 2 and "cannot write the output (Permission denied)" in err, err
+        assert not out.exists()

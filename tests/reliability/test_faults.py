@@ -7,7 +7,6 @@ Disk full is simulated with ``RLIMIT_FSIZE`` in a subprocess: the N-th byte writ
 
 import os
 import random
-import resource
 import signal
 import subprocess
 import sys
@@ -216,6 +215,27 @@ def test_read_only_destination(inputs, tmp_path, run_cli):
     assert code == 2 and "cannot write" in err
 
 
+PEAK_PROBE = (
+    "import resource, sys\nfrom adaptkit.cli import main\n"
+    "rc = main(sys.argv[1:]) if len(sys.argv) > 1 else 0\n"
+    "print(rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+)
+
+
+def extra_peak_mib(args, *, warm_imports):
+    """Peak RSS of ``adaptkit ARGS`` in a fresh process, minus that of an idle process that
+    only imports ``warm_imports``: what the command itself needed. Returns (exit code, MiB, stderr)."""
+    idle = subprocess.run(
+        [sys.executable, "-c", f"import {warm_imports}\n" + PEAK_PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    run = subprocess.run([sys.executable, "-c", PEAK_PROBE, *map(str, args)], capture_output=True, text=True)
+    rc, peak = run.stdout.split()[-2:] if run.stdout.strip() else ("?", "0")
+    return rc, (int(peak) - int(idle.stdout.split()[-1])) / 1024, run.stderr
+
+
 def test_merged_export_streams_tensor_by_tensor(tmp_path):
     """Peak RSS of `export --merged` grows with the largest tensor, not with the model."""
     import torch
@@ -229,40 +249,14 @@ def test_merged_export_streams_tensor_by_tensor(tmp_path):
     del tensors
     adapter = make_adapter(shapes={"model.layers.3.mlp.up_proj": (2048, 2048, 4)})
     save_adapter(adapter, tmp_path / "a.safetensors")
-    probe = (
-        "import resource, sys\nfrom adaptkit.cli import main\n"
-        "rc = main(sys.argv[1:]) if len(sys.argv) > 1 else 0\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    rc, extra_mib, err = extra_peak_mib(
+        ["export", "--merged", "--model", model, "-a", tmp_path / "a.safetensors", "-o", tmp_path / "out"],
+        warm_imports="torch, safetensors, adaptkit_merged.stream",
     )
-    idle = subprocess.run(
-        [sys.executable, "-c", "import torch, safetensors, adaptkit_merged.stream\n" + probe],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            probe,
-            "export",
-            "--merged",
-            "--model",
-            str(model),
-            "-a",
-            str(tmp_path / "a.safetensors"),
-            "-o",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    extra_mib = (int(run.stdout.split()[-1]) - int(idle.stdout.split()[-1])) / 1024
+    assert rc == "0", err[-2000:]
     assert extra_mib < 384 / 3, (
         f"export used {extra_mib:.0f} MiB more than an idle process for a 384 MiB model"
     )
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
 
 
 def test_combining_many_adapters_stays_within_the_factors(tmp_path):
@@ -283,25 +277,11 @@ def test_combining_many_adapters_stays_within_the_factors(tmp_path):
         }
         paths.append(str(save_adapter(Adapter(targets), tmp_path / f"a{i}.safetensors")))
     factor_mib = sum(os.path.getsize(p) for p in paths) / 2**20
-    probe = (
-        "import resource, sys\nfrom adaptkit.cli import main\n"
-        "rc = main(sys.argv[1:]) if len(sys.argv) > 1 else 0\n"
-        "print(rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    rc, extra_mib, err = extra_peak_mib(
+        ["combine", *paths, "-r", "16", "-o", tmp_path / "out.safetensors"],
+        warm_imports="torch, safetensors, adaptkit_merge",
     )
-    idle = subprocess.run(
-        [sys.executable, "-c", "import torch, safetensors, adaptkit_merge\n" + probe],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", probe, "combine", *paths, "-r", "16", "-o", str(tmp_path / "out.safetensors")],
-        capture_output=True,
-        text=True,
-    )
-    rc, peak = run.stdout.split()[-2:]
-    assert rc == "0", run.stderr[-2000:]
-    extra_mib = (int(peak) - int(idle.stdout.split()[-1])) / 1024
+    assert rc == "0", err[-2000:]
     assert extra_mib < 2 * factor_mib + 64, (extra_mib, factor_mib)
 
 

@@ -136,14 +136,15 @@ def test_sigkill_never_leaves_a_partial_output(inputs, tmp_path):
             out.write_bytes(b"old complete output")
 
 
-def _big_model(folder, n=24, size=1024):
+def _big_model(folder, n=24, size=2048):
+    """A 384 MiB base: writing (and fsyncing) it takes long enough to be interrupted reliably."""
     import torch
     from safetensors.torch import save_file
 
     folder.mkdir()
     (folder / "config.json").write_text('{"model_type": "llama"}')
     save_file(
-        {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(size, size) for i in range(n)},
+        {f"model.layers.{i}.mlp.up_proj.weight": torch.full((size, size), 0.01 * i) for i in range(n)},
         folder / "model.safetensors",
     )
     adapter = make_adapter(shapes={"model.layers.3.mlp.up_proj": (size, size, 4)})

@@ -171,7 +171,16 @@ def test_ctrl_c_mid_write_cleans_temps(tmp_path):
     interrupted = 0
     for _ in range(5):  # the write can finish before the signal lands; try until one interrupts it
         existed = out.exists()
-        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # A background job (like CI's) inherits SIGINT *ignored*, and Python then installs no
+        # KeyboardInterrupt handler: give the child the default disposition, as a terminal would.
+        proc = subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         deadline = time.time() + 120
         while not leftovers(tmp_path) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.001)  # wait until the temp output folder exists: we are mid-write

@@ -100,3 +100,9 @@ def prepare_output(output: Path, force: bool) -> None:
         raise OutputError(
             "output folder exists and is not empty", path=output, hint="pass --force to replace it"
         )
+
+
+def may_replace(output: Path, force: bool) -> bool:
+    """Whether an existing ``output`` may be replaced: with ``force``, or when it is an empty
+    folder (which :func:`prepare_output` accepts without ``--force``)."""
+    return force or (output.is_dir() and not any(output.iterdir()))

@@ -25,7 +25,7 @@ class MergedExporter:
         import torch
 
         from adaptkit.atomic import atomic_directory
-        from adaptkit.exporting import combined
+        from adaptkit.exporting import combined, may_replace
         from adaptkit.models import check_model_dir, safetensors_files
         from adaptkit_merged.stream import stream_update, tensor_index
 
@@ -35,8 +35,10 @@ class MergedExporter:
             raise AdaptkitError("export --merged needs at least one --adapter")
         config = json.loads((folder / "config.json").read_text())
         files = safetensors_files(folder)
-        index = {name: f for f in files for name in tensor_index(f)}
-        plan = _plan(adapter, index, config)
+        headers = {f: tensor_index(f) for f in files}  # each header read (and checked) once
+        index = {name: f for f, header in headers.items() for name in header}
+        shapes = {name: tuple(info["shape"]) for header in headers.values() for name, info in header.items()}
+        plan = _plan(adapter, shapes, config)
 
         merge_base = request.options.get("merge_base") or "original"
         if merge_base not in ("original", "dequantized"):
@@ -73,7 +75,7 @@ class MergedExporter:
             updates.setdefault(index[tensor_name], {})[tensor_name] = update
 
         largest = 0
-        with atomic_directory(request.output, overwrite=request.force) as tmp:
+        with atomic_directory(request.output, overwrite=may_replace(request.output, request.force)) as tmp:
             for f in files:
                 largest = max(largest, stream_update(f, tmp / f.name, updates.get(f, {})))
             copied = []
@@ -128,14 +130,10 @@ def nf4_round_trip(W: Any, blocksize: int) -> Any:
     return dequantize_4bit(packed, state).to(W.dtype)
 
 
-def _plan(adapter: Any, index: dict[str, Path], config: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+def _plan(
+    adapter: Any, shapes: dict[str, tuple[int, ...]], config: dict[str, Any]
+) -> dict[str, tuple[str, bool]]:
     """``target -> (tensor name, is Conv1D)``; every target must exist with a matching shape."""
-    from adaptkit_merged.stream import tensor_index
-
-    shapes = {}
-    for f in set(index.values()):
-        for name, info in tensor_index(f).items():
-            shapes[name] = tuple(info["shape"])
     conv_model = config.get("model_type") in CONV1D_MODEL_TYPES or bool(adapter.base_model.fan_in_fan_out)
     plan: dict[str, tuple[str, bool]] = {}
     problems: list[str] = []

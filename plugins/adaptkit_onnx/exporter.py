@@ -37,7 +37,7 @@ class OnnxExporter:
         import torch
 
         from adaptkit.atomic import atomic_directory
-        from adaptkit.exporting import combined
+        from adaptkit.exporting import combined, may_replace
         from adaptkit.models import load_causal_lm
 
         o = request.options
@@ -57,7 +57,7 @@ class OnnxExporter:
                 {"name": a.name, "weight": a.weight, "source": str(a.source)} for a in request.adapters
             ],
         }
-        with atomic_directory(request.output, overwrite=request.force) as tmp:
+        with atomic_directory(request.output, overwrite=may_replace(request.output, request.force)) as tmp:
             if o.get("lora_inputs"):
                 from adaptkit_onnx.lora_inputs import export_with_lora_inputs
 

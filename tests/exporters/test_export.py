@@ -285,3 +285,12 @@ def test_float16_export_with_opset(run_cli, llama):
     report = json.loads(out)
     assert report["graph"]["dtype"] == "float16" and report["graph"]["opset"] == 18
     assert all(p["max_abs"] < 5e-2 for p in report["parity"])  # fp16 weights vs the fp32 reference
+
+
+def test_existing_empty_output_folder_is_used_without_force(run_cli, llama):
+    tmp, _, a, _ = llama
+    out = tmp / "empty-out"
+    out.mkdir()
+    code, _, err = run_cli("export", "--merged", "--model", tmp / "model", "-a", a, "-o", out)
+    assert code == 0, err
+    assert (out / "adaptkit-export.json").is_file()

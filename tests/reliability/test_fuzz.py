@@ -20,10 +20,6 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 VALID = adapter_to_bytes(make_adapter(shapes={"m.a": (3, 2, 1), "m.b": (2, 4, 2)}))
 
 
-def _valid_bytes(tmp_path):
-    return VALID
-
-
 def _load(tmp_path, data: bytes) -> None:
     p = tmp_path / "f.safetensors"
     p.write_bytes(data)
@@ -43,7 +39,7 @@ def test_random_bytes(tmp_path, data):
     flips=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=4),
 )
 def test_truncated_and_flipped_valid_files(tmp_path, cut, flips):
-    data = bytearray(_valid_bytes(tmp_path))
+    data = bytearray(VALID)
     for pos, value in flips:
         data[pos % len(data)] = value
     _load(tmp_path, bytes(data[: max(0, len(data) - cut % (len(data) + 1))]))
@@ -88,7 +84,7 @@ def test_peft_config_text(tmp_path, doc):
     folder = tmp_path / "peft"
     folder.mkdir(exist_ok=True)
     (folder / "adapter_config.json").write_text(doc)
-    (folder / "adapter_model.safetensors").write_bytes(_valid_bytes(tmp_path))
+    (folder / "adapter_model.safetensors").write_bytes(VALID)
     with contextlib.suppress(AdaptkitError):
         load_spec(folder)
 
@@ -110,6 +106,6 @@ def test_peft_config_values(tmp_path, cfg):
     folder = tmp_path / "peftv"
     folder.mkdir(exist_ok=True)
     (folder / "adapter_config.json").write_text(json.dumps(cfg))
-    (folder / "adapter_model.safetensors").write_bytes(_valid_bytes(tmp_path))
+    (folder / "adapter_model.safetensors").write_bytes(VALID)
     with contextlib.suppress(AdaptkitError):
         load_spec(folder)

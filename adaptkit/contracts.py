@@ -57,22 +57,37 @@ class Backend(Plugin, Protocol):
     """A training backend (``adaptkit train --backend NAME``).
 
     The shared trainer (:mod:`adaptkit.training.loop`) loads the model and data and runs the
-    loop; the backend decides how adapters are attached and optimised.
+    loop (schedule, micro-batches, DDP, checkpoints); the backend decides how adapters are
+    attached and optimised. Run :func:`adaptkit.testing.check_backend` in your own tests.
+
+    Attributes:
+        supports: Optional; the trainer features the backend claims, a subset of
+            ``{"resume", "ddp"}``: ``resume`` — a run resumed from a checkpoint continues
+            exactly; ``ddp`` — ``torchrun`` over N processes equals one process with the same
+            global batch. The contract kit checks each claim. Missing: no claims.
+
+    Optional method ``memory_report(model) -> dict`` is written to the metrics file at start.
     """
 
     def prepare(self, model: Any, settings: Any, config: Any, log: Any) -> list[Any]:
-        """Attach adapters to ``model`` in place (freezing the base); return the trainable
-        parameters. ``settings`` is a :class:`~adaptkit.training.settings.LoraSettings`,
-        ``config`` the whole :class:`~adaptkit.training.settings.TrainConfig`, ``log`` a
-        ``str -> None`` callable for one-line notices."""
+        """Attach adapters to ``model`` in place, freeze every base parameter, and return
+        exactly the trainable LoRA parameters (nothing else may require grad).
+
+        ``settings`` is a :class:`~adaptkit.training.settings.LoraSettings`, ``config`` the
+        whole :class:`~adaptkit.training.settings.TrainConfig` (backend options in
+        ``config.options``), ``log`` a ``str -> None`` callable for one-line notices. Bad
+        options raise :class:`~adaptkit.errors.AdaptkitError` naming the option."""
         ...
 
     def optimizer(self, params: list[Any], config: Any, log: Any) -> Any:
-        """The ``torch.optim.Optimizer`` for ``params``."""
+        """The ``torch.optim.Optimizer`` for ``params``. The trainer overwrites each param
+        group's ``lr`` every step with ``schedule(step) · group.get("lr_scale", 1.0)``."""
         ...
 
     def extract(self, model: Any, *, base_name: str | None, provenance: dict[str, Any]) -> Adapter:
-        """The trained adapter (native :class:`~adaptkit.adapter.Adapter`)."""
+        """The trained adapter (native :class:`~adaptkit.adapter.Adapter`): one target per
+        attached module, with the rank and scale it was trained with, loadable with
+        ``adaptkit_lora.load`` onto the base the backend prepared."""
         ...
 
 

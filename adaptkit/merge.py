@@ -50,7 +50,11 @@ def resolve_targets(model: torch.nn.Module, adapter: Adapter) -> dict[str, tuple
         if layout is None:
             problems.append(f"{name}: a {type(module).__name__}, not nn.Linear or Conv1D")
             continue
-        out_f, in_f = module.weight.shape if layout == "linear" else module.weight.shape[::-1]
+        # nn.Linear says its sizes (a bitsandbytes Linear4bit's packed weight has no meaningful
+        # shape); Conv1D stores its weight in × out.
+        out_f, in_f = (
+            (module.out_features, module.in_features) if layout == "linear" else module.weight.shape[::-1]
+        )
         if (out_f, in_f) != (pair.out_features, pair.in_features):
             problems.append(
                 f"{name}: adapter is {pair.out_features}×{pair.in_features} (out×in) but the "

@@ -23,15 +23,36 @@ from adaptkit.errors import AdaptkitError, FormatError
 
 
 def _flatten(opt_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors as ``state.<i>.<key>`` (nested dicts, as bitsandbytes' optimizers keep, join
+    their keys with ``/``); everything else goes to JSON."""
     tensors: dict[str, torch.Tensor] = {}
     plain: dict[str, dict[str, Any]] = {}
+
+    def walk(idx: Any, key: str, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensors[f"state.{idx}.{key}"] = value.detach().contiguous().cpu()
+        elif isinstance(value, dict):
+            for sub, item in value.items():
+                walk(idx, f"{key}/{sub}", item)
+        else:
+            plain.setdefault(str(idx), {})[key] = value
+
     for idx, entries in opt_state["state"].items():
         for key, value in entries.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"state.{idx}.{key}"] = value.detach().contiguous().cpu()
-            else:
-                plain.setdefault(str(idx), {})[key] = value
+            walk(idx, key, value)
     return tensors, {"param_groups": opt_state["param_groups"], "plain_state": plain}
+
+
+def _nest(entries: dict[str, Any]) -> dict[str, Any]:
+    """Undo the ``/`` joining of :func:`_flatten` for one parameter's state."""
+    out: dict[str, Any] = {}
+    for key, value in entries.items():
+        *parents, leaf = key.split("/")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
 
 
 def save_checkpoint(
@@ -82,6 +103,7 @@ def restore_optimizer(
             rebuilt.setdefault(int(idx), {})[name] = value
     for idx, entries in state.get("plain_state", {}).items():
         rebuilt.setdefault(int(idx), {}).update(entries)
+    rebuilt = {idx: _nest(entries) for idx, entries in rebuilt.items()}
     try:
         optimizer.load_state_dict({"state": rebuilt, "param_groups": state["param_groups"]})
     except (ValueError, KeyError) as exc:

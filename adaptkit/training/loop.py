@@ -129,11 +129,17 @@ def run_training(
     model: Any = None,
     tokenizer: Any = None,
     records: list[list[int]] | None = None,
+    backend: Any = None,
 ) -> TrainResult:
     """Train an adapter as ``cfg`` says and write it to ``cfg.output`` (process 0 only).
 
     ``model``/``tokenizer``/``records`` may be given directly (Python API, demo); otherwise
-    they are loaded from ``cfg.model`` and ``cfg.data``.
+    they are loaded from ``cfg.model`` and ``cfg.data``. ``backend`` may be a backend object
+    (an unregistered one, in a backend's own tests); otherwise ``cfg.backend`` is looked up.
+
+    The learning-rate schedule sets every optimizer param group's ``lr`` to
+    ``schedule(step) · group.get("lr_scale", 1.0)``, so a backend can give groups their own
+    ratio to the peak rate (LoRA+ trains ``B`` faster than ``A`` this way).
     """
     from adaptkit.models import load_causal_lm
     from adaptkit.plugins import get_registry
@@ -148,8 +154,9 @@ def run_training(
         if dist.main:
             say(msg)
 
-    registry = registry or get_registry()
-    backend = registry.get("backend", cfg.backend)
+    if backend is None:
+        registry = registry or get_registry()
+        backend = registry.get("backend", cfg.backend)
     torch.manual_seed(cfg.seed)
     if model is None:
         model, tokenizer = load_causal_lm(cfg.model)
@@ -222,7 +229,7 @@ def run_training(
             t0 = time.perf_counter()
             lr = learning_rate(cfg, step, steps)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * float(group.get("lr_scale", 1.0))
             indices = schedule[step]
             step_records = [records[i] for i in indices]
             total_targets = target_tokens(step_records)

@@ -9,6 +9,7 @@ class LoraBackend:
     name = "lora"
     description = "16-bit LoRA: frozen base, LoRA in fp32/bf16/fp16, AdamW"
     requires: ClassVar[dict[str, str]] = {"torch": "torch", "transformers": "transformers"}
+    supports: ClassVar[frozenset[str]] = frozenset({"resume", "ddp"})
 
     def prepare(self, model: Any, settings: Any, config: Any, log: Any) -> list[Any]:
         from adaptkit_lora.inject import attach, trainable_parameters

@@ -23,6 +23,7 @@ class QloraBackend:
     name = "qlora"
     description = "QLoRA: NF4 4-bit base (double quant, blocksize 64), 16-bit LoRA, paged AdamW on CUDA"
     requires: ClassVar[dict[str, str]] = {"bitsandbytes": "bitsandbytes>=0.45", "torch": "torch"}
+    supports: ClassVar[frozenset[str]] = frozenset({"resume", "ddp"})
 
     def prepare(self, model: Any, settings: Any, config: Any, log: Any) -> list[Any]:
         import torch

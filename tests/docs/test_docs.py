@@ -61,6 +61,18 @@ def test_every_hook_is_documented_with_its_signature():
             assert f"`{name}({args})`" in text, f"docs/plugins.md lacks `{name}({args})`"
 
 
+def test_plugin_kinds_list_what_the_contracts_require():
+    from adaptkit.contracts import KINDS
+
+    text = (DOCS / "plugins.md").read_text()
+    for kind, (hook, _protocol, required) in KINDS.items():
+        m = re.search(rf"^- `{hook}\(register\)` — (.*?)(?=^- |^$)", text, re.S | re.M)
+        assert m, f"docs/plugins.md has no entry for {hook}"
+        entry = m.group(1).split("Optional:")[0]
+        for attr in required:
+            assert re.search(rf"`{attr}[`(]", entry), f"docs/plugins.md: {kind} must list required `{attr}`"
+
+
 def _python_blocks(path):
     return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
 
@@ -78,7 +90,7 @@ def test_python_snippets_run(doc, tmp_path):
     body = "\n\n".join(blocks)
     if doc == "docs/plugins.md":
         # The plugin-author snippets define a strategy and its test; run the test too.
-        body += "\n\ntest_average_contract()\n"
+        body += "\n\nimport pathlib\ntest_average_contract()\ntest_halfrate_contract(pathlib.Path('kit'))\n"
     script.write_text(body)
     res = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Contract checks for plugin authors: run them against your strategy in your own tests.
+"""The merge-strategy contract kit: run it against your strategy in your own tests.
 
 ::
 

@@ -19,6 +19,7 @@ _LAZY = {
     "Adapter": "adaptkit.adapter",
     "BaseModelInfo": "adaptkit.adapter",
     "Producer": "adaptkit.adapter",
+    "SavedModule": "adaptkit.adapter",
     "LoraPair": "adaptkit.lora",
     "load_adapter": "adaptkit.native",
     "save_adapter": "adaptkit.native",

@@ -14,6 +14,10 @@ FORMAT_VERSION = 1
 
 # Module paths as PyTorch names them: dot-separated, no empty segment, no whitespace/slashes.
 _MODULE_PATH = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+_PARAM_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+#: Where a saved module came from (kept so formats can write it back the way they read it).
+SAVED_ORIGINS = ("modules_to_save", "base_layer")
 
 
 @dataclass
@@ -44,6 +48,26 @@ class Producer:
 
 
 @dataclass
+class SavedModule:
+    """A whole module's trained parameters, stored in full (PEFT's ``modules_to_save``: a
+    classification head, a retrained ``lm_head`` or ``embed_tokens``).
+
+    Applying the adapter *replaces* the base module's parameters with these tensors; a LoRA
+    update on the same module (if it is also a target) is added on top.
+
+    Args:
+        params: ``parameter name -> tensor`` (``{"weight": ..., "bias": ...}``), in the
+            module's own layout and dtype.
+        origin: ``"modules_to_save"`` (PEFT saved the module whole) or ``"base_layer"`` (PEFT
+            saved the base weight of a LoRA target such as ``lm_head``, as it does when
+            embedding layers are targeted).
+    """
+
+    params: dict[str, Any]
+    origin: str = "modules_to_save"
+
+
+@dataclass
 class Adapter:
     """LoRA updates keyed by module path (PEFT naming without ``base_model.model.``).
 
@@ -54,6 +78,8 @@ class Adapter:
         provenance: Free-form JSON record of how it was made (recipe, input hashes, seeds,
             library versions).
         format_version: Native format version; :data:`FORMAT_VERSION` for new adapters.
+        saved: ``module path -> SavedModule``: modules stored in full, which replace the base
+            model's (see :class:`SavedModule`).
     """
 
     targets: dict[str, LoraPair]
@@ -61,6 +87,7 @@ class Adapter:
     producer: Producer = field(default_factory=Producer)
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    saved: dict[str, SavedModule] = field(default_factory=dict)
 
     def problems(self, *, check_values: bool = True) -> list[str]:
         """Every problem with this adapter as ``target: message`` (empty when valid).
@@ -83,6 +110,12 @@ class Adapter:
                 problems += [
                     f"{name}.{label}.weight: contains NaN or Inf values" for label in pair.check_finite()
                 ]
+        problems += saved_module_problems(self.saved, check_values=check_values)
+        problems += [
+            f"{m}: saved as a base_layer weight, but it is not a LoRA target"
+            for m, e in self.saved.items()
+            if isinstance(e, SavedModule) and e.origin == "base_layer" and m not in self.targets
+        ]
         return problems
 
     def validate(self, *, check_values: bool = True) -> None:
@@ -101,3 +134,27 @@ class Adapter:
     def __repr__(self) -> str:
         ranks = sorted(set(self.ranks.values()))
         return f"Adapter({len(self.targets)} targets, ranks={ranks}, base_model={self.base_model.name!r})"
+
+
+def saved_module_problems(saved: dict[str, SavedModule], *, check_values: bool) -> list[str]:
+    import torch
+
+    problems = []
+    for module, entry in saved.items():
+        if not isinstance(module, str) or not _MODULE_PATH.match(module):
+            problems.append(f"{module!r}: not a valid module path (saved module)")
+            continue
+        if not isinstance(entry, SavedModule) or entry.origin not in SAVED_ORIGINS:
+            problems.append(f"{module}: a saved module must be a SavedModule with origin in {SAVED_ORIGINS}")
+            continue
+        if not entry.params:
+            problems.append(f"{module}: saved module has no parameters")
+        for param, tensor in entry.params.items():
+            where = f"{module}.{param}"
+            if not isinstance(param, str) or not _PARAM_NAME.match(param):
+                problems.append(f"{module}: {param!r} is not a parameter name (saved module)")
+            elif not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+                problems.append(f"{where}: a saved module's tensors must be float tensors")
+            elif check_values and not bool(torch.isfinite(tensor).all()):
+                problems.append(f"{where}: contains NaN or Inf values (saved module)")
+    return problems

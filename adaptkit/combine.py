@@ -272,8 +272,45 @@ def combine(
         base_model=base,
         producer=Producer(version=versions.get("adaptkit"), component=f"strategy:{strategy}"),
         provenance=provenance,
+        saved=combined_saved_modules(named),
     )
     return CombineResult(adapter=adapter, report=report)
+
+
+def combined_saved_modules(inputs: Sequence[AdapterInput]) -> dict[str, Any]:
+    """The saved modules of a combination: each input's, from inputs of non-zero weight.
+
+    A saved module replaces the base module whole, so it cannot be weighted or blended like an
+    update: it passes through unchanged, and two inputs saving the same module must save
+    identical tensors.
+
+    Raises:
+        InvalidAdapterError: two inputs save the same module with different tensors.
+    """
+    import torch
+
+    out: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    problems = []
+    for item in inputs:
+        if item.weight == 0:
+            continue
+        for module, entry in item.adapter.saved.items():
+            if module not in out:
+                out[module], owner[module] = entry, item.name
+                continue
+            held = out[module]
+            same = held.origin == entry.origin and set(held.params) == set(entry.params)
+            same = same and all(torch.equal(held.params[k], entry.params[k]) for k in held.params)
+            if not same:
+                problems.append(
+                    f"{module}: adapters {owner[module]!r} and {item.name!r} both save this module "
+                    "whole, with different tensors; a saved module replaces the base's and cannot be "
+                    "blended (combine the adapters without one of them, or re-save one without it)"
+                )
+    if problems:
+        raise InvalidAdapterError.from_problems(problems)
+    return out
 
 
 def _with_unique_names(inputs: Sequence[AdapterInput]) -> list[AdapterInput]:

@@ -44,7 +44,9 @@ class AdaptkitError(Exception):
     def from_problems(
         cls, problems: Sequence[str], *, path: str | os.PathLike[str] | None = None
     ) -> AdaptkitError:
-        """One error carrying several problems, summarised on one line."""
+        """One error carrying several problems, summarised on one line, in sorted order (the
+        same input always gives the same message)."""
+        problems = sorted(dict.fromkeys(problems))
         n = len(problems)
         summary = problems[0] if n == 1 else f"{n} problems: " + "; ".join(problems)
         err = cls(summary, path=path)

@@ -30,7 +30,7 @@ class ExportRequest:
     """Arguments of :meth:`Exporter.export`.
 
     Attributes:
-        model: Hugging Face model directory or built-in name.
+        model: Hugging Face model directory or Hub id.
         adapters: The adapters (may be empty: export the base).
         output: Output folder (written atomically; an existing one only with ``force``).
         force: Replace an existing output.

@@ -67,14 +67,60 @@ def resolve_targets(model: torch.nn.Module, adapter: Adapter) -> dict[str, tuple
     return found
 
 
+def resolve_saved(model: torch.nn.Module, adapter: Adapter) -> list[tuple[Any, Any]]:
+    """``(model parameter, replacement tensor)`` for every saved-module tensor of ``adapter``.
+
+    Raises:
+        InvalidAdapterError: listing every saved module the model lacks or whose parameter has
+            another shape.
+    """
+    modules = dict(model.named_modules())
+    problems, pairs = [], []
+    for module, entry in sorted(adapter.saved.items()):
+        owner = modules.get(module)
+        for param, tensor in sorted(entry.params.items()):
+            target = getattr(owner, param, None) if owner is not None else None
+            if target is None or not hasattr(target, "shape"):
+                problems.append(f"{module}.{param}: saved in full by the adapter, but the model lacks it")
+            elif tuple(target.shape) != tuple(tensor.shape):
+                have, want = tuple(tensor.shape), tuple(target.shape)
+                problems.append(f"{module}.{param}: saved tensor is {have} but the model's is {want}")
+            else:
+                pairs.append((target, tensor))
+    if problems:
+        raise InvalidAdapterError.from_problems(problems)
+    return pairs
+
+
+def apply_saved_modules(model: torch.nn.Module, adapter: Adapter) -> int:
+    """Replace the model's parameters with the adapter's saved modules (PEFT ``modules_to_save``);
+    returns how many tensors were replaced. Not undone by unmerging or detaching."""
+    import torch
+
+    pairs = resolve_saved(model, adapter)
+    with torch.no_grad():
+        for param, tensor in pairs:
+            param.copy_(tensor.to(param.dtype))
+    return len(pairs)
+
+
 def merge_adapter(model: torch.nn.Module, adapter: Adapter, *, weight: float = 1.0) -> None:
     """``W ← W + weight·ΔW`` for every target, in place (``weight=-1`` undoes it).
 
-    Nothing is modified unless every target resolves and every merged weight is finite in
-    the model's dtype.
+    An adapter's saved modules (PEFT ``modules_to_save``) first replace the base parameters
+    they name, as PEFT's merge does; they cannot be weighted or undone, so ``weight`` must be 1
+    for such an adapter. Nothing is modified unless every target resolves and every merged
+    weight is finite in the model's dtype.
     """
     import torch
 
+    if adapter.saved and weight != 1.0:
+        raise AdaptkitError(
+            "the adapter saves modules in full; they replace the base's and cannot be merged "
+            f"at weight {weight:g}"
+        )
+    saved = resolve_saved(model, adapter)
+    replaced = {id(param): tensor for param, tensor in saved}
     found = resolve_targets(model, adapter)
     updates = []
     with torch.no_grad():
@@ -84,7 +130,8 @@ def merge_adapter(model: torch.nn.Module, adapter: Adapter, *, weight: float = 1
             delta = adapter.targets[name].delta(work) * weight
             if layout == "conv1d":
                 delta = delta.T
-            new = (W.to(work) + delta.to(W.device)).to(W.dtype)
+            start = replaced.get(id(W), W).to(W.dtype)  # a saved base weight replaces W first
+            new = (start.to(work) + delta.to(W.device)).to(W.dtype)
             if not bool(torch.isfinite(new).all()):
                 raise AdaptkitError(
                     f"merged weight overflows {W.dtype} (non-finite values); nothing was changed",
@@ -92,5 +139,7 @@ def merge_adapter(model: torch.nn.Module, adapter: Adapter, *, weight: float = 1
                     hint="merge in float32 or scale the adapter down",
                 )
             updates.append((W, new))
+        for param, tensor in saved:
+            param.copy_(tensor.to(param.dtype))
         for W, new in updates:
             W.copy_(new)

@@ -1,20 +1,96 @@
-"""Loading base models: Hugging Face model directories (safetensors only) and built-in ones.
+"""Loading base models: Hugging Face model directories or Hub ids (safetensors only).
 
-Nothing is downloaded and no remote code runs: ``local_files_only=True``,
-``trust_remote_code=False``, and a directory whose weights are only pickles (``*.bin``) is
-refused.
+No remote code runs (``trust_remote_code=False``) and pickled weights are never loaded: a
+directory whose weights are only ``*.bin`` is refused. A Hub id (``Qwen/Qwen2.5-0.5B``)
+resolves through the local Hugging Face cache first and downloads only configuration,
+tokenizer and ``*.safetensors`` files, only when the cache lacks them and offline mode is off.
+
+A base is loaded straight into the dtype it is asked for (``auto``: the checkpoint's own), onto
+its device, shard by shard: never first in a wider dtype, never whole on another device.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from adaptkit.errors import FormatError
 
-#: Built-in models: name -> function building (model, tokenizer) deterministically.
-BUILTIN: dict[str, Any] = {}
+#: ``--base-dtype`` choices; ``auto`` keeps the checkpoint's dtype.
+BASE_DTYPES = ("auto", "bf16", "fp16", "fp32")
+#: Files a Hub download may fetch: never pickles, never remote code.
+HUB_PATTERNS = ("*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.tiktoken")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def resolve_model(spec: str | os.PathLike[str]) -> Path:
+    """A local model directory for ``spec``: the directory itself, or a Hub id resolved through
+    the Hugging Face cache (downloading safetensors weights only when they are not cached and
+    offline mode is off).
+
+    Raises:
+        FormatError: ``spec`` is neither an existing directory nor a cached or downloadable id.
+    """
+    path = Path(spec)
+    text = os.fspath(spec)
+    if path.exists() or not _HUB_ID.match(text):
+        return check_model_dir(path)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    from huggingface_hub.utils import is_offline_mode
+
+    try:
+        folder = snapshot_download(text, allow_patterns=list(HUB_PATTERNS), local_files_only=True)
+        if not safetensors_files(Path(folder)):
+            raise LocalEntryNotFoundError("no weights cached")
+    except (LocalEntryNotFoundError, FileNotFoundError, HFValidationError):
+        if is_offline_mode():
+            raise FormatError(
+                f"{text!r} is not a local directory and is not in the Hugging Face cache, and "
+                "offline mode is on (HF_HUB_OFFLINE)",
+                hint="download it once with network access, or pass a model directory",
+            ) from None
+        try:
+            folder = snapshot_download(text, allow_patterns=list(HUB_PATTERNS))
+        except Exception as exc:  # network, auth, missing repo: one line, not a traceback
+            raise FormatError(
+                f"cannot fetch {text!r} from the Hugging Face Hub: {' '.join(str(exc).split())[:200]}",
+                hint="check the id, your network, or pass a model directory",
+            ) from None
+    return check_model_dir(folder)
+
+
+def torch_dtype(name: str, folder: Path | None = None) -> Any:
+    """The torch dtype for a ``--base-dtype`` name; ``auto`` reads the checkpoint's."""
+    import torch
+
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if name in table:
+        return table[name]
+    if name != "auto":
+        raise FormatError(f"unknown base dtype {name!r}; valid: {', '.join(BASE_DTYPES)}")
+    return checkpoint_dtype(folder) if folder is not None else torch.float32
+
+
+def checkpoint_dtype(folder: Path) -> Any:
+    """The dtype most of a checkpoint's floating-point parameters are stored in."""
+    import torch
+
+    from adaptkit.safetensors_strict import read_header
+
+    names = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+    counts: dict[Any, int] = {}
+    for f in safetensors_files(folder):
+        header, _, _ = read_header(f)
+        for key, info in header.items():
+            if key != "__metadata__" and isinstance(info, dict) and info.get("dtype") in names:
+                n = 1
+                for d in info.get("shape") or ():
+                    n *= int(d)
+                counts[names[info["dtype"]]] = counts.get(names[info["dtype"]], 0) + n
+    return max(counts, key=counts.get) if counts else torch.float32
 
 
 def safetensors_files(folder: Path) -> list[Path]:
@@ -30,8 +106,8 @@ def check_model_dir(path: str | os.PathLike[str]) -> Path:
     folder = Path(path)
     if not folder.is_dir():
         raise FormatError(
-            "model must be a Hugging Face model directory (config.json + "
-            "*.safetensors) or a built-in name: " + ", ".join(sorted(BUILTIN)),
+            "model must be a Hugging Face model directory (config.json + *.safetensors) or a Hub id "
+            "(org/name)",
             path=folder,
         )
     if not (folder / "config.json").is_file():
@@ -47,24 +123,40 @@ def check_model_dir(path: str | os.PathLike[str]) -> Path:
     return folder
 
 
-def load_causal_lm(spec: str, *, dtype: Any = None) -> tuple[Any, Any]:
-    """``(model, tokenizer or None)`` for a model directory or built-in name, in eval mode."""
-    if spec in BUILTIN:
-        return BUILTIN[spec]()
-    folder = check_model_dir(spec)
+def load_causal_lm(
+    spec: str,
+    *,
+    dtype: Any = None,
+    device: Any = None,
+    load_kwargs: dict[str, Any] | None = None,
+) -> tuple[Any, Any]:
+    """``(model, tokenizer or None)`` for a model directory or Hub id, in eval mode.
+
+    Args:
+        spec: Model directory or Hub id.
+        dtype: A ``--base-dtype`` name (``auto`` = the checkpoint's), a torch dtype, or
+            ``None`` for float32.
+        device: Where the weights go as they load (``device_map``); ``None`` keeps them on CPU.
+        load_kwargs: Extra ``from_pretrained`` arguments (a backend's ``quantization_config``).
+    """
+    folder = resolve_model(spec)
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # adaptkit shows its own progress; keep stderr clean
-
+    resolved = torch_dtype(dtype, folder) if isinstance(dtype, str) else (dtype or torch.float32)
+    kwargs: dict[str, Any] = dict(load_kwargs or {})
+    if device is not None:
+        kwargs["device_map"] = {"": str(device)}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             folder,
             local_files_only=True,
             trust_remote_code=False,
             use_safetensors=True,
-            dtype=dtype or torch.float32,
+            dtype=resolved,
+            **kwargs,
         )
     except (OSError, ValueError, KeyError) as exc:
         raise FormatError(f"cannot load the model: {' '.join(str(exc).split())[:300]}", path=folder) from None
@@ -83,13 +175,3 @@ def load_tokenizer(folder: Path) -> Any:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise FormatError(f"cannot load the tokenizer: {exc}", path=folder) from None
-
-
-def register_builtin(name: str):
-    """Decorator registering a deterministic built-in model factory."""
-
-    def deco(fn):
-        BUILTIN[name] = fn
-        return fn
-
-    return deco

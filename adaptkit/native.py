@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from adaptkit.adapter import Adapter, BaseModelInfo, Producer
+from adaptkit.adapter import Adapter, BaseModelInfo, Producer, SavedModule, saved_module_problems
 from adaptkit.errors import FormatError, InvalidAdapterError, OutputError
 from adaptkit.lora import LoraPair
 from adaptkit.safetensors_strict import read_header, read_tensors, strict_json
@@ -95,6 +95,17 @@ def load_adapter(path: str | os.PathLike[str]) -> Adapter:
 def _assemble(p: Path, manifest: dict[str, Any], tensors: dict[str, Any]) -> Adapter:
     problems: list[str] = []
     factors: dict[str, dict[str, Any]] = {}
+    tensors = dict(tensors)
+    saved: dict[str, SavedModule] = {}
+    for module, entry in sorted((manifest.get("saved_modules") or {}).items()):
+        params = {}
+        for param in entry["params"]:
+            tensor = tensors.pop(f"{module}.{param}", None)
+            if tensor is None:
+                problems.append(f"{module}.{param}: listed as a saved module's tensor but missing")
+            else:
+                params[param] = tensor
+        saved[module] = SavedModule(params=params, origin=entry["origin"])
     for key, tensor in tensors.items():
         m = _TENSOR_KEY.match(key)
         if not m:
@@ -134,6 +145,7 @@ def _assemble(p: Path, manifest: dict[str, Any], tensors: dict[str, Any]) -> Ada
             continue
         problems += [f"{module}.{label}.weight: contains NaN or Inf values" for label in pair.check_finite()]
         targets[module] = pair
+    problems += saved_module_problems(saved, check_values=True)
     if problems:
         raise InvalidAdapterError.from_problems(problems, path=p)
 
@@ -153,6 +165,7 @@ def _assemble(p: Path, manifest: dict[str, Any], tensors: dict[str, Any]) -> Ada
         ),
         provenance=manifest.get("provenance") or {},
         format_version=manifest["format_version"],
+        saved=saved,
     )
 
 
@@ -175,6 +188,10 @@ def build_manifest(adapter: Adapter) -> dict[str, Any]:
         "producer": {k: v for k, v in vars(adapter.producer).items() if v is not None},
         "provenance": adapter.provenance,
     }
+    if adapter.saved:
+        manifest["saved_modules"] = {
+            m: {"params": sorted(e.params), "origin": e.origin} for m, e in sorted(adapter.saved.items())
+        }
     return manifest
 
 
@@ -196,6 +213,12 @@ def adapter_to_bytes(adapter: Adapter) -> bytes:
     for name, pair in sorted(adapter.targets.items()):
         tensors[f"{name}.lora_A.weight"] = pair.A.detach().contiguous().cpu()
         tensors[f"{name}.lora_B.weight"] = pair.B.detach().contiguous().cpu()
+    for module, entry in sorted(adapter.saved.items()):
+        for param, tensor in sorted(entry.params.items()):
+            key = f"{module}.{param}"
+            if key in tensors:
+                raise InvalidAdapterError(f"saved module tensor {key!r} collides with a LoRA factor's name")
+            tensors[key] = tensor.detach().contiguous().cpu()
     # A single metadata key: safetensors writes metadata from a hash map, so several keys
     # would come out in a random order and identical adapters would differ in bytes.
     return st_save(tensors, metadata={MANIFEST_KEY: text})

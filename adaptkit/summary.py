@@ -10,7 +10,8 @@ from adaptkit.adapter import Adapter
 
 def describe_adapter(adapter: Adapter) -> dict[str, Any]:
     """A JSON-ready description: per target rank, alpha, scaling, scale, shape, dtype and
-    ``||ΔW||_F`` (computed from the factors); totals over all targets."""
+    ``||ΔW||_F`` (computed from the factors); saved modules (stored in full); totals over all
+    targets."""
     targets = []
     total_sq = 0.0
     total_bytes = 0
@@ -31,11 +32,21 @@ def describe_adapter(adapter: Adapter) -> dict[str, Any]:
                 "delta_norm": norm,
             }
         )
+    saved = [
+        {
+            "name": module,
+            "origin": entry.origin,
+            "params": {k: list(t.shape) for k, t in sorted(entry.params.items())},
+            "bytes": sum(t.numel() * t.element_size() for t in entry.params.values()),
+        }
+        for module, entry in sorted(adapter.saved.items())
+    ]
     return {
         "format_version": adapter.format_version,
         "base_model": {k: v for k, v in vars(adapter.base_model).items() if v is not None},
         "producer": {k: v for k, v in vars(adapter.producer).items() if v is not None},
         "targets": targets,
+        "saved_modules": saved,
         "totals": {
             "targets": len(targets),
             "params": adapter.num_params(),
@@ -46,40 +57,36 @@ def describe_adapter(adapter: Adapter) -> dict[str, Any]:
     }
 
 
-def base_weight_norms(model: str, targets: list[str]) -> dict[str, float]:
+def base_weight_norms(model: str, targets: dict[str, tuple[int, int]]) -> dict[str, float]:
     """``||W||_F`` of each target's base weight, read tensor by tensor from the model's
-    safetensors (or from a built-in model)."""
-    from adaptkit.errors import InvalidAdapterError
-    from adaptkit.models import BUILTIN, check_model_dir, safetensors_files
-
-    if model in BUILTIN:
-        net, _ = BUILTIN[model]()
-        modules = dict(net.named_modules())
-        missing = [t for t in targets if t not in modules]
-        if missing:
-            raise InvalidAdapterError(f"targets not in the model: {', '.join(missing[:5])}")
-        return {t: float(modules[t].weight.detach().double().norm()) for t in targets}
+    safetensors; ``targets`` maps each to its ``(out, in)``."""
     from safetensors import safe_open
 
+    from adaptkit.errors import InvalidAdapterError
+    from adaptkit.model_layout import target_layout
+    from adaptkit.models import resolve_model, safetensors_files
     from adaptkit.safetensors_strict import header_problems, read_header
 
-    folder = check_model_dir(model)
-    wanted = {f"{t}.weight": t for t in targets}
-    wanted.update(
-        {f"{t.split('.', 1)[1]}.weight": t for t in targets if "." in t and f"{t}.weight" not in wanted}
-    )
-    norms: dict[str, float] = {}
+    folder = resolve_model(model)
+    headers = {}
     for f in safetensors_files(folder):
         header, n, size = read_header(f)
         problems = header_problems(header, n, size, float_only=False)
         if problems:
             raise InvalidAdapterError.from_problems(problems, path=f)
-        names = [k for k in header if k in wanted and wanted[k] not in norms]
+        headers[f] = {k: v for k, v in header.items() if k != "__metadata__"}
+    tensors = {
+        k: (v.get("dtype"), tuple(v.get("shape") or ())) for h in headers.values() for k, v in h.items()
+    }
+    # Placed as export --merged places them (module types and checkpoint names from the model
+    # class); the update's own shape is what the layout checks against.
+    placed = target_layout(dict(targets), tensors, folder)
+    wanted = {p.tensor: t for t, p in placed.items()}
+    norms: dict[str, float] = {}
+    for f, header in headers.items():
+        names = [k for k in header if k in wanted]
         if names:
             with safe_open(str(f), framework="pt") as fh:
                 for k in names:
                     norms[wanted[k]] = float(fh.get_tensor(k).double().norm())
-    missing = [t for t in targets if t not in norms]
-    if missing:
-        raise InvalidAdapterError(f"targets not in the model: {', '.join(missing[:5])}", path=folder)
     return norms

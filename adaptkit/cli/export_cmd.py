@@ -19,7 +19,9 @@ from adaptkit.errors import AdaptkitError
     help="Hugging Face model directory, W + ΔW baked in.",
 )
 @click.option("--exporter", "exporter", help="Any registered exporter by name (see `adaptkit plugins`).")
-@click.option("--model", required=True, help="Hugging Face model directory (safetensors) or built-in name.")
+@click.option(
+    "--model", required=True, help="Hugging Face model directory or Hub id (org/name; safetensors only)."
+)
 @click.option(
     "-a",
     "--adapter",

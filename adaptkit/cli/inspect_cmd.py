@@ -12,7 +12,7 @@ from adaptkit.errors import AdaptkitError
 
 @click.command("inspect")
 @click.argument("spec")
-@click.option("--model", help="Base model (directory or built-in name): adds ||ΔW||/||W|| per target.")
+@click.option("--model", help="Base model (directory or Hub id): adds ||ΔW||/||W|| per target.")
 @click.option(
     "--plot", type=click.Path(path_type=Path), help="Write a PNG of ||ΔW||/||W|| per target (needs --model)."
 )
@@ -44,7 +44,7 @@ def command(spec: str, model: str | None, plot: Path | None, as_json: bool) -> N
     if model is not None:
         from adaptkit.summary import base_weight_norms
 
-        norms = base_weight_norms(model, [t["name"] for t in info["targets"]])
+        norms = base_weight_norms(model, {t["name"]: tuple(t["shape"]) for t in info["targets"]})
         for t in info["targets"]:
             t["update_ratio"] = t["delta_norm"] / max(norms[t["name"]], 1e-30)
         info["totals"]["max_update_ratio"] = max(t["update_ratio"] for t in info["targets"])
@@ -77,6 +77,12 @@ def command(spec: str, model: str | None, plot: Path | None, as_json: bool) -> N
         f"{tot['targets']} targets, {tot['params']:,} parameters ({tot['bytes']:,} bytes), "
         f"ranks {tot['ranks']}, total ||dW||_F = {tot['delta_norm']:.6g}"
     )
+    for entry in info["saved_modules"]:
+        shapes = ", ".join(f"{k} {'×'.join(map(str, v))}" for k, v in entry["params"].items())
+        click.echo(
+            f"saved module {entry['name']} ({entry['origin']}; replaces the base's): {shapes}, "
+            f"{entry['bytes']:,} bytes"
+        )
 
 
 def _plot(targets: list[dict], path: Path) -> None:

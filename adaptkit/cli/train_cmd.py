@@ -33,7 +33,9 @@ def _recipe(path: Path) -> dict[str, Any]:
 @click.command("train")
 @click.argument("recipe", required=False, type=click.Path(path_type=Path))
 @click.option("--backend", help="Training backend: lora (16-bit) or qlora (NF4). Default lora.")
-@click.option("--model", help="Hugging Face model directory (causal LM) or built-in name.")
+@click.option(
+    "--model", help="Causal LM: a Hugging Face model directory or Hub id (org/name; safetensors only)."
+)
 @click.option("--data", help="JSONL (text or input_ids per line) or a plain text file.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Adapter file to write.")
 @click.option("--targets", help="Comma-separated module names, re:<regex>, or all-linear (default).")

@@ -184,13 +184,17 @@ def load(
 ) -> list[str]:
     """Attach ``adapter``'s factors to ``model`` (for inference, or to continue training).
 
-    Each target gets its own rank and scale; explicit scales become ``alpha = s·r``.
+    Each target gets its own rank and scale; explicit scales become ``alpha = s·r``. The
+    adapter's saved modules (PEFT ``modules_to_save``) replace the base parameters they name,
+    as PEFT does on loading; :func:`detach` does not restore those.
     """
-    from adaptkit.merge import resolve_targets
+    from adaptkit.merge import apply_saved_modules, resolve_saved, resolve_targets
 
     if lora_layers(model):
         raise AdaptkitError("the model already has LoRA layers; detach them first")
     found = resolve_targets(model, adapter)
+    resolve_saved(model, adapter)  # every check before anything changes
+    apply_saved_modules(model, adapter)
     for p in model.parameters():
         p.requires_grad_(False)
     for name in found:

@@ -7,10 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
-from adaptkit.errors import AdaptkitError, InvalidAdapterError
+from adaptkit.errors import AdaptkitError
 
-#: Model types whose linear layers are HF Conv1D (weight stored in × out).
-CONV1D_MODEL_TYPES = {"gpt2"}
 #: Weight files never copied (pickles are never even opened).
 _SKIP_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".msgpack", ".h5")
 
@@ -26,19 +24,30 @@ class MergedExporter:
 
         from adaptkit.atomic import atomic_directory
         from adaptkit.exporting import combined, may_replace
-        from adaptkit.models import check_model_dir, safetensors_files
+        from adaptkit.models import resolve_model, safetensors_files
         from adaptkit_merged.stream import stream_update, tensor_index
 
-        folder = check_model_dir(request.model)
+        folder = resolve_model(request.model)
         adapter = combined(request.adapters)
         if adapter is None:
             raise AdaptkitError("export --merged needs at least one --adapter")
-        config = json.loads((folder / "config.json").read_text())
         files = safetensors_files(folder)
         headers = {f: tensor_index(f) for f in files}  # each header read (and checked) once
         index = {name: f for f, header in headers.items() for name in header}
-        shapes = {name: tuple(info["shape"]) for header in headers.values() for name, info in header.items()}
-        plan = _plan(adapter, shapes, config)
+        tensors = {
+            name: (info.get("dtype"), tuple(info.get("shape") or ()))
+            for header in headers.values()
+            for name, info in header.items()
+        }
+        from adaptkit.model_layout import build_skeleton, parameter_layout
+
+        skeleton = build_skeleton(folder)
+        plan = _plan(adapter, tensors, folder, skeleton)
+        # Saved modules replace base tensors (PEFT's modules_to_save); a LoRA update on the same
+        # weight is added to the replacement, as PEFT's merge does.
+        saved_params = {f"{m}.{k}": t for m, e in adapter.saved.items() for k, t in e.params.items()}
+        replace = parameter_layout({k: tuple(t.shape) for k, t in saved_params.items()}, tensors, skeleton)
+        replacement = {name: saved_params[param] for param, name in replace.items()}
 
         merge_base = request.options.get("merge_base") or "original"
         if merge_base not in ("original", "dequantized"):
@@ -54,7 +63,11 @@ class MergedExporter:
         for target, (tensor_name, conv1d) in plan.items():
             pair = adapter.targets[target]
 
-            def update(W: Any, pair: Any = pair, conv1d: bool = conv1d, target: str = target) -> Any:
+            def update(
+                W: Any, pair: Any = pair, conv1d: bool = conv1d, target: str = target, name: str = tensor_name
+            ) -> Any:
+                if name in replacement:
+                    W = replacement[name].to(W.dtype)
                 work = torch.float64 if W.dtype == torch.float64 else torch.float32
                 delta = pair.delta(work)
                 if conv1d:
@@ -73,6 +86,10 @@ class MergedExporter:
                 return new
 
             updates.setdefault(index[tensor_name], {})[tensor_name] = update
+        targeted = {name for name, _ in plan.values()}
+        for name, tensor in replacement.items():
+            if name not in targeted:
+                updates.setdefault(index[name], {})[name] = lambda W, t=tensor: t.to(W.dtype)
 
         largest = 0
         with atomic_directory(request.output, overwrite=may_replace(request.output, request.force)) as tmp:
@@ -90,6 +107,7 @@ class MergedExporter:
                     {"name": a.name, "weight": a.weight, "source": str(a.source)} for a in request.adapters
                 ],
                 "targets_merged": len(plan),
+                "saved_tensors_written": sorted(replacement),
                 "weight_files": [f.name for f in files],
                 "copied": copied,
                 "largest_tensor_bytes": largest,
@@ -131,34 +149,12 @@ def nf4_round_trip(W: Any, blocksize: int) -> Any:
 
 
 def _plan(
-    adapter: Any, shapes: dict[str, tuple[int, ...]], config: dict[str, Any]
+    adapter: Any, tensors: dict[str, tuple[str, tuple[int, ...]]], folder: Path, skeleton: Any
 ) -> dict[str, tuple[str, bool]]:
-    """``target -> (tensor name, is Conv1D)``; every target must exist with a matching shape."""
-    conv_model = config.get("model_type") in CONV1D_MODEL_TYPES or bool(adapter.base_model.fan_in_fan_out)
-    plan: dict[str, tuple[str, bool]] = {}
-    problems: list[str] = []
-    missing = []
-    for target, pair in sorted(adapter.targets.items()):
-        candidates = [f"{target}.weight"]
-        if "." in target:
-            candidates.append(f"{target.split('.', 1)[1]}.weight")
-        name = next((c for c in candidates if c in shapes), None)
-        if name is None:
-            missing.append(target)
-            continue
-        want = (pair.out_features, pair.in_features)
-        shape = shapes[name]
-        if conv_model and shape == want[::-1]:
-            plan[target] = (name, True)
-        elif shape == want:
-            plan[target] = (name, False)
-        else:
-            problems.append(
-                f"{target}: adapter is {want[0]}×{want[1]} (out×in) but {name} is {'×'.join(map(str, shape))}"
-            )
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        problems.insert(0, f"targets not in the model: {shown}")
-    if problems:
-        raise InvalidAdapterError.from_problems(problems)
-    return plan
+    """``target -> (tensor name, is Conv1D)``, placed as the model class itself maps its modules
+    to checkpoint tensors (see :mod:`adaptkit.model_layout`); every target must fit."""
+    from adaptkit.model_layout import target_layout
+
+    sizes = {t: (p.out_features, p.in_features) for t, p in adapter.targets.items()}
+    placed = target_layout(sizes, tensors, folder, skeleton=skeleton)
+    return {t: (p.tensor, p.conv1d) for t, p in placed.items()}

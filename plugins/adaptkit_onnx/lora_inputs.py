@@ -57,6 +57,13 @@ def export_with_lora_inputs(
 
     if not adapters:
         raise AdaptkitError("--lora-inputs needs at least one --adapter")
+    with_saved = [a.name for a in adapters if a.adapter.saved]
+    if with_saved:
+        raise AdaptkitError(
+            f"adapter {with_saved[0]!r} saves modules in full (modules_to_save), which replace base "
+            "weights, but a --lora-inputs graph shares one base between adapters",
+            hint="export it with --onnx (merged) or --merged instead",
+        )
     shapes: dict[str, tuple[int, int]] = {}
     for a in adapters:
         resolve_targets(base, a.adapter)  # every target exists with the right shape

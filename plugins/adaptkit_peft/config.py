@@ -21,7 +21,6 @@ MAX_CONFIG_BYTES = 1 << 20
 # to anything but PEFT's default, with the reason shown.
 _REFUSED: dict[str, str] = {
     "use_dora": "DoRA adds magnitude vectors that are not a LoRA update",
-    "modules_to_save": "fully trained extra modules (modules_to_save) are not LoRA factors",
     "lora_bias": "LoRA bias terms (lora_bias) are not LoRA factors",
     "trainable_token_indices": "trainable token embeddings are not LoRA factors",
     "alora_invocation_tokens": "activated LoRA (aLoRA) applies only after invocation tokens",

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
-from adaptkit.adapter import Adapter, BaseModelInfo, Producer
+from adaptkit.adapter import Adapter, BaseModelInfo, Producer, SavedModule
 from adaptkit.errors import AdaptkitError, FormatError, InvalidAdapterError, OutputError
 from adaptkit_peft.config import CONFIG_NAME, load_config, module_rank_alpha
 
@@ -57,19 +57,30 @@ class PeftFormat:
 
         factors: dict[str, dict[str, Any]] = {}
         problems: list[str] = []
-        for key, tensor in tensors.items():
+        saved: dict[str, SavedModule] = {}
+        listed = list(cfg.get("modules_to_save") or [])
+        for key, tensor in sorted(tensors.items()):
             m = _KEY.match(key)
             if m is None:
-                hint = "" if key.startswith(PREFIX) else f" (PEFT keys start with {PREFIX!r})"
-                problems.append(f"{key}: matches no LoRA key pattern{hint}")
+                problem = _saved_tensor(key, tensor, listed, saved)
+                if problem:
+                    problems.append(problem)
                 continue
             kind = m["kind"]
             if kind.startswith("lora_embedding"):
                 raise AdaptkitError(
-                    "embedding LoRA (lora_embedding_A/B) is not supported", path=weights, key=key
+                    "embedding LoRA (lora_embedding_A/B) is not supported",
+                    path=weights,
+                    key=key,
+                    hint="train without the embedding in target_modules, or save it whole (modules_to_save)",
                 )
             if kind == "lora_magnitude_vector":
-                raise AdaptkitError("DoRA magnitude vectors are not supported", path=weights, key=key)
+                raise AdaptkitError(
+                    "DoRA magnitude vectors are not supported: a DoRA update is not s·B@A",
+                    path=weights,
+                    key=key,
+                    hint="merge it with PEFT (merge_and_unload) and export the merged model instead",
+                )
             factors.setdefault(m["module"], {})[kind[-1]] = tensor
         if problems:
             raise InvalidAdapterError.from_problems(problems, path=weights)
@@ -99,6 +110,11 @@ class PeftFormat:
                 f"{PREFIX}{module}.{f}.weight: contains NaN or Inf values" for f in lp.check_finite()
             ]
             targets[module] = lp
+        problems += [
+            f"{PREFIX}{module}.base_layer.*: a saved base weight of {module!r} without LoRA factors"
+            for module, entry in saved.items()
+            if entry.origin == "base_layer" and module not in factors
+        ]
         if problems:
             raise InvalidAdapterError.from_problems(problems, path=weights)
         if not targets:
@@ -112,6 +128,7 @@ class PeftFormat:
             ),
             producer=Producer(component="format:peft"),
             provenance={"converted_from": {"format": "peft", "peft_version": cfg.get("peft_version")}},
+            saved=saved,
         )
 
     def write(self, adapter: Adapter, path: Path, *, overwrite: bool = False) -> Path:
@@ -138,6 +155,10 @@ class PeftFormat:
         for name, pair in sorted(adapter.targets.items()):
             tensors[f"{PREFIX}{name}.lora_A.weight"] = pair.A.detach().contiguous().cpu()
             tensors[f"{PREFIX}{name}.lora_B.weight"] = pair.B.detach().contiguous().cpu()
+        for module, entry in sorted(adapter.saved.items()):
+            infix = ".base_layer" if entry.origin == "base_layer" else ""
+            for param, tensor in sorted(entry.params.items()):
+                tensors[f"{PREFIX}{module}{infix}.{param}"] = tensor.detach().contiguous().cpu()
         blob = st_save(tensors, metadata={"format": "pt"})
         provenance = {
             "producer": {k: v for k, v in vars(adapter.producer).items() if v is not None},
@@ -148,6 +169,37 @@ class PeftFormat:
             (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, allow_nan=False) + "\n")
             (tmp / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=2, default=str) + "\n")
         return out
+
+
+#: Last module-path components and what PEFT users save them as, for refusal messages.
+_SAVED_KINDS = {
+    "classifier": "a saved classification head",
+    "score": "a saved classification head",
+    "qa_outputs": "a saved question-answering head",
+    "lm_head": "a saved output head (lm_head)",
+    "embed_tokens": "saved input embeddings",
+    "wte": "saved input embeddings",
+    "embed_out": "a saved output head",
+}
+
+
+def _saved_tensor(key: str, tensor: Any, listed: list[str], saved: dict[str, SavedModule]) -> str | None:
+    """File a non-LoRA tensor as a saved module's parameter; a problem message if it is none."""
+    if not key.startswith(PREFIX):
+        return f"{key}: matches no LoRA key pattern (PEFT keys start with {PREFIX!r})"
+    module, _, param = key[len(PREFIX) :].rpartition(".")
+    if module.endswith(".base_layer"):
+        target = module[: -len(".base_layer")]
+        saved.setdefault(target, SavedModule(params={}, origin="base_layer")).params[param] = tensor
+        return None
+    if any(module == name or module.endswith("." + name) for name in listed):
+        saved.setdefault(module, SavedModule(params={})).params[param] = tensor
+        return None
+    kind = _SAVED_KINDS.get(module.rpartition(".")[2], "a whole saved module")
+    return (
+        f"{key}: a full tensor of {module!r} ({kind}), but {CONFIG_NAME} does not list it in "
+        "modules_to_save; add the module's name there if it was trained whole"
+    )
 
 
 def _peft_alpha(pair: Any, rslora: bool) -> float:
@@ -179,7 +231,8 @@ def peft_config(adapter: Adapter) -> dict[str, Any]:
         "fan_in_fan_out": bool(adapter.base_model.fan_in_fan_out),
         "lora_dropout": 0.0,
         "bias": "none",
-        "modules_to_save": None,
+        "modules_to_save": sorted(m for m, e in adapter.saved.items() if e.origin == "modules_to_save")
+        or None,
         "use_dora": False,
         "init_lora_weights": True,
         "inference_mode": True,

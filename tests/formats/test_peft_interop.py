@@ -213,7 +213,7 @@ def _edit_config(path, **changes):
     ("changes", "message"),
     [
         ({"use_dora": True}, "use_dora=True is not supported"),
-        ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
+        ({"trainable_token_indices": [1, 2]}, "trainable_token_indices=[1, 2] is not supported"),
         ({"bias": "all"}, "bias='all' is not supported"),
         ({"lora_bias": True}, "lora_bias=True"),
         ({"peft_type": "IA3"}, "unsupported peft_type 'IA3'"),

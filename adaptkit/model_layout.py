@@ -1,0 +1,256 @@
+"""Where an adapter's targets live in a model directory: module types and checkpoint tensor names.
+
+An adapter names module paths as the model class builds them in PyTorch
+(``model.language_model.layers.0.self_attn.q_proj`` in current transformers for Qwen2.5-VL).
+The checkpoint on disk may store that module's weight under another name
+(``model.layers.0.self_attn.q_proj.weight`` as transformers saves it,
+``language_model.model.layers.…`` from older releases, ``backbone.…`` for Nemotron-H), and
+transformers maps checkpoint names to module names with per-model renaming rules when it loads.
+
+:func:`target_layout` answers both questions the way the model class itself does: it builds
+the model's skeleton on the ``meta`` device (no weights, no memory, never remote code) from the
+directory's ``config.json``, reads each target's real module type (``nn.Linear`` — update
+``out × in`` — or HF ``Conv1D`` — stored ``in × out``, so the update is transposed), and maps
+both checkpoint tensor names and adapter target names through the class's own loading renames
+(``transformers.conversion_mapping``). A config flag such as PEFT's ``fan_in_fan_out`` is never
+trusted to decide the layout.
+
+When transformers cannot build the skeleton (a model type it does not know), the layout falls
+back to what the tensor shapes prove: a non-square weight of shape ``out × in`` is a Linear,
+``in × out`` a Conv1D; a square weight is ambiguous and refused.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adaptkit.errors import InvalidAdapterError
+
+#: safetensors dtypes a LoRA update can be added to without rounding it away.
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
+@dataclass
+class TargetPlacement:
+    """Where one target's update goes.
+
+    Attributes:
+        tensor: The checkpoint tensor holding the module's weight.
+        conv1d: The module is an HF ``Conv1D`` (weight ``in × out``): add ``ΔWᵀ``.
+    """
+
+    tensor: str
+    conv1d: bool
+
+
+@dataclass
+class ModelSkeleton:
+    """A model class's module types and its checkpoint-to-module name mapping."""
+
+    architecture: str
+    modules: dict[str, str]  # module path -> "linear" | "conv1d" | the class name
+    canonical: Callable[[str], str]  # checkpoint or legacy parameter name -> current name
+
+
+def build_skeleton(folder: Path) -> ModelSkeleton | None:
+    """The model class of ``folder/config.json`` built on the meta device, or ``None`` when
+    transformers does not know it (nothing is downloaded, no remote code runs)."""
+    import torch
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=False
+        )
+        names = list(getattr(config, "architectures", None) or [])
+        cls = next((getattr(transformers, n) for n in names if hasattr(transformers, n)), None)
+        if cls is None:
+            cls = transformers.AutoModelForCausalLM._model_mapping[type(config)]
+        with torch.device("meta"):
+            model = cls._from_config(config)
+    except Exception:  # any failure means "unknown here": fall back to what shapes prove
+        return None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    modules = {name: _kind(module) for name, module in model.named_modules() if name}
+    return ModelSkeleton(architecture=cls.__name__, modules=modules, canonical=_renamer(model))
+
+
+def _kind(module: Any) -> str:
+    from torch import nn
+
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+        return "conv1d"
+    return type(module).__name__
+
+
+def _renamer(model: Any) -> Callable[[str], str]:
+    """Checkpoint name -> module parameter name, with the rules ``from_pretrained`` applies."""
+    try:  # transformers >= 5
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, apply_renamings
+
+        renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+        return lambda name: apply_renamings(name, renamings) if renamings else name
+    except ImportError:  # transformers 4.x: a regex -> replacement dict on the class
+        rules = list((getattr(model, "_checkpoint_conversion_mapping", None) or {}).items())
+
+        def rename(name: str) -> str:
+            for pattern, replacement in rules:
+                new, n = re.subn(pattern, replacement, name)
+                if n:
+                    return new
+            return name
+
+        return rename
+
+
+def target_layout(
+    targets: dict[str, tuple[int, int]],
+    tensors: dict[str, tuple[str, tuple[int, ...]]],
+    folder: Path,
+    *,
+    skeleton: ModelSkeleton | bool | None = True,
+) -> dict[str, TargetPlacement]:
+    """Place every target, or refuse listing every problem.
+
+    Args:
+        targets: ``module path -> (out_features, in_features)`` of each update.
+        tensors: ``checkpoint tensor name -> (safetensors dtype, shape)``.
+        folder: The model directory (its ``config.json`` names the model class).
+        skeleton: A prebuilt skeleton, ``None`` to use shapes only, or ``True`` to build one.
+
+    Raises:
+        InvalidAdapterError: targets missing from the model or checkpoint, of a module type
+            that is not Linear/Conv1D, with a mismatching shape, a non-float weight, two targets
+            resolving to one tensor, or a square weight whose layout cannot be proven.
+    """
+    skel = build_skeleton(folder) if skeleton is True else skeleton or None
+    if skel is not None:
+        by_module: dict[str, str] = {}
+        for name in sorted(tensors):
+            by_module.setdefault(skel.canonical(name), name)
+    problems: list[str] = []
+    missing: list[str] = []
+    placed: dict[str, TargetPlacement] = {}
+    claimed: dict[str, str] = {}
+    for target, (out_f, in_f) in sorted(targets.items()):
+        if skel is not None:
+            module = skel.canonical(f"{target}.weight")[: -len(".weight")]
+            kind = skel.modules.get(module)
+            if kind is None:
+                missing.append(target)
+                continue
+            if kind not in ("linear", "conv1d"):
+                problems.append(f"{target}: a {kind} in {skel.architecture}, not nn.Linear or Conv1D")
+                continue
+            name = by_module.get(f"{module}.weight")
+            if name is None:
+                problems.append(
+                    f"{target}: no checkpoint tensor loads into {module}.weight ({skel.architecture} builds "
+                    "this weight by converting several tensors, or the checkpoint lacks it)"
+                )
+                continue
+            conv1d = kind == "conv1d"
+        else:
+            name = next((c for c in _fallback_names(target) if c in tensors), None)
+            if name is None:
+                missing.append(target)
+                continue
+            shape = tuple(tensors[name][1])
+            if shape == (out_f, in_f) and out_f == in_f:
+                problems.append(
+                    f"{target}: cannot tell whether {name} is stored out×in (nn.Linear) or in×out "
+                    "(Conv1D): transformers does not know this model type and the weight is square"
+                )
+                continue
+            conv1d = shape == (in_f, out_f)
+        dtype, shape = tensors[name][0], tuple(tensors[name][1])
+        want = (in_f, out_f) if conv1d else (out_f, in_f)
+        if shape != want:
+            problems.append(
+                f"{target}: adapter is {out_f}×{in_f} (out×in) but {name} is {'×'.join(map(str, shape))}"
+                + (" (Conv1D, stored in×out)" if conv1d else "")
+            )
+            continue
+        if dtype not in FLOAT_DTYPES:
+            problems.append(
+                f"{target}: {name} is {dtype}, not a float weight; adding ΔW to it would round the "
+                "update away (merge into the unquantized model instead)"
+            )
+            continue
+        if name in claimed:
+            problems.append(f"{target}: resolves to {name}, as {claimed[name]} does: ambiguous targets")
+            continue
+        claimed[name] = target
+        placed[target] = TargetPlacement(tensor=name, conv1d=conv1d)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        where = f" (no such modules in {skel.architecture})" if skel is not None else ""
+        problems.insert(0, f"targets not in the model: {shown}{where}")
+    if problems:
+        raise InvalidAdapterError.from_problems(problems)
+    return placed
+
+
+def parameter_layout(
+    params: dict[str, tuple[int, ...]],
+    tensors: dict[str, tuple[str, tuple[int, ...]]],
+    skeleton: ModelSkeleton | None,
+) -> dict[str, str]:
+    """Checkpoint tensor name of each module parameter a saved module replaces.
+
+    Args:
+        params: ``"<module>.<param>" -> shape`` of the replacement tensors.
+        tensors: ``checkpoint tensor name -> (safetensors dtype, shape)``.
+        skeleton: From :func:`build_skeleton` (``None``: names are matched as they are, or
+            without their first component).
+
+    Raises:
+        InvalidAdapterError: a parameter the checkpoint lacks, or of another shape.
+    """
+    by_module: dict[str, str] = {}
+    if skeleton is not None:
+        for name in sorted(tensors):
+            by_module.setdefault(skeleton.canonical(name), name)
+    problems: list[str] = []
+    placed: dict[str, str] = {}
+    for param, shape in sorted(params.items()):
+        if skeleton is not None:
+            name = by_module.get(skeleton.canonical(param))
+        else:
+            name = next((c for c in (param, param.split(".", 1)[-1]) if c in tensors), None)
+        if name is None:
+            problems.append(
+                f"{param}: the adapter saves this module in full, but the base checkpoint has no such "
+                "tensor to replace (save the base with that module first, e.g. with its "
+                "classification head)"
+            )
+            continue
+        dtype, have = tensors[name][0], tuple(tensors[name][1])
+        if have != tuple(shape):
+            sizes = "×".join(map(str, shape)), "×".join(map(str, have))
+            problems.append(f"{param}: saved tensor is {sizes[0]} but {name} is {sizes[1]}")
+        elif dtype not in FLOAT_DTYPES:
+            problems.append(f"{param}: {name} is {dtype}, not a float tensor")
+        else:
+            placed[param] = name
+    if problems:
+        raise InvalidAdapterError.from_problems(problems)
+    return placed
+
+
+def _fallback_names(target: str) -> list[str]:
+    names = [f"{target}.weight"]
+    if "." in target:
+        names.append(f"{target.split('.', 1)[1]}.weight")
+    return names

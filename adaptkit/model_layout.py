@@ -56,9 +56,10 @@ class ModelSkeleton:
     canonical: Callable[[str], str]  # checkpoint or legacy parameter name -> current name
 
 
-def build_skeleton(folder: Path) -> ModelSkeleton | None:
-    """The model class of ``folder/config.json`` built on the meta device, or ``None`` when
-    transformers does not know it (nothing is downloaded, no remote code runs)."""
+def meta_model(folder: Path) -> Any:
+    """The model class of ``folder/config.json`` built on the meta device (no weights, no
+    memory), or ``None`` when transformers does not know it. Nothing is downloaded and no
+    remote code runs."""
     import torch
     import transformers
     from transformers.utils import logging as hf_logging
@@ -74,13 +75,21 @@ def build_skeleton(folder: Path) -> ModelSkeleton | None:
         if cls is None:
             cls = transformers.AutoModelForCausalLM._model_mapping[type(config)]
         with torch.device("meta"):
-            model = cls._from_config(config)
-    except Exception:  # any failure means "unknown here": fall back to what shapes prove
+            return cls._from_config(config)
+    except Exception:  # any failure means "unknown here": callers fall back to what shapes prove
         return None
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def build_skeleton(folder: Path) -> ModelSkeleton | None:
+    """Module types and the checkpoint-name mapping of ``folder``'s model class (see
+    :func:`meta_model`), or ``None`` when transformers does not know it."""
+    model = meta_model(folder)
+    if model is None:
+        return None
     modules = {name: _kind(module) for name, module in model.named_modules() if name}
-    return ModelSkeleton(architecture=cls.__name__, modules=modules, canonical=_renamer(model))
+    return ModelSkeleton(architecture=type(model).__name__, modules=modules, canonical=_renamer(model))
 
 
 def _kind(module: Any) -> str:

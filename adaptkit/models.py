@@ -37,16 +37,15 @@ def resolve_model(spec: str | os.PathLike[str]) -> Path:
     text = os.fspath(spec)
     if path.exists() or not _HUB_ID.match(text):
         return check_model_dir(path)
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-    from huggingface_hub.utils import is_offline_mode
 
     try:
         folder = snapshot_download(text, allow_patterns=list(HUB_PATTERNS), local_files_only=True)
         if not safetensors_files(Path(folder)):
             raise LocalEntryNotFoundError("no weights cached")
     except (LocalEntryNotFoundError, FileNotFoundError, HFValidationError):
-        if is_offline_mode():
+        if constants.HF_HUB_OFFLINE:
             raise FormatError(
                 f"{text!r} is not a local directory and is not in the Hugging Face cache, and "
                 "offline mode is on (HF_HUB_OFFLINE)",

@@ -45,6 +45,16 @@ def _recipe(path: Path) -> dict[str, Any]:
 @click.option("--dropout", type=float, help="LoRA dropout (default 0).")
 @click.option("--rslora", is_flag=True, default=None, help="Scale by alpha/sqrt(r) (rsLoRA).")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), help="LoRA parameter dtype.")
+@click.option(
+    "--base-dtype",
+    type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
+    help="dtype the base loads in (default auto: the checkpoint's own; fp16 trains with loss scaling).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    help="Where to train (default auto: CUDA when available). Under torchrun: the local rank's GPU.",
+)
 @click.option("--lr", type=float, help="Learning rate (default 3e-4).")
 @click.option("--warmup-steps", type=int, help="Linear warm-up steps (default 0).")
 @click.option(
@@ -78,6 +88,7 @@ def command(recipe: Path | None, force: bool, as_json: bool, **flags: Any) -> No
     Examples:
       adaptkit train --model ./tiny-llama --data train.jsonl -o a.safetensors --max-steps 200
       adaptkit train --backend qlora --model ./llama --data d.jsonl -o q.safetensors
+      adaptkit train --model Qwen/Qwen2.5-0.5B --base-dtype bf16 --data d.jsonl -o a.safetensors
       adaptkit train recipe.yaml --lr 1e-3
     """
     from adaptkit.cli.combine_cmd import parse_params

@@ -30,22 +30,33 @@ class Dist:
             torch.distributed.barrier()
 
 
-def init_distributed() -> Dist:
-    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1)."""
+def init_distributed(device: str = "auto") -> Dist:
+    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1).
+
+    Args:
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``. Under torchrun each process
+            takes the GPU of its ``LOCAL_RANK``.
+    """
+    from adaptkit.errors import AdaptkitError
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise AdaptkitError(f"unknown device {device!r}; valid: auto, cpu, cuda", key="--device")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AdaptkitError("--device cuda, but CUDA is not available here", key="--device")
+    cuda = torch.cuda.is_available() and device != "cpu"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Dist(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        return Dist(device=torch.device("cuda" if cuda else "cpu"))
     rank = int(os.environ["RANK"])
-    if torch.cuda.is_available():
+    if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-        backend = "nccl"
+        where, backend = torch.device("cuda", local), "nccl"
     else:
-        device, backend = torch.device("cpu"), "gloo"
+        where, backend = torch.device("cpu"), "gloo"
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend=backend)
-    return Dist(rank=rank, world=world, device=device)
+    return Dist(rank=rank, world=world, device=where)
 
 
 def shutdown(dist: Dist) -> None:

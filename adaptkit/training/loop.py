@@ -141,13 +141,12 @@ def run_training(
     ``schedule(step) · group.get("lr_scale", 1.0)``, so a backend can give groups their own
     ratio to the peak rate (LoRA+ trains ``B`` faster than ``A`` this way).
     """
-    from adaptkit.models import load_causal_lm
     from adaptkit.plugins import get_registry
     from adaptkit.training.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
     from adaptkit.training.data import load_records
     from adaptkit.training.distributed import init_distributed, shutdown
 
-    dist = init_distributed()
+    dist = init_distributed(cfg.device)
     say = log or (lambda msg: print(msg, flush=True))
 
     def note(msg: str) -> None:
@@ -158,8 +157,9 @@ def run_training(
         registry = registry or get_registry()
         backend = registry.get("backend", cfg.backend)
     torch.manual_seed(cfg.seed)
+    placed = model is None
     if model is None:
-        model, tokenizer = load_causal_lm(cfg.model)
+        model, tokenizer = _load_base(cfg, backend, dist.device, note)
     vocab = int(getattr(model.config, "vocab_size", 0) or model.get_input_embeddings().num_embeddings)
     if records is None:
         records = load_records(
@@ -168,18 +168,36 @@ def run_training(
     pad_id = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
     pad_id = 0 if pad_id is None else int(pad_id)
 
-    # Move before the backend attaches anything: bitsandbytes' 4-bit weights are quantized when
-    # moved, and moving them again corrupts them (bitsandbytes #2078).
-    model.to(dist.device)
+    # A model given directly moves before the backend attaches anything: bitsandbytes' 4-bit
+    # weights are quantized when moved, and moving them again corrupts them (bitsandbytes
+    # #2078). A model loaded here is already where it belongs.
+    if not placed and not any(type(p).__name__ == "Params4bit" for p in model.parameters()):
+        model.to(dist.device)
+    base_dtype = dominant_dtype(model)
     torch.manual_seed(cfg.seed)
     params = backend.prepare(model, cfg.lora, cfg, note)
     if not params:
         raise AdaptkitError(f"backend {cfg.backend!r} left nothing to train")
     if cfg.grad_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad, so it works with a
+        # frozen (also 4-bit) base; the reentrant kind silently drops the LoRA gradients there.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "config"):
             model.config.use_cache = False
+        note("gradient checkpointing: on (non-reentrant, works with a frozen or 4-bit base)")
     optimizer = backend.optimizer(params, cfg, note)
+    scaler = None
+    if base_dtype == torch.float16:
+        # fp16 activations underflow in the backward pass: scale the loss up, unscale the
+        # gradients before the step, skip steps that overflow (torch.amp.GradScaler).
+        scaler = torch.amp.GradScaler(dist.device.type)
+        note("fp16 base: loss scaling with torch.amp.GradScaler (bf16 and fp32 bases need none)")
+    memory = memory_account(model, params, dist.device)
+    note(
+        f"memory: base {memory['base_dtype']} {memory['base_bytes'] / 2**20:,.1f} MiB"
+        + (f" ({memory['quantized_layers']} layers 4-bit)" if memory["quantized_layers"] else "")
+        + f", LoRA {memory['lora_bytes'] / 2**20:,.2f} MiB on {dist.device}"
+    )
 
     per_rank, world = cfg.batch_size, dist.world
     per_step = per_rank * world * cfg.grad_accum
@@ -191,6 +209,8 @@ def run_training(
         adapter, tensors, state = load_checkpoint(Path(cfg.resume))
         _copy_factors(model, adapter)
         restore_optimizer(optimizer, tensors, state)
+        if scaler is not None and state.get("grad_scaler"):
+            scaler.load_state_dict(state["grad_scaler"])
         start = int(state["step"])
         note(f"resumed from {cfg.resume} at step {start}")
 
@@ -207,8 +227,8 @@ def run_training(
     if cfg.metrics and dist.main:
         metrics_fh = stack.enter_context(open(cfg.metrics, "a" if cfg.resume else "w"))  # noqa: SIM115
         report = backend.memory_report(model) if hasattr(backend, "memory_report") else {}
-        if report and not cfg.resume:
-            metrics_fh.write(json.dumps({"memory_report": report}) + "\n")
+        if not cfg.resume:
+            metrics_fh.write(json.dumps({"memory_report": report, "memory": memory}) + "\n")
     bar = None
     if progress and dist.main:
         from tqdm.auto import tqdm
@@ -246,14 +266,22 @@ def run_training(
                 with ctx:
                     part = token_loss_sum(train_model, ids, mask)
                     # DDP averages gradients over processes; multiply by world to get the sum.
-                    (part * (world / total_targets)).backward()
+                    scaled = part * (world / total_targets)
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
                 loss_sum += float(part.detach())
-            optimizer.step()
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             loss = dist.all_sum(loss_sum) / total_targets
             losses.append(loss)
             dt = time.perf_counter() - t0
             tokens = sum(len(r) for r in step_records)
+            if step == start:
+                memory["optimizer_state_bytes"] = optimizer_state_bytes(optimizer)
+                note(f"memory: optimizer state {memory['optimizer_state_bytes'] / 2**20:,.2f} MiB")
             record = {
                 "step": step + 1,
                 "loss": loss,
@@ -275,13 +303,23 @@ def run_training(
                         adapter=backend.extract(model, base_name=None, provenance={}),
                         optimizer=optimizer,
                         step=step + 1,
-                        extra={"config": _jsonable(cfg)},
+                        extra={
+                            "config": _jsonable(cfg),
+                            **({"grad_scaler": scaler.state_dict()} if scaler is not None else {}),
+                        },
                     )
                     note(f"checkpoint {folder}")
                 dist.barrier()
 
     model.eval()
     final = evaluate_loss(model, probe, pad_id, per_rank, dist.device) if dist.main else None
+    memory["peak_bytes"] = peak_memory(dist.device)
+    memory["peak_measured"] = (
+        "CUDA max allocated" if dist.device.type == "cuda" else "peak RSS of the process"
+    )
+    if cfg.metrics and dist.main:
+        with open(cfg.metrics, "a") as fh:
+            fh.write(json.dumps({"peak_memory": memory}) + "\n")
     provenance = {"train": _jsonable(cfg), "eval_loss_before": initial, "eval_loss_after": final}
     adapter = backend.extract(
         model,
@@ -294,7 +332,8 @@ def run_training(
         save_adapter(adapter, cfg.output, overwrite=True)
     dist.barrier()
     shutdown(dist)
-    memory = backend.memory_report(model) if hasattr(backend, "memory_report") else {}
+    if hasattr(backend, "memory_report"):
+        memory = {**backend.memory_report(model), **memory}
     return TrainResult(
         adapter=adapter,
         steps=steps,
@@ -304,6 +343,78 @@ def run_training(
         seconds=time.perf_counter() - began,
         memory=memory,
     )
+
+
+def _load_base(cfg: TrainConfig, backend: Any, device: torch.device, note: Any) -> tuple[Any, Any]:
+    """Load ``cfg.model`` in ``cfg.base_dtype`` straight onto ``device``, letting the backend
+    add ``from_pretrained`` arguments (``qlora``: quantize while loading)."""
+    from adaptkit.models import load_causal_lm, load_tokenizer, resolve_model, torch_dtype
+
+    folder = resolve_model(cfg.model)
+    dtype = torch_dtype(cfg.base_dtype, folder)
+    name = str(dtype).removeprefix("torch.")
+    where_from = " (the checkpoint's dtype)" if cfg.base_dtype == "auto" else ""
+    if hasattr(backend, "load_model"):
+        model = backend.load_model(cfg, folder, dtype, device, note)
+        if model is not None:
+            note(f"base: {name}{where_from}, on {device}")
+            return model, load_tokenizer(folder)
+    extra = backend.loading(cfg, folder, note) if hasattr(backend, "loading") else {}
+    # device_map places each shard's tensors as they load; a plain CPU load needs none.
+    where = device if (extra or device.type != "cpu") else None
+    model, tokenizer = load_causal_lm(str(folder), dtype=dtype, device=where, load_kwargs=extra)
+    name = str(dtype).removeprefix("torch.")
+    note(
+        f"base: {name}" + (" (the checkpoint's dtype)" if cfg.base_dtype == "auto" else "") + f", on {device}"
+    )
+    return model, tokenizer
+
+
+def dominant_dtype(model: Any) -> torch.dtype:
+    """The floating dtype holding most of the model's (non-4-bit) parameter values."""
+    counts: dict[torch.dtype, int] = {}
+    for p in model.parameters():
+        if p.is_floating_point() and type(p).__name__ != "Params4bit":
+            counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+    return max(counts, key=counts.get) if counts else torch.float32
+
+
+def memory_account(model: Any, params: list[Any], device: torch.device) -> dict[str, Any]:
+    """Where the memory goes at the start of training: the base as loaded (4-bit layers at
+    their packed size plus quantization statistics) and the LoRA factors."""
+    trainable = {id(p) for p in params}
+    lora = sum(p.numel() * p.element_size() for p in params)
+    base = sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in trainable)
+    base += sum(b.numel() * b.element_size() for b in model.buffers())
+    quantized = 0
+    for m in model.modules():
+        state = getattr(getattr(m, "weight", None), "quant_state", None)
+        if state is None:
+            continue
+        quantized += 1
+        for t in (state.absmax, getattr(state.state2, "absmax", None), getattr(state.state2, "code", None)):
+            if isinstance(t, torch.Tensor):
+                base += t.numel() * t.element_size()
+    return {
+        "device": str(device),
+        "base_dtype": str(dominant_dtype(model)).removeprefix("torch."),
+        "quantized_layers": quantized,
+        "base_bytes": int(base),
+        "lora_bytes": int(lora),
+    }
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of every tensor in the optimizer's state (nested ones included)."""
+
+    def size(value: Any) -> int:
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        if isinstance(value, dict):
+            return sum(size(v) for v in value.values())
+        return 0
+
+    return int(sum(size(state) for state in optimizer.state.values()))
 
 
 def checkpoint_dir(cfg: TrainConfig) -> Path:

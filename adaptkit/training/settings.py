@@ -39,7 +39,7 @@ class TrainConfig:
 
     Attributes:
         backend: Registered backend name (``lora``, ``qlora``, ...).
-        model: Hugging Face model directory (causal LM) or a built-in model name.
+        model: Hugging Face model directory or Hub id (causal LM).
         data: JSONL (``text`` or ``input_ids`` per line) or plain text file.
         output: Adapter file to write (native format).
         lora: How to attach LoRA.
@@ -58,6 +58,9 @@ class TrainConfig:
         save_every: Write a resumable checkpoint every N steps (0: never).
         resume: Checkpoint folder to resume from.
         options: Backend-specific options (e.g. ``qlora``'s ``optimizer``).
+        base_dtype: dtype the base is loaded in: ``auto`` (the checkpoint's own), ``bf16``,
+            ``fp16`` or ``fp32``. An ``fp16`` base trains with loss scaling.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
     """
 
     backend: str = "lora"
@@ -81,3 +84,5 @@ class TrainConfig:
     save_every: int = 0
     resume: str | None = None
     options: dict = field(default_factory=dict)
+    base_dtype: str = "auto"
+    device: str = "auto"

@@ -25,13 +25,8 @@ class QloraBackend:
     requires: ClassVar[dict[str, str]] = {"bitsandbytes": "bitsandbytes>=0.45", "torch": "torch"}
     supports: ClassVar[frozenset[str]] = frozenset({"resume", "ddp"})
 
-    def prepare(self, model: Any, settings: Any, config: Any, log: Any) -> list[Any]:
-        import torch
-
-        import adaptkit_lora as lora
-        from adaptkit_lora.inject import select_targets
-        from adaptkit_qlora.quantize import memory_report, quantize_linear
-
+    @staticmethod
+    def _options(config: Any) -> dict[str, Any]:
         opts = dict(config.options or {})
         unknown = sorted(set(opts) - {"blocksize", "quantize", "optimizer", "compute_dtype"})
         if unknown:
@@ -39,34 +34,150 @@ class QloraBackend:
                 f"unknown qlora option {unknown[0]!r}; valid: blocksize, quantize, optimizer, compute_dtype",
                 key="--option",
             )
-        blocksize = int(opts.get("blocksize", 64))
-        cuda = any(p.is_cuda for p in model.parameters()) or torch.cuda.is_available()
-        compute = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(
-            opts.get("compute_dtype", "bf16" if cuda else "fp32")
-        )
-        if compute is None:
-            raise AdaptkitError("compute_dtype must be bf16, fp16 or fp32", key="compute_dtype")
-        targets = select_targets(model, settings.targets, settings.exclude)
         scope = opts.get("quantize", "targets")
         if scope not in ("targets", "all-linear"):
             raise AdaptkitError(f"quantize must be 'targets' or 'all-linear', got {scope!r}", key="quantize")
-        to_quantize = select_targets(model, "all-linear") if scope == "all-linear" else targets
-        conv = [n for n in to_quantize if not isinstance(model.get_submodule(n), torch.nn.Linear)]
-        if conv:
-            raise AdaptkitError(
-                f"qlora quantizes nn.Linear layers; {conv[0]!r} is a "
-                f"{type(model.get_submodule(conv[0])).__name__}",
-                key="targets",
+        if opts.get("compute_dtype", "bf16") not in ("bf16", "fp16", "fp32"):
+            raise AdaptkitError("compute_dtype must be bf16, fp16 or fp32", key="compute_dtype")
+        return {**opts, "blocksize": int(opts.get("blocksize", 64)), "quantize": scope}
+
+    @staticmethod
+    def _cuda(config: Any) -> bool:
+        import torch
+
+        return torch.cuda.is_available() and getattr(config, "device", "auto") != "cpu"
+
+    def _compute_dtype(self, config: Any, cuda: bool) -> Any:
+        import torch
+
+        name = self._options(config).get("compute_dtype", "bf16" if cuda else "fp32")
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+    def _choose(self, config: Any, model: Any) -> list[str]:
+        """The layers to quantize: the LoRA targets, or every linear layer but the head."""
+        from adaptkit_lora.inject import select_targets
+
+        opts = self._options(config)
+        settings = config.lora
+        targets = select_targets(model, settings.targets, settings.exclude)
+        chosen = select_targets(model, "all-linear") if opts["quantize"] == "all-linear" else targets
+        _refuse_conv1d(model, chosen)
+        return chosen
+
+    def load_model(self, config: Any, folder: Any, dtype: Any, device: Any, log: Any) -> Any:
+        """The base, quantized *while it loads*, tensor by tensor, straight onto ``device``: no
+        full-precision copy of a quantized layer ever exists, and the peak is the 4-bit model
+        plus one tensor (see :mod:`adaptkit_qlora.loader`). ``None`` when the checkpoint needs
+        conversions this loader does not do; the trainer then uses :meth:`loading`."""
+        from tqdm.auto import tqdm
+
+        from adaptkit.model_layout import meta_model
+        from adaptkit_qlora.loader import load, plan
+
+        skeleton = meta_model(folder)
+        if skeleton is None:
+            return None
+        chosen = self._choose(config, skeleton)
+        prepared = plan(folder, chosen)
+        if prepared is None:
+            log("qlora: this checkpoint needs transformers' loader (weight conversions); using it")
+            return None
+        opts = self._options(config)
+        compute = self._compute_dtype(config, device.type == "cuda")
+        log(
+            f"qlora: packing {len(chosen)} linear layers to NF4 (double quantization, blocksize "
+            f"{opts['blocksize']}) while loading, tensor by tensor; compute in "
+            f"{str(compute).removeprefix('torch.')}"
+        )
+        total = len(prepared["placed"])
+        with tqdm(total=total, desc="load + quantize", unit="tensor", leave=False, disable=None) as bar:
+            return load(
+                folder,
+                prepared,
+                quantize=chosen,
+                dtype=dtype,
+                device=device,
+                blocksize=opts["blocksize"],
+                compute_dtype=compute,
+                progress=lambda n: bar.update(n - bar.n),
             )
-        if cuda:
-            model.to("cuda")
-        for name in to_quantize:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(
-                parent,
-                child,
-                quantize_linear(getattr(parent, child), blocksize=blocksize, compute_dtype=compute),
+
+    def loading(self, config: Any, folder: Any, log: Any) -> dict[str, Any]:
+        """``from_pretrained`` arguments for transformers' quantizing loader (``BitsAndBytesConfig``),
+        used when :meth:`load_model` cannot map the checkpoint. It quantizes while loading too,
+        but keeps more of the checkpoint resident (measured in :mod:`adaptkit_qlora.loader`)."""
+        from transformers import BitsAndBytesConfig
+
+        from adaptkit.model_layout import meta_model
+        from adaptkit_lora.inject import _output_head_names, is_linear_like
+
+        opts = self._options(config)
+        if opts["blocksize"] != 64:
+            log(
+                f"qlora: blocksize {opts['blocksize']}: transformers' quantizing loader uses 64, so the "
+                "base loads in its own dtype and is quantized layer by layer"
+            )
+            return {}
+        skeleton = meta_model(folder)
+        if skeleton is None:
+            log("qlora: transformers does not know this model; quantizing layer by layer after loading")
+            return {}
+        chosen = self._choose(config, skeleton)
+        linear = [n for n, m in skeleton.named_modules() if n and is_linear_like(m)]
+        skip = sorted((set(linear) - set(chosen)) | _output_head_names(skeleton))
+        cuda = self._cuda(config)
+        compute = str(self._compute_dtype(config, cuda)).removeprefix("torch.")
+        log(
+            f"qlora: quantizing {len(chosen)} linear layers to NF4 (double quantization) while loading "
+            f"(transformers' loader), compute in {compute}"
+        )
+        return {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=self._compute_dtype(config, cuda),
+                llm_int8_skip_modules=skip,
+            )
+        }
+
+    def prepare(self, model: Any, settings: Any, config: Any, log: Any) -> list[Any]:
+        import adaptkit_lora as lora
+        from adaptkit_lora.inject import select_targets
+        from adaptkit_qlora.quantize import memory_report, quantize_linear
+
+        opts = self._options(config)
+        cuda = any(p.is_cuda for p in model.parameters()) or self._cuda(config)
+        compute = self._compute_dtype(config, cuda)
+        targets = select_targets(model, settings.targets, settings.exclude)
+        if not any(type(m).__name__ == "Linear4bit" for m in model.modules()):
+            # A model handed over unquantized (Python API, or a blocksize the loader lacks):
+            # quantize layer by layer; each layer's float copy lives only while it is packed.
+            chosen = select_targets(model, "all-linear") if opts["quantize"] == "all-linear" else targets
+            _refuse_conv1d(model, chosen)
+            if cuda:
+                model.to("cuda")
+            for name in chosen:
+                parent_name, _, child = name.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                layer = quantize_linear(
+                    getattr(parent, child), blocksize=opts["blocksize"], compute_dtype=compute
+                )
+                setattr(parent, child, layer)
+        for m in model.modules():
+            if type(m).__name__ == "Linear4bit":
+                # bitsandbytes 0.50 repacks 4-bit weights in place for a bf16 CPU kernel on the
+                # first no-grad eval forward; training afterwards goes through gemv_4bit, which has
+                # no autograd kernel (and crashes for widths not divisible by the blocksize).
+                # Keeping the one exact path makes any width trainable.
+                m.support_avx512bf16_for_cpu = False
+        for p in model.parameters():
+            p.requires_grad_(False)
+        upcast = _upcast_unquantized(model)
+        if upcast:
+            log(
+                f"qlora: {upcast / 2**20:,.1f} MiB of unquantized 16-bit parameters (norms, embeddings, "
+                "output head) upcast to float32 for stable training, as PEFT's k-bit preparation does"
             )
         # LoRA in 16-bit by default (bf16); the CPU path computes in fp32.
         lora_dtype = settings.dtype if settings.dtype != "fp32" or not cuda else "bf16"
@@ -116,3 +227,24 @@ class QloraBackend:
 
     def memory_report(self, model: Any) -> dict[str, Any]:
         return dict(getattr(self, "last_report", {}))
+
+
+def _refuse_conv1d(model: Any, names: list[str]) -> None:
+    from torch import nn
+
+    conv = [n for n in names if not isinstance(model.get_submodule(n), nn.Linear)]
+    if conv:
+        kind = type(model.get_submodule(conv[0])).__name__
+        raise AdaptkitError(f"qlora quantizes nn.Linear layers; {conv[0]!r} is a {kind}", key="targets")
+
+
+def _upcast_unquantized(model: Any) -> int:
+    """Cast every unquantized fp16/bf16 parameter to float32 in place; returns the bytes added."""
+    import torch
+
+    added = 0
+    for p in model.parameters():
+        if p.dtype in (torch.float16, torch.bfloat16) and type(p).__name__ != "Params4bit":
+            added += p.numel() * 2
+            p.data = p.data.to(torch.float32)
+    return added

@@ -29,12 +29,6 @@ def quantize_linear(linear: nn.Linear, *, blocksize: int, compute_dtype: torch.d
             key="blocksize",
         )
     device = linear.weight.device
-    if device.type == "cpu" and linear.in_features % blocksize:
-        raise AdaptkitError(
-            f"bitsandbytes' CPU 4-bit kernels need in_features divisible by the blocksize; a layer has "
-            f"{linear.in_features} inputs and blocksize is {blocksize}",
-            key="blocksize",
-        )
     q = Linear4bit(
         linear.in_features,
         linear.out_features,

@@ -166,9 +166,11 @@ def test_cli_train_text_jsonl_with_metrics(run_cli, model_dir, tmp_path):
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["steps"] == 5 and summary["targets"] == 4
-    memory, *lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+    memory, *lines, peak = [json.loads(x) for x in metrics.read_text().splitlines()]
     assert memory["memory_report"]["lora_bytes"] > 0  # the backend's memory report comes first
+    assert memory["memory"]["base_dtype"] == "float32" and memory["memory"]["lora_bytes"] > 0
     assert [x["step"] for x in lines] == [1, 2, 3, 4, 5]
+    assert peak["peak_memory"]["peak_bytes"] > 0 and peak["peak_memory"]["optimizer_state_bytes"] > 0
     assert all({"loss", "lr", "tokens_per_s", "peak_memory_bytes"} <= set(x) for x in lines)
     adapter = load_adapter(out)
     assert adapter.provenance["train"]["lora"]["rank"] == 4

@@ -138,7 +138,8 @@ def _qlora(r: dict) -> list[str]:
         f"{r['bits_per_quantized_param']} bits per quantized parameter (NF4 + double quantization: 4.127). "
         f"Losses over the first steps differ by at most {r['max_loss_difference_first_5_steps']:.1e}.",
         "",
-        "GPU numbers (peak memory, tokens/s of `qlora` vs `lora` vs PEFT on a ~1.1B Llama-shaped model) come "
+        "GPU numbers (peak CUDA memory, step time and losses of `qlora` vs PEFT + BitsAndBytesConfig on "
+        "1.1B- and 7B-shaped models) come "
         "from `benchmarks/gpu_qlora.sh` on a CUDA machine; it has not been run yet.",
         "",
     ]
@@ -177,12 +178,48 @@ def _loraplus(r: dict) -> list[str]:
     return out
 
 
+def _realsize(r: dict) -> list[str]:
+    q, lo, setup = r["qlora"], r["lora_bf16"], r["setup"]
+    return [
+        "## Real-size training: whole processes, `adaptkit train` vs PEFT",
+        "",
+        _machine(r),
+        "",
+        f"`python -m benchmarks --only realsize`. A {r['model']['name']}-shaped Llama with random weights "
+        f"(bf16, 1 GB shards, built once and cached), rank {setup['rank']} / "
+        f"alpha {setup['alpha']} on all seven projections, batch {setup['batch'][0]}×{setup['batch'][1]} "
+        "`input_ids`, "
+        "2 CPU cores. Each run is its own process; peak RSS is the kernel's high-water mark of that process, "
+        "wall time includes start-up, loading (and quantizing) and every step. The PEFT side is "
+        "`benchmarks/peft_train.py`: transformers `BitsAndBytesConfig` (NF4, double quantization) + "
+        "`prepare_model_for_kbit_training` for QLoRA, the bf16 base for LoRA, with adaptkit's initial "
+        "factors and data order. adaptkit runs with `--eval-records 0` (like the PEFT loop, no "
+        "before/after evaluation pass; by default it evaluates up to 64 records twice).",
+        "",
+        "| | adaptkit peak RSS GiB | PEFT peak RSS GiB | ratio | adaptkit wall s | PEFT wall s | ratio |",
+        "|---|---|---|---|---|---|---|",
+        f"| QLoRA ({setup['qlora_steps']} steps) | {q['adaptkit']['peak_rss_gib']} | "
+        f"{q['peft']['peak_rss_gib']} | {q['peak_rss_ratio']} | {q['adaptkit']['wall_s']} | "
+        f"{q['peft']['wall_s']} | {q['wall_ratio']} |",
+        f"| LoRA, bf16 base ({setup['lora_steps']} steps) | {lo['adaptkit']['peak_rss_gib']} | "
+        f"{lo['peft']['peak_rss_gib']} | {lo['peak_rss_ratio']} | {lo['adaptkit']['wall_s']} | "
+        f"{lo['peft']['wall_s']} | |",
+        "",
+        f"LoRA on the bf16 base: median step {lo['adaptkit']['step_s']} s vs {lo['peft']['step_s']} s "
+        f"(ratio {lo['step_time_ratio']}); losses agree to {lo['max_loss_difference']:.1e} (bf16 rounding of "
+        "the base's activations). QLoRA losses "
+        f"agree to {q['max_loss_difference']:.1e} (same quantized weights, same factors, same optimizer).",
+        "",
+    ]
+
+
 RENDER = {
     "combine": _combine,
     "train": _train,
     "export": _export,
     "qlora": _qlora,
     "loraplus": _loraplus,
+    "realsize": _realsize,
 }
 
 

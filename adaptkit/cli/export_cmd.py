@@ -37,6 +37,12 @@ from adaptkit.errors import AdaptkitError
     type=click.Choice(["float32", "float16"]),
     help="ONNX weights dtype (default float32).",
 )
+@click.option(
+    "--base-dtype",
+    type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
+    help="--onnx: dtype the base loads in and adapters merge in (default fp32; auto = the checkpoint's). "
+    "--merged always keeps each tensor's own dtype.",
+)
 @click.option("--atol", type=float, help="Parity tolerance vs PyTorch (default 1e-4; 5e-2 for float16).")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime parity check and latency report.")
 @click.option(
@@ -66,6 +72,7 @@ def command(
     output,
     opset,
     dtype,
+    base_dtype,
     atol,
     no_verify,
     lora_inputs,
@@ -105,6 +112,10 @@ def command(
     exp = registry.get("exporter", exporter)
     if lora_inputs and exporter != "onnx":
         raise AdaptkitError("--lora-inputs goes with --onnx")
+    if base_dtype and exporter == "merged":
+        raise AdaptkitError(
+            "--base-dtype goes with --onnx: --merged streams the checkpoint and keeps each tensor's dtype"
+        )
     prepare_output(output, force)
     named = load_export_adapters(list(adapters), registry)
     for a in named:
@@ -122,6 +133,7 @@ def command(
         "lora_inputs": lora_inputs,
         "external_data": external_data,
         "merge_base": merge_base,
+        "base_dtype": base_dtype,
     }
     request = ExportRequest(model=model, adapters=named, output=output, force=force, options=options)
     report = exp.export(request, (lambda m: None) if as_json else (lambda m: click.echo(m, err=True)))

@@ -71,6 +71,11 @@ def _recipe(path: Path) -> dict[str, Any]:
 @click.option("--grad-checkpointing", is_flag=True, default=None, help="Trade compute for memory.")
 @click.option("--seed", type=int, help="Seed for init, dropout and data order (default 0).")
 @click.option("--metrics", type=click.Path(path_type=Path), help="JSONL file: one line per step.")
+@click.option(
+    "--eval-records",
+    type=click.IntRange(min=0),
+    help="Records whose loss is measured before and after training (default 64; 0 skips both).",
+)
 @click.option("--save-every", type=int, help="Resumable checkpoint every N steps (OUT.checkpoints/).")
 @click.option("--resume", type=click.Path(path_type=Path), help="Checkpoint folder to resume from.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Backend option, repeatable.")
@@ -141,7 +146,10 @@ def command(recipe: Path | None, force: bool, as_json: bool, **flags: Any) -> No
     if as_json:
         echo_json(summary)
     else:
-        click.echo(
-            f"wrote {out}: {summary['targets']} targets, {result.steps} steps, eval loss "
-            f"{result.initial_loss:.4f} -> {result.final_loss:.4f} in {summary['seconds']}s"
+        evaluated = (
+            f", eval loss {result.initial_loss:.4f} -> {result.final_loss:.4f}"
+            if result.final_loss is not None
+            else ""
         )
+        done = f"{summary['targets']} targets, {result.steps} steps{evaluated} in {summary['seconds']}s"
+        click.echo(f"wrote {out}: {done}")

@@ -24,7 +24,7 @@ import torch
 from adaptkit.errors import AdaptkitError
 from adaptkit.training.settings import TrainConfig
 
-#: Records used for the before/after evaluation loss.
+#: Records used for the before/after evaluation loss (``TrainConfig.eval_records``' default).
 EVAL_RECORDS = 64
 
 
@@ -157,6 +157,12 @@ def run_training(
         registry = registry or get_registry()
         backend = registry.get("backend", cfg.backend)
     torch.manual_seed(cfg.seed)
+    if records is None:  # a missing data file is found before minutes of loading, not after
+        import os
+
+        from adaptkit.fileio import open_regular_file
+
+        os.close(open_regular_file(cfg.data, what="data file"))
     placed = model is None
     if model is None:
         model, tokenizer = _load_base(cfg, backend, dist.device, note)
@@ -219,8 +225,8 @@ def run_training(
         train_model = torch.nn.parallel.DistributedDataParallel(model)
     model.train()
     # Before/after loss on the same fixed sample, so the two are comparable.
-    probe = records[:EVAL_RECORDS]
-    initial = evaluate_loss(model, probe, pad_id, per_rank, dist.device) if dist.main else None
+    probe = records[: max(0, cfg.eval_records)]
+    initial = evaluate_loss(model, probe, pad_id, per_rank, dist.device) if dist.main and probe else None
 
     stack = contextlib.ExitStack()
     metrics_fh = None
@@ -312,7 +318,7 @@ def run_training(
                 dist.barrier()
 
     model.eval()
-    final = evaluate_loss(model, probe, pad_id, per_rank, dist.device) if dist.main else None
+    final = evaluate_loss(model, probe, pad_id, per_rank, dist.device) if dist.main and probe else None
     memory["peak_bytes"] = peak_memory(dist.device)
     memory["peak_measured"] = (
         "CUDA max allocated" if dist.device.type == "cuda" else "peak RSS of the process"

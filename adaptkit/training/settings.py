@@ -61,6 +61,8 @@ class TrainConfig:
         base_dtype: dtype the base is loaded in: ``auto`` (the checkpoint's own), ``bf16``,
             ``fp16`` or ``fp32``. An ``fp16`` base trains with loss scaling.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        eval_records: Records of the fixed sample whose loss is measured before and after
+            training (0: skip both evaluations).
     """
 
     backend: str = "lora"
@@ -86,3 +88,4 @@ class TrainConfig:
     options: dict = field(default_factory=dict)
     base_dtype: str = "auto"
     device: str = "auto"
+    eval_records: int = 64

@@ -46,7 +46,9 @@ class OnnxExporter:
             raise AdaptkitError(f"unknown dtype {dtype!r}; valid: float32, float16", key="--dtype")
         atol = float(o.get("atol") or DEFAULT_ATOL[dtype])
         verify = o.get("verify", True)
-        base, tokenizer = load_causal_lm(request.model)
+        # Adapters merge in the dtype the base loads in: float32 unless asked (a bf16 merge would
+        # round small updates away before the graph is even built).
+        base, tokenizer = load_causal_lm(request.model, dtype=o.get("base_dtype") or "fp32")
         torch_dtype = torch.float16 if dtype == "float16" else torch.float32
         report: dict[str, Any] = {
             "exporter": "onnx",

@@ -103,6 +103,9 @@ def _tied(model: Any) -> set[str]:
     return {f"{n}.weight" for n, m in model.named_modules() if m is out}
 
 
+_TRIM_EVERY = 256 << 20
+
+
 def _release_heap() -> None:
     try:
         import ctypes
@@ -154,6 +157,7 @@ def load(
         q.support_avx512bf16_for_cpu = False  # see QloraBackend.prepare: one exact CPU path
         setattr(parent, child, q)
     targets = {f"{n}.weight" for n in quantize}
+    since_trim = 0
     for i, (name, (path, offset, info)) in enumerate(
         sorted(prepared["placed"].items(), key=lambda kv: kv[0])
     ):
@@ -172,12 +176,17 @@ def load(
                 module._parameters[attr] = nn.Parameter(value, requires_grad=False)
             else:
                 module._buffers[attr] = value
+        since_trim += tensor.numel() * tensor.element_size()
         del tensor
-        # bitsandbytes' packing leaves freed temporaries in glibc's heap; hand them back each
-        # tensor, or the heap grows by a few temporaries per layer (measured: 2.5x the model).
-        _release_heap()
+        # bitsandbytes' packing leaves freed temporaries in glibc's heap; hand them back every
+        # 256 MB read, or the heap grows by a few temporaries per layer (measured: 2.5x the
+        # model). Trimming after every tensor cost 12% more load time for no lower peak.
+        if since_trim >= _TRIM_EVERY:
+            _release_heap()
+            since_trim = 0
         if progress is not None:
             progress(i + 1)
+    _release_heap()
     if prepared["tied"]:
         model.tie_weights()
     for module in model.modules():  # buffers computed at construction (rotary frequencies)

@@ -213,3 +213,15 @@ def test_streamed_4bit_load_equals_transformers_quantizing_loader(bf16_dir):
     ids = torch.randint(3, 120, (2, 10), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(ours(input_ids=ids).logits, theirs(input_ids=ids).logits)
+
+
+def test_export_base_dtype_belongs_to_onnx(bf16_dir, tmp_path, run_cli):
+    from adaptkit import save_adapter
+    from tests.conftest import make_adapter
+
+    adapter = save_adapter(make_adapter(), tmp_path / "a.safetensors")
+    code, _, err = run_cli(
+        "export", "--merged", "--model", bf16_dir, "-a", adapter, "-o", tmp_path / "out",
+        "--base-dtype", "bf16",
+    )  # fmt: skip
+    assert code == 2 and "--base-dtype goes with --onnx" in err and not (tmp_path / "out").exists()

@@ -57,9 +57,16 @@ def combine_specs(
     allow_outside: bool = False,
     progress: bool = True,
     registry: Any = None,
+    tune: dict[str, Any] | None = None,
+    plot: Path | None = None,
+    log: Any = None,
 ) -> dict[str, Any]:
     """Combine adapter SPECs (or one recipe YAML, which the other arguments override) and
-    write the result; returns the JSON summary ``adaptkit combine --json`` prints."""
+    write the result; returns the JSON summary ``adaptkit combine --json`` prints.
+
+    ``tune`` (keys of a recipe's ``tune:`` block; set ones override the recipe's) fits
+    per-adapter × group weights on evaluation sets first (:mod:`adaptkit.tune`); ``plot``
+    writes their heat map."""
     from adaptkit.combine import AdapterInput, combine
     from adaptkit.plugins import get_registry
     from adaptkit.recipe import Recipe, load_recipe, yaml_kind
@@ -90,6 +97,16 @@ def combine_specs(
     out = Path(output) if output is not None else recipe.output
     if out is None:
         raise AdaptkitError("no output: pass -o OUT (or set 'output' in the recipe)", key="-o")
+    tune_block = {**(recipe.tune or {}), **{k: v for k, v in (tune or {}).items() if v is not None}}
+    tuning = bool(tune_block.get("sets"))
+    if tune_block and not tuning:
+        raise AdaptkitError("tuning options need evaluation sets: --tune EVAL.jsonl", key="--tune")
+    if tuning and not tune_block.get("model"):
+        raise AdaptkitError(
+            "--tune needs --model: the base model the adapters were trained on", key="--model"
+        )
+    if plot is not None and not tuning:
+        raise AdaptkitError("--plot draws the tuned weights; it needs --tune", key="--plot")
 
     writer = registry.registration("format", to_name).require_available()
     if not hasattr(writer, "write"):
@@ -106,20 +123,30 @@ def combine_specs(
         AdapterInput(adapter=load_ref(ref, registry), weight=ref.weight, name=ref.name, source=ref.path)
         for ref in refs
     ]
-    result = combine(
-        inputs,
-        strategy,
-        params=merged_params,
-        rank=rank_value,
-        seed=seed_value,
-        intersect=intersect_value,
-        registry=registry,
-        progress=progress,
-    )
+
+    def run(items: list[AdapterInput]) -> Any:
+        return combine(
+            items,
+            strategy,
+            params=merged_params,
+            rank=rank_value,
+            seed=seed_value,
+            intersect=intersect_value,
+            registry=registry,
+            progress=progress,
+        )
+
+    tuned: dict[str, Any] | None = None
+    if tuning:
+        result, tuned = _tuned(inputs, run, tune_block, seed_value, registry, progress, plot, log)
+    else:
+        result = run(inputs)
     if recipe.path is not None:
         result.adapter.provenance["recipe"] = str(recipe.path)
     written = writer.write(result.adapter, out, overwrite=force)
+    summary_tune = {"tune": tuned} if tuned is not None else {}
     return {
+        **summary_tune,
         "output": str(written),
         "format": to_name,
         "strategy": strategy,
@@ -129,3 +156,75 @@ def combine_specs(
         "inputs": [{"name": i.name, "weight": i.weight, "path": str(i.source)} for i in inputs],
         "targets": [vars(r) for r in result.report],
     }
+
+
+def _tuned(
+    inputs: list[Any],
+    run: Any,
+    block: dict[str, Any],
+    seed: int,
+    registry: Any,
+    progress: bool,
+    plot: Path | None,
+    log: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """Tune, fold the weights into the inputs, combine; the result and the tuning report."""
+    from adaptkit.combine import AdapterInput
+    from adaptkit.tune import (
+        _load_sets,
+        evaluate_adapter,
+        fold,
+        heat_map,
+        load_base,
+        settings_from,
+        tune_weights,
+    )
+
+    settings = settings_from(block, seed)
+    say = log or (lambda _m: None)
+    targets = sorted({t for i in inputs for t in i.adapter.targets})
+    model, tokenizer = load_base(
+        block["model"], quantize=bool(block.get("quantize")), targets=targets, registry=registry, log=say
+    )
+    vocab = int(getattr(model.config, "vocab_size", 0) or model.get_input_embeddings().num_embeddings)
+    pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+    pad_id = 0 if pad is None else int(pad)
+    sets = _load_sets(list(block["sets"]), tokenizer, vocab, settings)
+    triples = [(i.adapter, float(i.weight), i.name) for i in inputs]
+    static = run(inputs)
+    before = evaluate_adapter(model, static.adapter, sets, pad_id)
+    found = tune_weights(model, triples, sets, settings, pad_id=pad_id, progress=progress)
+    folded = fold(triples, found, settings.granularity)
+    result = run(
+        [
+            AdapterInput(adapter=a, weight=i.weight, name=i.name, source=i.source)
+            for a, i in zip(folded, inputs, strict=True)
+        ]
+    )
+    after = evaluate_adapter(model, result.adapter, sets, pad_id)
+    report = {
+        "settings": {k: getattr(settings, k) for k in vars(settings)},
+        "groups": found.groups,
+        "adapters": found.names,
+        "weights": found.weights,
+        "held_out_loss_before": before,
+        "held_out_loss_after": after,
+        "sets": [
+            {
+                "name": s.name,
+                "path": p,
+                "sha256": s.sha256,
+                "tune_records": len(s.tune),
+                "held_out_records": len(s.held_out),
+            }
+            for s, p in zip(sets, block["sets"], strict=True)
+        ],
+        "model": str(block["model"]),
+        "quantized_base": bool(block.get("quantize")),
+        "seconds": round(found.seconds, 3),
+        "final_objective": found.trace[-1] if found.trace else None,
+    }
+    result.adapter.provenance["tune"] = report
+    if plot is not None:
+        heat_map(found, plot)
+    return result, report

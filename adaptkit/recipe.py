@@ -31,6 +31,7 @@ class Recipe:
     intersect: bool | None = None
     output: Path | None = None
     to: str | None = None
+    tune: dict[str, Any] | None = None
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -95,7 +96,24 @@ def load_recipe(path: str | os.PathLike[str], *, allow_outside: bool = False) ->
         intersect=doc.get("intersect"),
         output=resolve_output(doc["output"], p, allow_outside=allow_outside) if "output" in doc else None,
         to=doc.get("to"),
+        tune=_tune_block(doc.get("tune"), p),
     )
+
+
+def _tune_block(block: dict[str, Any] | None, p: Path) -> dict[str, Any] | None:
+    """The recipe's ``tune:`` block with set paths (and a local model path) made absolute."""
+    if block is None:
+        return None
+    out = dict(block)
+    sets = []
+    for i, raw in enumerate(block["sets"]):
+        check_input_path(raw, source=p, key=f"tune.sets[{i}]")
+        sets.append(str(Path(raw) if os.path.isabs(raw) else p.parent / raw))
+    out["sets"] = sets
+    local = p.parent / block["model"]
+    if local.exists():
+        out["model"] = str(local)
+    return out
 
 
 def yaml_kind(path: Path) -> str:

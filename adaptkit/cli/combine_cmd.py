@@ -51,6 +51,42 @@ def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--to", "to_format", help="Output format: adaptkit (default) or another writable format.")
 @click.option("-f", "--force", is_flag=True, help="Replace an existing output.")
 @click.option("--allow-outside", is_flag=True, help="Let a recipe's output point outside its folder.")
+@click.option(
+    "--tune",
+    "tune_sets",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    metavar="EVAL.jsonl",
+    help="Fit combination weights on this evaluation set (repeatable; the JSONL formats train reads).",
+)
+@click.option("--model", help="--tune: the base model the adapters were trained on (directory or Hub id).")
+@click.option(
+    "--tune-granularity",
+    type=click.Choice(["adapter", "layer", "target"]),
+    help="One weight per adapter, per adapter x layer (default) or per adapter x target.",
+)
+@click.option(
+    "--tune-objective",
+    type=click.Choice(["mean", "max"]),
+    help="Minimise the mean of the per-set losses (default) or the worst one.",
+)
+@click.option(
+    "--tune-method",
+    type=click.Choice(["gradient", "search"]),
+    help="Gradient descent on the weights (default) or gradient-free search (LoraHub-style).",
+)
+@click.option("--tune-steps", type=click.IntRange(min=1), help="Tuning steps / evaluations (default 100).")
+@click.option(
+    "--tune-holdout",
+    type=float,
+    help="Fraction of each set held out for the report, never tuned on (default 0.25).",
+)
+@click.option(
+    "--tune-quantize", is_flag=True, default=None, help="Load the base in NF4 for tuning (less memory)."
+)
+@click.option(
+    "--plot", type=click.Path(path_type=Path), help="--tune: write a heat map of the weights (PNG)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def command(
     specs,
@@ -64,6 +100,15 @@ def command(
     to_format,
     force,
     allow_outside,
+    tune_sets,
+    model,
+    tune_granularity,
+    tune_objective,
+    tune_method,
+    tune_steps,
+    tune_holdout,
+    tune_quantize,
+    plot,
     as_json,
 ) -> None:
     """Combine adapters into one.
@@ -86,6 +131,13 @@ def command(
       adaptkit combine a.yaml b.yaml -o merged.safetensors
       adaptkit combine a.safetensors b.safetensors -w 1,-0.5 -r 16 -o out.safetensors
       adaptkit combine recipe.yaml --json
+      adaptkit combine a.yaml b.yaml --tune eval_a.jsonl --tune eval_b.jsonl --model ./base -o t.safetensors
+
+    \b
+    Tuning (--tune): fits one weight per adapter and layer (or per adapter, or per target) on
+    the evaluation sets, base and factors frozen, then folds the weights into the factors: the
+    output is an ordinary adapter. A part of each set is held out and the report shows its
+    loss before and after. See docs/strategies.md#tuned-weights.
     """
     from adaptkit.combine_job import combine_specs
 
@@ -102,6 +154,18 @@ def command(
         force=force,
         allow_outside=allow_outside,
         progress=not as_json,
+        tune={
+            "sets": [str(p) for p in tune_sets] or None,
+            "model": model,
+            "granularity": tune_granularity,
+            "objective": tune_objective,
+            "method": tune_method,
+            "steps": tune_steps,
+            "holdout": tune_holdout,
+            "quantize": tune_quantize,
+        },
+        plot=plot,
+        log=lambda m: click.echo(m, err=True),
     )
     if as_json:
         echo_json(summary)
@@ -114,8 +178,22 @@ def command(
             for r in rows
         ],
     )
+    tuned = summary.get("tune")
+    if tuned:
+        _print_tune(tuned)
     worst = max((r["relative_error"] for r in rows), default=0.0)
     click.echo(
         f"wrote {summary['output']} ({summary['format']}): {len(rows)} targets from "
         f"{len(summary['inputs'])} adapters with {summary['strategy']}; worst relative error {worst:.3g}"
+    )
+
+
+def _print_tune(tuned: dict[str, Any]) -> None:
+    names = tuned["adapters"]
+    echo_table(("group", *names), [(g, *tuned["weights"][g]) for g in tuned["groups"]])
+    before, after = tuned["held_out_loss_before"], tuned["held_out_loss_after"]
+    echo_table(("set (held out)", "loss static", "loss tuned"), [(k, before[k], after[k]) for k in before])
+    click.echo(
+        f"tuned {len(tuned['groups'])} group(s) x {len(names)} adapters in {tuned['seconds']:.1f}s "
+        f"({tuned['settings']['method']}, objective {tuned['settings']['objective']})"
     )

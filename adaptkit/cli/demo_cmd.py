@@ -17,8 +17,11 @@ import click
     help="Folder for adapters, YAMLs, combinations, the ONNX export and the summary.",
 )
 @click.option("--quick", is_flag=True, help="Fewer steps and prompts (about a minute).")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed for training, combining and tuning."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON at the end.")
-def command(output: Path, quick: bool, as_json: bool) -> None:
+def command(output: Path, quick: bool, seed: int, as_json: bool) -> None:
     """Train two skills as LoRA adapters, combine them several ways, evaluate, export to ONNX.
 
     Uses a built-in tiny byte-level Llama (pre-trained once in a few seconds and cached under
@@ -33,7 +36,9 @@ def command(output: Path, quick: bool, as_json: bool) -> None:
     def log(msg: str) -> None:
         click.echo(msg, err=as_json)
 
-    result = run_demo(output, DemoSettings.for_mode(quick), log=log, progress=not as_json)
+    settings = DemoSettings.for_mode(quick)
+    settings.seed = seed
+    result = run_demo(output, settings, log=log, progress=not as_json)
     if as_json:
         click.echo(
             json.dumps(

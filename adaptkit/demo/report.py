@@ -34,6 +34,7 @@ def write(out: Path, result: Any, adapters: dict[str, Any], base: Any, settings:
         "accuracy": result.accuracy,
         "best": result.best,
         "seconds": result.seconds,
+        "tune": result.tune,
         "export": {"parity": parity, "latency": lat},
         "update_ratio": ratios,
         "settings": vars(settings),

@@ -1,0 +1,443 @@
+"""Tuned combination weights: ``adaptkit combine --tune EVAL.jsonl``.
+
+Static strategies give adapter ``i`` one weight ``wᵢ`` everywhere. Tuning learns a weight per
+adapter and *group* of targets,
+
+    ΔW_t = Σᵢ αᵢ,g(t) · wᵢ · sᵢ · Bᵢ,t Aᵢ,t,
+
+where ``g(t)`` is one group for all targets (granularity ``adapter``, LoraHub), the target's
+layer index (``layer``, the default; LoRA Soups' per-layer CAT weights) or the target itself
+(``target``). The base model and every factor stay frozen; only the ``α`` (a few hundred
+scalars) are fitted, to minimise the evaluation sets' token loss — their mean, or the worst
+one (``objective: max``) — plus ``λ·mean((α − 1)²)``, which keeps ``α`` near the static
+combination unless the data says otherwise.
+
+* ``method: gradient`` backpropagates through the LoRA path to ``α`` (Adam, ``steps`` steps,
+  one batch of every set per step);
+* ``method: search`` is gradient-free, as LoraHub: a (1+1) evolution strategy with the 1/5
+  success rule on the objective of a fixed tuning sample (no gradients, only forward passes).
+  Written here rather than pulling in an optimisation library for a dozen lines.
+
+Each set is split once, by the seed, into a tuning part and a held-out part; the held-out part
+is never seen while tuning, and every reported loss is measured on it. The result folds
+``αᵢ,g(t)`` into each input's ``B`` factors, so the chosen strategy combines ordinary adapters
+and the output is an ordinary, portable adapter (exact for ``linear``/``cat``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from adaptkit.adapter import Adapter
+from adaptkit.errors import AdaptkitError
+from adaptkit.lora import LoraPair
+
+GRANULARITIES = ("adapter", "layer", "target")
+OBJECTIVES = ("mean", "max")
+METHODS = ("gradient", "search")
+
+
+@dataclass
+class TuneSettings:
+    """How to tune (``tune:`` in a combine recipe, ``--tune-*`` flags).
+
+    Attributes:
+        granularity: ``adapter``, ``layer`` (default) or ``target``.
+        objective: ``mean`` of the per-set losses, or the worst (``max``).
+        method: ``gradient`` (default) or ``search`` (gradient-free).
+        steps: Optimiser steps (gradient) or candidate evaluations (search).
+        lr: Adam learning rate on ``α`` (gradient).
+        batch_size: Records per set per step.
+        holdout: Fraction of each set held out for the report (at least one record each).
+        regularization: ``λ`` in ``λ·mean((α − 1)²)``.
+        seed: Seeds the split, the batches and the search.
+    """
+
+    granularity: str = "layer"
+    objective: str = "mean"
+    method: str = "gradient"
+    steps: int = 100
+    lr: float = 0.05
+    batch_size: int = 16
+    holdout: float = 0.25
+    regularization: float = 0.01
+    seed: int = 0
+
+    def check(self) -> None:
+        for key, valid in (("granularity", GRANULARITIES), ("objective", OBJECTIVES), ("method", METHODS)):
+            if getattr(self, key) not in valid:
+                raise AdaptkitError(
+                    f"unknown tune {key} {getattr(self, key)!r}; valid: {', '.join(valid)}", key=f"tune.{key}"
+                )
+        if not (isinstance(self.steps, int) and self.steps >= 1):
+            raise AdaptkitError(
+                f"tune steps must be a positive integer, got {self.steps!r}", key="tune.steps"
+            )
+        if not (0 < self.holdout < 1):
+            raise AdaptkitError(
+                f"tune holdout must be between 0 and 1, got {self.holdout!r}", key="tune.holdout"
+            )
+        for key in ("lr", "regularization"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise AdaptkitError(
+                    f"tune {key} must be a finite number >= 0, got {value!r}", key=f"tune.{key}"
+                )
+
+
+@dataclass
+class TuneSet:
+    """One evaluation set: its records split into tuning and held-out parts."""
+
+    name: str
+    tune: list[list[int]]
+    held_out: list[list[int]]
+    sha256: str | None = None
+
+
+@dataclass
+class TuneResult:
+    """What tuning found: ``weights[group] = [α per adapter]`` and the held-out losses."""
+
+    groups: list[str]
+    names: list[str]
+    weights: dict[str, list[float]]
+    before: dict[str, float] = field(default_factory=dict)
+    after: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    trace: list[float] = field(default_factory=list)
+
+
+def split_set(name: str, records: list[list[int]], holdout: float, seed: int) -> TuneSet:
+    """Split ``records`` once, by ``(seed, name)``: ``holdout`` of them (at least one) held out."""
+    if len(records) < 2:
+        raise AdaptkitError(
+            f"evaluation set {name!r} has {len(records)} record(s); tuning needs at least 2 "
+            "(one to tune on, one held out)",
+            key="--tune",
+        )
+    g = torch.Generator().manual_seed(seed * 1_000_003 + sum(map(ord, name)))
+    order = torch.randperm(len(records), generator=g).tolist()
+    n_out = min(len(records) - 1, max(1, round(holdout * len(records))))
+    return TuneSet(
+        name=name,
+        tune=[records[i] for i in order[n_out:]],
+        held_out=[records[i] for i in order[:n_out]],
+    )
+
+
+_LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+
+
+def group_of(target: str, granularity: str) -> str:
+    """``all`` (adapter), the target's first layer index as ``layer N`` (layer, ``other`` when
+    it has none), or the target itself."""
+    if granularity == "adapter":
+        return "all"
+    if granularity == "target":
+        return target
+    m = _LAYER.search(target)
+    return f"layer {int(m.group(1))}" if m else "other"
+
+
+class _Mixture(nn.Module):
+    """A frozen linear layer plus weighted LoRA sources:
+    ``y = base(x) + ((x Aᵀ) ⊙ c) Bᵀ`` with ``A = [A₁; …]``, ``B = [w₁s₁B₁ … ]`` and ``c`` each
+    source's ``α`` repeated over its rank."""
+
+    def __init__(self, base: nn.Module, A: torch.Tensor, B: torch.Tensor, owner: torch.Tensor) -> None:
+        super().__init__()
+        self.base = base
+        self.register_buffer("A", A, persistent=False)
+        self.register_buffer("B", B, persistent=False)
+        self.register_buffer("owner", owner, persistent=False)  # flat α index of each rank column
+        self.alpha: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        assert self.alpha is not None
+        c = self.alpha.reshape(-1)[self.owner].to(self.A.dtype)
+        h = (x.to(self.A.dtype) @ self.A.T) * c
+        return y + (h @ self.B.T).to(y.dtype)
+
+
+def _sources(inputs: Sequence[tuple[Adapter, float]], target: str) -> list[tuple[int, LoraPair, float]]:
+    return [(i, a.targets[target], w) for i, (a, w) in enumerate(inputs) if target in a.targets and w != 0]
+
+
+def install(
+    model: nn.Module, inputs: Sequence[tuple[Adapter, float]], groups: dict[str, int]
+) -> list[_Mixture]:
+    """Replace every target layer of ``model`` with a :class:`_Mixture` over ``inputs``; each
+    target's columns point at ``α[adapter, groups[target]]`` (flattened)."""
+    from adaptkit.merge import resolve_targets
+
+    targets = sorted({t for a, _ in inputs for t in a.targets})
+    union = Adapter(
+        targets={t: next(p for a, _ in inputs if t in a.targets for p in [a.targets[t]]) for t in targets}
+    )
+    resolve_targets(model, union)  # every target exists with the right shape
+    n_groups = max(groups.values()) + 1 if groups else 1
+    layers = []
+    for target in targets:
+        parts = _sources(inputs, target)
+        if not parts:
+            continue
+        A = torch.cat([p.A.float() for _, p, _ in parts])
+        B = torch.cat([p.B.float() * (p.scale * w) for _, p, w in parts], dim=1)
+        owner = torch.cat(
+            [torch.full((p.rank,), i * n_groups + groups[target], dtype=torch.long) for i, p, _ in parts]
+        )
+        parent_name, _, child = target.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        base = getattr(parent, child)
+        if isinstance(base, _Mixture):
+            base = base.base
+        device = next(base.parameters()).device
+        layer = _Mixture(base, A.to(device), B.to(device), owner.to(device))
+        setattr(parent, child, layer)
+        layers.append(layer)
+    return layers
+
+
+def uninstall(model: nn.Module) -> None:
+    for name, module in list(model.named_modules()):
+        if isinstance(module, _Mixture):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.base)
+
+
+def _set_loss(model: nn.Module, records: list[list[int]], pad_id: int, device: Any) -> torch.Tensor:
+    from adaptkit.training.loop import collate, target_tokens, token_loss_sum
+
+    ids, mask = collate(records, pad_id)
+    return token_loss_sum(model, ids.to(device), mask.to(device)) / max(target_tokens(records), 1)
+
+
+def held_out_losses(model: nn.Module, sets: list[TuneSet], pad_id: int, batch_size: int, device: Any) -> dict:
+    from adaptkit.training.loop import evaluate_loss
+
+    return {s.name: evaluate_loss(model, s.held_out, pad_id, batch_size, device) for s in sets}
+
+
+def tune_weights(
+    model: nn.Module,
+    inputs: Sequence[tuple[Adapter, float, str]],
+    sets: list[TuneSet],
+    settings: TuneSettings,
+    *,
+    pad_id: int = 0,
+    progress: bool = True,
+) -> TuneResult:
+    """Fit ``α`` (see the module docstring) on the tuning parts of ``sets``.
+
+    Args:
+        model: The base model (frozen; left without the mixture layers afterwards).
+        inputs: ``(adapter, static weight, name)`` per input.
+        sets: Evaluation sets from :func:`split_set`.
+    """
+    settings.check()
+    if not sets:
+        raise AdaptkitError("--tune needs at least one evaluation set")
+    started = time.perf_counter()
+    device = next(model.parameters()).device
+    pairs = [(a, w) for a, w, _ in inputs]
+    targets = sorted({t for a, _ in pairs for t in a.targets})
+    groups = sorted({group_of(t, settings.granularity) for t in targets}, key=_natural)
+    index = {g: i for i, g in enumerate(groups)}
+    layers = install(model, pairs, {t: index[group_of(t, settings.granularity)] for t in targets})
+    for p in model.parameters():
+        p.requires_grad_(False)
+    alpha = torch.ones(len(inputs), len(groups), dtype=torch.float32, device=device)
+    for layer in layers:
+        layer.alpha = alpha
+    g = torch.Generator().manual_seed(settings.seed)
+    trace: list[float] = []
+    was_training = model.training
+    model.eval()  # no dropout: the objective is a function of α alone
+
+    def objective(batches: list[list[list[int]]]) -> torch.Tensor:
+        losses = torch.stack([_set_loss(model, b, pad_id, device) for b in batches])
+        loss = losses.max() if settings.objective == "max" else losses.mean()
+        return loss + settings.regularization * ((alpha - 1) ** 2).mean()
+
+    def sample(s: TuneSet) -> list[list[int]]:
+        if len(s.tune) <= settings.batch_size:
+            return s.tune
+        idx = torch.randperm(len(s.tune), generator=g)[: settings.batch_size].tolist()
+        return [s.tune[i] for i in idx]
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=settings.steps, desc=f"tune ({settings.method})", unit="step", leave=False, disable=None
+        )
+    try:
+        if settings.method == "gradient":
+            alpha.requires_grad_(True)
+            opt = torch.optim.Adam([alpha], lr=settings.lr)
+            for _ in range(settings.steps):
+                loss = objective([sample(s) for s in sets])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                trace.append(float(loss.detach()))
+                if bar is not None:
+                    bar.set_postfix(loss=f"{trace[-1]:.4f}")
+                    bar.update(1)
+            alpha.requires_grad_(False)
+        else:
+            fixed = [sample(s) for s in sets]
+            with torch.no_grad():
+                best = float(objective(fixed))
+                sigma = 0.3
+                for _ in range(settings.steps):
+                    keep = alpha.clone()
+                    alpha.add_(torch.randn(alpha.shape, generator=g).to(device) * sigma)
+                    value = float(objective(fixed))
+                    if value < best:
+                        best, sigma = value, sigma * 1.5
+                    else:
+                        alpha.copy_(keep)
+                        sigma *= 1.5 ** (-1 / 4)  # the 1/5 success rule
+                    trace.append(best)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{best:.4f}")
+                        bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        uninstall(model)
+        model.train(was_training)
+    values = alpha.detach().cpu()
+    return TuneResult(
+        groups=groups,
+        names=[n for _, _, n in inputs],
+        weights={grp: [float(values[i, j]) for i in range(len(inputs))] for j, grp in enumerate(groups)},
+        seconds=time.perf_counter() - started,
+        trace=trace,
+    )
+
+
+def fold(inputs: Sequence[tuple[Adapter, float, str]], result: TuneResult, granularity: str) -> list[Adapter]:
+    """Each input with ``αᵢ,g(t)`` folded into its ``B`` factors, target by target (exact)."""
+    index = {g: j for j, g in enumerate(result.groups)}
+    out = []
+    for i, (adapter, _, _) in enumerate(inputs):
+        targets = {}
+        for target, pair in adapter.targets.items():
+            a = result.weights[result.groups[index[group_of(target, granularity)]]][i]
+            targets[target] = LoraPair.with_scale(pair.A, pair.B, pair.scale * a)
+        out.append(
+            Adapter(
+                targets=targets,
+                base_model=adapter.base_model,
+                producer=adapter.producer,
+                provenance=adapter.provenance,
+                saved=adapter.saved,
+            )
+        )
+    return out
+
+
+def _natural(text: str) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
+
+
+def settings_from(block: dict[str, Any], seed: int) -> TuneSettings:
+    keys = ("granularity", "objective", "method", "steps", "lr", "batch_size", "holdout", "regularization")
+    settings = TuneSettings(seed=seed, **{k: block[k] for k in keys if block.get(k) is not None})
+    settings.check()
+    return settings
+
+
+def _load_sets(paths: list[str], tokenizer: Any, vocab: int, settings: TuneSettings) -> list[TuneSet]:
+    from pathlib import Path
+
+    from adaptkit.combine import file_sha256
+    from adaptkit.training.data import load_records
+
+    sets, seen = [], set()
+    for raw in paths:
+        path = Path(raw)
+        name = path.stem if path.stem not in seen else f"{path.stem}#{len(seen)}"
+        seen.add(name)
+        records = load_records(str(path), tokenizer, seq_len=1 << 16, vocab_size=vocab, truncate=False)
+        tune_set = split_set(name, records, settings.holdout, settings.seed)
+        tune_set.sha256 = file_sha256(path)
+        sets.append(tune_set)
+    return sets
+
+
+def load_base(model: str, *, quantize: bool, targets: list[str], registry: Any, log: Any) -> tuple[Any, Any]:
+    """The frozen base for tuning: float32, or NF4 through the qlora loader (no full-precision
+    copy of a quantized layer, as in training)."""
+    import torch
+
+    from adaptkit.models import load_causal_lm, load_tokenizer, resolve_model
+
+    folder = resolve_model(model)
+    if not quantize:
+        return load_causal_lm(str(folder), dtype="fp32")
+    from adaptkit.training.settings import LoraSettings, TrainConfig
+
+    backend = registry.get("backend", "qlora")
+    cfg = TrainConfig(backend="qlora", lora=LoraSettings(targets=targets), options={"quantize": "all-linear"})
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net = backend.load_model(cfg, folder, torch.bfloat16, device, log)
+    if net is None:
+        raise AdaptkitError("this base cannot be loaded in 4-bit for tuning; tune without quantize")
+    for m in net.modules():  # the same CPU guard the qlora backend sets
+        if type(m).__name__ == "Linear4bit":
+            m.support_avx512bf16_for_cpu = False
+    return net, load_tokenizer(folder)
+
+
+def evaluate_adapter(
+    model: nn.Module, adapter: Adapter, sets: list[TuneSet], pad_id: int
+) -> dict[str, float]:
+    """Held-out loss of every set with ``adapter`` applied (unmerged) to ``model``."""
+    device = next(model.parameters()).device
+    layers = install(model, [(adapter, 1.0)], dict.fromkeys(adapter.targets, 0))
+    one = torch.ones(1, 1, device=device)
+    for layer in layers:
+        layer.alpha = one
+    try:
+        return held_out_losses(model, sets, pad_id, 16, device)
+    finally:
+        uninstall(model)
+
+
+def heat_map(result: TuneResult, path: Any) -> None:
+    """A PNG of ``α``: adapters × groups."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise AdaptkitError("--plot needs matplotlib", hint="pip install 'adaptkit[demo]'") from None
+    from adaptkit.atomic import atomic_path
+
+    grid = [[result.weights[g][i] for g in result.groups] for i in range(len(result.names))]
+    fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(result.groups) + 2), 1.2 + 0.5 * len(result.names)))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(result.names)), result.names)
+    ax.set_xticks(range(len(result.groups)), result.groups, rotation=80, fontsize=7)
+    ax.set_title("tuned weights α (adapter × group)")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

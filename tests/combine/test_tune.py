@@ -1,0 +1,184 @@
+"""Tuned combination weights (`combine --tune`): exact folding, determinism, a held-out split
+that tuning never sees, the CLI and recipe paths, and one-line errors for bad inputs."""
+
+import json
+
+import pytest
+import torch
+
+from adaptkit import load_adapter, save_adapter
+from adaptkit.combine import AdapterInput, combine
+from adaptkit.tune import TuneResult, TuneSettings, fold, group_of, split_set, tune_weights
+from tests.models import tiny_llama
+
+
+def _random_adapter(seed, targets=("q_proj", "v_proj", "down_proj"), rank=4):
+    import adaptkit_lora as lora
+
+    model = tiny_llama()
+    torch.manual_seed(seed)
+    lora.attach(model, lora.LoraSettings(targets=list(targets), rank=rank, alpha=2.0 * rank))
+    with torch.no_grad():
+        for layer in lora.lora_layers(model).values():
+            layer.lora_B.normal_(0, 0.3)
+    return lora.extract(model)
+
+
+def _records(seed, n=12, length=10):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, 120, (length,), generator=g).tolist() for _ in range(n)]
+
+
+def _sets(seed=0):
+    return [split_set("one", _records(seed), 0.25, 0), split_set("two", _records(seed + 1), 0.25, 0)]
+
+
+def _inputs():
+    return [
+        (_random_adapter(1), 1.0, "a"),
+        (_random_adapter(2, targets=("q_proj", "o_proj"), rank=2), 0.5, "b"),
+    ]
+
+
+def test_folded_output_equals_the_tuned_weights_applied_unfolded():
+    inputs = _inputs()
+    targets = sorted({t for a, _, _ in inputs for t in a.targets})
+    groups = sorted({group_of(t, "layer") for t in targets})
+    g = torch.Generator().manual_seed(7)
+    weights = {grp: torch.randn(len(inputs), generator=g).tolist() for grp in groups}
+    result = TuneResult(groups=groups, names=["a", "b"], weights=weights)
+    folded = fold(inputs, result, "layer")
+    out = combine([AdapterInput(a, w, n) for a, (_, w, n) in zip(folded, inputs, strict=True)], "cat").adapter
+    for target in targets:
+        want = torch.zeros_like(
+            next(a.targets[target].delta(torch.float64) for a, _, _ in inputs if target in a.targets)
+        )
+        for i, (adapter, w, _) in enumerate(inputs):
+            if target in adapter.targets:
+                alpha = weights[group_of(target, "layer")][i]
+                want += alpha * w * adapter.targets[target].delta(torch.float64)
+        got = out.targets[target].delta(torch.float64)
+        assert float((got - want).norm() / want.norm()) < 1e-6, target
+
+
+def test_tuning_is_deterministic_and_never_sees_the_held_out_part():
+    settings = TuneSettings(steps=8, batch_size=4, seed=3)
+    first = tune_weights(tiny_llama(), _inputs(), _sets(), settings, progress=False)
+    again = tune_weights(tiny_llama(), _inputs(), _sets(), settings, progress=False)
+    assert first.weights == again.weights and first.trace == again.trace
+    # Replace every held-out record with something else: tuning must not change at all.
+    altered = _sets()
+    for s in altered:
+        s.held_out = [[5] * 10 for _ in s.held_out]
+    other = tune_weights(tiny_llama(), _inputs(), altered, settings, progress=False)
+    assert other.weights == first.weights
+    assert first.groups == ["layer 0", "layer 1"]
+    assert any(abs(v - 1.0) > 1e-3 for ws in first.weights.values() for v in ws)  # it moved
+
+
+@pytest.mark.parametrize("method", ["gradient", "search"])
+def test_tuning_lowers_its_objective(method):
+    settings = TuneSettings(steps=25, batch_size=16, method=method, lr=0.1, seed=0)
+    result = tune_weights(tiny_llama(), _inputs(), _sets(), settings, progress=False)
+    assert result.trace[-1] < result.trace[0], result.trace
+    if method == "search":
+        assert all(b <= a for a, b in zip(result.trace, result.trace[1:], strict=False))
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps({"input_ids": r}) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    tiny_llama().save_pretrained(tmp_path / "base")
+    a = save_adapter(_random_adapter(1), tmp_path / "a.safetensors")
+    b = save_adapter(_random_adapter(2, targets=("q_proj", "o_proj"), rank=2), tmp_path / "b.safetensors")
+    one = _write(tmp_path / "one.jsonl", _records(0))
+    two = _write(tmp_path / "two.jsonl", _records(1))
+    return tmp_path, a, b, one, two
+
+
+def test_cli_tunes_reports_held_out_losses_and_records_provenance(workspace, run_cli):
+    tmp, a, b, one, two = workspace
+    code, out, err = run_cli(
+        "combine", a, b, "--tune", one, "--tune", two, "--model", tmp / "base", "--tune-steps", "10",
+        "-o", tmp / "t.safetensors", "--plot", tmp / "alpha.png", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(out)["tune"]
+    assert set(summary["held_out_loss_before"]) == {"one", "two"} == set(summary["held_out_loss_after"])
+    assert summary["groups"] == ["layer 0", "layer 1"] and summary["adapters"] == ["a", "b"]
+    assert (tmp / "alpha.png").read_bytes()[:4] == b"\x89PNG"
+    record = load_adapter(tmp / "t.safetensors").provenance["tune"]
+    from adaptkit.combine import file_sha256
+
+    assert [s["sha256"] for s in record["sets"]] == [file_sha256(one), file_sha256(two)]
+    assert record["settings"]["objective"] == "mean" and record["weights"] == summary["weights"]
+    assert all(s["held_out_records"] == 3 and s["tune_records"] == 9 for s in record["sets"])
+
+
+def test_single_set_single_adapter_keeps_the_adapter_structure(workspace, run_cli):
+    tmp, a, _, one, _ = workspace
+    code, _, err = run_cli(
+        "combine", a, "--tune", one, "--model", tmp / "base", "--tune-steps", "5", "-s", "cat",
+        "--tune-granularity", "target", "-o", tmp / "t.safetensors",
+    )  # fmt: skip
+    assert code == 0, err
+    got, want = load_adapter(tmp / "t.safetensors"), load_adapter(a)
+    assert set(got.targets) == set(want.targets)
+    assert all(got.targets[t].rank == want.targets[t].rank for t in want.targets)
+    weights = got.provenance["tune"]["weights"]
+    assert set(weights) == set(want.targets) and all(len(w) == 1 for w in weights.values())
+
+
+def test_recipe_tune_block(workspace, run_cli):
+    tmp = workspace[0]
+    (tmp / "recipe.yaml").write_text(
+        "adapters: [a.safetensors, b.safetensors]\nstrategy: linear\noutput: r.safetensors\n"
+        "tune:\n  sets: [one.jsonl, two.jsonl]\n  model: base\n  steps: 5\n  objective: max\n"
+        "  granularity: adapter\n"
+    )
+    code, out, err = run_cli("combine", tmp / "recipe.yaml", "--json")
+    assert code == 0, err
+    tuned = json.loads(out)["tune"]
+    assert tuned["groups"] == ["all"] and tuned["settings"]["objective"] == "max"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--tune", "ONE"], "--tune needs --model"),
+        (["--tune", "EMPTY", "--model", "BASE"], "empty.jsonl: no training records"),
+        (["--tune", "WIDE", "--model", "BASE"], "outside the vocabulary"),
+        (["--tune-steps", "5"], "tuning options need evaluation sets"),
+        (["--plot", "x.png"], "--plot draws the tuned weights; it needs --tune"),
+        (["--tune", "SHORT", "--model", "BASE"], "tuning needs at least 2"),
+    ],
+)
+def test_bad_tuning_inputs_are_one_line_errors(workspace, run_cli, extra, message):
+    tmp, a, b, one, _ = workspace
+    files = {
+        "ONE": one,
+        "BASE": tmp / "base",
+        "EMPTY": _write(tmp / "empty.jsonl", []),
+        "WIDE": _write(tmp / "wide.jsonl", [[5, 6, 7, 999], [5, 6, 7]]),
+        "SHORT": _write(tmp / "short.jsonl", [[5, 6, 7]]),
+    }
+    args = [str(files.get(x, x)) for x in extra]
+    code, _, err = run_cli("combine", a, b, *args, "-o", tmp / "x.safetensors")
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err and not (tmp / "x.safetensors").exists()
+
+
+def test_tuning_on_a_4bit_base_through_the_qlora_loader(workspace, run_cli):
+    tmp, a, b, one, two = workspace
+    code, out, err = run_cli(
+        "combine", a, b, "--tune", one, "--tune", two, "--model", tmp / "base", "--tune-steps", "5",
+        "--tune-quantize", "-o", tmp / "q.safetensors", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    tuned = json.loads(out)["tune"]
+    assert tuned["quantized_base"] is True
+    assert all(v == v and v < 100 for v in tuned["held_out_loss_after"].values())  # finite losses

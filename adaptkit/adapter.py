@@ -16,6 +16,13 @@ FORMAT_VERSION = 1
 _MODULE_PATH = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 _PARAM_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
+
+def is_module_path(name: object) -> bool:
+    """A dotted module path as PyTorch names modules (``model.layers.0.q_proj``): no empty
+    segment, no slash, space or control character."""
+    return isinstance(name, str) and bool(_MODULE_PATH.fullmatch(name))
+
+
 #: Where a saved module came from (kept so formats can write it back the way they read it).
 SAVED_ORIGINS = ("modules_to_save", "base_layer")
 
@@ -99,7 +106,7 @@ class Adapter:
         if not self.targets:
             problems.append("adapter has no targets")
         for name, pair in self.targets.items():
-            if not isinstance(name, str) or not _MODULE_PATH.match(name):
+            if not isinstance(name, str) or not _MODULE_PATH.fullmatch(name):
                 problems.append(f"{name!r}: not a valid module path")
                 continue
             if not isinstance(pair, LoraPair):
@@ -141,7 +148,7 @@ def saved_module_problems(saved: dict[str, SavedModule], *, check_values: bool) 
 
     problems = []
     for module, entry in saved.items():
-        if not isinstance(module, str) or not _MODULE_PATH.match(module):
+        if not isinstance(module, str) or not _MODULE_PATH.fullmatch(module):
             problems.append(f"{module!r}: not a valid module path (saved module)")
             continue
         if not isinstance(entry, SavedModule) or entry.origin not in SAVED_ORIGINS:
@@ -151,7 +158,7 @@ def saved_module_problems(saved: dict[str, SavedModule], *, check_values: bool) 
             problems.append(f"{module}: saved module has no parameters")
         for param, tensor in entry.params.items():
             where = f"{module}.{param}"
-            if not isinstance(param, str) or not _PARAM_NAME.match(param):
+            if not isinstance(param, str) or not _PARAM_NAME.fullmatch(param):
                 problems.append(f"{module}: {param!r} is not a parameter name (saved module)")
             elif not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
                 problems.append(f"{where}: a saved module's tensors must be float tensors")

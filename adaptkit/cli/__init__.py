@@ -15,6 +15,7 @@ import traceback
 import click
 
 from adaptkit.__about__ import __version__
+from adaptkit.cli.output import terminal_safe
 from adaptkit.errors import AdaptkitError
 
 
@@ -114,13 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     except AdaptkitError as exc:
         if _debug_requested(args):
             traceback.print_exc()
-        click.echo(f"error: {exc.one_line()}", err=True)
+        click.echo(f"error: {terminal_safe(exc.one_line())}", err=True)
         code = exc.exit_code
     except OSError as exc:  # the disk, not adaptkit: full, read-only, gone
         if _debug_requested(args):
             traceback.print_exc()
         where = f"{exc.filename}: " if exc.filename else ""
-        click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        click.echo(terminal_safe(f"error: {where}{exc.strerror or exc}"), err=True)
         code = 2
     except click.exceptions.Abort:
         click.echo("error: interrupted", err=True)
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         code = 130
     except click.ClickException as exc:
         where = f" (see '{exc.ctx.command_path} --help')" if getattr(exc, "ctx", None) else ""
-        click.echo(f"error: {' '.join(exc.format_message().split())}{where}", err=True)
+        click.echo(terminal_safe(f"error: {' '.join(exc.format_message().split())}{where}"), err=True)
         code = 2
     else:
         code = rv if isinstance(rv, int) else 0

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from adaptkit.cli.output import echo_json, echo_table
+from adaptkit.cli.output import echo_json, echo_table, say
 from adaptkit.errors import AdaptkitError
 
 
@@ -165,7 +165,7 @@ def command(
             "quantize": tune_quantize,
         },
         plot=plot,
-        log=lambda m: click.echo(m, err=True),
+        log=say,
     )
     if as_json:
         echo_json(summary)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from adaptkit.cli.output import echo_json
+from adaptkit.cli.output import echo_json, say
 from adaptkit.errors import AdaptkitError
 
 
@@ -136,7 +136,7 @@ def command(
         "base_dtype": base_dtype,
     }
     request = ExportRequest(model=model, adapters=named, output=output, force=force, options=options)
-    report = exp.export(request, (lambda m: None) if as_json else (lambda m: click.echo(m, err=True)))
+    report = exp.export(request, (lambda m: None) if as_json else say)
     if as_json:
         echo_json(report)
     else:

@@ -1,12 +1,40 @@
-"""Small helpers shared by commands: JSON output and aligned tables."""
+"""Small helpers shared by commands: terminal-safe text, JSON output and aligned tables.
+
+Names in messages and tables come from files (tensor names, module paths, config values): a
+control character among them (ESC, OSC, CR, ...) would drive the user's terminal — clear the
+screen, retitle the window, hide text. Everything printed for a person goes through
+:func:`terminal_safe`; JSON output is escaped by ``json.dumps`` itself.
+"""
 
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
 import click
+
+
+def terminal_safe(text: Any) -> str:
+    """``text`` with every control character (C0, DEL, C1; Unicode category ``Cc``) and
+    bidirectional override shown as an escape (``\\x1b``), so printing it cannot act on the
+    terminal."""
+    out = []
+    for ch in str(text):
+        if unicodedata.category(ch) == "Cc" or ch in _BIDI:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+_BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def say(message: Any) -> None:
+    """One line of progress on stderr, terminal-safe."""
+    click.echo(terminal_safe(message), err=True)
 
 
 def echo_json(data: Any) -> None:
@@ -15,7 +43,7 @@ def echo_json(data: Any) -> None:
 
 def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Print rows as a left-aligned table (numbers right-aligned)."""
-    cells = [[str(h) for h in headers]] + [[_fmt(v) for v in row] for row in rows]
+    cells = [[terminal_safe(h) for h in headers]] + [[terminal_safe(_fmt(v)) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     numeric = [all(isinstance(row[i], (int, float)) for row in rows) for i in range(len(headers))]
     for n, row in enumerate(cells):

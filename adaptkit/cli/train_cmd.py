@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from adaptkit.cli.output import echo_json
+from adaptkit.cli.output import echo_json, say
 from adaptkit.errors import AdaptkitError, OutputError
 
 # flag name -> (TrainConfig / LoraSettings field, where)
@@ -129,7 +129,7 @@ def command(recipe: Path | None, force: bool, as_json: bool, **flags: Any) -> No
         raise OutputError("output exists", path=out, hint="pass --force to replace it")
     if out.is_dir():
         raise OutputError("output is a directory; expected an adapter file path", path=out)
-    result = run_training(cfg, registry=registry, progress=not as_json, log=lambda m: click.echo(m, err=True))
+    result = run_training(cfg, registry=registry, progress=not as_json, log=say)
     summary = {
         "output": str(out),
         "backend": cfg.backend,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any, ClassVar
@@ -44,7 +45,10 @@ class OnnxExporter:
         dtype = o.get("dtype") or "float32"
         if dtype not in DEFAULT_ATOL:
             raise AdaptkitError(f"unknown dtype {dtype!r}; valid: float32, float16", key="--dtype")
-        atol = float(o.get("atol") or DEFAULT_ATOL[dtype])
+        atol = float(DEFAULT_ATOL[dtype] if o.get("atol") is None else o["atol"])
+        if not (math.isfinite(atol) and atol > 0):
+            # NaN would make every comparison false: the parity check would pass anything.
+            raise AdaptkitError(f"--atol must be a positive finite number, got {atol!r}", key="--atol")
         verify = o.get("verify", True)
         # Adapters merge in the dtype the base loads in: float32 unless asked (a bf16 merge would
         # round small updates away before the graph is even built).

@@ -57,6 +57,15 @@ def export_with_lora_inputs(
 
     if not adapters:
         raise AdaptkitError("--lora-inputs needs at least one --adapter")
+    files: dict[str, str] = {}
+    for a in adapters:  # sanitised names must stay distinct, or one file would hold two adapters
+        key = (_FILE_SAFE.sub("_", a.name) + ".onnx_adapter").lower()
+        if key in files:
+            raise AdaptkitError(
+                f"adapters {files[key]!r} and {a.name!r} would both be written to {key!r}",
+                hint="give them names that differ in letters or digits (name: in a manifest YAML)",
+            )
+        files[key] = a.name
     with_saved = [a.name for a in adapters if a.adapter.saved]
     if with_saved:
         raise AdaptkitError(

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
-from adaptkit.adapter import Adapter, BaseModelInfo, Producer, SavedModule
+from adaptkit.adapter import Adapter, BaseModelInfo, Producer, SavedModule, is_module_path
 from adaptkit.errors import AdaptkitError, FormatError, InvalidAdapterError, OutputError
 from adaptkit_peft.config import CONFIG_NAME, load_config, module_rank_alpha
 
@@ -67,6 +67,9 @@ class PeftFormat:
                     problems.append(problem)
                 continue
             kind = m["kind"]
+            if not is_module_path(m["module"]):
+                problems.append(f"{key!r}: {m['module']!r} is not a dotted module path")
+                continue
             if kind.startswith("lora_embedding"):
                 raise AdaptkitError(
                     "embedding LoRA (lora_embedding_A/B) is not supported",
@@ -188,6 +191,8 @@ def _saved_tensor(key: str, tensor: Any, listed: list[str], saved: dict[str, Sav
     if not key.startswith(PREFIX):
         return f"{key}: matches no LoRA key pattern (PEFT keys start with {PREFIX!r})"
     module, _, param = key[len(PREFIX) :].rpartition(".")
+    if not is_module_path(module) or not param.isidentifier():
+        return f"{key!r}: {module!r} is not a dotted module path"
     if module.endswith(".base_layer"):
         target = module[: -len(".base_layer")]
         saved.setdefault(target, SavedModule(params={}, origin="base_layer")).params[param] = tensor

@@ -9,16 +9,13 @@ import pytest
 import torch
 
 from adaptkit import load_adapter
+from adaptkit.testing import counting_records
 from adaptkit.training.loop import evaluate_loss, run_training
 from adaptkit.training.settings import LoraSettings, TrainConfig
 from tests.models import tiny_llama
 
-
-def pattern_records(n=32, length=24, seed=0):
-    """Counting sequences (next token = this token + 1, modulo 40) from random starts."""
-    g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, 40, (n,), generator=g).tolist()
-    return [[3 + (s + k) % 40 for k in range(length)] for s in starts]
+# Counting sequences (next token = this token + 1, modulo 40) from random starts.
+pattern_records = counting_records
 
 
 def trainable_llama():

@@ -157,28 +157,47 @@ def create_plugin_manager(
         infos[name] = info
         try:
             plugin = ep.load()
-        except Exception as exc:  # a broken third-party plugin must not break the tool
-            info.error = f"{type(exc).__name__}: {exc}"
+        except (Exception, SystemExit) as exc:  # a broken plugin must not break (or exit) the tool
+            info.error = f"{type(exc).__name__} while importing: {exc}"
             continue
-        pm.register(plugin, name=name)
+        _register(pm, plugin, info)
     for name, plugin in extra:
-        pm.register(plugin, name=name)
-        infos[name] = PluginInfo(name=name, module=getattr(plugin, "__name__", repr(plugin)))
+        info = PluginInfo(name=name, module=getattr(plugin, "__name__", repr(plugin)))
+        infos[name] = info
+        _register(pm, plugin, info)
 
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(
-            f"plugin {exc.plugin_name if hasattr(exc, 'plugin_name') else '?'} implements an "
-            f"unknown hook: {exc}",
-            hint="hooks are register_formats, register_backends, register_merge_strategies, "
-            "register_exporters, register_commands",
-        ) from None
+    # A hookimpl named like no hookspec (a typo) is reported on its plugin, which is skipped.
+    while True:
+        try:
+            pm.check_pending()
+            break
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin) if getattr(exc, "plugin", None) is not None else None
+            if name is None or name not in infos:
+                raise PluginError(f"a plugin implements an unknown hook: {exc}") from None
+            infos[name].error = f"implements an unknown hook ({exc}); {_HOOKS_HINT}"
+            pm.unregister(name=name)
     for name, info in infos.items():
         plugin = pm.get_plugin(name)
         if plugin is not None:
             info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
     return pm, infos
+
+
+_HOOKS_HINT = (
+    "hooks are register_formats, register_backends, register_merge_strategies, register_exporters, "
+    "register_commands"
+)
+
+
+def _register(pm: Any, plugin: Any, info: PluginInfo) -> None:
+    """Register one plugin; a hookimpl whose signature the hookspec lacks marks it failed."""
+    import pluggy
+
+    try:
+        pm.register(plugin, name=info.name)
+    except (pluggy.PluginValidationError, ValueError) as exc:
+        info.error = f"invalid hook implementation: {' '.join(str(exc).split())}"
 
 
 def _check_contract(kind: str, obj: Any, plugin: str) -> str:
@@ -221,14 +240,34 @@ def load_registry(*, env: Mapping[str, str] | None = None, extra: Iterable[tuple
 
     pm, infos = create_plugin_manager(env=env, extra=extra)
     registry = Registry(pm=pm, plugins=infos)
+    for kind in KINDS:
+        registry.entries[kind] = {}
     for kind, (hook_name, _, _) in KINDS.items():
-        table: dict[str, Registration] = {}
-        registry.entries[kind] = table
+        table = registry.entries[kind]
         hook = getattr(pm.hook, hook_name)
         for impl in hook.get_hookimpls():  # registration order
+            if infos.get(impl.plugin_name) is not None and infos[impl.plugin_name].error:
+                continue
             register = _make_register(table, kind, impl.plugin_name)
-            impl.function(**{arg: register for arg in impl.argnames})
+            try:
+                impl.function(**{arg: register for arg in impl.argnames})
+            except PluginError:
+                raise  # a clash or an invalid object: the registering plugin is named
+            except (Exception, SystemExit) as exc:  # a hook that raises: skip its plugin whole
+                disable_plugin(registry, impl.plugin_name, f"{hook_name} raised {type(exc).__name__}: {exc}")
     return registry
+
+
+def disable_plugin(registry: Registry, name: str, reason: str) -> None:
+    """Mark plugin ``name`` failed with ``reason`` and drop everything it registered."""
+    info = registry.plugins.get(name)
+    if info is not None:
+        info.error = reason
+    for table in registry.entries.values():
+        for key in [k for k, r in table.items() if r.plugin == name]:
+            del table[key]
+    if registry.pm.get_plugin(name) is not None:
+        registry.pm.unregister(name=name)
 
 
 _cached: Registry | None = None

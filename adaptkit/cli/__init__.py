@@ -29,12 +29,20 @@ class AdaptkitGroup(click.Group):
             return
         self._plugins_loaded = True
         from adaptkit.errors import PluginError
-        from adaptkit.plugins import get_registry
+        from adaptkit.plugins import disable_plugin, get_registry
 
-        hook = get_registry().pm.hook.register_commands
+        registry = get_registry()
+        hook = registry.pm.hook.register_commands
         for impl in hook.get_hookimpls():
             before = dict(self.commands)
-            impl.function(**{arg: self for arg in impl.argnames})
+            try:
+                impl.function(**{arg: self for arg in impl.argnames})
+            except (Exception, SystemExit) as exc:  # a broken plugin loses its commands, nothing else
+                self.commands = before
+                disable_plugin(
+                    registry, impl.plugin_name, f"register_commands raised {type(exc).__name__}: {exc}"
+                )
+                continue
             for name, cmd in list(self.commands.items()):
                 if name in before and before[name] is not cmd:
                     self.commands[name] = before[name]

@@ -2,7 +2,10 @@
 
 Writers produce a temp file *in the destination's folder* (so the final ``os.replace`` is a
 same-filesystem rename, which POSIX makes atomic), fsync it, rename it over the destination
-and fsync the folder. Any failure, ``KeyboardInterrupt`` included, removes the temp file.
+and fsync the folder. Any failure, ``KeyboardInterrupt`` included (and SIGTERM/SIGHUP, which the
+CLI turns into an exception), removes the temp file. Temp names carry the writer's process id
+(``.OUT.<pid>.<random>.tmp``): a temp left by a process that no longer exists (SIGKILL, power
+loss) is removed by the next write to the same destination.
 """
 
 from __future__ import annotations
@@ -28,6 +31,71 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def sweep_stale_temps(dest: Path) -> list[Path]:
+    """Remove temps beside ``dest`` left by writers whose process is gone; returns them.
+
+    Only names this module makes are touched (``.<name>.<pid>.<random>.tmp`` / ``.old``), and
+    only when ``<pid>`` is not a running process, so a concurrent writer's temp is never hit.
+    """
+    import re
+    import shutil
+
+    folder = dest.parent if str(dest.parent) else Path(".")
+    pattern = re.compile(re.escape(f".{dest.name}.") + r"(\d+)\.[^/]*\.(?:tmp|old)")
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        if entry.name.endswith(".old") and not dest.exists():
+            continue  # the only copy of a previous output whose swap was cut short: keep it
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+        except OSError:
+            pass
+    return removed
+
+
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP back for a few system calls; they arrive right after."""
+    import signal
+
+    wanted = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process (or an absurd number): leave it alone
+    return True
+
+
+def _prefix(dest: Path) -> str:
+    return f".{dest.name}.{os.getpid()}."
+
+
 def _target_mode(dest: Path) -> int:
     try:
         return dest.stat().st_mode & 0o7777
@@ -44,24 +112,26 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     """
     dest = Path(destination)
     folder = dest.parent if str(dest.parent) else Path(".")
+    sweep_stale_temps(dest)
+    tmp: Path | None = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise _output_error(exc, dest) from exc
-    tmp = Path(tmp_name)
-    # mkstemp creates 0600; give the output the mode a plain open() would (or keep the old one).
-    try:
-        os.fchmod(fd, _target_mode(dest))
-    finally:
-        os.close(fd)
-    try:
+        # Signals wait until the temp exists *and* the cleanup below covers it.
+        with _signals_blocked():
+            fd, tmp_name = tempfile.mkstemp(prefix=_prefix(dest), suffix=".tmp", dir=folder)
+            tmp = Path(tmp_name)
+            # mkstemp creates 0600; give the output the mode a plain open() would (or the old one's).
+            try:
+                os.fchmod(fd, _target_mode(dest))
+            finally:
+                os.close(fd)
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
     except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
         if isinstance(exc, OSError):
             raise _output_error(exc, dest) from exc
         raise
@@ -91,32 +161,40 @@ def atomic_directory(destination: str | os.PathLike[str], *, overwrite: bool = F
         from adaptkit.errors import OutputError
 
         raise OutputError("output exists", path=dest, hint="pass --force to replace it")
+    sweep_stale_temps(dest)
+    tmp: Path | None = None
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent))
-    except OSError as exc:
-        raise _output_error(exc, dest) from exc
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
+        with _signals_blocked():  # as in atomic_path: no moment where a temp escapes cleanup
+            tmp = Path(tempfile.mkdtemp(prefix=_prefix(dest), suffix=".tmp", dir=parent))
+            os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
         for sub in tmp.rglob("*"):
             if sub.is_file():
                 with open(sub, "rb") as fh:
                     os.fsync(fh.fileno())
         old = None
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=parent))
-            os.rmdir(old)
-            os.replace(dest, old)
+        swapped = False
         try:
-            os.replace(tmp, dest)
-        except BaseException:
-            if old is not None:
-                os.replace(old, dest)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            with _signals_blocked():  # the two renames happen together or not at all
+                if dest.exists():
+                    old = Path(tempfile.mkdtemp(prefix=_prefix(dest), suffix=".old", dir=parent))
+                    os.rmdir(old)
+                    os.replace(dest, old)
+                try:
+                    os.replace(tmp, dest)
+                except BaseException:
+                    if old is not None:
+                        os.replace(old, dest)
+                    raise
+                swapped = True
+        finally:
+            # A signal held back during the swap arrives as the block ends: the new output is
+            # complete by then, so the previous one is removed either way.
+            if swapped and old is not None:
+                shutil.rmtree(old, ignore_errors=True)
     except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):
             raise _output_error(exc, dest) from exc
         raise

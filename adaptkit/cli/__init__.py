@@ -8,9 +8,13 @@ usage error) prints a single ``error: ...`` line on stderr and exits with code 2
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
 
 import click
 
@@ -115,11 +119,40 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("ADAPTKIT_DEBUG", "") not in ("", "0")
 
 
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM or SIGHUP so that, like Ctrl-C, every temp output
+    is removed on the way out (a plain kill would leave them behind)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind the stack (running every cleanup) while a command runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handled = [sig for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if sig]
+    previous = {sig: signal.signal(sig, _on_signal) for sig in handled}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns (and exits with) the process exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        rv = cli.main(args=args, prog_name="adaptkit", standalone_mode=False)
+        with _terminate_cleanly():
+            rv = cli.main(args=args, prog_name="adaptkit", standalone_mode=False)
     except AdaptkitError as exc:
         if _debug_requested(args):
             traceback.print_exc()
@@ -137,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         code = 130
+    except Terminated as exc:
+        click.echo(f"error: terminated ({signal.Signals(exc.signum).name}); nothing was written", err=True)
+        code = 128 + exc.signum
     except click.ClickException as exc:
         where = f" (see '{exc.ctx.command_path} --help')" if getattr(exc, "ctx", None) else ""
         click.echo(terminal_safe(f"error: {' '.join(exc.format_message().split())}{where}"), err=True)

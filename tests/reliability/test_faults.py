@@ -151,7 +151,16 @@ def _big_model(folder, n=24, size=2048):
     return save_adapter(adapter, folder.parent / "big-a.safetensors")
 
 
-def test_ctrl_c_mid_write_cleans_temps(tmp_path):
+@pytest.mark.parametrize(
+    ("sig", "code", "message"),
+    [
+        (signal.SIGINT, 130, "error: interrupted"),
+        (signal.SIGTERM, 143, "error: terminated (SIGTERM); nothing was written"),
+        (signal.SIGHUP, 129, "error: terminated (SIGHUP); nothing was written"),
+    ],
+    ids=["ctrl-c", "sigterm", "sighup"],
+)
+def test_ctrl_c_mid_write_cleans_temps(tmp_path, sig, code, message):
     adapter = _big_model(tmp_path / "big")
     out = tmp_path / "merged"
     cmd = [
@@ -184,14 +193,14 @@ def test_ctrl_c_mid_write_cleans_temps(tmp_path):
         deadline = time.time() + 120
         while not leftovers(tmp_path) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.001)  # wait until the temp output folder exists: we are mid-write
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
-        if proc.returncode == 130:
+        if proc.returncode == code:
             interrupted += 1
-            assert err.strip().splitlines()[-1] == "error: interrupted"
+            assert err.strip().splitlines()[-1] == message
             assert out.exists() == existed  # an earlier complete output survives; none appears
         else:  # finished first
-            assert proc.returncode in (0, -signal.SIGINT), err[-2000:]
+            assert proc.returncode in (0, -sig), err[-2000:]
         if out.exists():  # whatever is there is complete
             size = (out / "model.safetensors").stat().st_size
             assert size == (tmp_path / "big" / "model.safetensors").stat().st_size
@@ -311,3 +320,33 @@ def test_read_only_destination_simulated(inputs, tmp_path, run_cli, monkeypatch)
         code, _, err = run_cli(*WRITERS[writer](inputs, out))
         assert code == 2 and "cannot write the output (Permission denied)" in err, err
         assert not out.exists()
+
+
+def test_temps_of_dead_writers_are_swept_by_the_next_write(inputs, tmp_path, run_cli):
+    """A writer killed with SIGKILL leaves its temp; the next write to that output removes it,
+    but never a live writer's temp, nor the only copy of an output whose swap was cut short."""
+    a, b = inputs / "a.safetensors", inputs / "b.safetensors"
+    out = tmp_path / "ab.safetensors"
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(gone.stdout)  # that process has exited
+    stale = tmp_path / f".ab.safetensors.{dead_pid}.x1y2.tmp"
+    stale.write_bytes(b"half a file")
+    stale_dir = tmp_path / f".ab.safetensors.{dead_pid}.z3.tmp"
+    stale_dir.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        busy = tmp_path / f".ab.safetensors.{live.pid}.w4.tmp"
+        busy.write_bytes(b"being written")
+        code, _, err = run_cli("combine", a, b, "-o", out)
+        assert code == 0, err
+        assert not stale.exists() and not stale_dir.exists() and busy.exists()
+    finally:
+        live.kill()
+        live.wait()
+    orphan = tmp_path / f".gone.safetensors.{dead_pid}.q.old"
+    orphan.mkdir()
+    from adaptkit.atomic import sweep_stale_temps
+
+    assert sweep_stale_temps(tmp_path / "gone.safetensors") == [] and orphan.exists()

@@ -4,11 +4,15 @@ PEFT resolves a module's rank and alpha by trying each ``rank_pattern`` / ``alph
 key in order and taking the first for which ``re.match(rf"(.*\\.)?({key})$", module)``
 succeeds, falling back to ``r`` / ``lora_alpha``. The scale is ``alpha / r``, or
 ``alpha / sqrt(r)`` with ``use_rslora``.
+
+The keys are regexes from downloaded files, so they are matched with the ``regex`` engine
+(``re``-compatible syntax) under a time limit, not Python's ``re``, where a pattern such as
+``((a+))+`` can backtrack for minutes: a pattern that does not finish within
+:data:`MATCH_SECONDS` for one module is refused, naming it.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +41,8 @@ _REFUSED: dict[str, str] = {
 # init_lora_weights values that rewrite the base model's weights when the adapter is created,
 # so the adapter is only meaningful against that modified base.
 _BASE_MODIFYING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
-# A heuristic guard against patterns with nested quantifiers (catastrophic backtracking),
-# since rank_pattern / alpha_pattern keys come from downloaded files and are regexes.
-_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*](?:[^()\\]|\\.)*\)\s*[+*{]")
+#: Longest a rank_pattern / alpha_pattern key may take to match one module name.
+MATCH_SECONDS = 0.25
 
 
 def _is_set(value: Any) -> bool:
@@ -103,31 +106,40 @@ def load_config(path: Path) -> dict[str, Any]:
 
 
 def _check_pattern(pattern: str, path: Path, key: str) -> None:
-    if _NESTED_QUANTIFIER.search(pattern):
-        raise AdaptkitError(
-            f"pattern {pattern!r} has nested quantifiers (possible catastrophic "
-            "backtracking); refusing to evaluate it",
-            path=path,
-            key=key,
-        )
+    import regex
+
     try:
-        re.compile(pattern)
-    except re.error as exc:
+        regex.compile(pattern)
+    except (regex.error, OverflowError, RecursionError) as exc:
         raise AdaptkitError(f"pattern {pattern!r} is not a valid regex: {exc}", path=path, key=key) from None
 
 
-def match_pattern(patterns: dict[str, Any] | None, module: str) -> str | None:
-    """The first pattern key PEFT would pick for ``module`` (or ``None``)."""
-    for key in patterns or {}:
-        if re.match(rf"(.*\.)?({key})$", module):
-            return key
+def match_pattern(
+    patterns: dict[str, Any] | None, module: str, *, key: str = "rank_pattern", path: Path | None = None
+) -> str | None:
+    """The first pattern key PEFT would pick for ``module`` (or ``None``), each match bounded
+    in time (:data:`MATCH_SECONDS`)."""
+    import regex
+
+    for pattern in patterns or {}:
+        try:
+            found = regex.match(rf"(.*\.)?({pattern})$", module, timeout=MATCH_SECONDS)
+        except TimeoutError:
+            raise AdaptkitError(
+                f"pattern {pattern!r} takes longer than {MATCH_SECONDS:g} s to match {module!r} "
+                "(catastrophic backtracking); refusing it",
+                path=path,
+                key=key,
+            ) from None
+        if found:
+            return pattern
     return None
 
 
-def module_rank_alpha(cfg: dict[str, Any], module: str) -> tuple[int, float]:
+def module_rank_alpha(cfg: dict[str, Any], module: str, path: Path | None = None) -> tuple[int, float]:
     """``(r, alpha)`` PEFT uses for ``module``."""
-    rank_key = match_pattern(cfg.get("rank_pattern"), module)
-    alpha_key = match_pattern(cfg.get("alpha_pattern"), module)
+    rank_key = match_pattern(cfg.get("rank_pattern"), module, key="rank_pattern", path=path)
+    alpha_key = match_pattern(cfg.get("alpha_pattern"), module, key="alpha_pattern", path=path)
     r = cfg["rank_pattern"][rank_key] if rank_key is not None else cfg["r"]
     alpha = cfg["alpha_pattern"][alpha_key] if alpha_key is not None else cfg["lora_alpha"]
     return int(r), float(alpha)

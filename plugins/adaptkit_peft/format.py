@@ -96,7 +96,7 @@ class PeftFormat:
             if missing:
                 problems.append(f"{PREFIX}{module}.{missing[0]}.weight: missing (its pair is present)")
                 continue
-            r, alpha = module_rank_alpha(cfg, module)
+            r, alpha = module_rank_alpha(cfg, module, folder / CONFIG_NAME)
             A, B = pair["A"], pair["B"]
             if A.ndim != 2 or A.shape[0] != r:
                 problems.append(

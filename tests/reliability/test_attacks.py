@@ -62,3 +62,36 @@ def test_error_about_a_non_adapter_never_echoes_its_content(run_cli, tmp_path):
     yaml.write_text("adapter: [TOPSECRET\n")
     code, _, err = run_cli("validate", yaml)
     assert code == 2 and "TOPSECRET" not in err
+
+
+@pytest.mark.parametrize(
+    ("pattern", "refused"),
+    [
+        ("((a+))+", False),  # minutes under Python's re; the bounded engine decides at once
+        (".*" * 14 + "X", False),
+        ("(.*){1,32000}[bc]", True),  # still too slow: refused by the time limit, named
+    ],
+)
+def test_hostile_rank_patterns_cost_bounded_time(tmp_path, pattern, refused):
+    import json
+    import time
+
+    from peft import LoraConfig, get_peft_model
+
+    from adaptkit import load_spec
+    from adaptkit.errors import AdaptkitError
+    from tests.models import tiny_llama
+
+    model = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    model.save_pretrained(tmp_path / "p")
+    config = json.loads((tmp_path / "p" / "adapter_config.json").read_text())
+    config["rank_pattern"] = {pattern: 4}
+    (tmp_path / "p" / "adapter_config.json").write_text(json.dumps(config))
+    started = time.perf_counter()
+    if refused:
+        with pytest.raises(AdaptkitError, match=r"takes longer than 0\.25 s to match") as info:
+            load_spec(tmp_path / "p")
+        assert "adapter_config.json" in str(info.value) and "rank_pattern" in str(info.value)
+    else:
+        assert load_spec(tmp_path / "p").targets
+    assert time.perf_counter() - started < 5

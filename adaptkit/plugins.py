@@ -3,7 +3,8 @@
 Nothing happens at import time: :func:`load_registry` builds a pluggy ``PluginManager``, loads
 the ``adaptkit`` entry points (builtins and third parties alike), validates hook names with
 ``check_pending()``, then calls each ``register_<things>`` hook *per plugin* so every
-registration is attributed to the plugin that made it.
+registration is attributed to the plugin that made it. A plugin that fails any of these steps
+(import, hook names or signatures, a hook that raises) is recorded with the reason and skipped.
 
 Environment variables:
     ``ADAPTKIT_LOAD_PLUGINS``: comma-separated entry-point names; load only these (an empty

@@ -219,9 +219,22 @@ def adapter_to_bytes(adapter: Adapter) -> bytes:
             if key in tensors:
                 raise InvalidAdapterError(f"saved module tensor {key!r} collides with a LoRA factor's name")
             tensors[key] = tensor.detach().contiguous().cpu()
+    tensors = unshared(tensors)
     # A single metadata key: safetensors writes metadata from a hash map, so several keys
     # would come out in a random order and identical adapters would differ in bytes.
     return st_save(tensors, metadata={MANIFEST_KEY: text})
+
+
+def unshared(tensors: dict[str, Any]) -> dict[str, Any]:
+    """``tensors`` with any storage used twice copied (safetensors refuses shared memory, e.g.
+    two targets holding the very same factor tensors)."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for key, tensor in tensors.items():
+        span = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        out[key] = tensor.clone() if span in seen and tensor.numel() else tensor
+        seen.add(span)
+    return out
 
 
 def save_adapter(adapter: Adapter, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:

@@ -162,7 +162,9 @@ class PeftFormat:
             infix = ".base_layer" if entry.origin == "base_layer" else ""
             for param, tensor in sorted(entry.params.items()):
                 tensors[f"{PREFIX}{module}{infix}.{param}"] = tensor.detach().contiguous().cpu()
-        blob = st_save(tensors, metadata={"format": "pt"})
+        from adaptkit.native import unshared
+
+        blob = st_save(unshared(tensors), metadata={"format": "pt"})
         provenance = {
             "producer": {k: v for k, v in vars(adapter.producer).items() if v is not None},
             "provenance": adapter.provenance,

@@ -277,3 +277,14 @@ def test_schema_error_type_for_manifest_on_save(tmp_path):
     with pytest.raises(SchemaError, match=r"base_model\.name"):
         save_adapter(adapter, tmp_path / "x.safetensors")
     assert _ls(tmp_path) == []
+
+
+def test_targets_sharing_one_tensor_save_and_load(tmp_path):
+    """safetensors refuses shared storage; the writer copies a tensor used twice."""
+    import torch
+
+    from adaptkit import Adapter, LoraPair, load_adapter, save_adapter
+
+    pair = LoraPair(torch.ones(2, 6), torch.ones(8, 2), alpha=2.0)
+    back = load_adapter(save_adapter(Adapter({"a.q": pair, "b.q": pair}), tmp_path / "s.safetensors"))
+    assert torch.equal(back.targets["a.q"].A, back.targets["b.q"].A) and set(back.targets) == {"a.q", "b.q"}

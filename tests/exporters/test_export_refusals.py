@@ -41,3 +41,42 @@ def test_parity_tolerance_must_be_positive_and_finite(setup, run_cli, atol):
         "--atol", atol,
     )  # fmt: skip
     assert code == 2 and "--atol must be a positive finite number" in err and not (setup / "out").exists()
+
+
+def _two_names_for_one_tensor(tmp_path, model_type):
+    from safetensors.torch import save_file
+
+    from adaptkit import Adapter, LoraPair
+
+    folder = tmp_path / f"m-{model_type}"
+    folder.mkdir()
+    (folder / "config.json").write_text(f'{{"model_type": "{model_type}"}}')
+    save_file({"model.layers.0.q.weight": torch.zeros(8, 6)}, folder / "model.safetensors")
+    g = torch.Generator().manual_seed(0)
+    pair = LoraPair(torch.randn(2, 6, generator=g), torch.randn(8, 2, generator=g), alpha=2.0)
+    adapter = Adapter({"model.layers.0.q": pair, "x.model.layers.0.q": pair})
+    return folder, save_adapter(adapter, tmp_path / f"two-{model_type}.safetensors")
+
+
+def test_two_targets_naming_one_tensor_are_refused_not_half_merged(tmp_path, run_cli):
+    # A model type transformers does not know: names are matched as stored or without their
+    # first component, so both targets land on one tensor.
+    folder, adapter = _two_names_for_one_tensor(tmp_path, "made-up")
+    code, _, err = run_cli("export", "--merged", "--model", folder, "-a", adapter, "-o", tmp_path / "out")
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert "resolves to model.layers.0.q.weight, as model.layers.0.q does: ambiguous targets" in err
+
+
+def test_integer_target_weights_are_refused(tmp_path, run_cli):
+    from safetensors.torch import save_file
+
+    from adaptkit import Adapter, LoraPair
+
+    folder = tmp_path / "int8"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "made-up"}')
+    save_file({"layer.q.weight": torch.zeros(8, 6, dtype=torch.int8)}, folder / "model.safetensors")
+    adapter = Adapter({"layer.q": LoraPair(torch.ones(2, 6), torch.ones(8, 2), alpha=2.0)})
+    path = save_adapter(adapter, tmp_path / "a8.safetensors")
+    code, _, err = run_cli("export", "--merged", "--model", folder, "-a", path, "-o", tmp_path / "out")
+    assert code == 2 and "layer.q.weight is I8, not a float weight" in err and not (tmp_path / "out").exists()

@@ -181,9 +181,7 @@ def install(
     from adaptkit.merge import resolve_targets
 
     targets = sorted({t for a, _ in inputs for t in a.targets})
-    union = Adapter(
-        targets={t: next(p for a, _ in inputs if t in a.targets for p in [a.targets[t]]) for t in targets}
-    )
+    union = Adapter(targets={t: next(a.targets[t] for a, _ in inputs if t in a.targets) for t in targets})
     resolve_targets(model, union)  # every target exists with the right shape
     n_groups = max(groups.values()) + 1 if groups else 1
     layers = []

@@ -39,7 +39,16 @@ class QloraBackend:
             raise AdaptkitError(f"quantize must be 'targets' or 'all-linear', got {scope!r}", key="quantize")
         if opts.get("compute_dtype", "bf16") not in ("bf16", "fp16", "fp32"):
             raise AdaptkitError("compute_dtype must be bf16, fp16 or fp32", key="compute_dtype")
-        return {**opts, "blocksize": int(opts.get("blocksize", 64)), "quantize": scope}
+        from adaptkit_qlora.quantize import check_blocksize
+
+        try:
+            blocksize = int(opts.get("blocksize", 64))
+        except (TypeError, ValueError):
+            raise AdaptkitError(
+                f"blocksize must be an integer, got {opts['blocksize']!r}", key="blocksize"
+            ) from None
+        check_blocksize(blocksize)
+        return {**opts, "blocksize": blocksize, "quantize": scope}
 
     @staticmethod
     def _cuda(config: Any) -> bool:

@@ -137,25 +137,16 @@ def load(
 ) -> Any:
     """The model of :func:`plan`, loaded: ``quantize`` layers in NF4 on ``device``, the rest
     in ``dtype``. ``progress`` is called with the number of tensors done."""
-    from bitsandbytes.nn import Linear4bit, Params4bit
+    from bitsandbytes.nn import Params4bit
+
+    from adaptkit_qlora.quantize import empty_linear4bit
 
     model = prepared["model"]
     keep_fp32 = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
     for name in quantize:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        old = getattr(parent, child)
-        q = Linear4bit(
-            old.in_features,
-            old.out_features,
-            bias=old.bias is not None,
-            compute_dtype=compute_dtype,
-            compress_statistics=True,
-            quant_type="nf4",
-            device="meta",
-        )
-        q.support_avx512bf16_for_cpu = False  # see QloraBackend.prepare: one exact CPU path
-        setattr(parent, child, q)
+        setattr(parent, child, empty_linear4bit(getattr(parent, child), compute_dtype=compute_dtype))
     targets = {f"{n}.weight" for n in quantize}
     since_trim = 0
     for i, (name, (path, offset, info)) in enumerate(

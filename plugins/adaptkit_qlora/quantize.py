@@ -18,17 +18,18 @@ from adaptkit.errors import AdaptkitError
 BLOCKSIZES = (64, 128, 256, 512, 1024, 2048, 4096)
 
 
-def quantize_linear(linear: nn.Linear, *, blocksize: int, compute_dtype: torch.dtype) -> nn.Module:
-    """An NF4 ``Linear4bit`` (double quantization on) holding ``linear``'s weight, on CPU or
-    the weight's CUDA device (quantization happens on the move)."""
-    from bitsandbytes.nn import Linear4bit, Params4bit
-
+def check_blocksize(blocksize: int) -> None:
     if blocksize not in BLOCKSIZES:
         raise AdaptkitError(
             f"unsupported NF4 blocksize {blocksize}; valid: {', '.join(map(str, BLOCKSIZES))}",
             key="blocksize",
         )
-    device = linear.weight.device
+
+
+def empty_linear4bit(linear: nn.Module, *, compute_dtype: torch.dtype) -> nn.Module:
+    """A weightless (meta) NF4 ``Linear4bit`` shaped like ``linear``, double quantization on."""
+    from bitsandbytes.nn import Linear4bit
+
     q = Linear4bit(
         linear.in_features,
         linear.out_features,
@@ -38,6 +39,21 @@ def quantize_linear(linear: nn.Linear, *, blocksize: int, compute_dtype: torch.d
         quant_type="nf4",
         device="meta",
     )
+    # bitsandbytes 0.50 repacks 4-bit weights in place for a bf16 CPU kernel on the first
+    # no-grad eval forward; training afterwards goes through gemv_4bit, which has no autograd
+    # kernel (and crashes for widths not divisible by the blocksize). Keep one exact path.
+    q.support_avx512bf16_for_cpu = False
+    return q
+
+
+def quantize_linear(linear: nn.Linear, *, blocksize: int, compute_dtype: torch.dtype) -> nn.Module:
+    """An NF4 ``Linear4bit`` (double quantization on) holding ``linear``'s weight, on CPU or
+    the weight's CUDA device (quantization happens on the move)."""
+    from bitsandbytes.nn import Params4bit
+
+    check_blocksize(blocksize)
+    device = linear.weight.device
+    q = empty_linear4bit(linear, compute_dtype=compute_dtype)
     q.weight = Params4bit(
         linear.weight.data.detach().to(torch.float32).clone(),
         requires_grad=False,
@@ -47,10 +63,6 @@ def quantize_linear(linear: nn.Linear, *, blocksize: int, compute_dtype: torch.d
     )
     if linear.bias is not None:
         q.bias = nn.Parameter(linear.bias.data.detach().clone(), requires_grad=False)
-    # bitsandbytes 0.50 repacks 4-bit weights in place for a bf16 CPU kernel on the first
-    # no-grad eval forward; afterwards training goes through gemv_4bit, which has no autograd
-    # kernel (it warns: gradients to the inputs become wrong). Keep one exact path instead.
-    q.support_avx512bf16_for_cpu = False
     return q.to(device)
 
 

@@ -243,3 +243,14 @@ def test_export_base_dtype_belongs_to_onnx(bf16_dir, tmp_path, run_cli):
         "--base-dtype", "bf16",
     )  # fmt: skip
     assert code == 2 and "--base-dtype goes with --onnx" in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"), [("100", "unsupported NF4 blocksize 100"), ("big", "must be an integer")]
+)
+def test_bad_blocksize_is_refused_before_loading(bf16_dir, tmp_path, run_cli, value, message):
+    code, _, err = run_cli(
+        "train", "--backend", "qlora", "--model", bf16_dir, "--data", _write_data(tmp_path / "d.jsonl"),
+        "-o", tmp_path / "q.safetensors", "--option", f"blocksize={value}",
+    )  # fmt: skip
+    assert code == 2 and message in err and err.count("\n") == 1 and not (tmp_path / "q.safetensors").exists()

@@ -105,13 +105,11 @@ class TuneSet:
 
 @dataclass
 class TuneResult:
-    """What tuning found: ``weights[group] = [α per adapter]`` and the held-out losses."""
+    """What tuning found: ``weights[group] = [α per adapter]`` and the objective per step."""
 
     groups: list[str]
     names: list[str]
     weights: dict[str, list[float]]
-    before: dict[str, float] = field(default_factory=dict)
-    after: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     trace: list[float] = field(default_factory=list)
 

@@ -87,8 +87,8 @@ def plan(folder: Path, quantize: list[str]) -> dict[str, Any] | None:
             placed[name] = (f, offset, info)
     tied = _tied(model)
     missing = [n for n in state if n not in placed and n not in tied]
-    persistent = dict(model.named_parameters())
-    if any(n in persistent for n in missing) or any(q not in dict(model.named_modules()) for q in quantize):
+    parameters = dict(model.named_parameters())
+    if any(n in parameters for n in missing) or any(q not in dict(model.named_modules()) for q in quantize):
         return None
     return {"model": model, "placed": placed, "tied": tied}
 

@@ -6,6 +6,12 @@ and fsync the folder. Any failure, ``KeyboardInterrupt`` included (and SIGTERM/S
 CLI turns into an exception), removes the temp file. Temp names carry the writer's process id
 (``.OUT.<pid>.<random>.tmp``): a temp left by a process that no longer exists (SIGKILL, power
 loss) is removed by the next write to the same destination.
+
+Without ``replace``/``overwrite`` creation is exclusive at the final step (a hard link for
+files, ``mkdir`` then rename for folders), so of two concurrent writers exactly one succeeds.
+With it, only a regular file or a real folder is ever replaced: a symlink, device, FIFO or
+socket that appeared at the destination is refused (:mod:`adaptkit.output_guard` checks the
+same before any work).
 """
 
 from __future__ import annotations
@@ -103,12 +109,52 @@ def _target_mode(dest: Path) -> int:
         return 0o666 & ~_umask()
 
 
+def _exists_error(dest: Path) -> Exception:
+    from adaptkit.errors import OutputError
+
+    return OutputError("output exists", path=dest, hint="pass --force to replace it")
+
+
+def _check_replaceable(dest: Path, *, folder: bool) -> None:
+    """Refuse to replace anything but a regular file (or, for ``folder``, a real folder)."""
+    import stat
+
+    try:
+        mode = os.lstat(dest).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(mode) or (folder and stat.S_ISDIR(mode)):
+        return
+    from adaptkit.errors import OutputError
+
+    raise OutputError("only a regular file or folder is ever replaced; something else is here", path=dest)
+
+
+def _link_exclusive(tmp: Path, dest: Path) -> None:
+    """Make ``tmp`` appear at ``dest`` only if nothing is there (atomic), then drop ``tmp``."""
+    try:
+        os.link(tmp, dest)
+    except FileExistsError:
+        raise _exists_error(dest) from None
+    except OSError:
+        # A filesystem without hard links: reserve the name exclusively, then rename over it.
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise _exists_error(dest) from None
+        os.close(fd)
+        os.replace(tmp, dest)
+        return
+    tmp.unlink()
+
+
 @contextlib.contextmanager
-def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp path beside ``destination``; on success it replaces ``destination``.
+def atomic_path(destination: str | os.PathLike[str], *, replace: bool = False) -> Iterator[Path]:
+    """Yield a temp path beside ``destination``; on success it becomes ``destination``.
 
     The caller writes the complete file to the yielded path. Nothing is visible at
-    ``destination`` until the block exits without an exception.
+    ``destination`` until the block exits without an exception. An existing regular file is
+    replaced only if ``replace``; otherwise the final step fails if anything is there.
     """
     dest = Path(destination)
     folder = dest.parent if str(dest.parent) else Path(".")
@@ -127,7 +173,11 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, dest)
+        if replace:
+            _check_replaceable(dest, folder=False)
+            os.replace(tmp, dest)
+        else:
+            _link_exclusive(tmp, dest)
     except BaseException as exc:
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -138,9 +188,9 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     _fsync_dir(folder)
 
 
-def atomic_write_bytes(destination: str | os.PathLike[str], data: bytes) -> None:
+def atomic_write_bytes(destination: str | os.PathLike[str], data: bytes, *, replace: bool = False) -> None:
     """Write ``data`` to ``destination`` atomically (see module docstring)."""
-    with atomic_path(destination) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(destination, replace=replace) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
 
 
@@ -157,10 +207,8 @@ def atomic_directory(destination: str | os.PathLike[str], *, overwrite: bool = F
 
     dest = Path(destination)
     parent = dest.parent if str(dest.parent) else Path(".")
-    if dest.exists() and not overwrite:
-        from adaptkit.errors import OutputError
-
-        raise OutputError("output exists", path=dest, hint="pass --force to replace it")
+    if os.path.lexists(dest) and not overwrite:
+        raise _exists_error(dest)
     sweep_stale_temps(dest)
     tmp: Path | None = None
     try:
@@ -176,16 +224,29 @@ def atomic_directory(destination: str | os.PathLike[str], *, overwrite: bool = F
         swapped = False
         try:
             with _signals_blocked():  # the two renames happen together or not at all
-                if dest.exists():
-                    old = Path(tempfile.mkdtemp(prefix=_prefix(dest), suffix=".old", dir=parent))
-                    os.rmdir(old)
-                    os.replace(dest, old)
-                try:
-                    os.replace(tmp, dest)
-                except BaseException:
-                    if old is not None:
-                        os.replace(old, dest)
-                    raise
+                if not overwrite:
+                    # Reserve the name exclusively; renaming a folder over an empty one is atomic.
+                    try:
+                        os.mkdir(dest)
+                    except FileExistsError:
+                        raise _exists_error(dest) from None
+                    try:
+                        os.rename(tmp, dest)
+                    except BaseException:
+                        os.rmdir(dest)
+                        raise
+                else:
+                    _check_replaceable(dest, folder=True)
+                    if os.path.lexists(dest):
+                        old = Path(tempfile.mkdtemp(prefix=_prefix(dest), suffix=".old", dir=parent))
+                        os.rmdir(old)
+                        os.replace(dest, old)
+                    try:
+                        os.replace(tmp, dest)
+                    except BaseException:
+                        if old is not None:
+                            os.replace(old, dest)
+                        raise
                 swapped = True
         finally:
             # A signal held back during the swap arrives as the block ends: the new output is

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from adaptkit.errors import AdaptkitError, OutputError
+from adaptkit.errors import AdaptkitError
 
 
 def parse_weights(text: str | None, count: int) -> list[float] | None:
@@ -27,19 +27,6 @@ def parse_weights(text: str | None, count: int) -> list[float] | None:
     if bad:
         raise AdaptkitError(f"--weights contains {bad[0]!r}; weights must be finite")
     return weights
-
-
-def _same_or_inside(out: Path, inp: Path) -> bool:
-    o, i = out.resolve(), inp.resolve()
-    if o == i:
-        return True
-    if i.is_dir():
-        try:
-            o.relative_to(i)
-            return True
-        except ValueError:
-            return False
-    return False
 
 
 def combine_specs(
@@ -68,6 +55,7 @@ def combine_specs(
     per-adapter × group weights on evaluation sets first (:mod:`adaptkit.tune`); ``plot``
     writes their heat map."""
     from adaptkit.combine import AdapterInput, combine
+    from adaptkit.output_guard import PLOT, check_output, kind_of_writer
     from adaptkit.plugins import get_registry
     from adaptkit.recipe import Recipe, load_recipe, yaml_kind
     from adaptkit.specs import is_yaml, load_ref, resolve_spec
@@ -112,11 +100,11 @@ def combine_specs(
     if not hasattr(writer, "write"):
         writable = [r.name for r in registry.all("format") if hasattr(r.obj, "write")]
         raise AdaptkitError(f"format {to_name!r} cannot write adapters; writable: {', '.join(writable)}")
-    for ref in refs:
-        if ref.path.exists() and _same_or_inside(out, ref.path):
-            raise OutputError("output would overwrite an input adapter", path=out, key=ref.name)
-    if out.exists() and not force:
-        raise OutputError("output exists", path=out, hint="pass --force to replace it")
+    read = [recipe.path, *(r.spec for r in refs), *(r.path for r in refs)]
+    read += [*tune_block.get("sets", ()), tune_block.get("model")] if tuning else []
+    check_output(out, kind_of_writer(writer), inputs=read, force=force)
+    if plot is not None:
+        check_output(plot, PLOT, inputs=[*read, out], force=force, flag="--plot")
     registry.get("strategy", strategy)
 
     inputs = [
@@ -138,7 +126,7 @@ def combine_specs(
 
     tuned: dict[str, Any] | None = None
     if tuning:
-        result, tuned = _tuned(inputs, run, tune_block, seed_value, registry, progress, plot, log)
+        result, tuned = _tuned(inputs, run, tune_block, seed_value, registry, progress, plot, log, force)
     else:
         result = run(inputs)
     if recipe.path is not None:
@@ -167,6 +155,7 @@ def _tuned(
     progress: bool,
     plot: Path | None,
     log: Any,
+    force: bool,
 ) -> tuple[Any, dict[str, Any]]:
     """Tune, fold the weights into the inputs, combine; the result and the tuning report."""
     from adaptkit.combine import AdapterInput
@@ -226,5 +215,5 @@ def _tuned(
     }
     result.adapter.provenance["tune"] = report
     if plot is not None:
-        heat_map(found, plot)
+        heat_map(found, plot, replace=force)
     return result, report

@@ -7,11 +7,12 @@ the exact weighted sum. A recipe SPEC becomes one adapter, combined with its own
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adaptkit.errors import AdaptkitError, OutputError
+from adaptkit.errors import AdaptkitError
 
 if TYPE_CHECKING:
     from adaptkit.adapter import Adapter
@@ -19,10 +20,14 @@ if TYPE_CHECKING:
 
 @dataclass
 class NamedAdapter:
+    """One ``--adapter``: its label, content, weight, where it came from and every file read
+    to build it (the output guard keeps exports away from all of them)."""
+
     name: str
     adapter: Adapter
     weight: float = 1.0
     source: Path | None = None
+    reads: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -56,7 +61,7 @@ def load_export_adapters(specs: list[str], registry: Any = None) -> list[NamedAd
     for spec in specs:
         p = Path(spec)
         if is_yaml(p) and yaml_kind(p) == "recipe":
-            recipe = load_recipe(p)
+            recipe = load_recipe(p, allow_outside=True)  # its output is not used here
             inputs = [AdapterInput(load_ref(r, registry), r.weight, r.name, r.path) for r in recipe.adapters]
             result = combine(
                 inputs,
@@ -67,10 +72,12 @@ def load_export_adapters(specs: list[str], registry: Any = None) -> list[NamedAd
                 intersect=bool(recipe.intersect),
                 registry=registry,
             )
-            out.append(NamedAdapter(p.stem, result.adapter, 1.0, p))
+            reads = (p, *(x for r in recipe.adapters for x in (r.spec, r.path) if x is not None))
+            out.append(NamedAdapter(p.stem, result.adapter, 1.0, p, reads))
         else:
             ref = resolve_spec(spec)
-            out.append(NamedAdapter(ref.name, load_ref(ref, registry), ref.weight, ref.path))
+            reads = tuple(x for x in (ref.spec, ref.path) if x is not None)
+            out.append(NamedAdapter(ref.name, load_ref(ref, registry), ref.weight, ref.path, reads))
     names = [a.name for a in out]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
@@ -92,14 +99,13 @@ def combined(adapters: list[NamedAdapter]) -> Adapter | None:
     return combine(inputs, "cat").adapter
 
 
-def prepare_output(output: Path, force: bool) -> None:
-    """Refuse a non-empty existing output folder unless ``force`` (checked before any work)."""
-    if output.exists() and not output.is_dir():
-        raise OutputError("output must be a folder, but a file exists here", path=output)
-    if output.exists() and any(output.iterdir()) and not force:
-        raise OutputError(
-            "output folder exists and is not empty", path=output, hint="pass --force to replace it"
-        )
+def prepare_output(output: Path, force: bool, *, inputs: Iterable[Any] = ()) -> None:
+    """Check the export folder with :func:`adaptkit.output_guard.check_output` (before any
+    work): an empty existing folder is free, a non-empty one needs ``force``, and one that is,
+    holds or lies inside an input is refused."""
+    from adaptkit.output_guard import EXPORT_FOLDER, check_output
+
+    check_output(output, EXPORT_FOLDER, inputs=inputs, force=force, empty_folder_ok=True)
 
 
 def may_replace(output: Path, force: bool) -> bool:

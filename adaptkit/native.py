@@ -246,10 +246,10 @@ def save_adapter(adapter: Adapter, path: str | os.PathLike[str], *, overwrite: b
     from adaptkit.atomic import atomic_write_bytes
 
     p = Path(path)
-    if p.exists() and not overwrite:
-        raise OutputError("output exists", path=p, hint="pass --force / overwrite=True to replace it")
     if p.is_dir():
         raise OutputError("output is a directory; expected a .safetensors file path", path=p)
+    if os.path.lexists(p) and not overwrite:
+        raise OutputError("output exists", path=p, hint="pass --force / overwrite=True to replace it")
     data = adapter_to_bytes(adapter)
-    atomic_write_bytes(p, data)
+    atomic_write_bytes(p, data, replace=overwrite)
     return p

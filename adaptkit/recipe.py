@@ -2,9 +2,9 @@
 
 A recipe names its adapters by path relative to the recipe file, either as SPEC strings or
 as inline manifests (``adapter`` / ``weight`` / ``name``). Paths a recipe *writes*
-(``output``) must stay inside the recipe's folder or the working directory, so a
-downloaded recipe cannot overwrite files elsewhere; ``-o`` on the command line or
-``allow_outside`` lifts that.
+(``output``) must stay inside the recipe's own folder (symlinks resolved), so a downloaded
+recipe cannot write anywhere else; ``-o`` on the command line or ``allow_outside`` lifts that.
+What may be written there is up to :mod:`adaptkit.output_guard` (no ``.pth``, no dotfiles).
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ def resolve_output(raw: str, recipe_path: Path, *, allow_outside: bool) -> Path:
     check_input_path(raw, source=recipe_path, key="output")
     base = recipe_path.parent
     out = Path(raw) if os.path.isabs(raw) else base / raw
-    if not allow_outside and not (_inside(out, base) or _inside(out, Path.cwd())):
+    if not allow_outside and not _inside(out, base):
         raise OutputError(
-            f"output {raw!r} points outside the recipe's folder and the working directory",
+            f"output {raw!r} points outside the recipe's folder",
             path=recipe_path,
             key="output",
             hint="pass -o on the command line, or --allow-outside if you trust this recipe",

@@ -415,8 +415,8 @@ def evaluate_adapter(
         uninstall(model)
 
 
-def heat_map(result: TuneResult, path: Any) -> None:
-    """A PNG of ``α``: adapters × groups."""
+def heat_map(result: TuneResult, path: Any, *, replace: bool = False) -> None:
+    """A PNG of ``α``: adapters × groups (an existing file is replaced only if ``replace``)."""
     try:
         import matplotlib
 
@@ -434,6 +434,6 @@ def heat_map(result: TuneResult, path: Any) -> None:
     ax.set_title("tuned weights α (adapter × group)")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=replace) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from adaptkit.cli.output import echo_json
-from adaptkit.errors import AdaptkitError, OutputError
+from adaptkit.errors import AdaptkitError
 
 
 @click.command("convert")
@@ -40,6 +40,7 @@ def command(spec: str, output: Path, to_format: str, force: bool, as_json: bool)
       adaptkit convert peft_adapter_dir -o adapter.safetensors --to adaptkit
       adaptkit convert adapter.safetensors -o peft_dir --to peft
     """
+    from adaptkit.output_guard import check_output, kind_of_writer
     from adaptkit.plugins import get_registry
     from adaptkit.specs import detect_format, load_ref, resolve_spec
 
@@ -48,10 +49,7 @@ def command(spec: str, output: Path, to_format: str, force: bool, as_json: bool)
     if not hasattr(writer, "write"):
         raise AdaptkitError(f"format {to_format!r} cannot write adapters")
     ref = resolve_spec(spec)
-    if ref.path.exists() and output.resolve() == ref.path.resolve():
-        raise OutputError("output is the input", path=output)
-    if output.exists() and not force:
-        raise OutputError("output exists", path=output, hint="pass --force to replace it")
+    check_output(output, kind_of_writer(writer), inputs=[ref.spec, ref.path], force=force)
     source_format = detect_format(ref.path, registry).name
     adapter = load_ref(ref, registry)
     written = writer.write(adapter, output, overwrite=force)

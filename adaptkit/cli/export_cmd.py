@@ -116,15 +116,10 @@ def command(
         raise AdaptkitError(
             "--base-dtype goes with --onnx: --merged streams the checkpoint and keeps each tensor's dtype"
         )
-    prepare_output(output, force)
+    local_model = Path(model) if Path(model).exists() else None
+    prepare_output(output, force, inputs=[local_model, *adapters])
     named = load_export_adapters(list(adapters), registry)
-    for a in named:
-        if (
-            a.source is not None
-            and a.source.exists()
-            and output.resolve() in (a.source.resolve(), *a.source.resolve().parents)
-        ):
-            raise AdaptkitError("the output folder would contain an input adapter", path=output)
+    prepare_output(output, force, inputs=[local_model, *(p for a in named for p in a.reads)])
     options = {
         "opset": opset,
         "dtype": dtype,

@@ -16,8 +16,9 @@ from adaptkit.errors import AdaptkitError
 @click.option(
     "--plot", type=click.Path(path_type=Path), help="Write a PNG of ||ΔW||/||W|| per target (needs --model)."
 )
+@click.option("-f", "--force", is_flag=True, help="Replace an existing --plot file.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def command(spec: str, model: str | None, plot: Path | None, as_json: bool) -> None:
+def command(spec: str, model: str | None, plot: Path | None, force: bool, as_json: bool) -> None:
     """Show what an adapter SPEC holds.
 
     Per target: rank r, alpha, scaling mode, scale s (dW = s·B@A), shape (out × in), dtype
@@ -29,6 +30,13 @@ def command(spec: str, model: str | None, plot: Path | None, as_json: bool) -> N
 
     registry = get_registry()
     ref = resolve_spec(spec)
+    if plot is not None and model is None:
+        raise AdaptkitError("--plot needs --model (the ratio ||ΔW||/||W|| needs the base weights)")
+    if plot is not None:
+        from adaptkit.output_guard import PLOT, check_output
+
+        local_model = model if model is not None and Path(model).exists() else None
+        check_output(plot, PLOT, inputs=[ref.spec, ref.path, local_model], force=force, flag="--plot")
     fmt = detect_format(ref.path, registry).name
     adapter = load_ref(ref, registry)
     info = {
@@ -39,8 +47,6 @@ def command(spec: str, model: str | None, plot: Path | None, as_json: bool) -> N
         "name": ref.name,
         **describe_adapter(adapter),
     }
-    if plot is not None and model is None:
-        raise AdaptkitError("--plot needs --model (the ratio ||ΔW||/||W|| needs the base weights)")
     if model is not None:
         from adaptkit.summary import base_weight_norms
 
@@ -49,7 +55,7 @@ def command(spec: str, model: str | None, plot: Path | None, as_json: bool) -> N
             t["update_ratio"] = t["delta_norm"] / max(norms[t["name"]], 1e-30)
         info["totals"]["max_update_ratio"] = max(t["update_ratio"] for t in info["targets"])
         if plot is not None:
-            _plot(info["targets"], plot)
+            _plot(info["targets"], plot, replace=force)
     if as_json:
         echo_json(info)
         return
@@ -85,7 +91,7 @@ def command(spec: str, model: str | None, plot: Path | None, as_json: bool) -> N
         )
 
 
-def _plot(targets: list[dict], path: Path) -> None:
+def _plot(targets: list[dict], path: Path, *, replace: bool) -> None:
     try:
         import matplotlib
 
@@ -101,6 +107,6 @@ def _plot(targets: list[dict], path: Path) -> None:
     ax.set_ylabel("||ΔW||_F / ||W||_F")
     ax.set_title("Update magnitude per target")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=replace) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)

@@ -9,13 +9,13 @@ from typing import Any
 import click
 
 from adaptkit.cli.output import echo_json, say
-from adaptkit.errors import AdaptkitError, OutputError
+from adaptkit.errors import AdaptkitError
 
 # flag name -> (TrainConfig / LoraSettings field, where)
 _LORA_KEYS = ("targets", "exclude", "rank", "alpha", "dropout", "rslora", "dtype", "init")
 
 
-def _recipe(path: Path) -> dict[str, Any]:
+def _recipe(path: Path, *, output_given: bool) -> dict[str, Any]:
     from adaptkit.recipe import resolve_output
     from adaptkit.schemas import validate_document
     from adaptkit.yamlio import load_yaml_file
@@ -26,7 +26,8 @@ def _recipe(path: Path) -> dict[str, Any]:
     for key in ("model", "data", "metrics"):
         if key in doc and (base / doc[key]).exists():
             doc[key] = str(base / doc[key])
-    doc["output"] = str(resolve_output(doc["output"], path, allow_outside=False))
+    if not output_given:  # -o on the command line replaces the recipe's output unchecked
+        doc["output"] = str(resolve_output(doc["output"], path, allow_outside=False))
     return doc
 
 
@@ -79,7 +80,9 @@ def _recipe(path: Path) -> dict[str, Any]:
 @click.option("--save-every", type=int, help="Resumable checkpoint every N steps (OUT.checkpoints/).")
 @click.option("--resume", type=click.Path(path_type=Path), help="Checkpoint folder to resume from.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Backend option, repeatable.")
-@click.option("-f", "--force", is_flag=True, help="Replace an existing output.")
+@click.option(
+    "-f", "--force", is_flag=True, help="Replace an existing output, metrics log or step-N checkpoint."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 def command(recipe: Path | None, force: bool, as_json: bool, **flags: Any) -> None:
     """Train a LoRA adapter on a causal LM.
@@ -98,10 +101,10 @@ def command(recipe: Path | None, force: bool, as_json: bool, **flags: Any) -> No
     """
     from adaptkit.cli.combine_cmd import parse_params
     from adaptkit.plugins import get_registry
-    from adaptkit.training.loop import run_training
+    from adaptkit.training.loop import check_train_outputs, run_training
     from adaptkit.training.settings import LoraSettings, TrainConfig
 
-    doc: dict[str, Any] = _recipe(recipe) if recipe else {}
+    doc: dict[str, Any] = _recipe(recipe, output_given=flags.get("output") is not None) if recipe else {}
     for key, value in flags.items():
         if value is None or key == "options":
             continue
@@ -119,16 +122,16 @@ def command(recipe: Path | None, force: bool, as_json: bool, **flags: Any) -> No
         if not doc.get(key):
             raise AdaptkitError(f"missing --{key} (or '{key}' in a train recipe)")
     lora = LoraSettings(**{k: doc.pop(k) for k in list(doc) if k in _LORA_KEYS})
-    cfg = TrainConfig(lora=lora, **{k: (str(v) if isinstance(v, Path) else v) for k, v in doc.items()})
+    cfg = TrainConfig(
+        lora=lora, force=force, **{k: (str(v) if isinstance(v, Path) else v) for k, v in doc.items()}
+    )
 
     registry = get_registry()
     registry.get("backend", cfg.backend)
     out = Path(cfg.output)
     main_process = int(os.environ.get("RANK", "0")) == 0
-    if out.exists() and not force and not cfg.resume and main_process:
-        raise OutputError("output exists", path=out, hint="pass --force to replace it")
-    if out.is_dir():
-        raise OutputError("output is a directory; expected an adapter file path", path=out)
+    if main_process:  # before any loading; run_training checks again for Python callers
+        check_train_outputs(cfg)
     result = run_training(cfg, registry=registry, progress=not as_json, log=say)
     summary = {
         "output": str(out),

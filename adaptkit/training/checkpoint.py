@@ -62,6 +62,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     step: int,
     extra: dict[str, Any],
+    overwrite: bool = False,
 ) -> Path:
     from safetensors.torch import save_file
 
@@ -71,7 +72,7 @@ def save_checkpoint(
     tensors, meta = _flatten(optimizer.state_dict())
     tensors["rng.torch"] = torch.get_rng_state()
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_directory(folder, overwrite=True) as tmp:
+    with atomic_directory(folder, overwrite=overwrite) as tmp:
         save_adapter(adapter, tmp / "adapter.safetensors")
         save_file(tensors, tmp / "optimizer.safetensors")
         (tmp / "state.json").write_text(json.dumps({"step": step, **meta, **extra}, indent=1, default=list))

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from adaptkit.errors import AdaptkitError
+from adaptkit.errors import AdaptkitError, OutputError
 from adaptkit.training.settings import TrainConfig
 
 #: Records used for the before/after evaluation loss (``TrainConfig.eval_records``' default).
@@ -163,6 +163,8 @@ def run_training(
         from adaptkit.fileio import open_regular_file
 
         os.close(open_regular_file(cfg.data, what="data file"))
+    if dist.main:
+        check_train_outputs(cfg)
     placed = model is None
     if model is None:
         model, tokenizer = _load_base(cfg, backend, dist.device, note)
@@ -231,7 +233,13 @@ def run_training(
     stack = contextlib.ExitStack()
     metrics_fh = None
     if cfg.metrics and dist.main:
-        metrics_fh = stack.enter_context(open(cfg.metrics, "a" if cfg.resume else "w"))  # noqa: SIM115
+        # Appending on resume continues the log; otherwise "x" keeps creation exclusive.
+        mode = "a" if cfg.resume else ("w" if cfg.force else "x")
+        try:
+            metrics_fh = stack.enter_context(open(cfg.metrics, mode))  # noqa: SIM115
+        except FileExistsError:
+            hint = "pass --force to replace it"
+            raise OutputError("metrics log exists", path=cfg.metrics, hint=hint) from None
         report = backend.memory_report(model) if hasattr(backend, "memory_report") else {}
         if not cfg.resume:
             metrics_fh.write(json.dumps({"memory_report": report, "memory": memory}) + "\n")
@@ -309,6 +317,7 @@ def run_training(
                         adapter=backend.extract(model, base_name=None, provenance={}),
                         optimizer=optimizer,
                         step=step + 1,
+                        overwrite=cfg.force,
                         extra={
                             "config": _jsonable(cfg),
                             **({"grad_scaler": scaler.state_dict()} if scaler is not None else {}),
@@ -335,7 +344,7 @@ def run_training(
     if dist.main and cfg.output:
         from adaptkit.native import save_adapter
 
-        save_adapter(adapter, cfg.output, overwrite=True)
+        save_adapter(adapter, cfg.output, overwrite=cfg.force)
     dist.barrier()
     shutdown(dist)
     if hasattr(backend, "memory_report"):
@@ -421,6 +430,43 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
         return 0
 
     return int(sum(size(state) for state in optimizer.state.values()))
+
+
+def check_train_outputs(cfg: TrainConfig) -> None:
+    """Apply :func:`adaptkit.output_guard.check_output` to all a run writes, before loading.
+
+    Inputs are the data, the model folder (when local) and the resumed checkpoint. The
+    metrics log may exist when resuming (it is appended to); the ``step-N`` checkpoints this
+    run would write must not exist without ``force``.
+    """
+    from adaptkit.output_guard import ADAPTER_FILE, CHECKPOINT_FOLDER, METRICS, check_output
+
+    inputs = [cfg.data, cfg.model if cfg.model and Path(cfg.model).exists() else None, cfg.resume]
+    if cfg.output:
+        check_output(cfg.output, ADAPTER_FILE, inputs=inputs, force=cfg.force)
+    if cfg.metrics:
+        metrics_inputs = [*inputs, cfg.output]
+        check_output(cfg.metrics, METRICS, inputs=metrics_inputs, force=cfg.force or bool(cfg.resume))
+    if cfg.output and cfg.save_every:
+        folder = checkpoint_dir(cfg)
+        start = _resume_step(cfg)
+        later = sorted(
+            p.name
+            for p in (folder.iterdir() if folder.is_dir() else ())
+            if p.name.startswith("step-") and p.name[5:].isdigit() and int(p.name[5:]) > start
+        )
+        for name in later:
+            check_output(
+                folder / name, CHECKPOINT_FOLDER, inputs=inputs, force=cfg.force, flag="--save-every"
+            )
+
+
+def _resume_step(cfg: TrainConfig) -> int:
+    """The step a resumed run starts at, from its folder name (``step-N``); 0 otherwise."""
+    if not cfg.resume:
+        return 0
+    name = Path(cfg.resume).name
+    return int(name[5:]) if name.startswith("step-") and name[5:].isdigit() else 0
 
 
 def checkpoint_dir(cfg: TrainConfig) -> Path:

@@ -63,6 +63,7 @@ class TrainConfig:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         eval_records: Records of the fixed sample whose loss is measured before and after
             training (0: skip both evaluations).
+        force: Replace an existing output, metrics log or ``step-N`` checkpoint (``--force``).
     """
 
     backend: str = "lora"
@@ -89,3 +90,4 @@ class TrainConfig:
     base_dtype: str = "auto"
     device: str = "auto"
     eval_records: int = 64
+    force: bool = False

@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import ClassVar
 
 from adaptkit.adapter import Adapter
+from adaptkit.output_guard import ADAPTER_FILE
 
 
 class NativeFormat:
     name = "adaptkit"
     description = "native adaptkit file: one .safetensors with a JSON manifest in its metadata"
     requires: ClassVar[dict[str, str]] = {"safetensors": "safetensors", "torch": "torch"}
+    output_kind = ADAPTER_FILE
 
     def detect(self, path: Path) -> bool:
         from adaptkit.native import is_native_adapter

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from adaptkit.adapter import Adapter, BaseModelInfo, Producer, SavedModule, is_module_path
 from adaptkit.errors import AdaptkitError, FormatError, InvalidAdapterError, OutputError
+from adaptkit.output_guard import ADAPTER_FOLDER
 from adaptkit_peft.config import CONFIG_NAME, load_config, module_rank_alpha
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -29,6 +30,7 @@ class PeftFormat:
     name = "peft"
     description = "PEFT LoRA directory: adapter_config.json + adapter_model.safetensors"
     requires: ClassVar[dict[str, str]] = {"safetensors": "safetensors", "torch": "torch"}
+    output_kind = ADAPTER_FOLDER
 
     def detect(self, path: Path) -> bool:
         p = Path(path)

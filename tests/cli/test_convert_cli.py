@@ -44,7 +44,7 @@ def test_convert_both_ways(run_cli, tmp_path):
 def test_convert_errors(run_cli, tmp_path):
     src = _peft_dir(tmp_path)
     code, _, err = run_cli("convert", src, "-o", src, "--to", "peft", "--force")
-    assert code == 2 and "output is the input" in err
+    assert code == 2 and "is an input" in err
     (tmp_path / "exists.safetensors").write_bytes(b"x")
     code, _, err = run_cli("convert", src, "-o", tmp_path / "exists.safetensors", "--to", "adaptkit")
     assert code == 2 and "output exists" in err
@@ -68,4 +68,4 @@ def test_inspect_validate_and_combine_accept_peft_dirs(run_cli, tmp_path):
         ref = 2 * pair.delta(torch.float64)
         assert float((twice.targets[name].delta(torch.float64) - ref).norm() / ref.norm()) < 1e-6
     code, _, err = run_cli("combine", src, src, "-o", src / "inside.safetensors")
-    assert code == 2 and "would overwrite an input" in err
+    assert code == 2 and "lies inside an input" in err

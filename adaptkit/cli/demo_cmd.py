@@ -20,14 +20,18 @@ import click
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed for training, combining and tuning."
 )
+@click.option(
+    "-f", "--force", is_flag=True, help="Write into an existing folder that is not an earlier demo's."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON at the end.")
-def command(output: Path, quick: bool, seed: int, as_json: bool) -> None:
+def command(output: Path, quick: bool, seed: int, force: bool, as_json: bool) -> None:
     """Train two skills as LoRA adapters, combine them several ways, evaluate, export to ONNX.
 
     Uses a built-in tiny byte-level Llama (pre-trained once in a few seconds and cached under
     $ADAPTKIT_CACHE or ~/.cache/adaptkit). Writes OUTPUT/summary.md, results.json, charts
     (with matplotlib: pip install 'adaptkit[demo]'), a.yaml, b.yaml, recipe.yaml, the adapters
-    and OUTPUT/onnx/.
+    and OUTPUT/onnx/. Rerunning into an earlier demo's folder replaces its files; any other
+    non-empty folder needs --force.
     """
     import json
 
@@ -38,7 +42,7 @@ def command(output: Path, quick: bool, seed: int, as_json: bool) -> None:
 
     settings = DemoSettings.for_mode(quick)
     settings.seed = seed
-    result = run_demo(output, settings, log=log, progress=not as_json)
+    result = run_demo(output, settings, log=log, progress=not as_json, force=force)
     if as_json:
         click.echo(
             json.dumps(

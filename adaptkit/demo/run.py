@@ -63,7 +63,20 @@ def _yaml(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def run_demo(out: Path, settings: DemoSettings, log: Any = print, progress: bool = True) -> DemoResult:
+def run_demo(
+    out: Path, settings: DemoSettings, log: Any = print, progress: bool = True, *, force: bool = False
+) -> DemoResult:
+    """Run the demo into the workspace ``out``.
+
+    ``out`` must be new, empty or an earlier demo's workspace (it holds ``results.json``),
+    whose files the run replaces; any other existing folder needs ``force``.
+    """
+    from adaptkit.output_guard import OutputKind, check_output
+
+    earlier = (out / "results.json").is_file()
+    workspace = OutputKind("demo workspace", folder=True)
+    check_output(out, workspace, force=force or earlier, empty_folder_ok=True)
+
     import adaptkit_lora as lora
     from adaptkit.combine_job import combine_specs
     from adaptkit.demo import base_model, report

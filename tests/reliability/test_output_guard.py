@@ -181,6 +181,7 @@ CASES = [
     (["convert", "a.yaml", "--to", "peft", "-o", ".", "--force"], "not a folder"),
     (["convert", "a.safetensors", "--to", "peft", "-o", "/dev/null", "--force"], "character device"),
     (["combine", "a.yaml", "b.safetensors", "-o", "/dev/null", "--force"], "character device"),
+    (["demo", "-o", "model", "--quick"], "not empty"),
     # class 1: names of the wrong kind
     (["combine", "a.yaml", "b.safetensors", "-o", "zz.pth"], "other programs run"),
     (["convert", "a.yaml", "--to", "adaptkit", "-o", ".env"], "hidden"),

@@ -79,6 +79,7 @@ def fill_params(strategy: Any, params: Mapping[str, Any] | None) -> dict[str, An
             key="params",
         )
     problems = schema_problems_for(given, schema)
+    problems += [f"{k}: {v!r} is not a finite number" for k, v in given.items() if _non_finite(v)]
     if problems:
         raise SchemaError.from_problems([f"strategy {strategy.name!r} params.{p}" for p in problems])
     filled = {
@@ -86,6 +87,35 @@ def fill_params(strategy: Any, params: Mapping[str, Any] | None) -> dict[str, An
     }
     filled.update(given)
     return filled
+
+
+def check_request(
+    strategy: Any, count: int, params: Mapping[str, Any] | None, rank: int | str | RankRequest | None
+) -> tuple[dict[str, Any], RankRequest]:
+    """Everything about a combination that needs no tensors: the number of inputs the
+    strategy takes, its parameters (filled) and the rank request (parsed). Callers that load
+    adapters from disk run this first, so a bad request costs nothing to refuse.
+
+    Raises:
+        AdaptkitError / SchemaError: naming the strategy and the parameter.
+    """
+    lo, hi = getattr(strategy, "min_inputs", 1), getattr(strategy, "max_inputs", None)
+    if count < lo or (hi is not None and count > hi):
+        want = f"exactly {lo}" if lo == hi else f"at least {lo}" + (f" and at most {hi}" if hi else "")
+        raise AdaptkitError(f"strategy {strategy.name!r} takes {want} adapters, got {count}")
+    filled = fill_params(strategy, params)
+    request = rank if isinstance(rank, RankRequest) else RankRequest.parse(rank)
+    return filled, request
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_non_finite(v) for v in value)
+    return False
 
 
 def _check_weights(inputs: Sequence[AdapterInput]) -> None:
@@ -179,6 +209,8 @@ def combine(
     Returns:
         The combined adapter (scale folded into its factors) and a per-target report.
     """
+    import torch
+
     from adaptkit.adapter import Adapter, BaseModelInfo, Producer
     from adaptkit.plugins import get_registry
 
@@ -190,12 +222,7 @@ def combine(
         raise AdaptkitError("no adapters to combine")
     named = _with_unique_names(inputs)
     _check_weights(named)
-    lo, hi = getattr(strat, "min_inputs", 1), getattr(strat, "max_inputs", None)
-    if len(named) < lo or (hi is not None and len(named) > hi):
-        want = f"exactly {lo}" if lo == hi else f"at least {lo}" + (f" and at most {hi}" if hi else "")
-        raise AdaptkitError(f"strategy {strategy!r} takes {want} adapters, got {len(named)}")
-    filled = fill_params(strat, params)
-    request = rank if isinstance(rank, RankRequest) else RankRequest.parse(rank)
+    filled, request = check_request(strat, len(named), params, rank)
     targets = _align(named, intersect)
 
     out: dict[str, Any] = {}
@@ -219,7 +246,14 @@ def combine(
         if not these:
             continue
         ctx = MergeContext(target=target, params=filled, rank=request, seed=seed)
-        result = strat.merge(these, ctx)
+        try:
+            result = strat.merge(these, ctx)
+        except torch.linalg.LinAlgError:
+            # Decompositions fail to converge exactly when weight × factors overflow to inf.
+            raise InvalidAdapterError(
+                "the weighted update overflows (NaN/Inf in the decomposition); lower the weights",
+                key=target,
+            ) from None
         pair = result.pair
         expected = (these[0].pair.out_features, these[0].pair.in_features)
         if (pair.out_features, pair.in_features) != expected:

@@ -54,7 +54,7 @@ def combine_specs(
     ``tune`` (keys of a recipe's ``tune:`` block; set ones override the recipe's) fits
     per-adapter × group weights on evaluation sets first (:mod:`adaptkit.tune`); ``plot``
     writes their heat map."""
-    from adaptkit.combine import AdapterInput, combine
+    from adaptkit.combine import AdapterInput, check_request, combine
     from adaptkit.output_guard import PLOT, check_output, kind_of_writer
     from adaptkit.plugins import get_registry
     from adaptkit.recipe import Recipe, load_recipe, yaml_kind
@@ -105,8 +105,9 @@ def combine_specs(
     check_output(out, kind_of_writer(writer), inputs=read, force=force)
     if plot is not None:
         check_output(plot, PLOT, inputs=[*read, out], force=force, flag="--plot")
-    registry.get("strategy", strategy)
-
+    # The request is checked before a single adapter is read (100 inputs to a 2-input slerp
+    # are refused at once, not after loading 100 files).
+    check_request(registry.get("strategy", strategy), len(refs), merged_params, rank_value)
     inputs = [
         AdapterInput(adapter=load_ref(ref, registry), weight=ref.weight, name=ref.name, source=ref.path)
         for ref in refs

@@ -10,6 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 
+#: Longest ``error:`` line; longer messages keep their start and end.
+MAX_LINE_CHARS = 2000
+#: Problems listed in a one-line summary (``problems`` keeps them all).
+SHOWN_PROBLEMS = 20
+
 
 class AdaptkitError(Exception):
     """Base class of every user-facing error.
@@ -48,7 +53,10 @@ class AdaptkitError(Exception):
         same input always gives the same message)."""
         problems = sorted(dict.fromkeys(problems))
         n = len(problems)
-        summary = problems[0] if n == 1 else f"{n} problems: " + "; ".join(problems)
+        shown = "; ".join(problems[:SHOWN_PROBLEMS]) + (
+            f"; and {n - SHOWN_PROBLEMS} more" if n > SHOWN_PROBLEMS else ""
+        )
+        summary = problems[0] if n == 1 else f"{n} problems: {shown}"
         err = cls(summary, path=path)
         err.problems = list(problems)
         return err
@@ -59,7 +67,11 @@ class AdaptkitError(Exception):
         text = ": ".join([*parts, self.message])
         if self.hint:
             text += f" ({self.hint})"
-        return " ".join(text.split("\n"))
+        text = " ".join(text.split("\n"))
+        if len(text) > MAX_LINE_CHARS:  # a hostile name or header must not flood the terminal
+            cut = len(text) - MAX_LINE_CHARS
+            text = f"{text[: MAX_LINE_CHARS - 200]} [... {cut:,} characters cut ...] {text[-200:]}"
+        return text
 
 
 class InvalidAdapterError(AdaptkitError):

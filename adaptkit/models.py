@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from adaptkit.errors import FormatError
+from adaptkit.errors import AdaptkitError, FormatError
 
 #: ``--base-dtype`` choices; ``auto`` keeps the checkpoint's dtype.
 BASE_DTYPES = ("auto", "bf16", "fp16", "fp32")
@@ -119,7 +119,35 @@ def check_model_dir(path: str | os.PathLike[str]) -> Path:
             path=folder,
             hint="re-save the model with save_pretrained(safe_serialization=True)",
         )
+    check_model_files(folder)
     return folder
+
+
+#: config.json is a few KB; label maps make some a few MB.
+MAX_CONFIG_BYTES = 16 << 20
+
+
+def check_model_files(folder: Path) -> None:
+    """Vet what transformers would parse, before it does: ``config.json`` (a JSON object
+    within :data:`MAX_CONFIG_BYTES`, strict and bounded, see :mod:`adaptkit.jsonio`) and every
+    weight file's header (entries with a shape that fills their byte span, offsets in bounds,
+    no overlaps). Reads headers only.
+
+    Raises:
+        FormatError / InvalidAdapterError: naming the file and the tensor.
+    """
+    from adaptkit.errors import InvalidAdapterError
+    from adaptkit.jsonio import read_json_file
+    from adaptkit.safetensors_strict import header_problems, read_header
+
+    config = read_json_file(folder / "config.json", what="config.json", max_bytes=MAX_CONFIG_BYTES)
+    if "model_type" in config and not isinstance(config["model_type"], str):
+        raise FormatError("model_type must be a string", path=folder / "config.json", key="model_type")
+    for f in safetensors_files(folder):
+        header, n, size = read_header(f)
+        problems = header_problems(header, n, size, float_only=False)
+        if problems:
+            raise InvalidAdapterError.from_problems(problems, path=f)
 
 
 def load_causal_lm(
@@ -157,8 +185,13 @@ def load_causal_lm(
             dtype=resolved,
             **kwargs,
         )
-    except (OSError, ValueError, KeyError) as exc:
-        raise FormatError(f"cannot load the model: {' '.join(str(exc).split())[:300]}", path=folder) from None
+    except AdaptkitError:
+        raise
+    except (MemoryError, RecursionError):
+        raise
+    except Exception as exc:  # transformers' many ways of rejecting a config or checkpoint
+        why = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise FormatError(f"cannot load the model: {why}", path=folder) from None
     return model.eval(), load_tokenizer(folder)
 
 
@@ -172,5 +205,8 @@ def load_tokenizer(folder: Path) -> Any:
 
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise FormatError(f"cannot load the tokenizer: {exc}", path=folder) from None
+    except (MemoryError, RecursionError):
+        raise
+    except Exception as exc:  # a broken tokenizer.json fails in the tokenizers library's own ways
+        why = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise FormatError(f"cannot load the tokenizer: {why}", path=folder) from None

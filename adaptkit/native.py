@@ -24,8 +24,9 @@ from typing import Any
 
 from adaptkit.adapter import Adapter, BaseModelInfo, Producer, SavedModule, saved_module_problems
 from adaptkit.errors import FormatError, InvalidAdapterError, OutputError
+from adaptkit.jsonio import strict_json
 from adaptkit.lora import LoraPair
-from adaptkit.safetensors_strict import read_header, read_tensors, strict_json
+from adaptkit.safetensors_strict import read_header, read_tensors
 
 #: The safetensors metadata key that holds the manifest.
 MANIFEST_KEY = "adaptkit"

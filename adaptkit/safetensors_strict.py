@@ -9,7 +9,7 @@ tensors handed to safetensors.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -17,30 +17,19 @@ from typing import Any
 
 from adaptkit.errors import FormatError, InvalidAdapterError
 from adaptkit.fileio import open_regular_file
+from adaptkit.jsonio import strict_json
 
 #: safetensors' own limit for the JSON header; checked before anything is allocated.
 MAX_HEADER_BYTES = 100_000_000
 FLOAT_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
-
-
-def strict_json(text: str, *, what: str, path: Path) -> Any:
-    """``json.loads`` that refuses duplicate keys and ``NaN``/``Infinity`` literals."""
-
-    def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in pairs:
-            if k in out:
-                raise FormatError(f"duplicate key {k!r} in the {what}", path=path, key=k)
-            out[k] = v
-        return out
-
-    def no_constants(name: str) -> Any:
-        raise FormatError(f"non-finite number {name} in the {what}", path=path)
-
-    try:
-        return json.loads(text, object_pairs_hook=no_dupes, parse_constant=no_constants)
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{what} is not valid JSON ({exc.msg} at char {exc.pos})", path=path) from None
+#: Bytes per element of the safetensors dtypes whose size is whole bytes.
+DTYPE_BYTES = {
+    **{"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1},
+    **{"I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4},
+    **{"I64": 8, "U64": 8, "F64": 8, "C64": 8},
+}
+#: Tensors an adapter (or checkpoint) file may hold: an all-linear LoRA of a 70B model has ~1,200.
+MAX_TENSORS = 1 << 17
 
 
 def _parse_header(fh: Any, size: int, p: Path) -> tuple[dict[str, Any], bytes]:
@@ -57,27 +46,22 @@ def _parse_header(fh: Any, size: int, p: Path) -> tuple[dict[str, Any], bytes]:
             path=p,
         )
     raw = fh.read(n)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise FormatError("safetensors header is not UTF-8 JSON", path=p) from None
-    header = strict_json(text, what="safetensors header", path=p)
+    header = strict_json(raw, what="safetensors header", path=p)
     if not isinstance(header, dict):
         raise FormatError("safetensors header is not a JSON object", path=p)
     return header, prefix + raw
 
 
-def _read(path: Path, *, whole: bool) -> tuple[dict[str, Any], int, int, bytes]:
-    """``(header, header_length, file_size, bytes read)``; the whole file only if ``whole``."""
+def _read(path: Path) -> tuple[dict[str, Any], int, int]:
+    """``(header, header_length, file_size)``, reading only the header."""
     fd = open_regular_file(path, what="safetensors file")
     try:
         size = os.fstat(fd).st_size
         with os.fdopen(fd, "rb", closefd=False) as fh:
             header, head = _parse_header(fh, size, path)
-            data = head + fh.read() if whole else head
     finally:
         os.close(fd)
-    return header, len(head) - 8, size, data
+    return header, len(head) - 8, size
 
 
 def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], int, int]:
@@ -90,13 +74,31 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], int, int]
         FormatError: not a regular file, truncated, oversized or malformed header, duplicate
             tensor names.
     """
-    header, n, size, _ = _read(Path(path), whole=False)
-    return header, n, size
+    return _read(Path(path))
+
+
+def _shape_problem(key: str, info: dict[str, Any], start: int, end: int) -> str | None:
+    """A problem with ``info``'s shape/dtype against its byte span, or None."""
+    shape = info.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        return f"{key}: shape {shape!r} is not a list of sizes"
+    width = DTYPE_BYTES.get(info.get("dtype"))
+    if width is None:
+        return None  # a dtype safetensors knows and adaptkit does not size (sub-byte floats)
+    numel = math.prod(shape)
+    if numel * width != end - start:
+        return f"{key}: {info.get('dtype')} {shape} needs {numel * width} bytes but spans {end - start}"
+    return None
 
 
 def header_problems(
     header: dict[str, Any], header_len: int, size: int, *, float_only: bool = True
 ) -> list[str]:
+    """Every problem of a parsed header against the file's size: malformed entries, shapes
+    that disagree with their byte spans, offsets out of bounds, overlaps, trailing bytes and
+    (``float_only``) non-float dtypes."""
     problems = []
     data_len = size - 8 - header_len
     spans = []
@@ -114,8 +116,15 @@ def header_problems(
         if start > end or end > data_len:
             problems.append(f"{key}: data_offsets {offsets!r} out of bounds (data is {data_len} bytes)")
             continue
-        spans.append((start, end, key))
         dtype = info.get("dtype")
+        if not isinstance(dtype, str):
+            problems.append(f"{key}: dtype {dtype!r} is not a safetensors dtype")
+            continue
+        shape_problem = _shape_problem(key, info, start, end)
+        if shape_problem:
+            problems.append(shape_problem)
+            continue
+        spans.append((start, end, key))
         if float_only and dtype not in FLOAT_DTYPES:
             problems.append(f"{key}: dtype {dtype!r} is not a float type (F16, BF16, F32, F64)")
     spans.sort()
@@ -130,28 +139,52 @@ def header_problems(
 
 
 def read_tensors(
-    path: str | os.PathLike[str], *, float_only: bool = True
+    path: str | os.PathLike[str], *, float_only: bool = True, max_tensors: int = MAX_TENSORS
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """Read a safetensors file strictly: ``(metadata, tensors)``.
 
+    Only the header is read before it is checked against the file's size, so a bad file
+    costs its header, not its bytes. The checked file is then memory-mapped by safetensors
+    (tensors are copied out once); the file must still be the one checked (same inode, size
+    and modification time), or nothing is returned.
+
     Raises:
-        FormatError: unreadable, not a regular file, malformed header.
-        InvalidAdapterError: every header problem at once (offsets, overlaps, trailing
-            bytes, non-float dtypes), naming the tensors.
+        FormatError: unreadable, not a regular file, malformed header, more than
+            ``max_tensors`` tensors, changed while being read.
+        InvalidAdapterError: every header problem at once (offsets, shapes, overlaps,
+            trailing bytes, non-float dtypes), naming the tensors.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
+    from safetensors import SafetensorError, safe_open
 
     p = Path(path)
-    header, header_len, size, data = _read(p, whole=True)
-    problems = header_problems(header, header_len, size, float_only=float_only)
+    fd = open_regular_file(p, what="safetensors file")
+    try:
+        checked = os.fstat(fd)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            header, head = _parse_header(fh, checked.st_size, p)
+    finally:
+        os.close(fd)
+    count = len(header) - ("__metadata__" in header)
+    if count > max_tensors:
+        raise FormatError(f"{count} tensors, more than the {max_tensors} an adapter file may hold", path=p)
+    problems = header_problems(header, len(head) - 8, checked.st_size, float_only=float_only)
     if problems:
         raise InvalidAdapterError.from_problems(problems, path=p)
     meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise FormatError("safetensors __metadata__ must map strings to strings", path=p)
     try:
-        tensors = st_load(data)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
+        with safe_open(str(p), framework="pt") as fh:
+            now = os.stat(p)
+            same = (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (
+                checked.st_dev,
+                checked.st_ino,
+                checked.st_size,
+                checked.st_mtime_ns,
+            )
+            if not same:
+                raise FormatError("the file changed while it was being read", path=p)
+            tensors = {name: fh.get_tensor(name) for name in header if name != "__metadata__"}
+    except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
         raise FormatError(f"unreadable tensor data: {exc}", path=p) from None
     return meta, tensors

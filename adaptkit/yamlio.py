@@ -1,6 +1,7 @@
 """Safe YAML loading: ``yaml.safe_load`` semantics, minus its silent traps.
 
 On top of ``SafeLoader`` this rejects duplicate keys (PyYAML keeps the last one silently),
+keys that are lists or mappings (unhashable in Python), ``.nan``/``.inf``,
 aliases/anchors (the "billion laughs" expansion bomb; adaptkit files never need them),
 nesting deeper than :data:`MAX_DEPTH`, and files larger than :data:`MAX_BYTES`. Python tags
 (``!!python/object/apply``) are refused by ``SafeLoader`` itself.
@@ -8,6 +9,7 @@ nesting deeper than :data:`MAX_DEPTH`, and files larger than :data:`MAX_BYTES`. 
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,8 @@ import yaml
 
 from adaptkit.errors import YamlError
 
-MAX_BYTES = 1 << 20
+#: A recipe listing 4,000 adapters fits; PyYAML parses ~0.5 MB/s, so this bounds a parse to ~1 s.
+MAX_BYTES = 256 << 10
 MAX_DEPTH = 32
 
 
@@ -42,6 +45,13 @@ class _StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):  # type: ignore[override]
         seen: dict[Any, Any] = {}
         for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise yaml.MarkedYAMLError(
+                    None,
+                    None,
+                    "a mapping key must be a plain value, not a list or mapping",
+                    key_node.start_mark,
+                )
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.MarkedYAMLError(
@@ -52,6 +62,21 @@ class _StrictLoader(yaml.SafeLoader):
                 )
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
+
+
+def _finite_float(loader: _StrictLoader, node: yaml.Node) -> float:
+    value = yaml.SafeLoader.construct_yaml_float(loader, node)
+    if not math.isfinite(value):
+        raise yaml.MarkedYAMLError(
+            None,
+            None,
+            f"non-finite number {node.value!r} (adaptkit files need finite numbers)",
+            node.start_mark,
+        )
+    return value
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _finite_float)
 
 
 def loads_yaml(text: str, *, source: str | os.PathLike[str] | None = None) -> Any:
@@ -73,14 +98,43 @@ def loads_yaml(text: str, *, source: str | os.PathLike[str] | None = None) -> An
         raise YamlError(" ".join(str(exc).split()), path=source) from None
 
 
-def load_yaml_file(path: str | os.PathLike[str]) -> Any:
-    """Read and parse a YAML file (regular file, size-capped, UTF-8)."""
-    p = Path(path)
-    from adaptkit.fileio import read_regular_file
+#: Parsed documents by file identity; a file read twice in one run is parsed once.
+_PARSED: dict[tuple[int, int, int, int], Any] = {}
+_PARSED_LIMIT = 64
 
-    data = read_regular_file(p, max_bytes=MAX_BYTES, what="YAML file")
+
+def load_yaml_file(path: str | os.PathLike[str]) -> Any:
+    """Read and parse a YAML file (regular file, size-capped, UTF-8).
+
+    A run often meets one file twice (``combine`` asks what kind of YAML a SPEC is, then
+    reads it as that kind): the parse is remembered by the file's identity (device, inode,
+    size, modification time), and each caller gets its own copy.
+    """
+    import copy
+
+    from adaptkit.fileio import open_regular_file
+
+    p = Path(path)
+    fd = open_regular_file(p, what="YAML file")
+    try:
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key in _PARSED:
+            return copy.deepcopy(_PARSED[key])
+        if st.st_size > MAX_BYTES:
+            raise YamlError(f"larger than {MAX_BYTES} bytes", path=p)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_BYTES:
+        raise YamlError(f"larger than {MAX_BYTES} bytes", path=p)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise YamlError(f"not UTF-8 text (byte {exc.start})", path=p) from None
-    return loads_yaml(text, source=p)
+    doc = loads_yaml(text, source=p)
+    if len(_PARSED) >= _PARSED_LIMIT:
+        _PARSED.clear()
+    _PARSED[key] = doc
+    return copy.deepcopy(doc)

@@ -9,6 +9,7 @@ screen, retitle the window, hide text. Everything printed for a person goes thro
 from __future__ import annotations
 
 import json
+import math
 import unicodedata
 from collections.abc import Sequence
 from typing import Any
@@ -38,7 +39,19 @@ def say(message: Any) -> None:
 
 
 def echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False, allow_nan=False))
+    """Print ``data`` as strict JSON: a non-finite float (an overflowing norm, say) becomes the
+    string ``"inf"``, ``"-inf"`` or ``"nan"``, which every JSON parser reads."""
+    click.echo(json.dumps(_finite(data), indent=2, sort_keys=False, allow_nan=False))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

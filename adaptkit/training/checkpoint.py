@@ -21,6 +21,9 @@ import torch
 
 from adaptkit.errors import AdaptkitError, FormatError
 
+#: Optimizer scalars and param groups only (tensors live in optimizer.safetensors).
+MAX_STATE_BYTES = 64 << 20
+
 
 def _flatten(opt_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors as ``state.<i>.<key>`` (nested dicts, as bitsandbytes' optimizers keep, join
@@ -81,8 +84,9 @@ def save_checkpoint(
 
 def load_checkpoint(folder: Path) -> tuple[Any, dict[str, torch.Tensor], dict[str, Any]]:
     """``(adapter, optimizer tensors, state)`` from a checkpoint folder."""
+    from adaptkit.jsonio import read_json_file
     from adaptkit.native import load_adapter
-    from adaptkit.safetensors_strict import read_tensors, strict_json
+    from adaptkit.safetensors_strict import read_tensors
 
     folder = Path(folder)
     for name in ("adapter.safetensors", "optimizer.safetensors", "state.json"):
@@ -90,7 +94,14 @@ def load_checkpoint(folder: Path) -> tuple[Any, dict[str, torch.Tensor], dict[st
             raise FormatError(f"not a checkpoint folder: {name} is missing", path=folder)
     adapter = load_adapter(folder / "adapter.safetensors")
     _, tensors = read_tensors(folder / "optimizer.safetensors", float_only=False)
-    state = strict_json((folder / "state.json").read_text(), what="state.json", path=folder / "state.json")
+    state = read_json_file(folder / "state.json", what="checkpoint state.json", max_bytes=MAX_STATE_BYTES)
+    step = state.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+        raise FormatError(
+            f"step must be a positive integer, not {step!r}", path=folder / "state.json", key="step"
+        )
+    if not isinstance(state.get("param_groups"), list) or not isinstance(state.get("plain_state", {}), dict):
+        raise FormatError("param_groups/plain_state are malformed", path=folder / "state.json")
     return adapter, tensors, state
 
 

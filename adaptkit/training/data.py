@@ -13,12 +13,12 @@ Records longer than ``seq_len`` are an error naming the line, unless ``truncate`
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from adaptkit.errors import AdaptkitError, FormatError
 from adaptkit.fileio import read_regular_file
+from adaptkit.jsonio import strict_json
 
 MAX_DATA_BYTES = 2 << 30
 
@@ -82,10 +82,7 @@ def _jsonl(p: Path, text: str, tokenizer: Any, vocab_size: int) -> list[tuple[st
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise FormatError(f"invalid JSON ({exc.msg})", path=p, key=f"line {n}") from None
+        obj = strict_json(line, what="JSON line", path=p, key=f"line {n}")
         kinds = [k for k in ("text", "input_ids", "prompt") if isinstance(obj, dict) and k in obj]
         if len(kinds) != 1 or (kinds == ["prompt"]) != ("completion" in obj):
             raise FormatError(

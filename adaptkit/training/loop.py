@@ -219,7 +219,14 @@ def run_training(
         restore_optimizer(optimizer, tensors, state)
         if scaler is not None and state.get("grad_scaler"):
             scaler.load_state_dict(state["grad_scaler"])
-        start = int(state["step"])
+        start = state["step"]
+        if start >= steps:
+            raise AdaptkitError(
+                f"the checkpoint is at step {start}, but this run has {steps} steps: nothing to train",
+                path=cfg.resume,
+                key="step",
+                hint="raise --max-steps, or resume from an earlier checkpoint",
+            )
         note(f"resumed from {cfg.resume} at step {start}")
 
     train_model: Any = model

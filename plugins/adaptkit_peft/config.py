@@ -56,7 +56,7 @@ def load_config(path: Path) -> dict[str, Any]:
         FormatError / SchemaError / AdaptkitError: naming the file and the key.
     """
     from adaptkit.fileio import read_regular_file
-    from adaptkit.safetensors_strict import strict_json
+    from adaptkit.jsonio import strict_json
     from adaptkit.schemas import validate_document
 
     if not path.exists():

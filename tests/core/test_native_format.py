@@ -183,6 +183,7 @@ def test_trailing_bytes_and_bad_offsets_rejected(tmp_path):
         load_adapter(tmp_path / "trail.safetensors")
 
     header, _, _ = read_header(path)
+    header["m.lora_B.weight"]["shape"] = header["m.lora_A.weight"]["shape"]  # same size, same bytes
     header["m.lora_B.weight"]["data_offsets"] = header["m.lora_A.weight"]["data_offsets"]
     data = blob[8 + struct.unpack("<Q", blob[:8])[0] :]
     (tmp_path / "overlap.safetensors").write_bytes(raw_safetensors(header, data))
@@ -193,6 +194,16 @@ def test_trailing_bytes_and_bad_offsets_rejected(tmp_path):
     (tmp_path / "oob.safetensors").write_bytes(raw_safetensors(header, data))
     with pytest.raises(InvalidAdapterError, match="out of bounds"):
         load_adapter(tmp_path / "oob.safetensors")
+
+    header["m.lora_B.weight"]["data_offsets"] = header["m.lora_A.weight"]["data_offsets"]
+    header["m.lora_B.weight"]["shape"] = [4, 1]  # 16 bytes claimed in an 8-byte span
+    (tmp_path / "span.safetensors").write_bytes(raw_safetensors(header, data))
+    with pytest.raises(InvalidAdapterError, match=r"F32 \[4, 1\] needs 16 bytes but spans 8"):
+        load_adapter(tmp_path / "span.safetensors")
+    del header["m.lora_B.weight"]["shape"]
+    (tmp_path / "noshape.safetensors").write_bytes(raw_safetensors(header, data))
+    with pytest.raises(InvalidAdapterError, match="shape None is not a list"):
+        load_adapter(tmp_path / "noshape.safetensors")
 
 
 def test_non_float_dtype_rejected(tmp_path):

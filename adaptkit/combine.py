@@ -14,13 +14,13 @@ import hashlib
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adaptkit.errors import AdaptkitError, InvalidAdapterError, SchemaError
 from adaptkit.factored import RankRequest
-from adaptkit.merging import MergeContext, MergeInput
+from adaptkit.merging import MergeContext, MergeInput, MergeResult, SumStrategy
 
 if TYPE_CHECKING:
     from adaptkit.adapter import Adapter
@@ -359,5 +359,25 @@ def _with_unique_names(inputs: Sequence[AdapterInput]) -> list[AdapterInput]:
     return out
 
 
-def report_rows(report: Sequence[TargetReport]) -> list[dict[str, Any]]:
-    return [asdict(r) for r in report]
+class Concatenate(SumStrategy):
+    """``cat``: ``B = [w₁s₁B₁ … wₙsₙBₙ]``, ``A = [A₁; …; Aₙ]``, so ``BA = Σ wᵢsᵢBᵢAᵢ`` exactly
+    (scale 1, ``alpha = rank = Σ rᵢ``). Core uses it wherever an exact sum of adapters is
+    needed (exporters); the builtin strategies plugin registers it as ``cat``."""
+
+    name = "cat"
+    description = "exact concatenation of factors (rank = Σ r_i)"
+
+    def merge(self, inputs: Sequence[MergeInput], ctx: MergeContext) -> MergeResult:
+        import torch
+
+        from adaptkit.factored import stack_factors
+        from adaptkit.lora import LoraPair
+
+        if ctx.rank.k is not None or ctx.rank.energy is not None:
+            raise AdaptkitError(
+                "cat keeps every factor (rank = Σ r_i); it takes no --rank",
+                key="rank",
+                hint="use --strategy linear --rank K for a smaller rank",
+            )
+        B, A = stack_factors([i.pair for i in inputs], [i.weight for i in inputs], torch.float32)
+        return MergeResult(pair=LoraPair(A=A.contiguous(), B=B.contiguous(), alpha=float(A.shape[0])))

@@ -55,6 +55,7 @@ def combine_specs(
     per-adapter × group weights on evaluation sets first (:mod:`adaptkit.tune`); ``plot``
     writes their heat map."""
     from adaptkit.combine import AdapterInput, check_request, combine
+    from adaptkit.contracts import WritableFormat
     from adaptkit.output_guard import PLOT, check_output, kind_of_writer
     from adaptkit.plugins import get_registry
     from adaptkit.recipe import Recipe, load_recipe, yaml_kind
@@ -97,8 +98,8 @@ def combine_specs(
         raise AdaptkitError("--plot draws the tuned weights; it needs --tune", key="--plot")
 
     writer = registry.registration("format", to_name).require_available()
-    if not hasattr(writer, "write"):
-        writable = [r.name for r in registry.all("format") if hasattr(r.obj, "write")]
+    if not isinstance(writer, WritableFormat):
+        writable = [r.name for r in registry.all("format") if isinstance(r.obj, WritableFormat)]
         raise AdaptkitError(f"format {to_name!r} cannot write adapters; writable: {', '.join(writable)}")
     read = [recipe.path, *(r.spec for r in refs), *(r.path for r in refs)]
     read += [*tune_block.get("sets", ()), tune_block.get("model")] if tuning else []

@@ -44,7 +44,12 @@ class AdapterFormat(Plugin, Protocol):
 
 @runtime_checkable
 class WritableFormat(AdapterFormat, Protocol):
-    """A format that can also write adapters."""
+    """A format that can also write adapters.
+
+    It may declare ``output_kind`` (an :class:`adaptkit.output_guard.OutputKind`: a file with
+    given suffixes, or a folder) so the output guard checks names of the right kind; without
+    it, any name that is not a dotfile or code is accepted.
+    """
 
     def write(self, adapter: Adapter, path: Path, *, overwrite: bool = False) -> Path:
         """Write ``adapter`` to ``path`` atomically; refuse an existing output unless
@@ -87,7 +92,7 @@ class Backend(Plugin, Protocol):
     def extract(self, model: Any, *, base_name: str | None, provenance: dict[str, Any]) -> Adapter:
         """The trained adapter (native :class:`~adaptkit.adapter.Adapter`): one target per
         attached module, with the rank and scale it was trained with, loadable with
-        ``adaptkit_lora.load`` onto the base the backend prepared."""
+        ``adaptkit.nn.load`` onto the base the backend prepared."""
         ...
 
 

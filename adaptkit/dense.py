@@ -52,16 +52,6 @@ def magnitude_threshold(pair: LoraPair, density: float) -> float:
     return float(torch.kthvalue(full, full.numel() - k + 1).values)
 
 
-def elect_sign(values: torch.Tensor, method: str) -> torch.Tensor:
-    """Per-entry sign elected over dim 0: ``"total"`` = sign of the sum of values,
-    ``"frequency"`` = sign of the sum of signs (a majority vote)."""
-    import torch
-
-    if method == "frequency":
-        return torch.sign(torch.sign(values).sum(dim=0))
-    return torch.sign(values.sum(dim=0))
-
-
 def iter_delta_tiles(
     pairs: Sequence[LoraPair], *, trim_density: float | None = None
 ) -> Iterator[tuple[slice, torch.Tensor]]:

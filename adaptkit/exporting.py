@@ -89,14 +89,14 @@ def load_export_adapters(specs: list[str], registry: Any = None) -> list[NamedAd
 
 def combined(adapters: list[NamedAdapter]) -> Adapter | None:
     """The exact weighted sum of all adapters (``None`` when there are none)."""
-    from adaptkit.combine import AdapterInput, combine
+    from adaptkit.combine import AdapterInput, Concatenate, combine
 
     if not adapters:
         return None
     if len(adapters) == 1 and adapters[0].weight == 1.0:
         return adapters[0].adapter
     inputs = [AdapterInput(a.adapter, a.weight, a.name, a.source) for a in adapters]
-    return combine(inputs, "cat").adapter
+    return combine(inputs, Concatenate()).adapter
 
 
 def prepare_output(output: Path, force: bool, *, inputs: Iterable[Any] = ()) -> None:

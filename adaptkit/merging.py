@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from adaptkit.factored import RankRequest, factorise_product, stack_factors
 
@@ -120,3 +120,22 @@ def factored_merge(
         energy=f.energy(k),
         relative_error=f.relative_error(k),
     )
+
+
+class SumStrategy:
+    """Defaults for a strategy that takes any number of inputs and no parameters, and whose
+    result is linear in the inputs and symmetric in their order (``linear``, ``svd``, ``cat``).
+    Subclasses set ``name``, ``description`` and ``merge``."""
+
+    name: str
+    description: str
+    params_schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {},
+    }
+    min_inputs = 1
+    max_inputs: int | None = None
+    symmetric = True
+    linear = True
+    identity_params: ClassVar[dict[str, Any]] = {}

@@ -93,13 +93,9 @@ def build_skeleton(folder: Path) -> ModelSkeleton | None:
 
 
 def _kind(module: Any) -> str:
-    from torch import nn
+    from adaptkit.nn.layout import module_kind
 
-    if isinstance(module, nn.Linear):
-        return "linear"
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
-        return "conv1d"
-    return type(module).__name__
+    return module_kind(module) or type(module).__name__
 
 
 def _renamer(model: Any) -> Callable[[str], str]:

@@ -176,7 +176,7 @@ def install(
 ) -> list[_Mixture]:
     """Replace every target layer of ``model`` with a :class:`_Mixture` over ``inputs``; each
     target's columns point at ``α[adapter, groups[target]]`` (flattened)."""
-    from adaptkit.merge import resolve_targets
+    from adaptkit.nn.baking import resolve_targets
 
     targets = sorted({t for a, _ in inputs for t in a.targets})
     union = Adapter(targets={t: next(a.targets[t] for a, _ in inputs if t in a.targets) for t in targets})

@@ -28,8 +28,8 @@ def torch_ms(v, model, ids, mask):
 def main(argv=None):
     from peft import LoraConfig, get_peft_model
 
-    import adaptkit_lora as lora
-    from adaptkit.merge import merge_adapter
+    from adaptkit import nn as lora
+    from adaptkit.nn.baking import bake_adapter
     from adaptkit_onnx import verify as v
     from adaptkit_onnx.graph import export_causal_lm
     from benchmarks.bench_train import build
@@ -56,7 +56,7 @@ def main(argv=None):
             mod.lora_A["default"].weight.copy_(pair.A)
             mod.lora_B["default"].weight.copy_(pair.B)
     merged = copy.deepcopy(base)
-    merge_adapter(merged, adapter)
+    bake_adapter(merged, adapter)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         export_causal_lm(copy.deepcopy(merged), Path(tmp) / "merged.onnx")

@@ -28,7 +28,7 @@ def main(argv=None):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    import adaptkit_lora as lora
+    from adaptkit import nn as lora
     from adaptkit.training.settings import LoraSettings, TrainConfig
     from adaptkit_qlora.backend import QloraBackend
     from benchmarks.bench_train import build, step

@@ -41,7 +41,7 @@ def build(hidden, layers, vocab):
 def setups(base, rank, alpha, lr):
     from peft import LoraConfig, get_peft_model
 
-    import adaptkit_lora as lora
+    from adaptkit import nn as lora
 
     ours = copy.deepcopy(base)
     lora.attach(ours, lora.LoraSettings(targets="all-linear", rank=rank, alpha=alpha))

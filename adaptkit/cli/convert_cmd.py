@@ -40,13 +40,14 @@ def command(spec: str, output: Path, to_format: str, force: bool, as_json: bool)
       adaptkit convert peft_adapter_dir -o adapter.safetensors --to adaptkit
       adaptkit convert adapter.safetensors -o peft_dir --to peft
     """
+    from adaptkit.contracts import WritableFormat
     from adaptkit.output_guard import check_output, kind_of_writer
     from adaptkit.plugins import get_registry
     from adaptkit.specs import detect_format, load_ref, resolve_spec
 
     registry = get_registry()
     writer = registry.get("format", to_format)
-    if not hasattr(writer, "write"):
+    if not isinstance(writer, WritableFormat):
         raise AdaptkitError(f"format {to_format!r} cannot write adapters")
     ref = resolve_spec(spec)
     check_output(output, kind_of_writer(writer), inputs=[ref.spec, ref.path], force=force)

@@ -77,7 +77,7 @@ def run_demo(
     workspace = OutputKind("demo workspace", folder=True)
     check_output(out, workspace, force=force or earlier, empty_folder_ok=True)
 
-    import adaptkit_lora as lora
+    from adaptkit import nn as lora
     from adaptkit.combine_job import combine_specs
     from adaptkit.demo import base_model, report
     from adaptkit.demo.skills import (

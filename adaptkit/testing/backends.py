@@ -18,7 +18,7 @@ Checked properties:
     * extract — the extracted adapter has one target per selected module, with the rank, scale
       and factor shapes that were asked for;
     * learns — a few optimizer steps through the shared trainer lower the loss;
-    * reload — the extracted adapter, loaded with ``adaptkit_lora.load`` onto the base as the
+    * reload — the extracted adapter, loaded with ``adaptkit.nn.load`` onto the base as the
       backend prepares it, reproduces the trained model's logits (which differ from the base's);
     * round trip — the adapter saves to the native format and loads back bit-identical;
     * resume — (if ``"resume" in backend.supports``) a run resumed from a checkpoint takes
@@ -193,7 +193,7 @@ def check_learns(backend: Any, *, steps: int = 20, factor: float = 0.8) -> tuple
 def check_reload(backend: Any, trained: tuple[Any, Any] | None = None, *, atol: float = 1e-4) -> None:
     import torch
 
-    import adaptkit_lora as lora
+    from adaptkit import nn as lora
 
     model, result = trained or _train(backend, _config(backend, max_steps=5), counting_records())
     want = _logits(model)

@@ -1,28 +1,24 @@
-"""Builtin plugin: the ``lora`` training backend, and the Python API for LoRA layers.
+"""Builtin plugin: the ``lora`` training backend (16-bit LoRA on a frozen base).
 
-import adaptkit_lora as lora
-
-names = lora.attach(model, lora.LoraSettings(targets=["q_proj", "v_proj"], rank=8, alpha=16))
-...train...
-adapter = lora.extract(model)           # -> adaptkit.Adapter, save with adaptkit.save_adapter
-lora.merge(model); lora.unmerge(model)  # in place, exact round trip
-lora.detach(model)                      # back to the plain base model
-
-base = ...; lora.load(base, adaptkit.load_spec("adapter.safetensors"))   # inference
+The LoRA machinery it uses lives in core, :mod:`adaptkit.nn`, where every other part (the
+qlora backend, the exporters, the demo) reaches it too. The names this package used to export
+(``adaptkit_lora.attach``, ``.extract``, ``.load``, ``.merge``, ...) still work and warn once:
+import them from :mod:`adaptkit.nn` instead.
 """
 
 import importlib
+import warnings
 from typing import Any
 
 from adaptkit.hookspecs import hookimpl
-from adaptkit.training.settings import LoraSettings
 from adaptkit_lora.backend import LoraBackend
 
-# torch-heavy modules load on first use, so discovering this plugin stays instant.
-_LAZY = {
-    "LoraLinear": "adaptkit_lora.layer",
+#: Old name -> (module, name) in core.
+_MOVED = {
+    "LoraLinear": ("adaptkit.nn.layers", "LoraLinear"),
+    "LoraSettings": ("adaptkit.training.settings", "LoraSettings"),
     **{
-        name: "adaptkit_lora.inject"
+        name: ("adaptkit.nn.inject", name)
         for name in (
             "attach",
             "detach",
@@ -37,12 +33,19 @@ _LAZY = {
     },
 }
 
-__all__ = ["LoraBackend", "LoraSettings", *sorted(_LAZY)]
+__all__ = ["LoraBackend"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _MOVED:
+        module, attr = _MOVED[name]
+        new = {"merge": "bake", "unmerge": "unbake"}.get(name, attr)
+        warnings.warn(
+            f"adaptkit_lora.{name} moved to adaptkit.nn.{new}; import it from adaptkit.nn",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'adaptkit_lora' has no attribute {name!r}")
 
 

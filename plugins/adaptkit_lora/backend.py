@@ -12,7 +12,7 @@ class LoraBackend:
     supports: ClassVar[frozenset[str]] = frozenset({"resume", "ddp"})
 
     def prepare(self, model: Any, settings: Any, config: Any, log: Any) -> list[Any]:
-        from adaptkit_lora.inject import attach, trainable_parameters
+        from adaptkit.nn.inject import attach, trainable_parameters
 
         names = attach(model, settings)
         params = trainable_parameters(model)
@@ -30,12 +30,12 @@ class LoraBackend:
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
     def extract(self, model: Any, *, base_name: str | None, provenance: dict[str, Any]) -> Any:
-        from adaptkit_lora.inject import extract
+        from adaptkit.nn.inject import extract
 
         return extract(model, base_name=base_name, provenance=provenance)
 
     def memory_report(self, model: Any) -> dict[str, Any]:
-        from adaptkit_lora.inject import trainable_parameters
+        from adaptkit.nn.inject import trainable_parameters
 
         lora = sum(p.numel() * p.element_size() for p in trainable_parameters(model))
         base = sum(p.numel() * p.element_size() for p in model.parameters()) - lora

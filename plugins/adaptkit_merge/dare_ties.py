@@ -6,54 +6,15 @@ and divides by the agreeing count; ``mergekit`` elects on weighted values and di
 agreeing weights). Re-factorised to ``--rank`` like ``ties``.
 """
 
-from __future__ import annotations
-
-from collections.abc import Sequence
-from typing import Any, ClassVar
-
-from adaptkit.merging import MergeContext, MergeInput, MergeResult
-from adaptkit_merge.ties import refactorised
+from adaptkit_merge.dense import DenseStrategy
 
 
-class DareTies:
-    name = "dare_ties"
-    description = "DARE random drop + rescale, then TIES sign election and disjoint merge"
-    params_schema: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "density": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.5},
-            "rescale": {"enum": ["inverse_density", "l1"], "default": "inverse_density"},
-            "variant": {"enum": ["peft", "mergekit"], "default": "peft"},
-            "sign_method": {"enum": ["total", "frequency"], "default": "total"},
-            "normalize": {"type": "boolean", "default": True},
-        },
-    }
-    min_inputs = 1
-    max_inputs = None
-    symmetric = True
-    linear = True
-    identity_params: ClassVar[dict[str, Any]] = {"density": 1.0}
-
-    def merge(self, inputs: Sequence[MergeInput], ctx: MergeContext) -> MergeResult:
-        import torch
-
-        from adaptkit.dense import DareMasks, dense_merge, ties_merge
-
-        p = ctx.params
-        pairs = [i.pair for i in inputs]
-        weights = torch.tensor([i.weight for i in inputs], dtype=torch.float32)
-        masks = DareMasks(ctx, [i.name for i in inputs], float(p["density"]), p["rescale"])
-        masks.prepare(pairs)
-        masks.start()
-        D = dense_merge(
-            pairs,
-            lambda tiles, rows: ties_merge(
-                masks.apply(tiles),
-                weights,
-                variant=p["variant"],
-                sign_method=p["sign_method"],
-                normalize=p["normalize"],
-            ),
-        )
-        return refactorised(D, inputs, ctx)
+def DareTies() -> DenseStrategy:
+    """``dare_ties`` as a :class:`~adaptkit_merge.dense.DenseStrategy` configuration."""
+    return DenseStrategy(
+        "dare_ties",
+        "DARE random drop + rescale, then TIES sign election and disjoint merge",
+        sparsify="dare",
+        consensus=True,
+        normalize=True,
+    )

@@ -14,24 +14,13 @@ Task arithmetic: Ilharco et al., 2023, https://arxiv.org/abs/2212.04089
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
 
-from adaptkit.merging import MergeContext, MergeInput, MergeResult, factored_merge
+from adaptkit.merging import MergeContext, MergeInput, MergeResult, SumStrategy, factored_merge
 
 
-class Linear:
+class Linear(SumStrategy):
     name = "linear"
     description = "exact weighted sum Σ w_i·ΔW_i, kept factored; optimal rank-k with --rank"
-    params_schema: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {},
-    }
-    min_inputs = 1
-    max_inputs = None
-    symmetric = True
-    linear = True
-    identity_params: ClassVar[dict[str, Any]] = {}
 
     def merge(self, inputs: Sequence[MergeInput], ctx: MergeContext) -> MergeResult:
         return factored_merge([i.pair for i in inputs], [i.weight for i in inputs], ctx.rank)

@@ -10,24 +10,13 @@ is formed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
 
-from adaptkit.merging import MergeContext, MergeInput, MergeResult, factored_merge
+from adaptkit.merging import MergeContext, MergeInput, MergeResult, SumStrategy, factored_merge
 
 
-class Svd:
+class Svd(SumStrategy):
     name = "svd"
     description = "weighted sum truncated to rank k (default: max input rank), from the factors"
-    params_schema: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {},
-    }
-    min_inputs = 1
-    max_inputs = None
-    symmetric = True
-    linear = True
-    identity_params: ClassVar[dict[str, Any]] = {}
 
     def merge(self, inputs: Sequence[MergeInput], ctx: MergeContext) -> MergeResult:
         default = max(i.pair.rank for i in inputs)

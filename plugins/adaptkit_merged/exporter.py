@@ -17,7 +17,6 @@ class MergedExporter:
     name = "merged"
     description = "HF model directory with W + ΔW baked in, streamed tensor by tensor"
     requires: ClassVar[dict[str, str]] = {"torch": "torch", "safetensors": "safetensors"}
-    options_schema: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}}
 
     def export(self, request: Any, log: Any) -> dict[str, Any]:
         import torch

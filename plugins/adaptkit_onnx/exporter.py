@@ -102,14 +102,14 @@ class OnnxExporter:
 
         import torch
 
-        import adaptkit_lora as lora
-        from adaptkit.merge import merge_adapter
+        from adaptkit import nn as lora
+        from adaptkit.nn.baking import bake_adapter
         from adaptkit_onnx import verify as v
         from adaptkit_onnx.graph import export_causal_lm
 
         merged = copy.deepcopy(base)
         if adapter is not None:
-            merge_adapter(merged, adapter)
+            bake_adapter(merged, adapter)
         merged = merged.to(torch_dtype)
         info = export_causal_lm(
             merged,

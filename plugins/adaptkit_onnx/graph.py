@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from adaptkit.errors import AdaptkitError
+from adaptkit.nn.layout import module_kind, replace_module
 
 #: The protobuf limit is 2 GiB; stay clear of it.
 PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2
@@ -73,11 +74,9 @@ def install_lora_inputs(model: nn.Module, shapes: dict[str, tuple[int, int]]) ->
     """Replace each target with a :class:`LoraInputLayer` (``shapes``: target -> (out, in))."""
     layers = {}
     for name in sorted(shapes):
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        base = getattr(parent, child)
-        layer = LoraInputLayer(base, conv1d=not isinstance(base, nn.Linear))
-        setattr(parent, child, layer)
+        base = model.get_submodule(name)
+        layer = LoraInputLayer(base, conv1d=module_kind(base) == "conv1d")
+        replace_module(model, name, layer)
         layers[name] = layer
     return layers
 

@@ -50,8 +50,8 @@ def export_with_lora_inputs(
 ) -> dict[str, Any]:
     import onnxruntime as ort
 
-    import adaptkit_lora as lora
-    from adaptkit.merge import resolve_targets
+    from adaptkit import nn as lora
+    from adaptkit.nn.baking import resolve_targets
     from adaptkit_onnx import verify as v
     from adaptkit_onnx.graph import export_causal_lm, lora_input_names
 

@@ -64,7 +64,7 @@ class QloraBackend:
 
     def _choose(self, config: Any, model: Any) -> list[str]:
         """The layers to quantize: the LoRA targets, or every linear layer but the head."""
-        from adaptkit_lora.inject import select_targets
+        from adaptkit.nn.inject import select_targets
 
         opts = self._options(config)
         settings = config.lora
@@ -118,7 +118,7 @@ class QloraBackend:
         from transformers import BitsAndBytesConfig
 
         from adaptkit.model_layout import meta_model
-        from adaptkit_lora.inject import _output_head_names, is_linear_like
+        from adaptkit.nn.inject import _output_head_names, is_linear_like
 
         opts = self._options(config)
         if opts["blocksize"] != 64:
@@ -151,8 +151,9 @@ class QloraBackend:
         }
 
     def prepare(self, model: Any, settings: Any, config: Any, log: Any) -> list[Any]:
-        import adaptkit_lora as lora
-        from adaptkit_lora.inject import select_targets
+        from adaptkit import nn as lora
+        from adaptkit.nn.inject import select_targets
+        from adaptkit.nn.layout import replace_module
         from adaptkit_qlora.quantize import memory_report, quantize_linear
 
         opts = self._options(config)
@@ -167,12 +168,10 @@ class QloraBackend:
             if cuda:
                 model.to("cuda")
             for name in chosen:
-                parent_name, _, child = name.rpartition(".")
-                parent = model.get_submodule(parent_name) if parent_name else model
                 layer = quantize_linear(
-                    getattr(parent, child), blocksize=opts["blocksize"], compute_dtype=compute
+                    model.get_submodule(name), blocksize=opts["blocksize"], compute_dtype=compute
                 )
-                setattr(parent, child, layer)
+                replace_module(model, name, layer)
         for m in model.modules():
             if type(m).__name__ == "Linear4bit":
                 # bitsandbytes 0.50 repacks 4-bit weights in place for a bf16 CPU kernel on the
@@ -227,7 +226,7 @@ class QloraBackend:
         return cls(params, lr=config.lr, weight_decay=config.weight_decay)
 
     def extract(self, model: Any, *, base_name: str | None, provenance: dict[str, Any]) -> Any:
-        from adaptkit_lora.inject import extract
+        from adaptkit.nn.inject import extract
 
         adapter = extract(model, base_name=base_name, provenance=provenance)
         adapter.producer.component = "backend:qlora"

@@ -139,14 +139,13 @@ def load(
     in ``dtype``. ``progress`` is called with the number of tensors done."""
     from bitsandbytes.nn import Params4bit
 
+    from adaptkit.nn.layout import replace_module
     from adaptkit_qlora.quantize import empty_linear4bit
 
     model = prepared["model"]
     keep_fp32 = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
     for name in quantize:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, empty_linear4bit(getattr(parent, child), compute_dtype=compute_dtype))
+        replace_module(model, name, empty_linear4bit(model.get_submodule(name), compute_dtype=compute_dtype))
     targets = {f"{n}.weight" for n in quantize}
     since_trim = 0
     for i, (name, (path, offset, info)) in enumerate(

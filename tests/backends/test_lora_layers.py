@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-import adaptkit_lora as lora
 from adaptkit import load_adapter, save_adapter
+from adaptkit import nn as lora
 from adaptkit.errors import AdaptkitError
 from tests.models import tiny_gpt2, tiny_llama, tokens
 
@@ -109,7 +109,7 @@ def test_extract_save_load_gives_the_same_logits(tmp_path):
 
 def test_loaded_explicit_scale_adapter_matches_merge():
     from adaptkit.combine import AdapterInput, combine
-    from adaptkit.merge import merge_adapter
+    from adaptkit.nn.baking import bake_adapter
 
     model = tiny_llama()
     lora.attach(model, lora.LoraSettings(targets=["q_proj"], rank=2, alpha=3))
@@ -119,7 +119,7 @@ def test_loaded_explicit_scale_adapter_matches_merge():
     ids = tokens()
     fresh, merged = tiny_llama(), tiny_llama()
     lora.load(fresh, combined)
-    merge_adapter(merged, combined)
+    bake_adapter(merged, combined)
     with torch.no_grad():
         torch.testing.assert_close(fresh(ids).logits, merged(ids).logits, atol=1e-5, rtol=1e-5)
 

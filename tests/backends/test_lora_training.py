@@ -55,7 +55,7 @@ def test_training_lowers_the_loss_well_below_the_base(tmp_path):
     assert result.final_loss == pytest.approx(after, rel=1e-5)
     assert after < 0.1 * before, (before, after)  # measured: 8.47 -> 0.35
     # The saved adapter reproduces the trained model.
-    import adaptkit_lora as lora
+    from adaptkit import nn as lora
 
     fresh = trainable_llama()
     lora.load(fresh, load_adapter(tmp_path / "a.safetensors"))

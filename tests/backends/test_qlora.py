@@ -41,7 +41,7 @@ def qcfg(**kw):
 
 
 def test_qlora_learns_and_keeps_the_base_4bit(tmp_path):
-    import adaptkit_lora as lora
+    from adaptkit import nn as lora
 
     records = pattern_records()
     model = qlora_llama()

@@ -13,7 +13,7 @@ from tests.models import tiny_llama
 
 
 def _random_adapter(seed, targets=("q_proj", "v_proj", "down_proj"), rank=4):
-    import adaptkit_lora as lora
+    from adaptkit import nn as lora
 
     model = tiny_llama()
     torch.manual_seed(seed)

@@ -69,8 +69,8 @@ def test_installed_backend_is_listed_with_its_package(site):
 def test_train_with_the_installed_backend_then_load_in_peft(site, tmp_path):
     from peft import PeftModel
 
-    import adaptkit_lora as lora
     from adaptkit import load_adapter
+    from adaptkit import nn as lora
 
     model_dir = tmp_path / "tiny"
     tiny_causal_lm().save_pretrained(model_dir, safe_serialization=True)

@@ -11,7 +11,7 @@ from tests.models import tiny_llama
 
 @pytest.fixture
 def setup(tmp_path):
-    import adaptkit_lora as lora
+    from adaptkit import nn as lora
 
     tiny_llama().save_pretrained(tmp_path / "base")
     model = tiny_llama()

@@ -10,7 +10,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from adaptkit import load_spec
 from adaptkit.errors import AdaptkitError
-from adaptkit.merge import merge_adapter
+from adaptkit.nn.baking import bake_adapter
 from adaptkit.plugins import get_registry
 from adaptkit_peft.format import PeftFormat
 from tests.models import tiny_gpt2, tiny_llama, tokens
@@ -96,7 +96,7 @@ def test_gpt2_conv1d_fan_in_fan_out(tmp_path):
     assert_deltas_match(adapter, model, base, conv1d=True)
     # Merging through adaptkit gives PEFT's merged model.
     ours = copy.deepcopy(base)
-    merge_adapter(ours, adapter)
+    bake_adapter(ours, adapter)
     ids = tokens()
     ref = copy.deepcopy(model).merge_and_unload()(ids).logits
     torch.testing.assert_close(ours(ids).logits, ref, atol=1e-5, rtol=1e-5)
@@ -122,7 +122,7 @@ def test_adaptkit_written_peft_dirs_give_the_same_logits(tmp_path, case):
     for label, ad in (("same", adapter), ("combined", combined)):
         _, peft_model = _write_and_load_in_peft(ad, base, tmp_path, f"out-{label}")
         reference = copy.deepcopy(base)
-        merge_adapter(reference, ad)
+        bake_adapter(reference, ad)
         with torch.no_grad():
             got = peft_model(ids).logits
             want = reference(ids).logits

@@ -53,7 +53,7 @@ class LoraPlusBackend:
         return value
 
     def prepare(self, model: Any, settings: Any, config: Any, log: Any) -> list[Any]:
-        import adaptkit_lora as lora
+        from adaptkit import nn as lora
 
         ratio = self.ratio(config)  # refuse bad options before touching the model
         names = lora.attach(model, settings)
@@ -82,7 +82,7 @@ class LoraPlusBackend:
         return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
     def extract(self, model: Any, *, base_name: str | None, provenance: dict[str, Any]) -> Any:
-        import adaptkit_lora as lora
+        from adaptkit import nn as lora
 
         adapter = lora.extract(model, base_name=base_name, provenance=provenance)
         adapter.producer.component = "backend:loraplus"

@@ -1,4 +1,4 @@
-"""Attach LoRA layers to any ``nn.Module``, and merge, unmerge, extract, load or detach them.
+"""Attach LoRA layers to any ``nn.Module``; bake (merge), unbake, extract, load or detach them.
 
 Target selection (``targets``):
 
@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from adaptkit.errors import AdaptkitError
+from adaptkit.nn.layers import LoraLinear
+from adaptkit.nn.layout import is_adaptable, replace_module
 from adaptkit.training.settings import LoraSettings
-from adaptkit_lora.layer import LoraLinear
 
 if TYPE_CHECKING:
     from adaptkit.adapter import Adapter
@@ -31,7 +32,8 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def is_linear_like(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf"))
+    """Whether LoRA can target ``module`` (see :mod:`adaptkit.nn.layout`)."""
+    return is_adaptable(module)
 
 
 def _suffix_match(name: str, targets: Sequence[str]) -> bool:
@@ -88,12 +90,6 @@ def select_targets(model: nn.Module, targets: Sequence[str] | str, exclude: Sequ
     return chosen
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
     """Every attached LoRA layer, by the path of the module it wraps."""
     return {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
@@ -115,7 +111,7 @@ def attach(model: nn.Module, settings: LoraSettings | None = None) -> list[str]:
         p.requires_grad_(False)
     for name in names:
         base = model.get_submodule(name)
-        _replace(
+        replace_module(
             model,
             name,
             LoraLinear(
@@ -135,20 +131,24 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for layer in lora_layers(model).values() for p in (layer.lora_A, layer.lora_B)]
 
 
-def merge(model: nn.Module) -> None:
+def bake(model: nn.Module) -> None:
     """Fold every LoRA update into its base weight (refuses if any layer is merged)."""
     layers = lora_layers(model)
     merged = [n for n, m in layers.items() if m.merged]
     if merged:
-        raise AdaptkitError(f"already merged ({merged[0]}); call unmerge() first")
+        raise AdaptkitError(f"already merged ({merged[0]}); call unbake() first")
     for layer in layers.values():
         layer.merge()
 
 
-def unmerge(model: nn.Module) -> None:
+def unbake(model: nn.Module) -> None:
     for layer in lora_layers(model).values():
         if layer.merged:
             layer.unmerge()
+
+
+#: The names these had before the naming rule (bake = W + ΔW); kept for existing callers.
+merge, unmerge = bake, unbake
 
 
 def detach(model: nn.Module, *, merge_first: bool = False) -> None:
@@ -158,7 +158,7 @@ def detach(model: nn.Module, *, merge_first: bool = False) -> None:
             layer.merge()
         elif not merge_first and layer.merged:
             layer.unmerge()
-        _replace(model, name, layer.base)
+        replace_module(model, name, layer.base)
 
 
 def extract(
@@ -188,7 +188,7 @@ def load(
     adapter's saved modules (PEFT ``modules_to_save``) replace the base parameters they name,
     as PEFT does on loading; :func:`detach` does not restore those.
     """
-    from adaptkit.merge import apply_saved_modules, resolve_saved, resolve_targets
+    from adaptkit.nn.baking import apply_saved_modules, resolve_saved, resolve_targets
 
     if lora_layers(model):
         raise AdaptkitError("the model already has LoRA layers; detach them first")
@@ -210,5 +210,5 @@ def load(
             layer.lora_B.copy_(pair.B)
         layer.lora_A.requires_grad_(trainable)
         layer.lora_B.requires_grad_(trainable)
-        _replace(model, name, layer)
+        replace_module(model, name, layer)
     return sorted(found)

@@ -1,0 +1,136 @@
+"""Bake an adapter into a PyTorch model's weights: ``W ← W + c·ΔW`` per target.
+
+Works on any ``nn.Module`` whose targets are ``nn.Linear`` (weight ``out × in``) or Hugging
+Face ``Conv1D`` (weight ``in × out``, as in GPT-2: the delta is transposed). The delta is
+computed in float32 (float64 for float64 weights) and cast once to the weight's dtype; a
+result that overflows that dtype (e.g. fp16) is refused before any weight is touched.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from adaptkit.errors import AdaptkitError, InvalidAdapterError
+from adaptkit.nn.layout import module_kind
+
+if TYPE_CHECKING:
+    import torch
+
+    from adaptkit.adapter import Adapter
+
+
+def resolve_targets(model: torch.nn.Module, adapter: Adapter) -> dict[str, tuple[Any, str]]:
+    """Map each target to ``(module, layout)``, checking it exists and its shape fits.
+
+    Raises:
+        InvalidAdapterError: listing every target missing from the model, of an unsupported
+            module type, or with a shape that does not match.
+    """
+    modules = dict(model.named_modules())
+    problems: list[str] = []
+    found: dict[str, tuple[Any, str]] = {}
+    missing = sorted(t for t in adapter.targets if t not in modules)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        problems.append(f"targets not in the model: {shown}")
+    for name, pair in sorted(adapter.targets.items()):
+        if name not in modules:
+            continue
+        module = modules[name]
+        layout = module_kind(module)
+        if layout is None:
+            problems.append(f"{name}: a {type(module).__name__}, not nn.Linear or Conv1D")
+            continue
+        # nn.Linear says its sizes (a bitsandbytes Linear4bit's packed weight has no meaningful
+        # shape); Conv1D stores its weight in × out.
+        out_f, in_f = (
+            (module.out_features, module.in_features) if layout == "linear" else module.weight.shape[::-1]
+        )
+        if (out_f, in_f) != (pair.out_features, pair.in_features):
+            problems.append(
+                f"{name}: adapter is {pair.out_features}×{pair.in_features} (out×in) but the "
+                f"model's layer is {out_f}×{in_f}"
+            )
+            continue
+        found[name] = (module, layout)
+    if problems:
+        raise InvalidAdapterError.from_problems(problems)
+    return found
+
+
+def resolve_saved(model: torch.nn.Module, adapter: Adapter) -> list[tuple[Any, Any]]:
+    """``(model parameter, replacement tensor)`` for every saved-module tensor of ``adapter``.
+
+    Raises:
+        InvalidAdapterError: listing every saved module the model lacks or whose parameter has
+            another shape.
+    """
+    modules = dict(model.named_modules())
+    problems, pairs = [], []
+    for module, entry in sorted(adapter.saved.items()):
+        owner = modules.get(module)
+        for param, tensor in sorted(entry.params.items()):
+            target = getattr(owner, param, None) if owner is not None else None
+            if target is None or not hasattr(target, "shape"):
+                problems.append(f"{module}.{param}: saved in full by the adapter, but the model lacks it")
+            elif tuple(target.shape) != tuple(tensor.shape):
+                have, want = tuple(tensor.shape), tuple(target.shape)
+                problems.append(f"{module}.{param}: saved tensor is {have} but the model's is {want}")
+            else:
+                pairs.append((target, tensor))
+    if problems:
+        raise InvalidAdapterError.from_problems(problems)
+    return pairs
+
+
+def apply_saved_modules(model: torch.nn.Module, adapter: Adapter) -> int:
+    """Replace the model's parameters with the adapter's saved modules (PEFT ``modules_to_save``);
+    returns how many tensors were replaced. Not undone by unmerging or detaching."""
+    import torch
+
+    pairs = resolve_saved(model, adapter)
+    with torch.no_grad():
+        for param, tensor in pairs:
+            param.copy_(tensor.to(param.dtype))
+    return len(pairs)
+
+
+def bake_adapter(model: torch.nn.Module, adapter: Adapter, *, weight: float = 1.0) -> None:
+    """``W ← W + weight·ΔW`` for every target, in place (``weight=-1`` undoes it).
+
+    An adapter's saved modules (PEFT ``modules_to_save``) first replace the base parameters
+    they name, as PEFT's merge does; they cannot be weighted or undone, so ``weight`` must be 1
+    for such an adapter. Nothing is modified unless every target resolves and every merged
+    weight is finite in the model's dtype.
+    """
+    import torch
+
+    if adapter.saved and weight != 1.0:
+        raise AdaptkitError(
+            "the adapter saves modules in full; they replace the base's and cannot be merged "
+            f"at weight {weight:g}"
+        )
+    saved = resolve_saved(model, adapter)
+    replaced = {id(param): tensor for param, tensor in saved}
+    found = resolve_targets(model, adapter)
+    updates = []
+    with torch.no_grad():
+        for name, (module, layout) in found.items():
+            W = module.weight
+            work = torch.float64 if W.dtype == torch.float64 else torch.float32
+            delta = adapter.targets[name].delta(work) * weight
+            if layout == "conv1d":
+                delta = delta.T
+            start = replaced.get(id(W), W).to(W.dtype)  # a saved base weight replaces W first
+            new = (start.to(work) + delta.to(W.device)).to(W.dtype)
+            if not bool(torch.isfinite(new).all()):
+                raise AdaptkitError(
+                    f"merged weight overflows {W.dtype} (non-finite values); nothing was changed",
+                    key=name,
+                    hint="merge in float32 or scale the adapter down",
+                )
+            updates.append((W, new))
+        for param, tensor in saved:
+            param.copy_(tensor.to(param.dtype))
+        for W, new in updates:
+            W.copy_(new)

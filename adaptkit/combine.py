@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from adaptkit.errors import AdaptkitError, InvalidAdapterError, SchemaError
 from adaptkit.factored import RankRequest
-from adaptkit.merging import MergeContext, MergeInput, MergeResult, SumStrategy
+from adaptkit.strategy import MergeContext, MergeInput, MergeResult, SumStrategy
 
 if TYPE_CHECKING:
     from adaptkit.adapter import Adapter

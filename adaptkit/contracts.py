@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from adaptkit.adapter import Adapter
-    from adaptkit.merging import MergeContext, MergeInput, MergeResult
+    from adaptkit.strategy import MergeContext, MergeInput, MergeResult
 
 
 @runtime_checkable
@@ -113,7 +113,7 @@ class MergeStrategy(Plugin, Protocol):
     params_schema: Mapping[str, Any]
 
     def merge(self, inputs: Sequence[MergeInput], ctx: MergeContext) -> MergeResult:
-        """Merge one target's inputs (see :mod:`adaptkit.merging`)."""
+        """Merge one target's inputs (see :mod:`adaptkit.strategy`)."""
         ...
 
 

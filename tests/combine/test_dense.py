@@ -105,7 +105,7 @@ def test_magnitude_prune():
 
 def test_dare_linear_reproduces_masks_and_rescale():
     """Rebuild DARE from the documented seeding: each input's generator, one draw per tile."""
-    from adaptkit.merging import MergeContext
+    from adaptkit.strategy import MergeContext
 
     got, _ = run("dare_linear", {"density": 0.7}, seed=5)
     ctx = MergeContext(target=T, seed=5)
@@ -140,7 +140,7 @@ def test_dare_is_seeded_and_order_independent():
 
 
 def test_dare_ties_matches_reference():
-    from adaptkit.merging import MergeContext
+    from adaptkit.strategy import MergeContext
 
     got, _ = run("dare_ties", {"density": 0.6}, seed=3)
     ctx = MergeContext(target=T, seed=3)

@@ -130,3 +130,26 @@ def test_export_serving_snippet_runs(tmp_path, run_cli):
     lines = res.stdout.strip().splitlines()
     assert [ln.split()[0] for ln in lines] == ["skill_a", "skill_b"]
     assert all(float(ln.split()[1]) > 1e-3 for ln in lines)
+
+
+def test_every_module_opens_with_a_docstring():
+    import ast
+
+    missing = [
+        str(p.relative_to(REPO))
+        for root in ("adaptkit", "plugins")
+        for p in sorted((REPO / root).rglob("*.py"))
+        if not ast.get_docstring(ast.parse(p.read_text()))
+    ]
+    assert not missing, f"modules without an opening docstring: {missing}"
+
+
+def test_architecture_doc_names_files_that_exist():
+    text = (DOCS / "architecture.md").read_text()
+    named = set(re.findall(r"`((?:adaptkit|plugins)/[\w/]+(?:\.py)?)`", text))
+    assert named, "architecture.md names no files"
+    assert not [n for n in named if not (REPO / n).exists()]
+    core = {p.name for p in (REPO / "adaptkit").glob("*.py")} - {"__init__.py", "__main__.py", "__about__.py"}
+    shims = {"merge.py", "merging.py"}
+    unplaced = sorted(n for n in core - shims if f"`{n}`" not in text and f"{n[:-3]}" not in text)
+    assert not unplaced, f"architecture.md does not place {unplaced}"

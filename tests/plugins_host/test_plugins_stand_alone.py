@@ -10,7 +10,7 @@ from adaptkit.plugins import load_registry
 from tests.conftest import REPO, make_adapter
 
 BUILTINS = {p.name for p in (REPO / "plugins").iterdir() if p.is_dir() and p.name.startswith("adaptkit_")}
-ENTRY_POINTS = {"native", "merge", "peft", "lora", "qlora", "merged", "onnx"}
+ENTRY_POINTS = {"native", "strategies", "peft", "lora", "qlora", "bake", "onnx"}
 
 
 def _imported_packages(folder: Path) -> set[str]:
@@ -60,7 +60,7 @@ def test_exports_of_several_adapters_work_without_the_strategies_plugin(run_cli,
     shapes = {"model.layers.0.self_attn.q_proj": (32, 32, 4)}
     save_adapter(make_adapter(0, shapes=shapes), tmp_path / "a.safetensors")
     save_adapter(make_adapter(1, shapes=shapes), tmp_path / "b.safetensors")
-    monkeypatch.setenv("ADAPTKIT_BLOCK_PLUGINS", "merge")
+    monkeypatch.setenv("ADAPTKIT_BLOCK_PLUGINS", "strategies")
     from adaptkit.plugins import reset_registry
 
     reset_registry()

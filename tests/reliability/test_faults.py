@@ -270,7 +270,7 @@ def test_merged_export_streams_tensor_by_tensor(tmp_path):
     save_adapter(adapter, tmp_path / "a.safetensors")
     rc, extra_mib, err = extra_peak_mib(
         ["export", "--merged", "--model", model, "-a", tmp_path / "a.safetensors", "-o", tmp_path / "out"],
-        warm_imports="torch, safetensors, adaptkit_merged.stream",
+        warm_imports="torch, safetensors, adaptkit_bake.stream",
     )
     assert rc == "0", err[-2000:]
     assert extra_mib < 384 / 3, (
@@ -298,7 +298,7 @@ def test_combining_many_adapters_stays_within_the_factors(tmp_path):
     factor_mib = sum(os.path.getsize(p) for p in paths) / 2**20
     rc, extra_mib, err = extra_peak_mib(
         ["combine", *paths, "-r", "16", "-o", tmp_path / "out.safetensors"],
-        warm_imports="torch, safetensors, adaptkit_merge",
+        warm_imports="torch, safetensors, adaptkit_strategies",
     )
     assert rc == "0", err[-2000:]
     assert extra_mib < 2 * factor_mib + 64, (extra_mib, factor_mib)

@@ -24,7 +24,7 @@ class MergedExporter:
         from adaptkit.atomic import atomic_directory
         from adaptkit.exporting import combined, may_replace
         from adaptkit.models import resolve_model, safetensors_files
-        from adaptkit_merged.stream import stream_update, tensor_index
+        from adaptkit_bake.stream import stream_update, tensor_index
 
         folder = resolve_model(request.model)
         adapter = combined(request.adapters)

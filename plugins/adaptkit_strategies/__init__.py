@@ -6,14 +6,14 @@ Dense (elementwise on ``ΔW_i``, then re-factorised): ``ties``, ``dare_linear``,
 """
 
 from adaptkit.hookspecs import hookimpl
-from adaptkit_merge.cat import Cat
-from adaptkit_merge.dare_linear import DareLinear
-from adaptkit_merge.dare_ties import DareTies
-from adaptkit_merge.linear import Linear
-from adaptkit_merge.magnitude_prune import MagnitudePrune
-from adaptkit_merge.slerp import Slerp
-from adaptkit_merge.svd import Svd
-from adaptkit_merge.ties import Ties
+from adaptkit_strategies.cat import Cat
+from adaptkit_strategies.dare_linear import DareLinear
+from adaptkit_strategies.dare_ties import DareTies
+from adaptkit_strategies.linear import Linear
+from adaptkit_strategies.magnitude_prune import MagnitudePrune
+from adaptkit_strategies.slerp import Slerp
+from adaptkit_strategies.svd import Svd
+from adaptkit_strategies.ties import Ties
 
 
 @hookimpl

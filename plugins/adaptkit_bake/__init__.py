@@ -2,7 +2,7 @@
 ``W + ΔW`` baked in, streamed tensor by tensor from the base's safetensors files."""
 
 from adaptkit.hookspecs import hookimpl
-from adaptkit_merged.exporter import MergedExporter
+from adaptkit_bake.exporter import MergedExporter
 
 
 @hookimpl

@@ -16,11 +16,11 @@ The result is re-factorised to ``--rank`` (default: the largest input rank) with
 randomised SVD; the report gives the exact relative error of that step.
 """
 
-from adaptkit_merge.dense import DenseStrategy
+from adaptkit_strategies.dense import DenseStrategy
 
 
 def Ties() -> DenseStrategy:
-    """``ties`` as a :class:`~adaptkit_merge.dense.DenseStrategy` configuration."""
+    """``ties`` as a :class:`~adaptkit_strategies.dense.DenseStrategy` configuration."""
     return DenseStrategy(
         "ties",
         "TIES: trim by magnitude, elect sign, disjoint merge (variants: peft, mergekit)",

@@ -7,11 +7,11 @@ PEFT) or so the L1 norm is unchanged (``rescale=l1``: mergekit); then
 https://arxiv.org/abs/2311.03099. Re-factorised to ``--rank`` like ``ties``.
 """
 
-from adaptkit_merge.dense import DenseStrategy
+from adaptkit_strategies.dense import DenseStrategy
 
 
 def DareLinear() -> DenseStrategy:
-    """``dare_linear`` as a :class:`~adaptkit_merge.dense.DenseStrategy` configuration."""
+    """``dare_linear`` as a :class:`~adaptkit_strategies.dense.DenseStrategy` configuration."""
     return DenseStrategy(
         "dare_linear",
         "DARE random drop + rescale, then weighted sum (seeded, reproducible)",

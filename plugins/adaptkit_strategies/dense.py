@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from adaptkit.merging import MergeContext, MergeInput, MergeResult
+from adaptkit.strategy import MergeContext, MergeInput, MergeResult
 
 _DENSITY = {
     "type": "number",

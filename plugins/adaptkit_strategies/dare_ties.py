@@ -6,11 +6,11 @@ and divides by the agreeing count; ``mergekit`` elects on weighted values and di
 agreeing weights). Re-factorised to ``--rank`` like ``ties``.
 """
 
-from adaptkit_merge.dense import DenseStrategy
+from adaptkit_strategies.dense import DenseStrategy
 
 
 def DareTies() -> DenseStrategy:
-    """``dare_ties`` as a :class:`~adaptkit_merge.dense.DenseStrategy` configuration."""
+    """``dare_ties`` as a :class:`~adaptkit_strategies.dense.DenseStrategy` configuration."""
     return DenseStrategy(
         "dare_ties",
         "DARE random drop + rescale, then TIES sign election and disjoint merge",

@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from adaptkit.merging import MergeContext, MergeInput, MergeResult, factored_merge
+from adaptkit.strategy import MergeContext, MergeInput, MergeResult, factored_merge
 
 
 def frobenius_inner(a: MergeInput, b: MergeInput) -> float:

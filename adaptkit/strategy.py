@@ -1,0 +1,141 @@
+"""The strategy-facing API: what a merge strategy receives and returns.
+
+The combine engine (:mod:`adaptkit.combine`) calls ``strategy.merge(inputs, ctx)`` once per
+target module with that target's inputs (adapters lacking the target, and adapters at
+weight 0, are left out: they contribute nothing). A strategy returns a
+:class:`MergeResult` holding one :class:`~adaptkit.lora.LoraPair` with its scale folded in
+(``alpha = rank``, scale 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from adaptkit.factored import RankRequest, factorise_product, stack_factors
+
+if TYPE_CHECKING:
+    import torch
+
+    from adaptkit.lora import LoraPair
+
+
+@dataclass(frozen=True)
+class MergeInput:
+    """One adapter's update for the target being merged.
+
+    Attributes:
+        name: The adapter's label (unique within a combine call).
+        weight: The user's multiplier ``w_i`` (never 0 here).
+        pair: Its factors and scale ``s_i``; the strategy applies ``w_i`` itself.
+        index: Position of the adapter in the combine call.
+    """
+
+    name: str
+    weight: float
+    pair: LoraPair
+    index: int
+
+
+@dataclass
+class MergeContext:
+    """Everything about the call that is not the inputs.
+
+    Attributes:
+        target: Module path being merged.
+        params: Strategy parameters, validated against ``params_schema`` with defaults filled.
+        rank: The requested output rank.
+        seed: The run's seed; use :meth:`generator` for randomness.
+    """
+
+    target: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    rank: RankRequest = field(default_factory=RankRequest)
+    seed: int = 0
+
+    def generator(self, *key: object) -> torch.Generator:
+        """A generator seeded from ``(seed, target, *key)``: reproducible across runs and
+        independent of the order targets are processed in."""
+        import torch
+
+        text = "\x1f".join(map(str, (self.seed, self.target, *key)))
+        digest = hashlib.sha256(text.encode()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+@dataclass
+class MergeResult:
+    """A strategy's output for one target.
+
+    Attributes:
+        pair: The merged update.
+        energy: Fraction of the merged ``||ΔW||_F²`` kept by the final factorisation
+            (1.0 when exact).
+        relative_error: ``||ΔW − B A||_F / ||ΔW||_F`` of that factorisation.
+        note: Anything the user should know (e.g. a fallback taken).
+    """
+
+    pair: LoraPair
+    energy: float = 1.0
+    relative_error: float = 0.0
+    note: str | None = None
+
+
+def factored_merge(
+    pairs: Sequence[LoraPair],
+    coefficients: Sequence[float],
+    rank: RankRequest,
+    *,
+    default_rank: int | None = None,
+) -> MergeResult:
+    """``Σ c_i ΔW_i`` re-factorised from the stacked factors (see :mod:`adaptkit.factored`).
+
+    Args:
+        pairs: Input updates (their own scales are applied).
+        coefficients: ``c_i`` per input.
+        rank: Requested rank; with no request the result keeps ``default_rank`` directions,
+            or all numerically non-zero ones when ``default_rank`` is ``None`` (exact).
+    """
+    import torch
+
+    from adaptkit.lora import LoraPair
+
+    # float32 unless an input is float64 (see factorise_product); bf16/fp16 inputs are upcast.
+    work = (
+        torch.float64
+        if any(p.A.dtype == torch.float64 or p.B.dtype == torch.float64 for p in pairs)
+        else torch.float32
+    )
+    B, A = stack_factors(pairs, coefficients, work)
+    f = factorise_product(B, A)
+    exact_rank = max(1, f.numerical_rank())
+    k = max(1, rank.choose(f.S, default=default_rank if default_rank is not None else exact_rank))
+    Bk, Ak = f.truncate(k, torch.float32)
+    if Bk.shape[1] < k:  # fewer directions exist than asked for
+        k = Bk.shape[1]
+    return MergeResult(
+        pair=LoraPair(A=Ak, B=Bk, alpha=float(k)),
+        energy=f.energy(k),
+        relative_error=f.relative_error(k),
+    )
+
+
+class SumStrategy:
+    """Defaults for a strategy that takes any number of inputs and no parameters, and whose
+    result is linear in the inputs and symmetric in their order (``linear``, ``svd``, ``cat``).
+    Subclasses set ``name``, ``description`` and ``merge``."""
+
+    name: str
+    description: str
+    params_schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {},
+    }
+    min_inputs = 1
+    max_inputs: int | None = None
+    symmetric = True
+    linear = True
+    identity_params: ClassVar[dict[str, Any]] = {}

@@ -13,7 +13,7 @@ from typing import Any
 
 from adaptkit.__about__ import __version__
 from adaptkit.errors import AdaptkitError
-from adaptkit.hookspecs import hookimpl
+from adaptkit.plugins.hookspecs import hookimpl
 
 _LAZY = {
     "Adapter": "adaptkit.adapter",
@@ -21,9 +21,9 @@ _LAZY = {
     "Producer": "adaptkit.adapter",
     "SavedModule": "adaptkit.adapter",
     "LoraPair": "adaptkit.lora",
-    "load_adapter": "adaptkit.native",
-    "save_adapter": "adaptkit.native",
-    "load_spec": "adaptkit.specs",
+    "load_adapter": "adaptkit.io.native",
+    "save_adapter": "adaptkit.io.native",
+    "load_spec": "adaptkit.io.specs",
     "load_registry": "adaptkit.plugins",
     "get_registry": "adaptkit.plugins",
     "describe_adapter": "adaptkit.summary",

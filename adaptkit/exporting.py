@@ -52,9 +52,9 @@ class ExportRequest:
 def load_export_adapters(specs: list[str], registry: Any = None) -> list[NamedAdapter]:
     """Resolve ``--adapter`` SPECs; recipes are combined with their own strategy."""
     from adaptkit.combine import AdapterInput, combine
+    from adaptkit.io.recipe import load_recipe, yaml_kind
+    from adaptkit.io.specs import is_yaml, load_ref, resolve_spec
     from adaptkit.plugins import get_registry
-    from adaptkit.recipe import load_recipe, yaml_kind
-    from adaptkit.specs import is_yaml, load_ref, resolve_spec
 
     registry = registry or get_registry()
     out: list[NamedAdapter] = []
@@ -100,10 +100,10 @@ def combined(adapters: list[NamedAdapter]) -> Adapter | None:
 
 
 def prepare_output(output: Path, force: bool, *, inputs: Iterable[Any] = ()) -> None:
-    """Check the export folder with :func:`adaptkit.output_guard.check_output` (before any
+    """Check the export folder with :func:`adaptkit.io.output_guard.check_output` (before any
     work): an empty existing folder is free, a non-empty one needs ``force``, and one that is,
     holds or lies inside an input is refused."""
-    from adaptkit.output_guard import EXPORT_FOLDER, check_output
+    from adaptkit.io.output_guard import EXPORT_FOLDER, check_output
 
     check_output(output, EXPORT_FOLDER, inputs=inputs, force=force, empty_folder_ok=True)
 

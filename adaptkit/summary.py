@@ -63,9 +63,9 @@ def base_weight_norms(model: str, targets: dict[str, tuple[int, int]]) -> dict[s
     from safetensors import safe_open
 
     from adaptkit.errors import InvalidAdapterError
-    from adaptkit.model_layout import target_layout
-    from adaptkit.models import resolve_model, safetensors_files
-    from adaptkit.safetensors_strict import header_problems, read_header
+    from adaptkit.io.models import resolve_model, safetensors_files
+    from adaptkit.io.safetensors_strict import header_problems, read_header
+    from adaptkit.nn.placement import target_layout
 
     folder = resolve_model(model)
     headers = {}

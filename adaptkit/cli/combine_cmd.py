@@ -13,7 +13,7 @@ from adaptkit.errors import AdaptkitError
 
 def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs; values are YAML scalars (``0.3`` → float, ``true`` → bool)."""
-    from adaptkit.yamlio import loads_yaml
+    from adaptkit.io.yamlio import loads_yaml
 
     params: dict[str, Any] = {}
     for item in items:
@@ -139,7 +139,7 @@ def command(
     output is an ordinary adapter. A part of each set is held out and the report shows its
     loss before and after. See docs/strategies.md#tuned-weights.
     """
-    from adaptkit.combine_job import combine_specs
+    from adaptkit.combine.job import combine_specs
 
     summary = combine_specs(
         list(specs),

@@ -40,10 +40,10 @@ def command(spec: str, output: Path, to_format: str, force: bool, as_json: bool)
       adaptkit convert peft_adapter_dir -o adapter.safetensors --to adaptkit
       adaptkit convert adapter.safetensors -o peft_dir --to peft
     """
-    from adaptkit.contracts import WritableFormat
-    from adaptkit.output_guard import check_output, kind_of_writer
+    from adaptkit.io.output_guard import check_output, kind_of_writer
+    from adaptkit.io.specs import detect_format, load_ref, resolve_spec
     from adaptkit.plugins import get_registry
-    from adaptkit.specs import detect_format, load_ref, resolve_spec
+    from adaptkit.plugins.contracts import WritableFormat
 
     registry = get_registry()
     writer = registry.get("format", to_format)

@@ -24,8 +24,8 @@ def command(spec: str, model: str | None, plot: Path | None, force: bool, as_jso
     Per target: rank r, alpha, scaling mode, scale s (dW = s·B@A), shape (out × in), dtype
     and ||dW||_F, computed from the factors without forming dW. Totals at the end.
     """
+    from adaptkit.io.specs import detect_format, load_ref, resolve_spec
     from adaptkit.plugins import get_registry
-    from adaptkit.specs import detect_format, load_ref, resolve_spec
     from adaptkit.summary import describe_adapter
 
     registry = get_registry()
@@ -33,7 +33,7 @@ def command(spec: str, model: str | None, plot: Path | None, force: bool, as_jso
     if plot is not None and model is None:
         raise AdaptkitError("--plot needs --model (the ratio ||ΔW||/||W|| needs the base weights)")
     if plot is not None:
-        from adaptkit.output_guard import PLOT, check_output
+        from adaptkit.io.output_guard import PLOT, check_output
 
         local_model = model if model is not None and Path(model).exists() else None
         check_output(plot, PLOT, inputs=[ref.spec, ref.path, local_model], force=force, flag="--plot")
@@ -99,7 +99,7 @@ def _plot(targets: list[dict], path: Path, *, replace: bool) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise AdaptkitError("--plot needs matplotlib", hint="pip install 'adaptkit[demo]'") from None
-    from adaptkit.atomic import atomic_path
+    from adaptkit.io.atomic import atomic_path
 
     fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(targets)), 3.5))
     ax.bar(range(len(targets)), [t["update_ratio"] for t in targets])

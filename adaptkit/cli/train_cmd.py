@@ -16,9 +16,9 @@ _LORA_KEYS = ("targets", "exclude", "rank", "alpha", "dropout", "rslora", "dtype
 
 
 def _recipe(path: Path, *, output_given: bool) -> dict[str, Any]:
-    from adaptkit.recipe import resolve_output
-    from adaptkit.schemas import validate_document
-    from adaptkit.yamlio import load_yaml_file
+    from adaptkit.io.recipe import resolve_output
+    from adaptkit.io.schemas import validate_document
+    from adaptkit.io.yamlio import load_yaml_file
 
     doc = load_yaml_file(path)
     validate_document(doc, "train-recipe", path=path)

@@ -13,9 +13,9 @@ from adaptkit.errors import AdaptkitError
 
 def validate_file(path: Path) -> dict[str, Any]:
     """Validate one file; never raises for bad input, returns ``{"path", "kind", "problems"}``."""
+    from adaptkit.io.recipe import yaml_kind
+    from adaptkit.io.specs import detect_format, is_yaml, read_adapter_yaml
     from adaptkit.plugins import get_registry
-    from adaptkit.recipe import yaml_kind
-    from adaptkit.specs import detect_format, is_yaml, read_adapter_yaml
 
     registry = get_registry()
     result: dict[str, Any] = {"path": str(path), "kind": None, "problems": []}
@@ -53,10 +53,10 @@ def validate_file(path: Path) -> dict[str, Any]:
 def _validate_recipe(path: Path, result: dict[str, Any]) -> dict[str, Any]:
     """A recipe: its schema, every adapter it names, its strategy, params and rank."""
     from adaptkit.combine import fill_params
-    from adaptkit.factored import RankRequest
+    from adaptkit.combine.factored import RankRequest
+    from adaptkit.io.recipe import load_recipe
+    from adaptkit.io.specs import load_ref
     from adaptkit.plugins import get_registry
-    from adaptkit.recipe import load_recipe
-    from adaptkit.specs import load_ref
 
     registry = get_registry()
     recipe = load_recipe(path)

@@ -52,9 +52,9 @@ def build(log: Any = print, progress: bool = True) -> Path:
         return folder
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from adaptkit.atomic import atomic_directory
     from adaptkit.demo.skills import pretraining_examples, training_records
-    from adaptkit.tiny import byte_tokenizer
+    from adaptkit.demo.tiny import byte_tokenizer
+    from adaptkit.io.atomic import atomic_directory
     from adaptkit.training.loop import collate, token_loss_sum
 
     log(f"pre-training the built-in base model once (cached in {folder}) ...")
@@ -101,6 +101,6 @@ def build(log: Any = print, progress: bool = True) -> Path:
 
 
 def load(log: Any = print, progress: bool = True) -> tuple[Any, Any]:
-    from adaptkit.models import load_causal_lm
+    from adaptkit.io.models import load_causal_lm
 
     return load_causal_lm(str(build(log, progress)))

@@ -4,7 +4,7 @@
 2. two LoRA adapters trained with the ``lora`` backend — ``upper`` (skill A) and ``digits``
    (skill B), disjoint inputs;
 3. ``a.yaml``, ``b.yaml`` and ``recipe.yaml`` written, and combined with several strategies
-   through :func:`adaptkit.combine_job.combine_specs` — exactly ``adaptkit combine a.yaml b.yaml``
+   through :func:`adaptkit.combine.job.combine_specs` — exactly ``adaptkit combine a.yaml b.yaml``
    — and once with tuned per-layer weights (``--tune`` on two small evaluation sets);
 4. exact-match accuracy on held-out prompts of each skill for the base, A, B and every
    combination;
@@ -71,14 +71,14 @@ def run_demo(
     ``out`` must be new, empty or an earlier demo's workspace (it holds ``results.json``),
     whose files the run replaces; any other existing folder needs ``force``.
     """
-    from adaptkit.output_guard import OutputKind, check_output
+    from adaptkit.io.output_guard import OutputKind, check_output
 
     earlier = (out / "results.json").is_file()
     workspace = OutputKind("demo workspace", folder=True)
     check_output(out, workspace, force=force or earlier, empty_folder_ok=True)
 
     from adaptkit import nn as lora
-    from adaptkit.combine_job import combine_specs
+    from adaptkit.combine.job import combine_specs
     from adaptkit.demo import base_model, report
     from adaptkit.demo.skills import (
         DIGITS,
@@ -89,7 +89,7 @@ def run_demo(
         training_records,
     )
     from adaptkit.exporting import ExportRequest, NamedAdapter
-    from adaptkit.native import load_adapter
+    from adaptkit.io.native import load_adapter
     from adaptkit.plugins import get_registry
     from adaptkit.training.loop import run_training
     from adaptkit.training.settings import LoraSettings, TrainConfig

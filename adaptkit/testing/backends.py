@@ -9,7 +9,7 @@
 
 Every check trains or prepares a tiny random Llama (:func:`tiny_causal_lm`, built in code) on
 counting sequences (:func:`counting_records`), on CPU, in seconds. A failed check raises
-``AssertionError`` saying which promise of :class:`adaptkit.contracts.Backend` broke.
+``AssertionError`` saying which promise of :class:`adaptkit.plugins.contracts.Backend` broke.
 
 Checked properties:
     * prepare — the base is frozen, and ``prepare`` returns exactly the trainable parameters,
@@ -218,7 +218,7 @@ def check_round_trip(backend: Any, tmp_path: Path) -> None:
     import torch
 
     from adaptkit.errors import AdaptkitError
-    from adaptkit.native import load_adapter, save_adapter
+    from adaptkit.io.native import load_adapter, save_adapter
 
     model = tiny_causal_lm()
     cfg = _config(backend)
@@ -284,7 +284,7 @@ def _free_port() -> int:
 def check_ddp(backend: Any, tmp_path: Path, *, timeout: float = 300) -> None:
     if "ddp" not in getattr(backend, "supports", ()):
         return
-    from adaptkit.native import load_adapter
+    from adaptkit.io.native import load_adapter
 
     tmp = Path(tmp_path) / f"{backend.name}-ddp"
     tmp.mkdir(parents=True, exist_ok=True)

@@ -69,8 +69,8 @@ def save_checkpoint(
 ) -> Path:
     from safetensors.torch import save_file
 
-    from adaptkit.atomic import atomic_directory
-    from adaptkit.native import save_adapter
+    from adaptkit.io.atomic import atomic_directory
+    from adaptkit.io.native import save_adapter
 
     tensors, meta = _flatten(optimizer.state_dict())
     tensors["rng.torch"] = torch.get_rng_state()
@@ -84,9 +84,9 @@ def save_checkpoint(
 
 def load_checkpoint(folder: Path) -> tuple[Any, dict[str, torch.Tensor], dict[str, Any]]:
     """``(adapter, optimizer tensors, state)`` from a checkpoint folder."""
-    from adaptkit.jsonio import read_json_file
-    from adaptkit.native import load_adapter
-    from adaptkit.safetensors_strict import read_tensors
+    from adaptkit.io.jsonio import read_json_file
+    from adaptkit.io.native import load_adapter
+    from adaptkit.io.safetensors_strict import read_tensors
 
     folder = Path(folder)
     for name in ("adapter.safetensors", "optimizer.safetensors", "state.json"):

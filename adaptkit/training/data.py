@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from adaptkit.errors import AdaptkitError, FormatError
-from adaptkit.fileio import read_regular_file
-from adaptkit.jsonio import strict_json
+from adaptkit.io.fileio import read_regular_file
+from adaptkit.io.jsonio import strict_json
 
 MAX_DATA_BYTES = 2 << 30
 

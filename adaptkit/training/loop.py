@@ -160,7 +160,7 @@ def run_training(
     if records is None:  # a missing data file is found before minutes of loading, not after
         import os
 
-        from adaptkit.fileio import open_regular_file
+        from adaptkit.io.fileio import open_regular_file
 
         os.close(open_regular_file(cfg.data, what="data file"))
     if dist.main:
@@ -349,7 +349,7 @@ def run_training(
         provenance=provenance,
     )
     if dist.main and cfg.output:
-        from adaptkit.native import save_adapter
+        from adaptkit.io.native import save_adapter
 
         save_adapter(adapter, cfg.output, overwrite=cfg.force)
     dist.barrier()
@@ -370,7 +370,7 @@ def run_training(
 def _load_base(cfg: TrainConfig, backend: Any, device: torch.device, note: Any) -> tuple[Any, Any]:
     """Load ``cfg.model`` in ``cfg.base_dtype`` straight onto ``device``, letting the backend
     add ``from_pretrained`` arguments (``qlora``: quantize while loading)."""
-    from adaptkit.models import load_causal_lm, load_tokenizer, resolve_model, torch_dtype
+    from adaptkit.io.models import load_causal_lm, load_tokenizer, resolve_model, torch_dtype
 
     folder = resolve_model(cfg.model)
     dtype = torch_dtype(cfg.base_dtype, folder)
@@ -440,13 +440,13 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 
 def check_train_outputs(cfg: TrainConfig) -> None:
-    """Apply :func:`adaptkit.output_guard.check_output` to all a run writes, before loading.
+    """Apply :func:`adaptkit.io.output_guard.check_output` to all a run writes, before loading.
 
     Inputs are the data, the model folder (when local) and the resumed checkpoint. The
     metrics log may exist when resuming (it is appended to); the ``step-N`` checkpoints this
     run would write must not exist without ``force``.
     """
-    from adaptkit.output_guard import ADAPTER_FILE, CHECKPOINT_FOLDER, METRICS, check_output
+    from adaptkit.io.output_guard import ADAPTER_FILE, CHECKPOINT_FOLDER, METRICS, check_output
 
     inputs = [cfg.data, cfg.model if cfg.model and Path(cfg.model).exists() else None, cfg.resume]
     if cfg.output:

@@ -21,9 +21,9 @@ class MergedExporter:
     def export(self, request: Any, log: Any) -> dict[str, Any]:
         import torch
 
-        from adaptkit.atomic import atomic_directory
         from adaptkit.exporting import combined, may_replace
-        from adaptkit.models import resolve_model, safetensors_files
+        from adaptkit.io.atomic import atomic_directory
+        from adaptkit.io.models import resolve_model, safetensors_files
         from adaptkit_bake.stream import stream_update, tensor_index
 
         folder = resolve_model(request.model)
@@ -38,7 +38,7 @@ class MergedExporter:
             for header in headers.values()
             for name, info in header.items()
         }
-        from adaptkit.model_layout import build_skeleton, parameter_layout
+        from adaptkit.nn.placement import build_skeleton, parameter_layout
 
         skeleton = build_skeleton(folder)
         plan = _plan(adapter, tensors, folder, skeleton)
@@ -151,8 +151,8 @@ def _plan(
     adapter: Any, tensors: dict[str, tuple[str, tuple[int, ...]]], folder: Path, skeleton: Any
 ) -> dict[str, tuple[str, bool]]:
     """``target -> (tensor name, is Conv1D)``, placed as the model class itself maps its modules
-    to checkpoint tensors (see :mod:`adaptkit.model_layout`); every target must fit."""
-    from adaptkit.model_layout import target_layout
+    to checkpoint tensors (see :mod:`adaptkit.nn.placement`); every target must fit."""
+    from adaptkit.nn.placement import target_layout
 
     sizes = {t: (p.out_features, p.in_features) for t, p in adapter.targets.items()}
     placed = target_layout(sizes, tensors, folder, skeleton=skeleton)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from adaptkit.errors import AdaptkitError, InvalidAdapterError
-from adaptkit.safetensors_strict import header_problems, read_header
+from adaptkit.io.safetensors_strict import header_problems, read_header
 
 _TORCH_DTYPES = {
     "F64": torch.float64,

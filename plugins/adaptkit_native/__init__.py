@@ -1,6 +1,6 @@
 """Builtin plugin: the native adaptkit adapter format (one ``.safetensors`` + manifest)."""
 
-from adaptkit.hookspecs import hookimpl
+from adaptkit.plugins.hookspecs import hookimpl
 from adaptkit_native.format import NativeFormat
 
 

@@ -1,5 +1,5 @@
 """The native format as a registered format plugin; the file layout lives in
-:mod:`adaptkit.native` because the core itself writes it."""
+:mod:`adaptkit.io.native` because the core itself writes it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from adaptkit.adapter import Adapter
-from adaptkit.output_guard import ADAPTER_FILE
+from adaptkit.io.output_guard import ADAPTER_FILE
 
 
 class NativeFormat:
@@ -17,16 +17,16 @@ class NativeFormat:
     output_kind = ADAPTER_FILE
 
     def detect(self, path: Path) -> bool:
-        from adaptkit.native import is_native_adapter
+        from adaptkit.io.native import is_native_adapter
 
         return is_native_adapter(path)
 
     def read(self, path: Path) -> Adapter:
-        from adaptkit.native import load_adapter
+        from adaptkit.io.native import load_adapter
 
         return load_adapter(path)
 
     def write(self, adapter: Adapter, path: Path, *, overwrite: bool = False) -> Path:
-        from adaptkit.native import save_adapter
+        from adaptkit.io.native import save_adapter
 
         return save_adapter(adapter, path, overwrite=overwrite)

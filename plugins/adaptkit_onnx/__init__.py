@@ -1,7 +1,7 @@
 """Builtin plugin: the ``onnx`` exporter — pre-merged ONNX with parity checks, or the base
 graph with LoRA factors as inputs plus hot-swappable ONNX Runtime ``.onnx_adapter`` files."""
 
-from adaptkit.hookspecs import hookimpl
+from adaptkit.plugins.hookspecs import hookimpl
 from adaptkit_onnx.exporter import OnnxExporter
 
 

@@ -37,9 +37,9 @@ class OnnxExporter:
     def export(self, request: Any, log: Any) -> dict[str, Any]:
         import torch
 
-        from adaptkit.atomic import atomic_directory
         from adaptkit.exporting import combined, may_replace
-        from adaptkit.models import load_causal_lm
+        from adaptkit.io.atomic import atomic_directory
+        from adaptkit.io.models import load_causal_lm
 
         o = request.options
         dtype = o.get("dtype") or "float32"

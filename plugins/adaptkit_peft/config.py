@@ -55,9 +55,9 @@ def load_config(path: Path) -> dict[str, Any]:
     Raises:
         FormatError / SchemaError / AdaptkitError: naming the file and the key.
     """
-    from adaptkit.fileio import read_regular_file
-    from adaptkit.jsonio import strict_json
-    from adaptkit.schemas import validate_document
+    from adaptkit.io.fileio import read_regular_file
+    from adaptkit.io.jsonio import strict_json
+    from adaptkit.io.schemas import validate_document
 
     if not path.exists():
         raise FormatError(

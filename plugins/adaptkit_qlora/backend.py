@@ -80,7 +80,7 @@ class QloraBackend:
         conversions this loader does not do; the trainer then uses :meth:`loading`."""
         from tqdm.auto import tqdm
 
-        from adaptkit.model_layout import meta_model
+        from adaptkit.nn.placement import meta_model
         from adaptkit_qlora.loader import load, plan
 
         skeleton = meta_model(folder)
@@ -117,8 +117,8 @@ class QloraBackend:
         but keeps more of the checkpoint resident (measured in :mod:`adaptkit_qlora.loader`)."""
         from transformers import BitsAndBytesConfig
 
-        from adaptkit.model_layout import meta_model
         from adaptkit.nn.inject import _output_head_names, is_linear_like
+        from adaptkit.nn.placement import meta_model
 
         opts = self._options(config)
         if opts["blocksize"] != 64:

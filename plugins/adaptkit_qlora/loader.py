@@ -49,8 +49,8 @@ def _parameters_on_meta():
 
 def _headers(folder: Path) -> dict[Path, dict[str, Any]]:
     from adaptkit.errors import InvalidAdapterError
-    from adaptkit.models import safetensors_files
-    from adaptkit.safetensors_strict import header_problems, read_header
+    from adaptkit.io.models import safetensors_files
+    from adaptkit.io.safetensors_strict import header_problems, read_header
 
     out = {}
     for f in safetensors_files(folder):
@@ -66,7 +66,7 @@ def plan(folder: Path, quantize: list[str]) -> dict[str, Any] | None:
     """What :func:`load` needs, or ``None`` when this loader cannot map the checkpoint exactly."""
     import transformers
 
-    from adaptkit.model_layout import _renamer
+    from adaptkit.nn.placement import _renamer
 
     config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     names = list(getattr(config, "architectures", None) or [])

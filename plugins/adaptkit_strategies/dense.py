@@ -1,13 +1,13 @@
 """The dense strategies as configurations of one class: sparsify × sign consensus × normalise.
 
 Every dense strategy works on the updates ``ΔW_i = s_i B_i A_i`` row tile by row tile
-(float32, :func:`adaptkit.dense.dense_merge`) in three steps, then re-factorises the result:
+(float32, :func:`adaptkit.combine.dense.dense_merge`) in three steps, then re-factorises the result:
 
 1. **sparsify** each ``ΔW_i``: ``magnitude`` (keep the top ``density`` fraction of entries by
    magnitude, TIES' trim) or ``dare`` (keep each entry with probability ``density``, seeded per
    target and input, and rescale the kept ones; DARE);
 2. **combine**: with sign **consensus**, elect a sign per entry and merge only the agreeing
-   values (TIES' elect + disjoint merge, :func:`adaptkit.dense.ties_merge`); without it, the
+   values (TIES' elect + disjoint merge, :func:`adaptkit.combine.dense.ties_merge`); without it, the
    weighted sum ``Σ w_i ΔW_i``;
 3. **normalise** (where the strategy has it): divide by the (agreeing) weights.
 
@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from adaptkit.strategy import MergeContext, MergeInput, MergeResult
+from adaptkit.combine.strategy import MergeContext, MergeInput, MergeResult
 
 _DENSITY = {
     "type": "number",
@@ -85,7 +85,7 @@ class DenseStrategy:
     def merge(self, inputs: Sequence[MergeInput], ctx: MergeContext) -> MergeResult:
         import torch
 
-        from adaptkit.dense import DareMasks, dense_merge, ties_merge
+        from adaptkit.combine.dense import DareMasks, dense_merge, ties_merge
 
         p = ctx.params
         pairs = [i.pair for i in inputs]
@@ -117,7 +117,7 @@ class DenseStrategy:
 
 def refactorised(D: Any, inputs: Sequence[MergeInput], ctx: MergeContext) -> MergeResult:
     """``D`` → a LoRA pair at the requested rank (default: the largest input rank)."""
-    from adaptkit.dense import factorise_dense
+    from adaptkit.combine.dense import factorise_dense
     from adaptkit.lora import LoraPair
 
     default = max(i.pair.rank for i in inputs)

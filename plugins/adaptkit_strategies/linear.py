@@ -2,7 +2,7 @@
 
 Negative weights subtract an adapter (task negation). The sum is kept factored and
 re-factorised from the stacked factors (QR + SVD of the small core, see
-:mod:`adaptkit.factored`): without ``--rank`` the result is exact at its numerical rank
+:mod:`adaptkit.combine.factored`): without ``--rank`` the result is exact at its numerical rank
 (≤ Σ r_i); with ``--rank k`` it is the optimal rank-``k`` approximation (Eckart–Young), and
 ``--rank auto:E`` keeps the smallest rank retaining fraction ``E`` of ``||ΔW||_F²``.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from adaptkit.strategy import MergeContext, MergeInput, MergeResult, SumStrategy, factored_merge
+from adaptkit.combine.strategy import MergeContext, MergeInput, MergeResult, SumStrategy, factored_merge
 
 
 class Linear(SumStrategy):

@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from adaptkit.strategy import MergeContext, MergeInput, MergeResult, factored_merge
+from adaptkit.combine.strategy import MergeContext, MergeInput, MergeResult, factored_merge
 
 
 def frobenius_inner(a: MergeInput, b: MergeInput) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from adaptkit.strategy import MergeContext, MergeInput, MergeResult, SumStrategy, factored_merge
+from adaptkit.combine.strategy import MergeContext, MergeInput, MergeResult, SumStrategy, factored_merge
 
 
 class Svd(SumStrategy):

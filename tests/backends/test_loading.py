@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from adaptkit.models import load_causal_lm
+from adaptkit.io.models import load_causal_lm
 from tests.models import tiny_llama
 
 
@@ -100,7 +100,7 @@ def test_qlora_quantizes_while_loading_and_trains_any_width(tmp_path, run_cli):
 
 _PEAK = """
 import gc, json, resource, sys, psutil, torch
-from adaptkit.models import load_causal_lm
+from adaptkit.io.models import load_causal_lm
 from adaptkit.training.loop import _load_base
 from adaptkit.training.settings import LoraSettings, TrainConfig
 from adaptkit_qlora import QloraBackend

@@ -121,7 +121,7 @@ def test_grad_accumulation_equals_a_bigger_batch(tmp_path):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from adaptkit.tiny import byte_tokenizer
+    from adaptkit.demo.tiny import byte_tokenizer
 
     folder = tmp_path_factory.mktemp("model") / "tiny-llama"
     model = tiny_llama(vocab_size=259)
@@ -306,7 +306,7 @@ def test_torchrun_two_processes_equal_one_process(model_dir, tmp_path):
 
 
 def test_prompt_completion_records_mask_the_prompt(model_dir, tmp_path):
-    from adaptkit.tiny import byte_tokenizer
+    from adaptkit.demo.tiny import byte_tokenizer
     from adaptkit.training.data import load_records
     from adaptkit.training.loop import collate, target_tokens
 

@@ -151,7 +151,7 @@ def test_hook_register_commands(monkeypatch, run_cli):
 
     mod.register_commands = register_commands
     registry = load_registry(extra=[("greeter", mod)])
-    monkeypatch.setattr("adaptkit.plugins._cached", registry)
+    monkeypatch.setattr("adaptkit.plugins.registry._cached", registry)
     monkeypatch.setattr(cli, "_plugins_loaded", False)
     try:
         code, out, _ = run_cli("hello")
@@ -172,7 +172,7 @@ def test_plugin_command_clash_is_an_error(monkeypatch, run_cli):
             pass
 
     mod.register_commands = register_commands
-    monkeypatch.setattr("adaptkit.plugins._cached", load_registry(extra=[("clasher", mod)]))
+    monkeypatch.setattr("adaptkit.plugins.registry._cached", load_registry(extra=[("clasher", mod)]))
     monkeypatch.setattr(cli, "_plugins_loaded", False)
     code, _, err = run_cli("plugins")
     assert code == 2 and "plugin 'clasher' adds command 'inspect'" in err

@@ -30,8 +30,8 @@ def test_contract(strategy):
 
 def test_kit_catches_a_broken_strategy():
     """The kit must fail on a strategy that ignores weights and scales."""
+    from adaptkit.combine.strategy import MergeResult
     from adaptkit.lora import LoraPair
-    from adaptkit.strategy import MergeResult
 
     class Sloppy:
         name = "sloppy"

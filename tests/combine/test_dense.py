@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-import adaptkit.dense as dense
+import adaptkit.combine.dense as dense
 from adaptkit.adapter import Adapter
 from adaptkit.combine import AdapterInput, combine
-from adaptkit.factored import RankRequest
+from adaptkit.combine.factored import RankRequest
 from adaptkit.lora import LoraPair
 
 T = "layers.3.mlp.gate_proj"
@@ -105,7 +105,7 @@ def test_magnitude_prune():
 
 def test_dare_linear_reproduces_masks_and_rescale():
     """Rebuild DARE from the documented seeding: each input's generator, one draw per tile."""
-    from adaptkit.strategy import MergeContext
+    from adaptkit.combine.strategy import MergeContext
 
     got, _ = run("dare_linear", {"density": 0.7}, seed=5)
     ctx = MergeContext(target=T, seed=5)
@@ -140,7 +140,7 @@ def test_dare_is_seeded_and_order_independent():
 
 
 def test_dare_ties_matches_reference():
-    from adaptkit.strategy import MergeContext
+    from adaptkit.combine.strategy import MergeContext
 
     got, _ = run("dare_ties", {"density": 0.6}, seed=3)
     ctx = MergeContext(target=T, seed=3)

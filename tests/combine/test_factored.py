@@ -7,8 +7,8 @@ import torch
 
 from adaptkit.adapter import Adapter
 from adaptkit.combine import AdapterInput, combine
+from adaptkit.combine.factored import RankRequest
 from adaptkit.errors import AdaptkitError, InvalidAdapterError
-from adaptkit.factored import RankRequest
 from adaptkit.lora import LoraPair
 
 T = "model.layers.0.mlp.up_proj"

@@ -8,7 +8,7 @@ import torch
 
 from adaptkit import load_adapter, save_adapter
 from adaptkit.combine import AdapterInput, combine
-from adaptkit.tune import TuneResult, TuneSettings, fold, group_of, split_set, tune_weights
+from adaptkit.combine.tune import TuneResult, TuneSettings, fold, group_of, split_set, tune_weights
 from tests.models import tiny_llama
 
 

@@ -10,8 +10,8 @@ from safetensors.torch import save as st_save
 
 from adaptkit import load_adapter, save_adapter
 from adaptkit.errors import FormatError, InvalidAdapterError, OutputError, SchemaError
-from adaptkit.native import build_manifest
-from adaptkit.safetensors_strict import MAX_HEADER_BYTES, read_header
+from adaptkit.io.native import build_manifest
+from adaptkit.io.safetensors_strict import MAX_HEADER_BYTES, read_header
 from tests.conftest import make_adapter, raw_safetensors
 
 

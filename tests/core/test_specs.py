@@ -2,8 +2,8 @@ import pytest
 
 from adaptkit import save_adapter
 from adaptkit.errors import AdaptkitError, FormatError, SchemaError
+from adaptkit.io.specs import detect_format, load_spec, read_adapter_yaml, resolve_spec
 from adaptkit.plugins import get_registry
-from adaptkit.specs import detect_format, load_spec, read_adapter_yaml, resolve_spec
 from tests.conftest import make_adapter
 
 

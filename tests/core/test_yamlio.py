@@ -1,7 +1,7 @@
 import pytest
 
 from adaptkit.errors import YamlError
-from adaptkit.yamlio import MAX_BYTES, MAX_DEPTH, load_yaml_file, loads_yaml
+from adaptkit.io.yamlio import MAX_BYTES, MAX_DEPTH, load_yaml_file, loads_yaml
 
 
 def test_plain_mapping_loads():

@@ -49,7 +49,7 @@ def _make_sandbox(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from adaptkit.cli import main
-    from adaptkit.tiny import byte_tokenizer
+    from adaptkit.demo.tiny import byte_tokenizer
 
     box = tmp_path_factory.mktemp("readme")
     shutil.copytree(

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from adaptkit import hookimpl, hookspecs
-from adaptkit.contracts import KINDS
+from adaptkit import hookimpl
 from adaptkit.errors import MissingDependencyError, PluginError, UnknownNameError
-from adaptkit.plugins import BLOCK_ENV, LOAD_ENV, load_registry
+from adaptkit.plugins import BLOCK_ENV, LOAD_ENV, hookspecs, load_registry
+from adaptkit.plugins.contracts import KINDS
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -347,6 +347,6 @@ def test_temps_of_dead_writers_are_swept_by_the_next_write(inputs, tmp_path, run
         live.wait()
     orphan = tmp_path / f".gone.safetensors.{dead_pid}.q.old"
     orphan.mkdir()
-    from adaptkit.atomic import sweep_stale_temps
+    from adaptkit.io.atomic import sweep_stale_temps
 
     assert sweep_stale_temps(tmp_path / "gone.safetensors") == [] and orphan.exists()

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from adaptkit import load_adapter
 from adaptkit.errors import AdaptkitError
-from adaptkit.native import adapter_to_bytes
-from adaptkit.yamlio import loads_yaml
+from adaptkit.io.native import adapter_to_bytes
+from adaptkit.io.yamlio import loads_yaml
 from tests.conftest import make_adapter
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -79,7 +79,7 @@ def test_yaml_text(text):
 @FUZZ
 @given(doc=st.text(max_size=200))
 def test_peft_config_text(tmp_path, doc):
-    from adaptkit.specs import load_spec
+    from adaptkit.io.specs import load_spec
 
     folder = tmp_path / "peft"
     folder.mkdir(exist_ok=True)
@@ -101,7 +101,7 @@ def test_peft_config_text(tmp_path, doc):
     )
 )
 def test_peft_config_values(tmp_path, cfg):
-    from adaptkit.specs import load_spec
+    from adaptkit.io.specs import load_spec
 
     folder = tmp_path / "peftv"
     folder.mkdir(exist_ok=True)

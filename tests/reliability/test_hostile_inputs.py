@@ -1,9 +1,9 @@
 """Hostile inputs that used to end in a traceback, a silent no-op or an unbounded cost: each
 must be one `error:` line (exit 2) naming the file, with nothing written.
 
-The mechanisms: one bounded strict JSON layer (adaptkit.jsonio), one strict YAML loader
-(adaptkit.yamlio), model folders vetted before transformers parses them
-(adaptkit.models.check_model_files), strict safetensors headers (shape × dtype = byte span),
+The mechanisms: one bounded strict JSON layer (adaptkit.io.jsonio), one strict YAML loader
+(adaptkit.io.yamlio), model folders vetted before transformers parses them
+(adaptkit.io.models.check_model_files), strict safetensors headers (shape × dtype = byte span),
 requests checked before any tensor is loaded (adaptkit.combine.check_request)."""
 
 import json
@@ -286,7 +286,7 @@ def test_crafted_resume_state(run_cli, box, checkpoint, state, words):
 
 
 def test_strict_reader_checks_the_header_before_reading_data(box):
-    from adaptkit.native import load_adapter
+    from adaptkit.io.native import load_adapter
 
     path = box / "a.safetensors"
     with open(path, "r+b") as fh:
@@ -301,7 +301,7 @@ def test_strict_reader_checks_the_header_before_reading_data(box):
 
 
 def test_too_many_tensors_is_refused_before_building_them(box):
-    from adaptkit.native import load_adapter
+    from adaptkit.io.native import load_adapter
 
     header = {f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(140_000)}
     (box / "many.safetensors").write_bytes(raw_safetensors(header, b""))
@@ -310,11 +310,11 @@ def test_too_many_tensors_is_refused_before_building_them(box):
 
 
 def test_strategy_input_count_is_checked_before_loading(run_cli, box, monkeypatch):
-    import adaptkit.specs
+    import adaptkit.io.specs
 
     loads = []
-    real = adaptkit.specs.load_ref
-    monkeypatch.setattr(adaptkit.specs, "load_ref", lambda *a, **k: loads.append(1) or real(*a, **k))
+    real = adaptkit.io.specs.load_ref
+    monkeypatch.setattr(adaptkit.io.specs, "load_ref", lambda *a, **k: loads.append(1) or real(*a, **k))
     (box / "r.yaml").write_text(
         "adapters: [" + ", ".join(["a.safetensors"] * 100) + "]\nstrategy: slerp\noutput: o.safetensors\n"
     )
@@ -323,11 +323,11 @@ def test_strategy_input_count_is_checked_before_loading(run_cli, box, monkeypatc
 
 
 def test_a_recipe_is_parsed_once(run_cli, box, monkeypatch):
-    import adaptkit.yamlio
+    import adaptkit.io.yamlio
 
     parses = []
-    real = adaptkit.yamlio.loads_yaml
-    monkeypatch.setattr(adaptkit.yamlio, "loads_yaml", lambda *a, **k: parses.append(1) or real(*a, **k))
+    real = adaptkit.io.yamlio.loads_yaml
+    monkeypatch.setattr(adaptkit.io.yamlio, "loads_yaml", lambda *a, **k: parses.append(1) or real(*a, **k))
     (box / "r.yaml").write_text("adapters: [a.safetensors, b.safetensors]\noutput: o.safetensors\n")
     code, _, err = run_cli("combine", "r.yaml")
     assert code == 0, err

@@ -1,4 +1,4 @@
-"""One output guard for every writer (adaptkit.output_guard + adaptkit.atomic): tested once at
+"""One output guard for every writer (adaptkit.io.output_guard + adaptkit.io.atomic): tested once at
 the mechanism and once through every command that writes."""
 
 import os
@@ -8,9 +8,9 @@ import threading
 import pytest
 
 from adaptkit import save_adapter
-from adaptkit.atomic import atomic_directory, atomic_path
 from adaptkit.errors import OutputError
-from adaptkit.output_guard import ADAPTER_FILE, EXPORT_FOLDER, PLOT, check_output
+from adaptkit.io.atomic import atomic_directory, atomic_path
+from adaptkit.io.output_guard import ADAPTER_FILE, EXPORT_FOLDER, PLOT, check_output
 from tests.conftest import make_adapter
 
 # --- the mechanism ---------------------------------------------------------------------------

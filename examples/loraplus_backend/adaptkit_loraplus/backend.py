@@ -15,7 +15,7 @@ Options (``--option KEY=VALUE`` or ``options:`` in a train recipe):
 
 Only adaptkit's public API is used: ``adaptkit_lora`` attaches and extracts the LoRA layers,
 and the shared trainer scales each optimizer param group's learning rate by its
-``lr_scale`` (see :class:`adaptkit.contracts.Backend`).
+``lr_scale`` (see :class:`adaptkit.plugins.contracts.Backend`).
 """
 
 from __future__ import annotations

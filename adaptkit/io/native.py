@@ -10,7 +10,7 @@ Layout::
 The manifest (schema ``schemas/adapter-manifest.schema.json``) carries the format version,
 per-target rank / alpha / scaling mode, the base-model identity, the producer and provenance.
 
-Reading goes through :mod:`adaptkit.safetensors_strict` (duplicate names, offsets, header
+Reading goes through :mod:`adaptkit.io.safetensors_strict` (duplicate names, offsets, header
 size and trailing bytes checked before safetensors sees the file).
 """
 
@@ -24,9 +24,9 @@ from typing import Any
 
 from adaptkit.adapter import Adapter, BaseModelInfo, Producer, SavedModule, saved_module_problems
 from adaptkit.errors import FormatError, InvalidAdapterError, OutputError
-from adaptkit.jsonio import strict_json
+from adaptkit.io.jsonio import strict_json
+from adaptkit.io.safetensors_strict import read_header, read_tensors
 from adaptkit.lora import LoraPair
-from adaptkit.safetensors_strict import read_header, read_tensors
 
 #: The safetensors metadata key that holds the manifest.
 MANIFEST_KEY = "adaptkit"
@@ -76,7 +76,7 @@ def load_adapter(path: str | os.PathLike[str]) -> Adapter:
     manifest, non-float dtypes, a factor without its pair, tensors the manifest does not
     list (and vice versa), ranks disagreeing with the manifest, NaN/Inf values.
     """
-    from adaptkit.schemas import schema_problems
+    from adaptkit.io.schemas import schema_problems
 
     p = Path(path)
     meta, tensors = read_tensors(p)
@@ -200,7 +200,7 @@ def adapter_to_bytes(adapter: Adapter) -> bytes:
     """Serialise ``adapter`` to the bytes of a native file (validating it first)."""
     from safetensors.torch import save as st_save
 
-    from adaptkit.schemas import validate_document
+    from adaptkit.io.schemas import validate_document
 
     adapter.validate()
     manifest = build_manifest(adapter)
@@ -244,7 +244,7 @@ def save_adapter(adapter: Adapter, path: str | os.PathLike[str], *, overwrite: b
     Nothing is written if validation fails; an existing file is replaced only when
     ``overwrite`` is true, and only by a complete new file.
     """
-    from adaptkit.atomic import atomic_write_bytes
+    from adaptkit.io.atomic import atomic_write_bytes
 
     p = Path(path)
     if p.is_dir():

@@ -77,7 +77,7 @@ def checkpoint_dtype(folder: Path) -> Any:
     """The dtype most of a checkpoint's floating-point parameters are stored in."""
     import torch
 
-    from adaptkit.safetensors_strict import read_header
+    from adaptkit.io.safetensors_strict import read_header
 
     names = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
     counts: dict[Any, int] = {}
@@ -129,7 +129,7 @@ MAX_CONFIG_BYTES = 16 << 20
 
 def check_model_files(folder: Path) -> None:
     """Vet what transformers would parse, before it does: ``config.json`` (a JSON object
-    within :data:`MAX_CONFIG_BYTES`, strict and bounded, see :mod:`adaptkit.jsonio`) and every
+    within :data:`MAX_CONFIG_BYTES`, strict and bounded, see :mod:`adaptkit.io.jsonio`) and every
     weight file's header (entries with a shape that fills their byte span, offsets in bounds,
     no overlaps). Reads headers only.
 
@@ -137,8 +137,8 @@ def check_model_files(folder: Path) -> None:
         FormatError / InvalidAdapterError: naming the file and the tensor.
     """
     from adaptkit.errors import InvalidAdapterError
-    from adaptkit.jsonio import read_json_file
-    from adaptkit.safetensors_strict import header_problems, read_header
+    from adaptkit.io.jsonio import read_json_file
+    from adaptkit.io.safetensors_strict import header_problems, read_header
 
     config = read_json_file(folder / "config.json", what="config.json", max_bytes=MAX_CONFIG_BYTES)
     if "model_type" in config and not isinstance(config["model_type"], str):

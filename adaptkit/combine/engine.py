@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adaptkit.combine.factored import RankRequest
+from adaptkit.combine.strategy import MergeContext, MergeInput, MergeResult, SumStrategy
 from adaptkit.errors import AdaptkitError, InvalidAdapterError, SchemaError
-from adaptkit.factored import RankRequest
-from adaptkit.strategy import MergeContext, MergeInput, MergeResult, SumStrategy
 
 if TYPE_CHECKING:
     from adaptkit.adapter import Adapter
@@ -66,7 +66,7 @@ def fill_params(strategy: Any, params: Mapping[str, Any] | None) -> dict[str, An
     Raises:
         SchemaError: listing every bad or unknown parameter (and the valid names).
     """
-    from adaptkit.schemas import schema_problems_for
+    from adaptkit.io.schemas import schema_problems_for
 
     schema = getattr(strategy, "params_schema", None) or {"type": "object"}
     given = dict(params or {})
@@ -370,7 +370,7 @@ class Concatenate(SumStrategy):
     def merge(self, inputs: Sequence[MergeInput], ctx: MergeContext) -> MergeResult:
         import torch
 
-        from adaptkit.factored import stack_factors
+        from adaptkit.combine.factored import stack_factors
         from adaptkit.lora import LoraPair
 
         if ctx.rank.k is not None or ctx.rank.energy is not None:

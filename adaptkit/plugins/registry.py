@@ -130,7 +130,7 @@ def create_plugin_manager(
     """
     import pluggy
 
-    from adaptkit import hookspecs
+    from adaptkit.plugins import hookspecs
 
     env = os.environ if env is None else env
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
@@ -202,7 +202,7 @@ def _register(pm: Any, plugin: Any, info: PluginInfo) -> None:
 
 
 def _check_contract(kind: str, obj: Any, plugin: str) -> str:
-    from adaptkit.contracts import KINDS
+    from adaptkit.plugins.contracts import KINDS
 
     _, contract, required = KINDS[kind]
     name = getattr(obj, "name", None)
@@ -237,7 +237,7 @@ def _make_register(table: dict[str, Registration], kind: str, plugin: str) -> An
 
 def load_registry(*, env: Mapping[str, str] | None = None, extra: Iterable[tuple[str, Any]] = ()) -> Registry:
     """Load plugins and collect everything they register (see module docstring)."""
-    from adaptkit.contracts import KINDS
+    from adaptkit.plugins.contracts import KINDS
 
     pm, infos = create_plugin_manager(env=env, extra=extra)
     registry = Registry(pm=pm, plugins=infos)

@@ -85,7 +85,7 @@ def strict_json(
 def read_json_file(path: str | os.PathLike[str], *, what: str, max_bytes: int, expect: type = dict) -> Any:
     """Read a regular JSON file of at most ``max_bytes`` bytes, strictly, and check its top
     level is an ``expect`` (an object by default)."""
-    from adaptkit.fileio import read_regular_file
+    from adaptkit.io.fileio import read_regular_file
 
     p = Path(path)
     doc = strict_json(read_regular_file(p, max_bytes=max_bytes, what=what), what=what, path=p)

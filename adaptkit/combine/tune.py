@@ -381,7 +381,7 @@ def load_base(model: str, *, quantize: bool, targets: list[str], registry: Any, 
     copy of a quantized layer, as in training)."""
     import torch
 
-    from adaptkit.models import load_causal_lm, load_tokenizer, resolve_model
+    from adaptkit.io.models import load_causal_lm, load_tokenizer, resolve_model
 
     folder = resolve_model(model)
     if not quantize:
@@ -424,7 +424,7 @@ def heat_map(result: TuneResult, path: Any, *, replace: bool = False) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise AdaptkitError("--plot needs matplotlib", hint="pip install 'adaptkit[demo]'") from None
-    from adaptkit.atomic import atomic_path
+    from adaptkit.io.atomic import atomic_path
 
     grid = [[result.weights[g][i] for g in result.groups] for i in range(len(result.names))]
     fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(result.groups) + 2), 1.2 + 0.5 * len(result.names)))

@@ -69,8 +69,8 @@ def check_input_path(raw: str, *, source: Path | None, key: str) -> None:
 def read_adapter_yaml(path: str | os.PathLike[str]) -> AdapterRef:
     """Load and validate an adapter manifest YAML; its ``adapter`` path is resolved relative
     to the YAML's folder."""
-    from adaptkit.schemas import validate_document
-    from adaptkit.yamlio import load_yaml_file
+    from adaptkit.io.schemas import validate_document
+    from adaptkit.io.yamlio import load_yaml_file
 
     p = Path(path)
     doc = load_yaml_file(p)

@@ -52,14 +52,14 @@ def combine_specs(
     write the result; returns the JSON summary ``adaptkit combine --json`` prints.
 
     ``tune`` (keys of a recipe's ``tune:`` block; set ones override the recipe's) fits
-    per-adapter × group weights on evaluation sets first (:mod:`adaptkit.tune`); ``plot``
+    per-adapter × group weights on evaluation sets first (:mod:`adaptkit.combine.tune`); ``plot``
     writes their heat map."""
     from adaptkit.combine import AdapterInput, check_request, combine
-    from adaptkit.contracts import WritableFormat
-    from adaptkit.output_guard import PLOT, check_output, kind_of_writer
+    from adaptkit.io.output_guard import PLOT, check_output, kind_of_writer
+    from adaptkit.io.recipe import Recipe, load_recipe, yaml_kind
+    from adaptkit.io.specs import is_yaml, load_ref, resolve_spec
     from adaptkit.plugins import get_registry
-    from adaptkit.recipe import Recipe, load_recipe, yaml_kind
-    from adaptkit.specs import is_yaml, load_ref, resolve_spec
+    from adaptkit.plugins.contracts import WritableFormat
 
     registry = registry or get_registry()
     recipes = [s for s in specs if is_yaml(Path(s)) and yaml_kind(Path(s)) == "recipe"]
@@ -161,7 +161,7 @@ def _tuned(
 ) -> tuple[Any, dict[str, Any]]:
     """Tune, fold the weights into the inputs, combine; the result and the tuning report."""
     from adaptkit.combine import AdapterInput
-    from adaptkit.tune import (
+    from adaptkit.combine.tune import (
         _load_sets,
         evaluate_adapter,
         fold,

@@ -10,7 +10,7 @@ loss) is removed by the next write to the same destination.
 Without ``replace``/``overwrite`` creation is exclusive at the final step (a hard link for
 files, ``mkdir`` then rename for folders), so of two concurrent writers exactly one succeeds.
 With it, only a regular file or a real folder is ever replaced: a symlink, device, FIFO or
-socket that appeared at the destination is refused (:mod:`adaptkit.output_guard` checks the
+socket that appeared at the destination is refused (:mod:`adaptkit.io.output_guard` checks the
 same before any work).
 """
 

@@ -21,10 +21,11 @@ SCHEMA_NAMES = ("adapter-manifest", "adapter-spec", "recipe", "peft-adapter-conf
 
 def schema_dir() -> Path:
     """The folder holding the ``*.schema.json`` files."""
-    packaged = Path(__file__).with_name("_schemas")
+    package = Path(__file__).resolve().parent.parent  # adaptkit/
+    packaged = package / "_schemas"
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parent.parent / "schemas"
+    return package.parent / "schemas"
 
 
 @functools.cache

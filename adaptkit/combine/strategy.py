@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from adaptkit.factored import RankRequest, factorise_product, stack_factors
+from adaptkit.combine.factored import RankRequest, factorise_product, stack_factors
 
 if TYPE_CHECKING:
     import torch
@@ -90,7 +90,7 @@ def factored_merge(
     *,
     default_rank: int | None = None,
 ) -> MergeResult:
-    """``Σ c_i ΔW_i`` re-factorised from the stacked factors (see :mod:`adaptkit.factored`).
+    """``Σ c_i ΔW_i`` re-factorised from the stacked factors (see :mod:`adaptkit.combine.factored`).
 
     Args:
         pairs: Input updates (their own scales are applied).

@@ -4,7 +4,7 @@ A recipe names its adapters by path relative to the recipe file, either as SPEC 
 as inline manifests (``adapter`` / ``weight`` / ``name``). Paths a recipe *writes*
 (``output``) must stay inside the recipe's own folder (symlinks resolved), so a downloaded
 recipe cannot write anywhere else; ``-o`` on the command line or ``allow_outside`` lifts that.
-What may be written there is up to :mod:`adaptkit.output_guard` (no ``.pth``, no dotfiles).
+What may be written there is up to :mod:`adaptkit.io.output_guard` (no ``.pth``, no dotfiles).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptkit.errors import AdaptkitError, OutputError
-from adaptkit.specs import AdapterRef, check_input_path, is_yaml, read_adapter_yaml
+from adaptkit.io.specs import AdapterRef, check_input_path, is_yaml, read_adapter_yaml
 
 
 @dataclass
@@ -59,8 +59,8 @@ def resolve_output(raw: str, recipe_path: Path, *, allow_outside: bool) -> Path:
 
 def load_recipe(path: str | os.PathLike[str], *, allow_outside: bool = False) -> Recipe:
     """Read and validate a recipe YAML (every schema problem reported at once)."""
-    from adaptkit.schemas import validate_document
-    from adaptkit.yamlio import load_yaml_file
+    from adaptkit.io.schemas import validate_document
+    from adaptkit.io.yamlio import load_yaml_file
 
     p = Path(path)
     doc = load_yaml_file(p)
@@ -118,7 +118,7 @@ def _tune_block(block: dict[str, Any] | None, p: Path) -> dict[str, Any] | None:
 
 def yaml_kind(path: Path) -> str:
     """``"recipe"``, ``"adapter-spec"`` or ``"unknown"`` for a YAML file (by its keys)."""
-    from adaptkit.yamlio import load_yaml_file
+    from adaptkit.io.yamlio import load_yaml_file
 
     doc = load_yaml_file(path)
     if isinstance(doc, dict) and "adapters" in doc:

@@ -10,7 +10,7 @@ The rules, for adapters, PEFT folders, exports, plots, metrics logs and checkpoi
   replaced. A symlink, device, FIFO or socket at the output path is refused, even with
   ``--force``.
 * An existing output is replaced only with ``--force``; without it, creation is exclusive
-  down to the final rename (:mod:`adaptkit.atomic`), so two concurrent runs cannot both
+  down to the final rename (:mod:`adaptkit.io.atomic`), so two concurrent runs cannot both
   succeed.
 * Without ``--force``, the output's name must be one the command produces: a file output
   carries one of its kind's suffixes (``.safetensors``, ``.png``, ...), and no output is a

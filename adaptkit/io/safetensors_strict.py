@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from adaptkit.errors import FormatError, InvalidAdapterError
-from adaptkit.fileio import open_regular_file
-from adaptkit.jsonio import strict_json
+from adaptkit.io.fileio import open_regular_file
+from adaptkit.io.jsonio import strict_json
 
 #: safetensors' own limit for the JSON header; checked before anything is allocated.
 MAX_HEADER_BYTES = 100_000_000

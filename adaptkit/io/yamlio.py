@@ -112,7 +112,7 @@ def load_yaml_file(path: str | os.PathLike[str]) -> Any:
     """
     import copy
 
-    from adaptkit.fileio import open_regular_file
+    from adaptkit.io.fileio import open_regular_file
 
     p = Path(path)
     fd = open_regular_file(p, what="YAML file")

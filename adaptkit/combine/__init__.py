@@ -1,0 +1,29 @@
+"""Combining adapters (adapter ⊕ adapter → adapter): the engine, the strategy API, the
+low-rank (factored) and dense math, and data-tuned weights.
+
+The engine's API is importable from here: ``from adaptkit.combine import AdapterInput, combine``.
+"""
+
+from adaptkit.combine.engine import (
+    AdapterInput,
+    CombineResult,
+    Concatenate,
+    TargetReport,
+    check_request,
+    combine,
+    combined_saved_modules,
+    file_sha256,
+    fill_params,
+)
+
+__all__ = [
+    "AdapterInput",
+    "CombineResult",
+    "Concatenate",
+    "TargetReport",
+    "check_request",
+    "combine",
+    "combined_saved_modules",
+    "file_sha256",
+    "fill_params",
+]

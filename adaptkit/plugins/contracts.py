@@ -1,0 +1,145 @@
+"""Contracts (Protocols) for what plugins register.
+
+Each kind shares a small common surface — a ``name`` (lower-case, ``[a-z0-9_-]``), a
+one-line ``description``, and optionally ``requires``: a mapping from an importable module
+name to the pip requirement that provides it (checked with ``importlib.util.find_spec``,
+never imported, so a missing heavy dependency is reported instead of crashing start-up).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from adaptkit.adapter import Adapter
+    from adaptkit.combine.strategy import MergeContext, MergeInput, MergeResult
+
+
+@runtime_checkable
+class Plugin(Protocol):
+    """What every registered object has."""
+
+    name: str
+    description: str
+
+
+@runtime_checkable
+class AdapterFormat(Plugin, Protocol):
+    """Reads (and optionally writes) adapters in some on-disk format."""
+
+    def detect(self, path: Path) -> bool:
+        """True if ``path`` is in this format. Must be cheap and must not raise."""
+        ...
+
+    def read(self, path: Path) -> Adapter:
+        """Load ``path`` into an :class:`~adaptkit.adapter.Adapter`.
+
+        Raises:
+            AdaptkitError: for anything wrong with the input, naming the file and key.
+        """
+        ...
+
+
+@runtime_checkable
+class WritableFormat(AdapterFormat, Protocol):
+    """A format that can also write adapters.
+
+    It may declare ``output_kind`` (an :class:`adaptkit.io.output_guard.OutputKind`: a file with
+    given suffixes, or a folder) so the output guard checks names of the right kind; without
+    it, any name that is not a dotfile or code is accepted.
+    """
+
+    def write(self, adapter: Adapter, path: Path, *, overwrite: bool = False) -> Path:
+        """Write ``adapter`` to ``path`` atomically; refuse an existing output unless
+        ``overwrite``."""
+        ...
+
+
+@runtime_checkable
+class Backend(Plugin, Protocol):
+    """A training backend (``adaptkit train --backend NAME``).
+
+    The shared trainer (:mod:`adaptkit.training.loop`) loads the model and data and runs the
+    loop (schedule, micro-batches, DDP, checkpoints); the backend decides how adapters are
+    attached and optimised. Run :func:`adaptkit.testing.check_backend` in your own tests.
+
+    Attributes:
+        supports: Optional; the trainer features the backend claims, a subset of
+            ``{"resume", "ddp"}``: ``resume`` — a run resumed from a checkpoint continues
+            exactly; ``ddp`` — ``torchrun`` over N processes equals one process with the same
+            global batch. The contract kit checks each claim. Missing: no claims.
+
+    Optional method ``memory_report(model) -> dict`` is written to the metrics file at start.
+    """
+
+    def prepare(self, model: Any, settings: Any, config: Any, log: Any) -> list[Any]:
+        """Attach adapters to ``model`` in place, freeze every base parameter, and return
+        exactly the trainable LoRA parameters (nothing else may require grad).
+
+        ``settings`` is a :class:`~adaptkit.training.settings.LoraSettings`, ``config`` the
+        whole :class:`~adaptkit.training.settings.TrainConfig` (backend options in
+        ``config.options``), ``log`` a ``str -> None`` callable for one-line notices. Bad
+        options raise :class:`~adaptkit.errors.AdaptkitError` naming the option."""
+        ...
+
+    def optimizer(self, params: list[Any], config: Any, log: Any) -> Any:
+        """The ``torch.optim.Optimizer`` for ``params``. The trainer overwrites each param
+        group's ``lr`` every step with ``schedule(step) · group.get("lr_scale", 1.0)``."""
+        ...
+
+    def extract(self, model: Any, *, base_name: str | None, provenance: dict[str, Any]) -> Adapter:
+        """The trained adapter (native :class:`~adaptkit.adapter.Adapter`): one target per
+        attached module, with the rank and scale it was trained with, loadable with
+        ``adaptkit.nn.load`` onto the base the backend prepared."""
+        ...
+
+
+@runtime_checkable
+class MergeStrategy(Plugin, Protocol):
+    """A way to combine several adapters' updates (``adaptkit combine --strategy NAME``).
+
+    Attributes:
+        params_schema: JSON Schema (an ``object`` schema) of the strategy's parameters;
+            ``default`` values are filled in before :meth:`merge` sees them.
+        min_inputs / max_inputs: How many adapters the strategy accepts (``None``: any).
+        symmetric: The result does not depend on the order of the inputs.
+        linear: Multiplying every weight by ``c`` multiplies the result by ``c``.
+        identity_params: Parameters under which one adapter at weight 1 is returned
+            unchanged (used by :mod:`adaptkit.testing`).
+    """
+
+    params_schema: Mapping[str, Any]
+
+    def merge(self, inputs: Sequence[MergeInput], ctx: MergeContext) -> MergeResult:
+        """Merge one target's inputs (see :mod:`adaptkit.combine.strategy`)."""
+        ...
+
+
+@runtime_checkable
+class Exporter(Plugin, Protocol):
+    """Turns a base model plus adapters into a deployable artefact (``adaptkit export``)."""
+
+    def export(self, request: Any, log: Any) -> dict[str, Any]:
+        """Write ``request.output`` (an :class:`~adaptkit.exporting.ExportRequest`) atomically
+        and return a JSON-ready report; ``log`` takes one-line progress messages."""
+        ...
+
+
+#: Registry kind -> (hook name, contract, attributes the contract requires). The single source
+#: the registry, the CLI and the docs use.
+KINDS: Mapping[str, tuple[str, type, tuple[str, ...]]] = {
+    "format": ("register_formats", AdapterFormat, ("name", "description", "detect", "read")),
+    "backend": (
+        "register_backends",
+        Backend,
+        ("name", "description", "prepare", "optimizer", "extract"),
+    ),
+    "strategy": (
+        "register_merge_strategies",
+        MergeStrategy,
+        ("name", "description", "params_schema", "merge"),
+    ),
+    "exporter": ("register_exporters", Exporter, ("name", "description", "export")),
+}

@@ -20,6 +20,7 @@ _LAZY = {
     "BaseModelInfo": "adaptkit.adapter",
     "Producer": "adaptkit.adapter",
     "SavedModule": "adaptkit.adapter",
+    "WeightedAdapter": "adaptkit.adapter",
     "LoraPair": "adaptkit.lora",
     "load_adapter": "adaptkit.io.native",
     "save_adapter": "adaptkit.io.native",

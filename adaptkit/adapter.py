@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,3 +166,24 @@ def saved_module_problems(saved: dict[str, SavedModule], *, check_values: bool) 
             elif check_values and not bool(torch.isfinite(tensor).all()):
                 problems.append(f"{where}: contains NaN or Inf values (saved module)")
     return problems
+
+
+@dataclass
+class WeightedAdapter:
+    """An adapter as an input: to ``combine`` (as ``AdapterInput``) or to an exporter.
+
+    Attributes:
+        adapter: The adapter.
+        weight: Its multiplier ``w_i`` (negative subtracts it; 0 leaves it out).
+        name: Label for reports, seeds and ``.onnx_adapter`` files; ``combine`` defaults it to
+            ``adapter<i>``.
+        source: The file or folder it was read from (hashed into the provenance).
+        reads: Every file read to build it (its manifest YAML, a recipe and its inputs): the
+            output guard keeps outputs away from all of them.
+    """
+
+    adapter: Adapter
+    weight: float = 1.0
+    name: str = ""
+    source: os.PathLike[str] | None = None
+    reads: tuple[os.PathLike[str], ...] = ()

@@ -12,22 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adaptkit.adapter import WeightedAdapter
 from adaptkit.errors import AdaptkitError
 
 if TYPE_CHECKING:
     from adaptkit.adapter import Adapter
 
 
-@dataclass
-class NamedAdapter:
-    """One ``--adapter``: its label, content, weight, where it came from and every file read
-    to build it (the output guard keeps exports away from all of them)."""
-
-    name: str
-    adapter: Adapter
-    weight: float = 1.0
-    source: Path | None = None
-    reads: tuple[Path, ...] = ()
+#: One ``--adapter`` of an export (the one input record, see
+#: :class:`adaptkit.adapter.WeightedAdapter`).
+NamedAdapter = WeightedAdapter
 
 
 @dataclass
@@ -51,7 +45,6 @@ class ExportRequest:
 
 def load_export_adapters(specs: list[str], registry: Any = None) -> list[NamedAdapter]:
     """Resolve ``--adapter`` SPECs; recipes are combined with their own strategy."""
-    from adaptkit.combine import AdapterInput, combine
     from adaptkit.io.recipe import load_recipe, yaml_kind
     from adaptkit.io.specs import is_yaml, load_ref, resolve_spec
     from adaptkit.plugins import get_registry
@@ -62,22 +55,12 @@ def load_export_adapters(specs: list[str], registry: Any = None) -> list[NamedAd
         p = Path(spec)
         if is_yaml(p) and yaml_kind(p) == "recipe":
             recipe = load_recipe(p, allow_outside=True)  # its output is not used here
-            inputs = [AdapterInput(load_ref(r, registry), r.weight, r.name, r.path) for r in recipe.adapters]
-            result = combine(
-                inputs,
-                recipe.strategy or "linear",
-                params=recipe.params,
-                rank=recipe.rank,
-                seed=recipe.seed or 0,
-                intersect=bool(recipe.intersect),
-                registry=registry,
-            )
-            reads = (p, *(x for r in recipe.adapters for x in (r.spec, r.path) if x is not None))
-            out.append(NamedAdapter(p.stem, result.adapter, 1.0, p, reads))
+            result = recipe.combine(registry)
+            out.append(WeightedAdapter(result.adapter, 1.0, p.stem, p, recipe.reads))
         else:
             ref = resolve_spec(spec)
             reads = tuple(x for x in (ref.spec, ref.path) if x is not None)
-            out.append(NamedAdapter(ref.name, load_ref(ref, registry), ref.weight, ref.path, reads))
+            out.append(WeightedAdapter(load_ref(ref, registry), ref.weight, ref.name, ref.path, reads))
     names = [a.name for a in out]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
@@ -89,14 +72,13 @@ def load_export_adapters(specs: list[str], registry: Any = None) -> list[NamedAd
 
 def combined(adapters: list[NamedAdapter]) -> Adapter | None:
     """The exact weighted sum of all adapters (``None`` when there are none)."""
-    from adaptkit.combine import AdapterInput, Concatenate, combine
+    from adaptkit.combine import Concatenate, combine
 
     if not adapters:
         return None
     if len(adapters) == 1 and adapters[0].weight == 1.0:
         return adapters[0].adapter
-    inputs = [AdapterInput(a.adapter, a.weight, a.name, a.source) for a in adapters]
-    return combine(inputs, Concatenate()).adapter
+    return combine(adapters, Concatenate()).adapter
 
 
 def prepare_output(output: Path, force: bool, *, inputs: Iterable[Any] = ()) -> None:

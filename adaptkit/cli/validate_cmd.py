@@ -51,9 +51,8 @@ def validate_file(path: Path) -> dict[str, Any]:
 
 
 def _validate_recipe(path: Path, result: dict[str, Any]) -> dict[str, Any]:
-    """A recipe: its schema, every adapter it names, its strategy, params and rank."""
-    from adaptkit.combine import fill_params
-    from adaptkit.combine.factored import RankRequest
+    """A recipe: its schema, every adapter it names, and its request (strategy, number of
+    inputs, params, rank) as :meth:`Recipe.check` sees it."""
     from adaptkit.io.recipe import load_recipe
     from adaptkit.io.specs import load_ref
     from adaptkit.plugins import get_registry
@@ -67,14 +66,10 @@ def _validate_recipe(path: Path, result: dict[str, Any]) -> dict[str, Any]:
             targets |= set(load_ref(ref, registry).targets)
         except AdaptkitError as exc:
             problems += [f"{exc.path or ref.path}: {p}" for p in exc.problems]
-    for check in (
-        lambda: fill_params(registry.get("strategy", recipe.strategy or "linear"), recipe.params),
-        lambda: RankRequest.parse(recipe.rank),
-    ):
-        try:
-            check()
-        except AdaptkitError as exc:
-            problems += [f"{path}: {p}" for p in exc.problems]
+    try:
+        recipe.check(registry)
+    except AdaptkitError as exc:
+        problems += [f"{path}: {p}" for p in exc.problems]
     result["problems"] = problems
     result["targets"] = len(targets)
     return result

@@ -10,6 +10,7 @@ targets; a shape clash is an error), runs the strategy per target, and returns a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import os
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adaptkit.adapter import WeightedAdapter
 from adaptkit.combine.factored import RankRequest
 from adaptkit.combine.strategy import MergeContext, MergeInput, MergeResult, SumStrategy
 from adaptkit.errors import AdaptkitError, InvalidAdapterError, SchemaError
@@ -27,21 +29,9 @@ if TYPE_CHECKING:
     from adaptkit.plugins import Registry
 
 
-@dataclass
-class AdapterInput:
-    """One adapter given to :func:`combine`.
-
-    Attributes:
-        adapter: The adapter.
-        weight: Its multiplier ``w_i`` (negative subtracts it; 0 leaves it out).
-        name: Label for reports and seeds; defaults to ``adapter<i>``.
-        source: The file or folder it was read from (hashed into the provenance).
-    """
-
-    adapter: Adapter
-    weight: float = 1.0
-    name: str = ""
-    source: Path | None = None
+#: One adapter given to :func:`combine` (the one input record, see
+#: :class:`adaptkit.adapter.WeightedAdapter`).
+AdapterInput = WeightedAdapter
 
 
 @dataclass
@@ -355,7 +345,7 @@ def _with_unique_names(inputs: Sequence[AdapterInput]) -> list[AdapterInput]:
         base = item.name or f"adapter{i}"
         seen[base] = seen.get(base, 0) + 1
         name = base if seen[base] == 1 else f"{base}#{seen[base]}"
-        out.append(AdapterInput(adapter=item.adapter, weight=item.weight, name=name, source=item.source))
+        out.append(dataclasses.replace(item, name=name))
     return out
 
 

@@ -101,7 +101,7 @@ def combine_specs(
     if not isinstance(writer, WritableFormat):
         writable = [r.name for r in registry.all("format") if isinstance(r.obj, WritableFormat)]
         raise AdaptkitError(f"format {to_name!r} cannot write adapters; writable: {', '.join(writable)}")
-    read = [recipe.path, *(r.spec for r in refs), *(r.path for r in refs)]
+    read: list[Any] = list(recipe.reads)
     read += [*tune_block.get("sets", ()), tune_block.get("model")] if tuning else []
     check_output(out, kind_of_writer(writer), inputs=read, force=force)
     if plot is not None:

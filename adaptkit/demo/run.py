@@ -78,6 +78,7 @@ def run_demo(
     check_output(out, workspace, force=force or earlier, empty_folder_ok=True)
 
     from adaptkit import nn as lora
+    from adaptkit.adapter import WeightedAdapter
     from adaptkit.combine.job import combine_specs
     from adaptkit.demo import base_model, report
     from adaptkit.demo.skills import (
@@ -88,7 +89,7 @@ def run_demo(
         identity_examples,
         training_records,
     )
-    from adaptkit.exporting import ExportRequest, NamedAdapter
+    from adaptkit.exporting import ExportRequest
     from adaptkit.io.native import load_adapter
     from adaptkit.plugins import get_registry
     from adaptkit.training.loop import run_training
@@ -234,7 +235,7 @@ def run_demo(
     exporter = registry.get("exporter", "onnx")
     request = ExportRequest(
         model=str(folder),
-        adapters=[NamedAdapter(result.best, adapters[result.best], 1.0, candidates[result.best])],
+        adapters=[WeightedAdapter(adapters[result.best], 1.0, result.best, candidates[result.best])],
         output=out / "onnx",
         force=True,
         options={"verify": True},

@@ -83,6 +83,43 @@ def resolve_saved(model: torch.nn.Module, adapter: Adapter) -> list[tuple[Any, A
     return pairs
 
 
+def work_dtype(dtype: Any) -> Any:
+    """The dtype ``W + ΔW`` is computed in for weights of ``dtype``: float64 for float64,
+    float32 otherwise (a 16-bit sum would round ``ΔW`` before it reaches ``W``)."""
+    import torch
+
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def target_delta(pair: Any, W: torch.Tensor, *, conv1d: bool, weight: float = 1.0) -> torch.Tensor:
+    """``weight·ΔW`` of ``pair`` in ``W``'s layout (``in × out`` for Conv1D) and work dtype."""
+    delta = pair.delta(work_dtype(W.dtype)) * weight
+    return delta.T if conv1d else delta
+
+
+def add_delta(
+    W: torch.Tensor, delta: torch.Tensor, *, key: str | None = None, dtype: Any = None
+) -> torch.Tensor:
+    """``W + ΔW``, computed in ``delta``'s dtype and returned in ``dtype`` (default ``W``'s):
+    the one place every bake (modules, LoRA layers, streamed checkpoints) adds an update.
+
+    Raises:
+        AdaptkitError: the result is not finite in ``W``'s dtype (an fp16 overflow, say);
+            callers change nothing then.
+    """
+    import torch
+
+    out = dtype or W.dtype
+    new = (W.to(delta.dtype) + delta.to(W.device)).to(out)
+    if not bool(torch.isfinite(new).all()):
+        raise AdaptkitError(
+            f"W + ΔW overflows {out} (non-finite values); nothing was changed",
+            key=key,
+            hint="bake in float32 or scale the adapter down",
+        )
+    return new
+
+
 def apply_saved_modules(model: torch.nn.Module, adapter: Adapter) -> int:
     """Replace the model's parameters with the adapter's saved modules (PEFT ``modules_to_save``);
     returns how many tensors were replaced. Not undone by unmerging or detaching."""
@@ -117,19 +154,9 @@ def bake_adapter(model: torch.nn.Module, adapter: Adapter, *, weight: float = 1.
     with torch.no_grad():
         for name, (module, layout) in found.items():
             W = module.weight
-            work = torch.float64 if W.dtype == torch.float64 else torch.float32
-            delta = adapter.targets[name].delta(work) * weight
-            if layout == "conv1d":
-                delta = delta.T
+            delta = target_delta(adapter.targets[name], W, conv1d=layout == "conv1d", weight=weight)
             start = replaced.get(id(W), W).to(W.dtype)  # a saved base weight replaces W first
-            new = (start.to(work) + delta.to(W.device)).to(W.dtype)
-            if not bool(torch.isfinite(new).all()):
-                raise AdaptkitError(
-                    f"merged weight overflows {W.dtype} (non-finite values); nothing was changed",
-                    key=name,
-                    hint="merge in float32 or scale the adapter down",
-                )
-            updates.append((W, new))
+            updates.append((W, add_delta(start, delta, key=name)))
         for param, tensor in saved:
             param.copy_(tensor.to(param.dtype))
         for W, new in updates:

@@ -104,19 +104,21 @@ class LoraLinear(nn.Module):
                 "refusing to merge into a 4-bit base layer: it would re-quantize and lose precision",
                 hint="export with `adaptkit export --merged` (original or --merge-base dequantized weights)",
             )
+        from adaptkit.nn.baking import add_delta
+
         W = self.base.weight
-        new = (W.to(torch.float64) + self.delta_weight().to(torch.float64)).to(W.dtype)
-        if not bool(torch.isfinite(new).all()):
-            raise AdaptkitError(f"merging overflows {W.dtype}; nothing was changed")
-        W.copy_(new)
+        # float64 so that unmerge() subtracts exactly what merge() added
+        W.copy_(add_delta(W, self.delta_weight().to(torch.float64)))
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
         if not self.merged:
             raise AdaptkitError("LoRA layer is not merged")
+        from adaptkit.nn.baking import add_delta
+
         W = self.base.weight
-        W.copy_((W.to(torch.float64) - self.delta_weight().to(torch.float64)).to(W.dtype))
+        W.copy_(add_delta(W, -self.delta_weight().to(torch.float64)))
         self.merged = False
 
     def extra_repr(self) -> str:

@@ -19,7 +19,6 @@ class MergedExporter:
     requires: ClassVar[dict[str, str]] = {"torch": "torch", "safetensors": "safetensors"}
 
     def export(self, request: Any, log: Any) -> dict[str, Any]:
-        import torch
 
         from adaptkit.exporting import combined, may_replace
         from adaptkit.io.atomic import atomic_directory
@@ -38,6 +37,7 @@ class MergedExporter:
             for header in headers.values()
             for name, info in header.items()
         }
+        from adaptkit.nn.baking import add_delta, target_delta
         from adaptkit.nn.placement import build_skeleton, parameter_layout
 
         skeleton = build_skeleton(folder)
@@ -67,11 +67,8 @@ class MergedExporter:
             ) -> Any:
                 if name in replacement:
                     W = replacement[name].to(W.dtype)
-                work = torch.float64 if W.dtype == torch.float64 else torch.float32
-                delta = pair.delta(work)
-                if conv1d:
-                    delta = delta.T
-                Wf = W.to(work)
+                delta = target_delta(pair, W, conv1d=conv1d)
+                Wf = W.to(delta.dtype)
                 if diagnose:
                     Wq = nf4_round_trip(Wf.T if conv1d else Wf, blocksize)
                     Wq = Wq.T if conv1d else Wq
@@ -79,10 +76,7 @@ class MergedExporter:
                     if merge_base == "dequantized":
                         Wf = Wq
                 ratios[target] = float(delta.norm() / max(float(Wf.norm()), 1e-30))
-                new = (Wf + delta).to(W.dtype)
-                if not bool(torch.isfinite(new).all()):
-                    raise AdaptkitError(f"merged weight overflows {W.dtype}; nothing was written", key=target)
-                return new
+                return add_delta(Wf, delta, key=target, dtype=W.dtype)
 
             updates.setdefault(index[tensor_name], {})[tensor_name] = update
         targeted = {name for name, _ in plan.values()}

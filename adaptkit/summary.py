@@ -62,19 +62,14 @@ def base_weight_norms(model: str, targets: dict[str, tuple[int, int]]) -> dict[s
     safetensors; ``targets`` maps each to its ``(out, in)``."""
     from safetensors import safe_open
 
-    from adaptkit.errors import InvalidAdapterError
     from adaptkit.io.models import resolve_model, safetensors_files
-    from adaptkit.io.safetensors_strict import header_problems, read_header
+    from adaptkit.io.safetensors_strict import checked_header
     from adaptkit.nn.placement import target_layout
 
     folder = resolve_model(model)
     headers = {}
     for f in safetensors_files(folder):
-        header, n, size = read_header(f)
-        problems = header_problems(header, n, size, float_only=False)
-        if problems:
-            raise InvalidAdapterError.from_problems(problems, path=f)
-        headers[f] = {k: v for k, v in header.items() if k != "__metadata__"}
+        headers[f] = checked_header(f)[1]
     tensors = {
         k: (v.get("dtype"), tuple(v.get("shape") or ())) for h in headers.values() for k, v in h.items()
     }

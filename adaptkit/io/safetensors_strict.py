@@ -138,6 +138,20 @@ def header_problems(
     return problems
 
 
+def checked_header(path: str | os.PathLike[str]) -> tuple[int, dict[str, Any]]:
+    """A weight file's header, read alone and checked strictly (any dtype):
+    ``(offset of the data, {tensor name: entry})``.
+
+    Raises:
+        FormatError / InvalidAdapterError: as :func:`read_header` and :func:`header_problems`.
+    """
+    header, n, size = read_header(path)
+    problems = header_problems(header, n, size, float_only=False)
+    if problems:
+        raise InvalidAdapterError.from_problems(problems, path=path)
+    return 8 + n, {k: v for k, v in header.items() if k != "__metadata__"}
+
+
 def read_tensors(
     path: str | os.PathLike[str], *, float_only: bool = True, max_tensors: int = MAX_TENSORS
 ) -> tuple[dict[str, str], dict[str, Any]]:

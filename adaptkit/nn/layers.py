@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from adaptkit.errors import AdaptkitError
+from adaptkit.nn.layout import module_kind
 
 
 class LoraLinear(nn.Module):
@@ -51,7 +52,7 @@ class LoraLinear(nn.Module):
         weight = base.weight
         # nn.Linear and bitsandbytes' Linear4bit (a Linear subclass whose packed weight has no
         # meaningful shape) say their sizes; HF Conv1D stores its weight in × out.
-        self.conv1d = not isinstance(base, nn.Linear)
+        self.conv1d = module_kind(base) == "conv1d"
         if self.conv1d:
             self.in_features, self.out_features = weight.shape[0], weight.shape[1]
         else:

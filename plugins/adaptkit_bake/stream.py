@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from adaptkit.errors import AdaptkitError, InvalidAdapterError
-from adaptkit.io.safetensors_strict import header_problems, read_header
+from adaptkit.errors import AdaptkitError
+from adaptkit.io.safetensors_strict import checked_header, read_header
 
 _TORCH_DTYPES = {
     "F64": torch.float64,
@@ -36,11 +36,7 @@ Update = Callable[[torch.Tensor], torch.Tensor]
 
 def tensor_index(path: Path) -> dict[str, dict[str, Any]]:
     """``name -> {dtype, shape, data_offsets}`` of a safetensors file, checked strictly."""
-    header, n, size = read_header(path)
-    problems = header_problems(header, n, size, float_only=False)
-    if problems:
-        raise InvalidAdapterError.from_problems(problems, path=path)
-    return {k: v for k, v in header.items() if k != "__metadata__"}
+    return checked_header(path)[1]
 
 
 def stream_update(src: Path, dst: Path, updates: dict[str, Update]) -> int:

@@ -238,9 +238,9 @@ class QloraBackend:
 
 
 def _refuse_conv1d(model: Any, names: list[str]) -> None:
-    from torch import nn
+    from adaptkit.nn.layout import module_kind
 
-    conv = [n for n in names if not isinstance(model.get_submodule(n), nn.Linear)]
+    conv = [n for n in names if module_kind(model.get_submodule(n)) != "linear"]
     if conv:
         kind = type(model.get_submodule(conv[0])).__name__
         raise AdaptkitError(f"qlora quantizes nn.Linear layers; {conv[0]!r} is a {kind}", key="targets")

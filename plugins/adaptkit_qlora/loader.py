@@ -48,18 +48,10 @@ def _parameters_on_meta():
 
 
 def _headers(folder: Path) -> dict[Path, dict[str, Any]]:
-    from adaptkit.errors import InvalidAdapterError
     from adaptkit.io.models import safetensors_files
-    from adaptkit.io.safetensors_strict import header_problems, read_header
+    from adaptkit.io.safetensors_strict import checked_header
 
-    out = {}
-    for f in safetensors_files(folder):
-        header, n, size = read_header(f)
-        problems = header_problems(header, n, size, float_only=False)
-        if problems:
-            raise InvalidAdapterError.from_problems(problems, path=f)
-        out[f] = (8 + n, {k: v for k, v in header.items() if k != "__metadata__"})
-    return out
+    return {f: checked_header(f) for f in safetensors_files(folder)}
 
 
 def plan(folder: Path, quantize: list[str]) -> dict[str, Any] | None:

@@ -63,6 +63,27 @@ def _yaml(path: Path, text: str) -> None:
     path.write_text(text)
 
 
+def train_config(out: Path, key: str, base: Path, settings: DemoSettings) -> Any:
+    """How the demo trains skill ``key`` into its workspace ``out``. ``force``: the workspace was
+    checked as a whole by :func:`run_demo`, and a rerun replaces its own adapters."""
+    from adaptkit.training.settings import LoraSettings, TrainConfig
+
+    return TrainConfig(
+        backend="lora",
+        model=str(base),
+        output=str(out / "adapters" / f"skill_{key}.safetensors"),
+        lora=LoraSettings(targets=settings.targets, rank=settings.rank, alpha=settings.alpha),
+        lr=settings.lr,
+        lr_schedule="cosine",
+        warmup_steps=10,
+        max_steps=settings.steps,
+        batch_size=32,
+        seq_len=32,
+        seed=settings.seed,
+        force=True,
+    )
+
+
 def run_demo(
     out: Path, settings: DemoSettings, log: Any = print, progress: bool = True, *, force: bool = False
 ) -> DemoResult:
@@ -93,7 +114,6 @@ def run_demo(
     from adaptkit.io.native import load_adapter
     from adaptkit.plugins import get_registry
     from adaptkit.training.loop import run_training
-    from adaptkit.training.settings import LoraSettings, TrainConfig
 
     t0 = time.perf_counter()
     result = DemoResult(out=out)
@@ -111,19 +131,7 @@ def run_demo(
     held_out = {s: examples(s, settings.eval_prompts, seed=1000) for s in skills.values()}
     for key, skill in skills.items():
         t = time.perf_counter()
-        cfg = TrainConfig(
-            backend="lora",
-            model=str(folder),
-            output=str(out / "adapters" / f"skill_{key}.safetensors"),
-            lora=LoraSettings(targets=settings.targets, rank=settings.rank, alpha=settings.alpha),
-            lr=settings.lr,
-            lr_schedule="cosine",
-            warmup_steps=10,
-            max_steps=settings.steps,
-            batch_size=32,
-            seq_len=32,
-            seed=settings.seed,
-        )
+        cfg = train_config(out, key, folder, settings)
         # Each adapter also sees the *other* skill's inputs with the identity as target, so it
         # learns to leave them alone: that is what lets the two combine without interference.
         others = [DIGITS] if skill == "upper" else [LETTERS, LETTERS.upper()]

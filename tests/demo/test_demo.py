@@ -67,3 +67,18 @@ def test_charts(demo):
     # matplotlib is in the test extra, so the charts are always produced here.
     for name in ("accuracy.png", "update_magnitude.png"):
         assert (demo / name).stat().st_size > 1000
+
+
+def test_a_rerun_may_replace_its_own_workspace_only(demo, run_cli, tmp_path):
+    from adaptkit.demo.run import DemoSettings, train_config
+    from adaptkit.training.loop import check_train_outputs
+
+    # The adapters of the earlier run exist; the demo's training passes the output guard.
+    for key in ("a", "b"):
+        cfg = train_config(demo, key, tmp_path, DemoSettings.for_mode(True))
+        assert (demo / "adapters" / f"skill_{key}.safetensors").exists()
+        check_train_outputs(cfg)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    code, _, err = run_cli("demo", "--quick", "-o", tmp_path / "mine")
+    assert code == 2 and "not empty" in err and (tmp_path / "mine" / "notes.txt").read_text() == "keep"

@@ -206,3 +206,35 @@ def load_tokenizer(folder: Path) -> Any:
     except Exception as exc:  # a broken tokenizer.json fails in the tokenizers library's own ways
         why = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise FormatError(f"cannot load the tokenizer: {why}", path=folder) from None
+
+
+#: Weight and pickle files, never copied as side files.
+_NOT_SIDE = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".msgpack", ".h5")
+
+
+def side_file(folder: Path, name: str) -> Path | None:
+    """``folder/name`` if it is a regular file that really belongs to the model, else None.
+
+    A symlink is followed only into the model folder itself or, for a Hugging Face cache
+    snapshot (``.../snapshots/<rev>/``), into that repository's cache (its ``blobs/``): a
+    model folder whose ``tokenizer.json`` links to ``/etc/shadow`` does not get it copied into
+    an export.
+    """
+    path = folder / name
+    if not path.is_file():
+        return None
+    real = path.resolve()
+    roots = [folder.resolve()]
+    if folder.parent.name == "snapshots":
+        roots.append(folder.parent.parent.resolve())
+    return path if any(root in real.parents for root in roots) else None
+
+
+def side_files(folder: Path) -> list[Path]:
+    """Every file of a model folder an export copies as is (config, tokenizer, README, ...):
+    not weights or pickles, and only what :func:`side_file` accepts."""
+    return [
+        p
+        for item in sorted(folder.iterdir())
+        if not item.name.endswith(_NOT_SIDE) and (p := side_file(folder, item.name)) is not None
+    ]

@@ -9,10 +9,8 @@ from typing import Any, ClassVar
 
 from adaptkit.errors import AdaptkitError
 
+
 #: Weight files never copied (pickles are never even opened).
-_SKIP_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".msgpack", ".h5")
-
-
 class MergedExporter:
     name = "merged"
     description = "HF model directory with W + ΔW baked in, streamed tensor by tensor"
@@ -22,7 +20,7 @@ class MergedExporter:
 
         from adaptkit.exporting import combined, may_replace
         from adaptkit.io.atomic import atomic_directory
-        from adaptkit.io.models import resolve_model, safetensors_files
+        from adaptkit.io.models import resolve_model, safetensors_files, side_files
         from adaptkit_bake.stream import stream_update, tensor_index
 
         folder = resolve_model(request.model)
@@ -89,10 +87,9 @@ class MergedExporter:
             for f in files:
                 largest = max(largest, stream_update(f, tmp / f.name, updates.get(f, {})))
             copied = []
-            for item in sorted(folder.iterdir()):
-                if item.is_file() and not item.name.endswith(_SKIP_SUFFIXES):
-                    shutil.copy2(item, tmp / item.name)
-                    copied.append(item.name)
+            for item in side_files(folder):
+                shutil.copy2(item, tmp / item.name)
+                copied.append(item.name)
             report = {
                 "exporter": "merged",
                 "model": str(folder),

@@ -174,11 +174,13 @@ class OnnxExporter:
 
 
 def _copy_side_files(model_spec: str, tokenizer: Any, base: Any, out: Path) -> None:
+    from adaptkit.io.models import side_file
+
     folder = Path(model_spec)
     if folder.is_dir():
         for name in _COPY:
-            if (folder / name).is_file():
-                shutil.copy2(folder / name, out / name)
+            if (path := side_file(folder, name)) is not None:
+                shutil.copy2(path, out / name)
         return
     base.config.to_json_file(out / "config.json")
     if tokenizer is not None:

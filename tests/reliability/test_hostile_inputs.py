@@ -340,3 +340,30 @@ def test_error_lines_are_capped(run_cli, box):
     (box / "long.safetensors").write_bytes(raw_safetensors(header, b"\0" * 8))
     line = _refused(run_cli, box, ["inspect", "long.safetensors"], "characters cut")
     assert len(line) <= MAX_LINE_CHARS + 100
+
+
+# --- side files an export copies ----------------------------------------------------------------
+
+
+def test_exports_copy_no_file_a_symlink_takes_from_outside_the_model(run_cli, box, tmp_path_factory):
+    secret = tmp_path_factory.mktemp("elsewhere") / "secret.txt"
+    secret.write_text("not part of the model")
+    (box / "model" / "notes.txt").symlink_to(secret)
+    (box / "model" / "README.md").write_text("a model card")
+    code, _, err = run_cli(*COMMANDS["export --merged"])
+    assert code == 0, err
+    assert (box / "out" / "README.md").read_text() == "a model card"
+    assert not (box / "out" / "notes.txt").exists()
+
+
+def test_hub_cache_snapshots_link_into_their_blobs_and_are_copied(box):
+    from adaptkit.io.models import side_files
+
+    repo = box / "models--org--name"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / "abc").write_text("{}")
+    snap = repo / "snapshots" / "rev"
+    snap.mkdir(parents=True)
+    (snap / "config.json").symlink_to(repo / "blobs" / "abc")
+    (snap / "leak.txt").symlink_to(box / "data.jsonl")
+    assert [p.name for p in side_files(snap)] == ["config.json"]

@@ -101,7 +101,7 @@ def command(recipe: Path | None, force: bool, as_json: bool, **flags: Any) -> No
     """
     from adaptkit.cli.combine_cmd import parse_params
     from adaptkit.plugins import get_registry
-    from adaptkit.training.loop import check_train_outputs, run_training
+    from adaptkit.training.loop import run_training
     from adaptkit.training.settings import LoraSettings, TrainConfig
 
     doc: dict[str, Any] = _recipe(recipe, output_given=flags.get("output") is not None) if recipe else {}
@@ -130,8 +130,6 @@ def command(recipe: Path | None, force: bool, as_json: bool, **flags: Any) -> No
     registry.get("backend", cfg.backend)
     out = Path(cfg.output)
     main_process = int(os.environ.get("RANK", "0")) == 0
-    if main_process:  # before any loading; run_training checks again for Python callers
-        check_train_outputs(cfg)
     result = run_training(cfg, registry=registry, progress=not as_json, log=say)
     summary = {
         "output": str(out),

@@ -45,13 +45,14 @@ class OutputKind:
 
     Attributes:
         what: Words for messages ("adapter file", "export folder", "plot").
-        folder: True if the output is a folder, False for a file.
+        folder: True if the output is a folder, False for a file, None if either (a
+            third-party format that does not say).
         suffixes: For files, the suffixes a name of this kind carries (lower case);
             empty means any name that is not a dotfile or code.
     """
 
     what: str
-    folder: bool = False
+    folder: bool | None = False
     suffixes: tuple[str, ...] = ()
 
 
@@ -67,7 +68,7 @@ def kind_of_writer(writer: object) -> OutputKind:
     """The :class:`OutputKind` a format plugin writes: its ``output_kind`` attribute, or a
     file of any (non-code, non-hidden) name for a plugin that does not declare one."""
     kind = getattr(writer, "output_kind", None)
-    return kind if isinstance(kind, OutputKind) else OutputKind("output")
+    return kind if isinstance(kind, OutputKind) else OutputKind("output", folder=None)
 
 
 def _relation(out: Path, inp: Path) -> str | None:
@@ -145,16 +146,16 @@ def check_output(
     except OSError as exc:
         raise OutputError(f"cannot check the output ({exc.strerror})", path=out, key=flag) from None
     if st is not None:
-        wanted = stat.S_ISDIR if kind.folder else stat.S_ISREG
-        if not wanted(st.st_mode):
-            expected = "folder" if kind.folder else "regular file"
+        wanted = {True: (stat.S_ISDIR,), False: (stat.S_ISREG,), None: (stat.S_ISDIR, stat.S_ISREG)}
+        if not any(test(st.st_mode) for test in wanted[kind.folder]):
+            expected = {True: "folder", False: "regular file", None: "regular file or folder"}[kind.folder]
             raise OutputError(
                 f"{_describe(st.st_mode)} is in the way; only a {expected} is ever replaced, "
                 "even with --force",
                 path=out,
                 key=flag,
             )
-        empty = kind.folder and empty_folder_ok and not any(out.iterdir())
+        empty = bool(kind.folder) and empty_folder_ok and not any(out.iterdir())
         if not force and not empty:
             words = "output folder exists and is not empty" if empty_folder_ok else "output exists"
             raise OutputError(words, path=out, key=flag, hint="pass --force to replace it")
@@ -170,7 +171,7 @@ def _check_name(out: Path, kind: OutputKind, flag: str) -> None:
         problem = "is a hidden (dot) file name"
     elif suffix in CODE_SUFFIXES:
         problem = f"ends in {suffix!r}, a kind of file other programs run"
-    elif not kind.folder and kind.suffixes and suffix not in kind.suffixes:
+    elif kind.folder is False and kind.suffixes and suffix not in kind.suffixes:
         problem = f"does not end in {' or '.join(kind.suffixes)}"
     else:
         return

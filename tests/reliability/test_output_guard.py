@@ -238,3 +238,16 @@ def test_recipe_output_stays_in_the_recipe_folder_not_the_working_directory(run_
         assert code == 2 and words in err, err
     assert list(site.iterdir()) == []
     assert sorted(p.name for p in (tmp_path / "recipes").iterdir()) == ["a.safetensors", "r.yaml"]
+
+
+def test_a_format_that_does_not_declare_its_kind_may_replace_a_file_or_a_folder(tree):
+    from adaptkit.io.output_guard import kind_of_writer
+
+    kind = kind_of_writer(object())
+    (tree / "folder_out").mkdir()
+    check_output(tree / "folder_out", kind, force=True)
+    check_output(tree / "old.safetensors", kind, force=True)
+    with pytest.raises(OutputError, match="a character device is in the way"):
+        check_output("/dev/null", kind, force=True)
+    with pytest.raises(OutputError, match="other programs run"):
+        check_output(tree / "x.pth", kind)

@@ -385,7 +385,7 @@ def load_base(model: str, *, quantize: bool, targets: list[str], registry: Any, 
 
     folder = resolve_model(model)
     if not quantize:
-        return load_causal_lm(str(folder), dtype="fp32")
+        return load_causal_lm(folder, dtype="fp32")
     from adaptkit.training.settings import LoraSettings, TrainConfig
 
     backend = registry.get("backend", "qlora")

@@ -143,7 +143,12 @@ def _link_exclusive(tmp: Path, dest: Path) -> None:
         except FileExistsError:
             raise _exists_error(dest) from None
         os.close(fd)
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                dest.unlink()  # our empty reservation, not anyone's output
+            raise
         return
     tmp.unlink()
 

@@ -147,7 +147,7 @@ def check_model_files(folder: Path) -> None:
 
 
 def load_causal_lm(
-    spec: str,
+    spec: str | Path,
     *,
     dtype: Any = None,
     device: Any = None,
@@ -156,13 +156,14 @@ def load_causal_lm(
     """``(model, tokenizer or None)`` for a model directory or Hub id, in eval mode.
 
     Args:
-        spec: Model directory or Hub id.
+        spec: Model directory or Hub id (a string), or a folder :func:`resolve_model` already
+            returned (a ``Path``: used as is, so its files are not vetted twice).
         dtype: A ``--base-dtype`` name (``auto`` = the checkpoint's), a torch dtype, or
             ``None`` for float32.
         device: Where the weights go as they load (``device_map``); ``None`` keeps them on CPU.
         load_kwargs: Extra ``from_pretrained`` arguments (a backend's ``quantization_config``).
     """
-    folder = resolve_model(spec)
+    folder = spec if isinstance(spec, Path) else resolve_model(spec)
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging

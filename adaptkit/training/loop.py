@@ -384,7 +384,7 @@ def _load_base(cfg: TrainConfig, backend: Any, device: torch.device, note: Any) 
     extra = backend.loading(cfg, folder, note) if hasattr(backend, "loading") else {}
     # device_map places each shard's tensors as they load; a plain CPU load needs none.
     where = device if (extra or device.type != "cpu") else None
-    model, tokenizer = load_causal_lm(str(folder), dtype=dtype, device=where, load_kwargs=extra)
+    model, tokenizer = load_causal_lm(folder, dtype=dtype, device=where, load_kwargs=extra)
     name = str(dtype).removeprefix("torch.")
     note(
         f"base: {name}" + (" (the checkpoint's dtype)" if cfg.base_dtype == "auto" else "") + f", on {device}"

@@ -52,7 +52,7 @@ class OnnxExporter:
         verify = o.get("verify", True)
         # Adapters merge in the dtype the base loads in: float32 unless asked (a bf16 merge would
         # round small updates away before the graph is even built).
-        base, tokenizer = load_causal_lm(request.model, dtype=o.get("base_dtype") or "fp32")
+        base, tokenizer = load_causal_lm(str(request.model), dtype=o.get("base_dtype") or "fp32")
         torch_dtype = torch.float16 if dtype == "float16" else torch.float32
         report: dict[str, Any] = {
             "exporter": "onnx",

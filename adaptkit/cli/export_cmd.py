@@ -31,11 +31,33 @@ from adaptkit.errors import AdaptkitError
     help="Adapter SPEC, repeatable; several are combined exactly (a recipe with its strategy).",
 )
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--opset", type=int, help="ONNX opset (default: the exporter's).")
+@click.option(
+    "--graph",
+    type=click.Choice(["auto", "generation", "logits"]),
+    help="--onnx: 'generation' = KV-cache decoder for ONNX Runtime GenAI; 'logits' = one forward "
+    "(input_ids → logits); 'auto' (default) = generation where the model builder supports the model.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int4"]),
+    help="--onnx generation graph: weights fp32 (default), fp16, or int4 (blockwise, MatMulNBits).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    help="--onnx generation graph: the execution provider it is built for (default cpu).",
+)
+@click.option(
+    "--min-agreement",
+    type=float,
+    help="--onnx fp16/int4: refuse below this teacher-forced top-1 agreement with PyTorch "
+    "(default 0.9 fp16, 0.6 int4).",
+)
+@click.option("--opset", type=int, help="Logits-only graph: ONNX opset (default: the exporter's).")
 @click.option(
     "--dtype",
     type=click.Choice(["float32", "float16"]),
-    help="ONNX weights dtype (default float32).",
+    help="Logits-only graph: weights dtype (default float32).",
 )
 @click.option(
     "--base-dtype",
@@ -43,8 +65,12 @@ from adaptkit.errors import AdaptkitError
     help="--onnx: dtype the base loads in and adapters merge in (default fp32; auto = the checkpoint's). "
     "--merged always keeps each tensor's own dtype.",
 )
-@click.option("--atol", type=float, help="Parity tolerance vs PyTorch (default 1e-4; 5e-2 for float16).")
-@click.option("--no-verify", is_flag=True, help="Skip the onnxruntime parity check and latency report.")
+@click.option(
+    "--atol",
+    type=float,
+    help="Logits tolerance vs PyTorch: generation fp32 1e-3; logits-only 1e-4 (5e-2 float16).",
+)
+@click.option("--no-verify", is_flag=True, help="Skip the parity check (and the latency report).")
 @click.option(
     "--lora-inputs",
     is_flag=True,
@@ -70,6 +96,10 @@ def command(
     model,
     adapters,
     output,
+    graph,
+    precision,
+    device,
+    min_agreement,
     opset,
     dtype,
     base_dtype,
@@ -86,20 +116,27 @@ def command(
     \b
     --merged  a Hugging Face model directory with W + ΔW in its safetensors, streamed
               tensor by tensor (memory ≈ the largest tensor); config/tokenizer copied.
-    --onnx    pre-merge, export with torch.onnx (dynamo), dynamic batch/sequence axes, then
-              verify onnxruntime against PyTorch with the adapters *unmerged* on two input
-              shapes, check the adapters change the output, and time ORT-merged vs ORT-base vs
-              PyTorch-unmerged. Writes OUT/export-report.json.
+    --onnx    a generation-ready model for ONNX Runtime GenAI: the --merged checkpoint
+              (streamed) goes through ONNX Runtime GenAI's model builder (KV cache, fused
+              attention; --precision fp32|fp16|int4), then greedy generation on probe
+              prompts is compared with PyTorch + the adapters *unmerged*: fp32 must give
+              the same tokens and logits within --atol; fp16/int4 must reach
+              --min-agreement. Try it with `adaptkit generate OUT`. Models the builder
+              does not support (GPT-2, head sizes not a multiple of 16) get the
+              logits-only graph (torch.onnx dynamo), verified on logits, as the report
+              says. Writes OUT/export-report.json.
     --onnx --lora-inputs
-              the base graph takes each target's LoRA factors as inputs; each adapter
-              becomes an .onnx_adapter file switched at run time with
-              RunOptions.add_active_adapter (see adapters.json and docs/export.md).
+              one base graph whose targeted projections take LoRA factors as inputs;
+              each adapter becomes an .onnx_adapter file, switched per request
+              (og.Adapters / generator.set_active_adapter; see adapters.json and
+              docs/export.md); every adapter is verified as above.
 
     The output folder appears only when complete; an existing one survives a failed run.
 
     \b
     Examples:
       adaptkit export --onnx --model ./tiny-llama --adapter a.yaml -o onnx_out
+      adaptkit export --onnx --precision int4 --model ./llama -a a.yaml -o llama-int4
       adaptkit export --merged --model ./tiny-llama --adapter a.yaml --adapter b.yaml -o merged
       adaptkit export --onnx --lora-inputs --model ./tiny-llama -a a.yaml -a b.yaml -o multi
     """
@@ -120,7 +157,20 @@ def command(
     prepare_output(output, force, inputs=[local_model, *adapters])
     named = load_export_adapters(list(adapters), registry)
     prepare_output(output, force, inputs=[local_model, *(p for a in named for p in a.reads)])
+    onnx_only = {
+        "--graph": graph,
+        "--precision": precision,
+        "--device": device,
+        "--min-agreement": min_agreement,
+    }
+    for flag, value in onnx_only.items():
+        if value is not None and exporter != "onnx":
+            raise AdaptkitError(f"{flag} goes with --onnx")
     options = {
+        "graph": graph,
+        "precision": precision,
+        "device": device,
+        "min_agreement": min_agreement,
         "opset": opset,
         "dtype": dtype,
         "atol": atol,

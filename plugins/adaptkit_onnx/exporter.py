@@ -1,8 +1,12 @@
-"""The ``onnx`` exporter: merged graph + parity report, or LoRA-input graph + ORT adapters."""
+"""The ``onnx`` exporter: which graph, and the logits-only graph itself.
+
+``--graph auto`` (the default) writes the generation graph (:mod:`adaptkit_onnx.genai_export`,
+:mod:`adaptkit_onnx.genai_lora`) when the model builder supports the model, and otherwise the
+logits-only graph (``input_ids, attention_mask → logits``, torch.onnx dynamo), saying why.
+"""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import shutil
@@ -10,6 +14,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from adaptkit.errors import AdaptkitError
+from adaptkit_onnx.genai_export import DEFAULT_ATOL as DEFAULT_GENAI_ATOL
+from adaptkit_onnx.genai_export import DEFAULT_MIN_AGREEMENT
 
 _COPY = (
     "config.json",
@@ -21,20 +27,85 @@ _COPY = (
     "vocab.json",
     "merges.txt",
 )
-DEFAULT_ATOL = {"float32": 1e-4, "float16": 5e-2}
+DEFAULT_ATOL = {"float32": 1e-4, "float16": 5e-2}  # logits-only graph
 
 
 class OnnxExporter:
     name = "onnx"
-    description = "pre-merged ONNX verified with onnxruntime; or LoRA inputs + .onnx_adapter files"
+    description = (
+        "generation-ready ONNX (KV cache; fp32/fp16/int4) for ONNX Runtime GenAI, verified on greedy "
+        "generation; logits-only graph where the builder cannot go; LoRA inputs + .onnx_adapter files"
+    )
     requires: ClassVar[dict[str, str]] = {
         "onnx": "onnx",
         "onnxscript": "onnxscript",
         "onnxruntime": "onnxruntime-gpu",
+        "onnxruntime_genai": "onnxruntime-genai-cuda",
         "torch": "torch",
     }
 
     def export(self, request: Any, log: Any) -> dict[str, Any]:
+        from transformers import AutoConfig
+
+        from adaptkit.exporting import may_replace
+        from adaptkit.io.atomic import atomic_directory
+        from adaptkit.io.models import resolve_model
+        from adaptkit_onnx.builder import DEVICES, PRECISIONS, genai_unsupported
+
+        o = request.options
+        graph = o.get("graph") or "auto"
+        if graph not in ("auto", "generation", "logits"):
+            raise AdaptkitError(f"unknown graph {graph!r}; valid: auto, generation, logits", key="--graph")
+        precision = o.get("precision")
+        if precision is not None and precision not in PRECISIONS:
+            raise AdaptkitError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        device = o.get("device") or "cpu"
+        if device not in DEVICES:
+            raise AdaptkitError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}", key="--device")
+        folder = resolve_model(request.model)
+        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        reason = genai_unsupported(config, device)
+        if graph == "generation" and reason:
+            raise AdaptkitError(
+                f"no generation graph: {reason}", hint="--graph logits writes the logits-only graph"
+            )
+        if graph == "logits" or reason:
+            if graph == "auto":
+                log(f"generation graph unavailable ({reason}); writing the logits-only graph")
+            return self._logits_only(request, folder, precision, reason, log)
+
+        precision = precision or "fp32"
+        if o.get("dtype"):
+            raise AdaptkitError("--dtype is for the logits-only graph; use --precision fp32|fp16|int4")
+        options = {
+            "precision": precision,
+            "device": device,
+            "verify": o.get("verify", True),
+            "atol": _positive(o.get("atol"), DEFAULT_GENAI_ATOL, "--atol"),
+            "min_agreement": _fraction(o.get("min_agreement"), DEFAULT_MIN_AGREEMENT[precision]),
+        }
+        report: dict[str, Any] = {
+            "exporter": "onnx",
+            "model": request.model,
+            "adapters": [
+                {"name": a.name, "weight": a.weight, "source": str(a.source)} for a in request.adapters
+            ],
+        }
+        with atomic_directory(request.output, overwrite=may_replace(request.output, request.force)) as tmp:
+            if o.get("lora_inputs"):
+                from adaptkit_onnx.genai_lora import export_lora_generation
+
+                report.update(export_lora_generation(folder, config, request.adapters, tmp, options, log))
+            else:
+                from adaptkit_onnx.genai_export import export_merged_generation
+
+                report.update(export_merged_generation(folder, config, request.adapters, tmp, options, log))
+            (tmp / "export-report.json").write_text(json.dumps(report, indent=2) + "\n")
+        return report
+
+    def _logits_only(
+        self, request: Any, folder: Path, precision: str | None, reason: str | None, log: Any
+    ) -> dict[str, Any]:
         import torch
 
         from adaptkit.exporting import combined, may_replace
@@ -42,21 +113,22 @@ class OnnxExporter:
         from adaptkit.io.models import load_causal_lm
 
         o = request.options
-        dtype = o.get("dtype") or "float32"
+        if precision == "int4":
+            raise AdaptkitError(f"int4 needs the generation graph, and {reason or 'it was not chosen'}")
+        dtype = o.get("dtype") or {"fp16": "float16"}.get(precision or "", "float32")
         if dtype not in DEFAULT_ATOL:
             raise AdaptkitError(f"unknown dtype {dtype!r}; valid: float32, float16", key="--dtype")
-        atol = float(DEFAULT_ATOL[dtype] if o.get("atol") is None else o["atol"])
-        if not (math.isfinite(atol) and atol > 0):
-            # NaN would make every comparison false: the parity check would pass anything.
-            raise AdaptkitError(f"--atol must be a positive finite number, got {atol!r}", key="--atol")
+        atol = _positive(o.get("atol"), DEFAULT_ATOL[dtype], "--atol")
         verify = o.get("verify", True)
         # Adapters merge in the dtype the base loads in: float32 unless asked (a bf16 merge would
         # round small updates away before the graph is even built).
-        base, tokenizer = load_causal_lm(str(request.model), dtype=o.get("base_dtype") or "fp32")
+        base, tokenizer = load_causal_lm(folder, dtype=o.get("base_dtype") or "fp32")
         torch_dtype = torch.float16 if dtype == "float16" else torch.float32
         report: dict[str, Any] = {
             "exporter": "onnx",
             "model": request.model,
+            "graph": "logits",
+            **({"fallback_reason": reason} if reason else {}),
             "dtype": dtype,
             "atol": atol,
             "adapters": [
@@ -83,7 +155,7 @@ class OnnxExporter:
                 report.update(
                     self._merged(base, combined(request.adapters), tmp, torch_dtype, o, atol, verify)
                 )
-            _copy_side_files(request.model, tokenizer, base, tmp)
+            _copy_side_files(folder, tokenizer, base, tmp)
             (tmp / "export-report.json").write_text(json.dumps(report, indent=2) + "\n")
         _log_table(report, log)
         return report
@@ -98,8 +170,12 @@ class OnnxExporter:
         atol: float,
         verify: bool,
     ) -> dict[str, Any]:
-        import tempfile
+        """Reference first, then bake in place: one copy of the model, whatever the checks.
 
+        The probes' base logits and the unmerged reference (adapters attached as LoRA layers)
+        are computed in float32 and kept; the LoRA layers are then merged into their weights
+        and removed, and that same model is cast and exported.
+        """
         import torch
 
         from adaptkit import nn as lora
@@ -107,29 +183,36 @@ class OnnxExporter:
         from adaptkit_onnx import verify as v
         from adaptkit_onnx.graph import export_causal_lm
 
-        merged = copy.deepcopy(base)
-        if adapter is not None:
-            bake_adapter(merged, adapter)
-        merged = merged.to(torch_dtype)
+        vocab = base.get_input_embeddings().num_embeddings
+        ids = torch.randint(0, vocab, (1, 32), generator=torch.Generator().manual_seed(1))
+        mask = torch.ones_like(ids)
+        result: dict[str, Any] = {}
+        references, effect, times = [], 0.0, {}
+        if verify:
+            base_logits = [v.torch_logits(base, i, m) for i, m in v.probes(vocab)]
+            if adapter is not None:
+                lora.load(base, adapter, dtype="fp32")
+            for (i, m), plain in zip(v.probes(vocab), base_logits, strict=True):
+                ref = v.torch_logits(base, i, m)
+                references.append((i, m, ref))
+                effect = max(effect, v.compare(plain, ref, m)["max_abs"])
+            times = v.median_latencies({"pytorch_unmerged_s": lambda: v.torch_logits(base, ids, mask)})
+            if adapter is not None:
+                lora.detach(base, merge_first=True)
+        elif adapter is not None:
+            bake_adapter(base, adapter)
+        base.to(torch_dtype)
         info = export_causal_lm(
-            merged,
-            out / "model.onnx",
-            opset=o.get("opset"),
-            external_data=o.get("external_data", "auto"),
+            base, out / "model.onnx", opset=o.get("opset"), external_data=o.get("external_data", "auto")
         )
-        result: dict[str, Any] = {"graph": info}
+        result["graph"] = info
         if not verify:
             return result
-        reference = copy.deepcopy(base)  # PyTorch with the adapters applied *unmerged*
-        if adapter is not None:
-            lora.load(reference, adapter)
         sess = v.session(out / "model.onnx")
-        vocab = base.get_input_embeddings().num_embeddings
-        parity, effect = [], 0.0
-        for ids, mask in v.probes(vocab):
-            ref = v.torch_logits(reference, ids, mask)
-            parity.append({"shape": list(ids.shape), **v.compare(v.ort_logits(sess, ids, mask), ref, mask)})
-            effect = max(effect, v.compare(v.torch_logits(base, ids, mask), ref, mask)["max_abs"])
+        parity = [
+            {"shape": list(i.shape), **v.compare(v.ort_logits(sess, i, m), ref, m)}
+            for i, m, ref in references
+        ]
         result["parity"] = parity
         result["adapter_effect_max_abs"] = effect
         worst = max(p["max_abs"] for p in parity)
@@ -145,46 +228,38 @@ class OnnxExporter:
                 "nothing was written",
                 hint="check the adapter matches this base model",
             )
-        # Latency: ORT merged vs ORT base (exported to a scratch folder) vs PyTorch unmerged.
-        ids = torch.randint(0, vocab, (1, 32), generator=torch.Generator().manual_seed(1))
-        mask = torch.ones_like(ids)
-        with tempfile.TemporaryDirectory() as scratch:
-            export_causal_lm(
-                copy.deepcopy(base).to(torch_dtype),
-                Path(scratch) / "base.onnx",
-                opset=o.get("opset"),
-            )
-            base_sess = v.session(Path(scratch) / "base.onnx")
-            times = v.median_latencies(
-                {
-                    "ort_merged_s": lambda: v.ort_logits(sess, ids, mask),
-                    "ort_base_s": lambda: v.ort_logits(base_sess, ids, mask),
-                }
-            )
-        # Timed apart: PyTorch's OpenMP threads keep spinning after a call and would slow
-        # whichever ORT session ran next.
-        times.update(v.median_latencies({"pytorch_unmerged_s": lambda: v.torch_logits(reference, ids, mask)}))
-        lat = {
+        times.update(v.median_latencies({"ort_merged_s": lambda: v.ort_logits(sess, ids, mask)}))
+        result["latency"] = {
             "input_shape": list(ids.shape),
             **times,
-            "ort_merged_over_base": times["ort_merged_s"] / times["ort_base_s"],
+            "pytorch_unmerged_over_ort_merged": times["pytorch_unmerged_s"] / times["ort_merged_s"],
         }
-        result["latency"] = lat
         return result
 
 
-def _copy_side_files(model_spec: str, tokenizer: Any, base: Any, out: Path) -> None:
+def _positive(value: Any, default: float, key: str) -> float:
+    value = float(default if value is None else value)
+    if not (math.isfinite(value) and value > 0):
+        # NaN would make every comparison false: the parity check would pass anything.
+        raise AdaptkitError(f"{key} must be a positive finite number, got {value!r}", key=key)
+    return value
+
+
+def _fraction(value: Any, default: float) -> float:
+    value = float(default if value is None else value)
+    if not (0.0 <= value <= 1.0):
+        raise AdaptkitError(f"--min-agreement must lie in [0, 1], got {value!r}", key="--min-agreement")
+    return value
+
+
+def _copy_side_files(folder: Path, tokenizer: Any, base: Any, out: Path) -> None:
     from adaptkit.io.models import side_file
 
-    folder = Path(model_spec)
-    if folder.is_dir():
-        for name in _COPY:
-            if (path := side_file(folder, name)) is not None:
-                shutil.copy2(path, out / name)
-        return
-    base.config.to_json_file(out / "config.json")
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
+    for name in _COPY:
+        if (path := side_file(folder, name)) is not None:
+            shutil.copy2(path, out / name)
+    if not (out / "config.json").exists():
+        base.config.to_json_file(out / "config.json")
 
 
 def _log_table(report: dict[str, Any], log: Any) -> None:
@@ -197,6 +272,6 @@ def _log_table(report: dict[str, Any], log: Any) -> None:
     if lat:
         log(
             f"latency {lat['input_shape']}: ORT merged {lat['ort_merged_s'] * 1e3:.2f} ms, "
-            f"ORT base {lat['ort_base_s'] * 1e3:.2f} ms (x{lat['ort_merged_over_base']:.2f}), "
-            f"PyTorch unmerged {lat['pytorch_unmerged_s'] * 1e3:.2f} ms"
+            f"PyTorch unmerged {lat['pytorch_unmerged_s'] * 1e3:.2f} ms "
+            f"(x{lat['pytorch_unmerged_over_ort_merged']:.1f})"
         )

@@ -270,7 +270,7 @@ def test_merged_export_streams_tensor_by_tensor(tmp_path):
     save_adapter(adapter, tmp_path / "a.safetensors")
     rc, extra_mib, err = extra_peak_mib(
         ["export", "--merged", "--model", model, "-a", tmp_path / "a.safetensors", "-o", tmp_path / "out"],
-        warm_imports="torch, safetensors, adaptkit_bake.stream",
+        warm_imports="torch, safetensors, adaptkit.nn.checkpoint",
     )
     assert rc == "0", err[-2000:]
     assert extra_mib < 384 / 3, (

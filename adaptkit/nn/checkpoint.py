@@ -1,0 +1,256 @@
+"""Bake adapters into a checkpoint's safetensors files, holding one tensor at a time.
+
+What ``export --merged`` writes and what the ONNX exporter hands its graph builder. Baking
+keeps every tensor's shape; by default it keeps each dtype too, so the output header is
+byte-for-byte the input header: it is copied verbatim, then the data region is streamed tensor
+by tensor in offset order, each target weight read, updated (``W + ΔW`` computed in float32,
+cast back) and written. With ``cast`` every floating tensor is written in that dtype instead
+(a float32 graph built from a bf16 checkpoint must not see ``W + ΔW`` rounded to bf16 first),
+and the header is rewritten with the new offsets. Peak memory is the largest tensor (plus its
+float32 working copy), not the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adaptkit.errors import AdaptkitError
+from adaptkit.io.safetensors_strict import checked_header, read_header
+
+_TORCH_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+Update = Callable[[torch.Tensor], torch.Tensor]
+
+
+def tensor_index(path: Path) -> dict[str, dict[str, Any]]:
+    """``name -> {dtype, shape, data_offsets}`` of a safetensors file, checked strictly."""
+    return checked_header(path)[1]
+
+
+_FLOATING = {"F64", "F32", "F16", "BF16"}
+_DTYPE_NAMES = {v: k for k, v in _TORCH_DTYPES.items()}
+
+
+def stream_update(src: Path, dst: Path, updates: dict[str, Update], cast: torch.dtype | None = None) -> int:
+    """Copy ``src`` to ``dst`` applying ``updates[name](tensor)``; returns the largest tensor's
+    byte size (the working-set bound).
+
+    Args:
+        src: A safetensors file (its header already checked by :func:`tensor_index`).
+        dst: Where to write.
+        updates: ``name -> f(W)``; ``f`` must keep ``W``'s dtype and shape (``W`` arrives
+            already cast).
+        cast: Write every floating tensor in this dtype (after its update); ``None`` keeps them.
+    """
+    header, n, _ = read_header(src)
+    entries = sorted(
+        ((v["data_offsets"][0], v["data_offsets"][1], k, v) for k, v in header.items() if k != "__metadata__")
+    )
+    out_header = _cast_header(header, entries, cast) if cast is not None else None
+    largest = 0
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        if out_header is None:
+            fout.write(fin.read(8 + n))  # length prefix + header, unchanged
+        else:
+            fout.write(len(out_header).to_bytes(8, "little") + out_header)
+        base = 8 + n
+        for start, end, name, info in entries:
+            fin.seek(base + start)
+            raw = fin.read(end - start)
+            largest = max(largest, end - start)
+            recast = cast is not None and info["dtype"] in _FLOATING and _TORCH_DTYPES[info["dtype"]] != cast
+            if name in updates or recast:
+                dtype = _TORCH_DTYPES[info["dtype"]]
+                tensor = torch.frombuffer(bytearray(raw), dtype=dtype).reshape(info["shape"])
+                if recast:  # before the update: W + ΔW is then rounded once, to the cast dtype
+                    tensor = tensor.to(cast)
+                if name in updates:
+                    new = updates[name](tensor)
+                    if new.dtype != tensor.dtype or list(new.shape) != list(info["shape"]):
+                        raise AdaptkitError(f"update changed dtype/shape of {name}")  # a bug, not input
+                    tensor = new
+                raw = tensor.contiguous().view(torch.uint8).numpy().tobytes()
+            fout.write(raw)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return largest
+
+
+def _cast_header(header: dict[str, Any], entries: list[Any], cast: torch.dtype) -> bytes:
+    """The header of the file :func:`stream_update` writes with ``cast``: floating dtypes
+    replaced, offsets laid out again in the same order, padded to 8 bytes as safetensors does."""
+    import json
+
+    new: dict[str, Any] = {}
+    if "__metadata__" in header:
+        new["__metadata__"] = header["__metadata__"]
+    cursor = 0
+    for _, _, name, info in entries:
+        dtype = _DTYPE_NAMES[cast] if info["dtype"] in _FLOATING else info["dtype"]
+        count = 1
+        for d in info["shape"]:
+            count *= d
+        size = count * torch.empty((), dtype=_TORCH_DTYPES[dtype]).element_size()
+        new[name] = {"dtype": dtype, "shape": info["shape"], "data_offsets": [cursor, cursor + size]}
+        cursor += size
+    raw = json.dumps(new, separators=(",", ":")).encode()
+    return raw + b" " * (-len(raw) % 8)
+
+
+def bake_checkpoint(
+    folder: Path,
+    adapter: Any,
+    out: Path,
+    *,
+    merge_base: str | None = None,
+    blocksize: int = 64,
+    cast: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """Write ``folder``'s model with ``W + ΔW`` baked in to the (existing, empty) folder ``out``.
+
+    Every target is placed in the checkpoint as the model class itself maps modules to tensors
+    (:mod:`adaptkit.nn.placement`) and must fit. Saved modules (PEFT's ``modules_to_save``)
+    replace base tensors; a LoRA update on the same weight is added to the replacement, as
+    PEFT's merge does. Side files (config, tokenizer, generation config) are copied.
+
+    Args:
+        folder: A vetted model folder (:func:`adaptkit.io.models.resolve_model`).
+        adapter: The one (already combined) adapter to bake.
+        out: Destination folder.
+        merge_base: ``"original"`` adds ``ΔW`` to the stored weights; ``"dequantized"`` to their
+            NF4 round trip (what a QLoRA adapter was trained against). Either, or a QLoRA
+            adapter, also reports the quantization gap ``‖W − dequant(NF4(W))‖ / ‖ΔW‖``.
+        blocksize: NF4 block size for the round trip.
+        cast: Write floating tensors in this dtype (``config.json``'s dtype follows).
+
+    Returns:
+        The report: targets baked, files written, largest tensor, update ratios ``‖ΔW‖/‖W‖``.
+    """
+    import json
+    import shutil
+
+    from adaptkit.io.models import safetensors_files, side_files
+    from adaptkit.nn.baking import add_delta, target_delta
+    from adaptkit.nn.placement import build_skeleton, parameter_layout
+
+    files = safetensors_files(folder)
+    headers = {f: tensor_index(f) for f in files}  # each header read (and checked) once
+    index = {name: f for f, header in headers.items() for name in header}
+    tensors = {
+        name: (info.get("dtype"), tuple(info.get("shape") or ()))
+        for header in headers.values()
+        for name, info in header.items()
+    }
+    skeleton = build_skeleton(folder)
+    plan = _plan(adapter, tensors, folder, skeleton)
+    saved_params = {f"{m}.{k}": t for m, e in adapter.saved.items() for k, t in e.params.items()}
+    replace = parameter_layout({k: tuple(t.shape) for k, t in saved_params.items()}, tensors, skeleton)
+    replacement = {name: saved_params[param] for param, name in replace.items()}
+
+    if merge_base not in (None, "original", "dequantized"):
+        raise AdaptkitError(f"merge_base must be 'original' or 'dequantized', got {merge_base!r}")
+    diagnose = merge_base is not None or adapter.producer.component == "backend:qlora"
+    gaps: dict[str, float] = {}
+    ratios: dict[str, float] = {}
+    updates: dict[Path, dict[str, Update]] = {}
+    for target, (tensor_name, conv1d) in plan.items():
+        pair = adapter.targets[target]
+
+        def update(
+            W: Any, pair: Any = pair, conv1d: bool = conv1d, target: str = target, name: str = tensor_name
+        ) -> Any:
+            if name in replacement:
+                W = replacement[name].to(W.dtype)
+            delta = target_delta(pair, W, conv1d=conv1d)
+            Wf = W.to(delta.dtype)
+            if diagnose:
+                Wq = nf4_round_trip(Wf.T if conv1d else Wf, blocksize)
+                Wq = Wq.T if conv1d else Wq
+                gaps[target] = float((Wf - Wq).norm() / max(float(delta.norm()), 1e-30))
+                if merge_base == "dequantized":
+                    Wf = Wq
+            ratios[target] = float(delta.norm() / max(float(Wf.norm()), 1e-30))
+            return add_delta(Wf, delta, key=target, dtype=W.dtype)
+
+        updates.setdefault(index[tensor_name], {})[tensor_name] = update
+    targeted = {name for name, _ in plan.values()}
+    for name, tensor in replacement.items():
+        if name not in targeted:
+            updates.setdefault(index[name], {})[name] = lambda W, t=tensor: t.to(W.dtype)
+
+    largest = 0
+    for f in files:
+        largest = max(largest, stream_update(f, out / f.name, updates.get(f, {}), cast=cast))
+    copied = []
+    for item in side_files(folder):
+        shutil.copy2(item, out / item.name)
+        copied.append(item.name)
+    if cast is not None and (out / "config.json").is_file():
+        from adaptkit.io.jsonio import read_json_file
+        from adaptkit.io.models import MAX_CONFIG_BYTES
+
+        config = read_json_file(out / "config.json", what="config.json", max_bytes=MAX_CONFIG_BYTES)
+        name = str(cast).removeprefix("torch.")
+        for key in ("dtype", "torch_dtype"):
+            if key in config or key == "dtype":
+                config[key] = name
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    report: dict[str, Any] = {
+        "targets_merged": len(plan),
+        "saved_tensors_written": sorted(replacement),
+        "weight_files": [f.name for f in files],
+        "copied": copied,
+        "largest_tensor_bytes": largest,
+        "merge_base": merge_base or "original",
+    }
+    if gaps:
+        report["quantization_gap"] = {
+            "about": "||W16 - dequant(NF4(W16))||_F / ||dW||_F per target",
+            "max": max(gaps.values()),
+            "per_target": gaps,
+        }
+    if ratios:
+        report["update_ratio"] = {
+            "max": max(ratios.values()),
+            "mean": sum(ratios.values()) / len(ratios),
+            "per_target": ratios,
+        }
+    return report
+
+
+def nf4_round_trip(W: Any, blocksize: int) -> Any:
+    """``dequant(quant(W))`` with the QLoRA settings (NF4, double quantization)."""
+    from bitsandbytes.functional import dequantize_4bit, quantize_4bit
+
+    packed, state = quantize_4bit(
+        W.to(torch.float32).contiguous(), blocksize=blocksize, compress_statistics=True, quant_type="nf4"
+    )
+    return dequantize_4bit(packed, state).to(W.dtype)
+
+
+def _plan(
+    adapter: Any, tensors: dict[str, tuple[str, tuple[int, ...]]], folder: Path, skeleton: Any
+) -> dict[str, tuple[str, bool]]:
+    """``target -> (tensor name, is Conv1D)``, placed as the model class itself maps its modules
+    to checkpoint tensors (see :mod:`adaptkit.nn.placement`); every target must fit."""
+    from adaptkit.nn.placement import target_layout
+
+    sizes = {t: (p.out_features, p.in_features) for t, p in adapter.targets.items()}
+    placed = target_layout(sizes, tensors, folder, skeleton=skeleton)
+    return {t: (p.tensor, p.conv1d) for t, p in placed.items()}

@@ -1,0 +1,109 @@
+"""The handoff to ONNX Runtime GenAI's model builder (run in a child process).
+
+:func:`genai_unsupported` says why a model cannot take the generation graph (the exporter
+then falls back to the logits-only graph, or refuses when the generation graph was asked
+for); :func:`run_builder` runs :mod:`adaptkit_onnx.builder_worker` and reports its time and
+peak memory; :func:`finish_config` fixes up ``genai_config.json`` for models without an
+end-of-sequence token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from adaptkit.errors import AdaptkitError
+
+#: Decoder-only architectures the builder turns into a KV-cache graph. Llama, Mistral, Qwen2
+#: and Phi-3 are tested here; every export of any of them is parity-checked before it is kept.
+GENAI_ARCHITECTURES = frozenset(
+    {
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "Qwen2ForCausalLM",
+        "Qwen3ForCausalLM",
+        "Phi3ForCausalLM",
+        "GemmaForCausalLM",
+        "Gemma2ForCausalLM",
+        "GraniteForCausalLM",
+        "OlmoForCausalLM",
+        "SmolLM3ForCausalLM",
+    }
+)
+PRECISIONS = ("fp32", "fp16", "int4")
+DEVICES = ("cpu", "cuda")
+
+
+def genai_unsupported(config: Any, device: str) -> str | None:
+    """Why ``config`` cannot be built as a generation graph, or ``None`` when it can."""
+    archs = list(getattr(config, "architectures", None) or [])
+    if not archs or archs[0] not in GENAI_ARCHITECTURES:
+        name = archs[0] if archs else getattr(config, "model_type", "?")
+        return f"the generation graph builder does not support {name}"
+    heads = int(config.num_attention_heads)
+    head_size = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    if head_size % 16:
+        # ORT's GroupQueryAttention kernel refuses these head sizes.
+        return f"head size {head_size} is not a multiple of 16 (GroupQueryAttention needs one)"
+    if device == "cuda" and not _cuda_usable():
+        return "--device cuda needs a CUDA GPU and onnxruntime-genai-cuda"
+    return None
+
+
+def _cuda_usable() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run_builder(
+    src: Path, out: Path, precision: str, device: str, scratch: Path, *, separate_projections: bool = False
+) -> dict[str, Any]:
+    """Build ``src`` (a Hugging Face folder) into ``out``; returns seconds and the child's peak
+    RSS. A failure is an :class:`AdaptkitError` carrying the builder's last line."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    log_path = scratch / "builder.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "adaptkit_onnx.builder_worker",
+        str(src),
+        str(out),
+        precision,
+        device,
+        str(scratch / "cache"),
+    ]
+    if separate_projections:
+        cmd.append("--separate-projections")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    start = time.perf_counter()
+    with open(log_path, "wb") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+    seconds = time.perf_counter() - start
+    if rc != 0:
+        lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        last = lines[-1].strip() if lines else f"exit code {rc}"
+        raise AdaptkitError(f"the ONNX Runtime GenAI model builder failed: {last}", key=str(src))
+    # ru_maxrss of waited-for children, in KiB on Linux (bytes on macOS).
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    peak_mib = peak / 2**20 if sys.platform == "darwin" else peak / 1024
+    return {"seconds": seconds, "peak_rss_mib": peak_mib, "precision": precision, "device": device}
+
+
+def finish_config(out: Path, config: Any) -> dict[str, Any]:
+    """Make ``genai_config.json`` honest about end-of-sequence: a model whose config names no
+    EOS token gets ``[]`` (generation runs to ``max_length``), not the builder's placeholder."""
+    path = out / "genai_config.json"
+    genai = json.loads(path.read_text())
+    if getattr(config, "eos_token_id", None) is None:
+        genai["model"]["eos_token_id"] = []
+        if getattr(config, "pad_token_id", None) is None:
+            genai["model"]["pad_token_id"] = 0
+    path.write_text(json.dumps(genai, indent=4) + "\n")
+    return genai

@@ -1,0 +1,81 @@
+"""Run ONNX Runtime GenAI's model builder on one checkpoint folder (a child process).
+
+``python -m adaptkit_onnx.builder_worker SRC OUT PRECISION DEVICE CACHE [--separate-projections]``
+
+The builder is the field's way to a generation-ready graph (KV cache, fused
+GroupQueryAttention, ``MatMulNBits`` for int4); writing our own would duplicate thousands of
+lines per architecture. It runs in a child process so its peak memory is its own and is gone
+when it returns. Three adjustments, each for a reason the parity check would otherwise only
+catch after the fact:
+
+- **LM head by identity.** The builder takes any ``nn.Linear`` whose ``out_features`` equals
+  the vocabulary size for the LM head, so a model whose vocabulary equals a layer width gets
+  its logits wired to that layer. Here the LM head is the module the model itself reports as
+  its output embeddings, and nothing else.
+- **No tokenizer needed.** The builder reads the tokenizer to find special tokens and copies
+  it; a base trained on token ids has none. Without one the config alone is used and no
+  tokenizer files are written.
+- **No end-of-sequence token needed.** A config without ``eos_token_id`` gets a placeholder
+  here (the builder insists on one) that the exporter replaces with ``[]`` — "never stop
+  early" — in ``genai_config.json``.
+
+``--separate-projections`` keeps q/k/v as separate MatMuls (no QKV fusion), so LoRA branches
+can be attached per projection (``--lora-inputs``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str]) -> int:
+    src, out, precision, device, cache = argv[:5]
+    options = ["disable_qkv_fusion=true"] if "--separate-projections" in argv[5:] else []
+
+    import importlib
+
+    import onnxruntime_genai.models.builder as builder  # puts the builder's folder on sys.path
+    from transformers import AutoConfig, AutoTokenizer
+
+    # The module object the builder's classes come from (imported as top-level ``builders``).
+    builder_base = importlib.import_module("builders.base")
+
+    def hf_details(model_name, input_path, cache_dir, extra_options):
+        config = AutoConfig.from_pretrained(input_path)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(input_path)
+        except Exception:  # no tokenizer files: a token-id model
+            tokenizer = None
+        if tokenizer is not None:
+            builder.add_special_token_ids(config, tokenizer)
+        if config.eos_token_id is None:
+            config.eos_token_id = 0  # placeholder, replaced by [] in genai_config.json
+        return {"extra_kwargs": {}, "hf_name": input_path, "hf_config": config}
+
+    def has_lm_head(self, module):
+        weights = self.weights
+        if hasattr(weights, "get_output_embeddings"):
+            return module is weights.get_output_embeddings()
+        return original_has_lm_head(self, module)
+
+    original_save = builder_base.Model.save_processing
+
+    def save_processing(self, model_name_or_path, extra_kwargs, out_dir):
+        try:
+            AutoTokenizer.from_pretrained(model_name_or_path)
+        except Exception:
+            return  # nothing to copy
+        original_save(self, model_name_or_path, extra_kwargs, out_dir)
+
+    original_has_lm_head = builder_base.Model.has_lm_head
+    builder.get_hf_details = hf_details
+    builder_base.Model.has_lm_head = has_lm_head
+    builder_base.Model.save_processing = save_processing
+
+    kwargs = builder.parse_extra_options(None, src, out, precision, device, cache, options)
+    builder.create_model(None, src, out, precision, device, cache, **kwargs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -29,7 +29,7 @@ def write(out: Path, result: Any, adapters: dict[str, Any], base: Any, settings:
     ratios = {name: update_ratios(adapters[name], base) for name in ("A", "B", result.best)}
     charts = _charts(out, result, ratios)
     parity = result.export.get("parity", [])
-    lat = result.export.get("latency", {})
+    lat = result.export.get("latency") or result.export.get("probe_tokens_per_s", {})
     data = {
         "accuracy": result.accuracy,
         "best": result.best,
@@ -61,14 +61,8 @@ def write(out: Path, result: Any, adapters: dict[str, Any], base: Any, settings:
         "",
         "## ONNX export of the best combination",
         "",
-        *[f"- parity {p['shape']}: max abs {p['max_abs']:.2e}, max rel {p['max_rel']:.2e}" for p in parity],
+        *export_lines(result.export),
     ]
-    if lat:
-        lines += [
-            f"- latency {lat['input_shape']}: ORT merged {lat['ort_merged_s'] * 1e3:.2f} ms, ORT base "
-            f"{lat['ort_base_s'] * 1e3:.2f} ms, PyTorch unmerged {lat['pytorch_unmerged_s'] * 1e3:.2f} ms "
-            f"(ORT merged is {lat['pytorch_unmerged_s'] / lat['ort_merged_s']:.1f}x faster)",
-        ]
     lines += [
         "",
         "## Files",
@@ -125,3 +119,38 @@ def _charts(out: Path, result: Any, ratios: dict[str, dict[str, float]]) -> list
     fig.savefig(out / "update_magnitude.png", dpi=120)
     plt.close(fig)
     return ["accuracy.png", "update_magnitude.png"]
+
+
+def export_lines(export: dict[str, Any]) -> list[str]:
+    """The export's parity (and speed) as Markdown bullets, for either kind of graph."""
+    lines = []
+    if export.get("graph") == "generation":
+        lines.append(
+            f"Generation-ready ({export['precision']}, KV cache) for ONNX Runtime GenAI; greedy decoding "
+            "compared with PyTorch + the adapter unmerged:"
+        )
+        for p in export.get("parity", []):
+            lines.append(
+                f"- prompt of {p['prompt_tokens']} tokens: {p['matching_prefix']}/{p['new_tokens']} new "
+                f"tokens identical, top-1 agreement {p['top1_agreement']:.0%}, prefill max |Δlogits| "
+                f"{p['prefill_max_abs']:.2e}"
+            )
+        speed = export.get("probe_tokens_per_s")
+        if speed:
+            lines.append(
+                f"- speed on the probes: ONNX Runtime GenAI {speed['onnx']:.0f} tokens/s, PyTorch unmerged "
+                f"{speed['pytorch_unmerged']:.0f} tokens/s"
+            )
+        return lines
+    if export.get("fallback_reason"):
+        lines.append(f"Logits-only graph ({export['fallback_reason']}):")
+    for p in export.get("parity", []):
+        lines.append(f"- parity {p['shape']}: max abs {p['max_abs']:.2e}, max rel {p['max_rel']:.2e}")
+    lat = export.get("latency")
+    if lat:
+        lines.append(
+            f"- latency {lat['input_shape']}: ORT merged {lat['ort_merged_s'] * 1e3:.2f} ms, PyTorch "
+            f"unmerged {lat['pytorch_unmerged_s'] * 1e3:.2f} ms "
+            f"(ORT merged is {lat['pytorch_unmerged_s'] / lat['ort_merged_s']:.1f}x faster)"
+        )
+    return lines

@@ -1,5 +1,10 @@
-"""Builtin plugin: the ``onnx`` exporter — pre-merged ONNX with parity checks, or the base
-graph with LoRA factors as inputs plus hot-swappable ONNX Runtime ``.onnx_adapter`` files."""
+"""Builtin plugin: the ``onnx`` exporter and ``adaptkit generate``.
+
+The exporter writes a generation-ready model for ONNX Runtime GenAI (KV cache; fp32, fp16 or
+int4), or the logits-only graph where the model builder cannot go; with ``--lora-inputs`` one
+base graph plus hot-swappable ``.onnx_adapter`` files. Every export is checked against
+PyTorch with the adapters applied unmerged before anything is written.
+"""
 
 from adaptkit.plugins.hookspecs import hookimpl
 from adaptkit_onnx.exporter import OnnxExporter
@@ -8,3 +13,10 @@ from adaptkit_onnx.exporter import OnnxExporter
 @hookimpl
 def register_exporters(register):
     register(OnnxExporter())
+
+
+@hookimpl
+def register_commands(cli):
+    from adaptkit_onnx.generate_cmd import command
+
+    cli.add_command(command)

@@ -205,7 +205,7 @@ class OnnxExporter:
         info = export_causal_lm(
             base, out / "model.onnx", opset=o.get("opset"), external_data=o.get("external_data", "auto")
         )
-        result["graph"] = info
+        result["files"] = info
         if not verify:
             return result
         sess = v.session(out / "model.onnx")

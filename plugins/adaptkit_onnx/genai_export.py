@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,7 @@ def verify_generation(
     model, _ = load_causal_lm(folder, dtype="fp32")
     base_first = [gen.torch_prefill_logits(model, p) for p in prompts]
     references: dict[str, list[Any]] = {}
+    speed: dict[str, list[tuple[int, float]]] = {"pytorch_unmerged": [], "onnx": []}
     effects: dict[str, float] = {}
     for name, adapter in variants.items():
         if adapter is not None:
@@ -117,9 +119,11 @@ def verify_generation(
             for layer in lora.lora_layers(model).values() if weighted else ():
                 layer.scale *= adapter.weight  # the manifest's weight
         rows = []
+        start = time.perf_counter()
         for p in prompts:
             tokens, first = gen.torch_greedy(model, p, steps, eos)
             rows.append((p, tokens, first, None))
+        speed["pytorch_unmerged"].append((sum(len(r[1]) for r in rows), time.perf_counter() - start))
         references[name] = rows
         effects[name] = max(float(abs(r[2] - b).max()) for r, b in zip(rows, base_first, strict=True))
         if adapter is not None:
@@ -136,7 +140,9 @@ def verify_generation(
         active = name if adapter_files and name in adapter_files else None
         exported = []
         for prompt, tokens, _, _ in rows:
+            start = time.perf_counter()
             got, first = runtime.generate(prompt, steps, adapter=active)
+            speed["onnx"].append((len(got), time.perf_counter() - start))
             forced = runtime.prefill_logits(prompt + tokens, adapter=active)
             exported.append((got, first, forced))
         results[name] = gen.compare_runs(rows, exported, eos)
@@ -149,6 +155,10 @@ def verify_generation(
             parity.append({"variant": name, **row})
     report: dict[str, Any] = {
         "parity": parity,
+        # Probe-sized runs (a few dozen tokens), a hint only: benchmarks/ measures speed properly.
+        "probe_tokens_per_s": {
+            side: sum(n for n, _ in runs) / max(sum(t for _, t in runs), 1e-9) for side, runs in speed.items()
+        },
         "adapter_effect_max_abs": effects,
         "atol": atol,
         "min_agreement": floor,

@@ -119,7 +119,7 @@ def export_with_lora_inputs(
     check_manifest(out, manifest)
     (out / "adapters.json").write_text(json.dumps(manifest, indent=2) + "\n")
     result: dict[str, Any] = {
-        "graph": info,
+        "files": info,
         "lora_inputs": {
             "targets": len(shapes),
             "rank": rank,

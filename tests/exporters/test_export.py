@@ -67,7 +67,9 @@ def test_onnx_and_merged_match_peft_llama(run_cli, llama):
     report = json.loads(out)
     assert all(p["max_abs"] < 1e-4 for p in report["parity"]) and len(report["parity"]) == 2
     assert report["adapter_effect_max_abs"] > 1e-2
-    assert {"ort_merged_s", "ort_base_s", "pytorch_unmerged_s"} <= set(report["latency"])
+    assert {"ort_merged_s", "pytorch_unmerged_s"} <= set(report["latency"])
+    # head size 8: ORT's GroupQueryAttention needs multiples of 16, so this is the stated fallback
+    assert report["graph"] == "logits" and "head size 8" in report["fallback_reason"]
     assert json.loads((tmp / "onnx" / "export-report.json").read_text())["parity"] == report["parity"]
     ids, mask = probe_inputs()
     want = peft_logits(base, a, ids, mask)
@@ -176,9 +178,9 @@ def test_external_data_forced(run_cli, llama):
     import onnx
 
     report = json.loads((out / "export-report.json").read_text())
-    assert report["graph"]["external_data"] is True
+    assert report["files"]["external_data"] is True
     # All but tiny tensors (norm weights) go to the side file.
-    assert (out / "model.onnx.data").stat().st_size >= 0.95 * report["graph"]["param_bytes"]
+    assert (out / "model.onnx.data").stat().st_size >= 0.95 * report["files"]["param_bytes"]
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
     big = [t for t in graph.initializer if np.prod(t.dims) * 4 >= 4096]
     assert big and all(t.data_location == onnx.TensorProto.EXTERNAL for t in big)
@@ -283,7 +285,7 @@ def test_float16_export_with_opset(run_cli, llama):
     )
     assert code == 0, err
     report = json.loads(out)
-    assert report["graph"]["dtype"] == "float16" and report["graph"]["opset"] == 18
+    assert report["files"]["dtype"] == "float16" and report["files"]["opset"] == 18
     assert all(p["max_abs"] < 5e-2 for p in report["parity"])  # fp16 weights vs the fp32 reference
 
 

@@ -85,6 +85,8 @@ def cli(debug: bool) -> None:
 
 #: Commands of adaptkit itself, in the order the reference documents them.
 BUILTIN_COMMANDS = ("demo", "combine", "convert", "train", "export", "inspect", "validate", "plugins")
+#: Commands the builtin plugins add (through ``register_commands``, like any plugin): ``onnx``.
+BUILTIN_PLUGIN_COMMANDS = ("generate",)
 
 
 def _register_builtin_commands() -> None:

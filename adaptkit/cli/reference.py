@@ -11,7 +11,7 @@ import click
 
 
 def render() -> str:
-    from adaptkit.cli import BUILTIN_COMMANDS, cli
+    from adaptkit.cli import BUILTIN_COMMANDS, BUILTIN_PLUGIN_COMMANDS, cli
 
     parts = [
         "# CLI reference",
@@ -27,6 +27,12 @@ def render() -> str:
     parts += ["## adaptkit", "", "```text", _help(cli, ctx), "```", ""]
     for name in BUILTIN_COMMANDS:
         cmd = cli.commands[name]
+        sub = click.Context(cmd, info_name=name, parent=ctx, terminal_width=100, max_content_width=100)
+        parts += [f"## adaptkit {name}", "", "```text", _help(cmd, sub), "```", ""]
+    for name in BUILTIN_PLUGIN_COMMANDS:  # loaded through the plugin registry, as users get them
+        cmd = cli.get_command(ctx, name)
+        if cmd is None:  # its plugin is blocked or broken here
+            raise SystemExit(f"the builtin plugin command {name!r} is not available")
         sub = click.Context(cmd, info_name=name, parent=ctx, terminal_width=100, max_content_width=100)
         parts += [f"## adaptkit {name}", "", "```text", _help(cmd, sub), "```", ""]
     return "\n".join(parts)

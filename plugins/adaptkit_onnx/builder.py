@@ -76,7 +76,7 @@ def run_builder(
         str(src),
         str(out),
         precision,
-        device,
+        builder_device(precision, device),
         str(scratch / "cache"),
     ]
     if separate_projections:
@@ -96,11 +96,23 @@ def run_builder(
     return {"seconds": seconds, "peak_rss_mib": peak_mib, "precision": precision, "device": device}
 
 
-def finish_config(out: Path, config: Any) -> dict[str, Any]:
-    """Make ``genai_config.json`` honest about end-of-sequence: a model whose config names no
-    EOS token gets ``[]`` (generation runs to ``max_length``), not the builder's placeholder."""
+def builder_device(precision: str, device: str) -> str:
+    """The execution provider the builder is told. Its fp16 graphs exist only in the CUDA
+    flavour (FP16 CPU is not a combination it offers); ONNX Runtime's CPU provider runs that
+    graph too — slowly, few CPUs do fp16 math — which is how ``--precision fp16 --device cpu``
+    is built and verified."""
+    return "cuda" if precision == "fp16" else device
+
+
+def finish_config(out: Path, config: Any, device: str) -> dict[str, Any]:
+    """Make ``genai_config.json`` say what was asked for: the CPU provider for ``--device cpu``
+    (an fp16 graph comes out of the builder configured for CUDA), and ``[]`` end-of-sequence
+    ids (generation runs to ``max_length``) for a model whose config names no EOS token,
+    instead of the builder's placeholder."""
     path = out / "genai_config.json"
     genai = json.loads(path.read_text())
+    if device == "cpu":
+        genai["model"]["decoder"].setdefault("session_options", {})["provider_options"] = []
     if getattr(config, "eos_token_id", None) is None:
         genai["model"]["eos_token_id"] = []
         if getattr(config, "pad_token_id", None) is None:

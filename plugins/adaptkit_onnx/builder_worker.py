@@ -26,6 +26,9 @@ can be attached per projection (``--lora-inputs``).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 
 
 def main(argv: list[str]) -> int:
@@ -40,12 +43,13 @@ def main(argv: list[str]) -> int:
     # The module object the builder's classes come from (imported as top-level ``builders``).
     builder_base = importlib.import_module("builders.base")
 
+    # Decided by files: some tokenizer classes construct themselves from nothing, and an empty
+    # tokenizer written into the export would be an invention.
+    has_tokenizer = any((Path(src) / name).is_file() for name in TOKENIZER_FILES)
+
     def hf_details(model_name, input_path, cache_dir, extra_options):
         config = AutoConfig.from_pretrained(input_path)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(input_path)
-        except Exception:  # no tokenizer files: a token-id model
-            tokenizer = None
+        tokenizer = AutoTokenizer.from_pretrained(input_path) if has_tokenizer else None
         if tokenizer is not None:
             builder.add_special_token_ids(config, tokenizer)
         if config.eos_token_id is None:
@@ -61,11 +65,8 @@ def main(argv: list[str]) -> int:
     original_save = builder_base.Model.save_processing
 
     def save_processing(self, model_name_or_path, extra_kwargs, out_dir):
-        try:
-            AutoTokenizer.from_pretrained(model_name_or_path)
-        except Exception:
-            return  # nothing to copy
-        original_save(self, model_name_or_path, extra_kwargs, out_dir)
+        if has_tokenizer:
+            original_save(self, model_name_or_path, extra_kwargs, out_dir)
 
     original_has_lm_head = builder_base.Model.has_lm_head
     builder.get_hf_details = hf_details

@@ -64,7 +64,7 @@ def export_merged_generation(
             report["bake"] = {k: baked[k] for k in ("targets_merged", "largest_tensor_bytes")}
         log(f"building the {precision} generation graph with ONNX Runtime GenAI's model builder")
         report["builder"] = run_builder(src, out, precision, device, scratch)
-    finish_config(out, config)
+    finish_config(out, config, device)
     if options.get("verify", True):
         report.update(verify_generation(folder, config, {"merged": adapter}, out, options, log))
     return report

@@ -83,7 +83,7 @@ def export_lora_generation(
     with tempfile.TemporaryDirectory(prefix="adaptkit-export-") as tmp:
         log(f"building the {precision} base generation graph with ONNX Runtime GenAI's model builder")
         build = run_builder(folder, out, precision, device, Path(tmp), separate_projections=True)
-    finish_config(out, config)
+    finish_config(out, config, device)
     rank = max(p.rank for a in adapters for p in a.adapter.targets.values())
     shapes = {t: (p.out_features, p.in_features) for a in adapters for t, p in a.adapter.targets.items()}
     inputs, np_dtype = add_lora_branches(out / "model.onnx", shapes, rank, config)

@@ -27,7 +27,13 @@ MAX_INPUT_IDS = 100_000
 )
 @click.option("--prompt", help="Prompt text (needs a tokenizer).")
 @click.option("--input-ids", help="Prompt as comma-separated token ids, e.g. 1,2,3.")
-@click.option("--max-new-tokens", type=click.IntRange(1, 1_000_000), default=64, show_default=True)
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(1, 1_000_000),
+    default=64,
+    show_default=True,
+    help="At most this many tokens (fewer at an end-of-sequence token).",
+)
 @click.option(
     "--temperature",
     type=click.FloatRange(0.0, 100.0),
@@ -35,12 +41,24 @@ MAX_INPUT_IDS = 100_000
     show_default=True,
     help="0 = greedy; above 0 samples with --top-p and --seed.",
 )
-@click.option("--top-p", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True)
+@click.option(
+    "--top-p",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Sampling: keep the smallest set of tokens whose probability reaches P.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option(
     "--adapter-name", help="Export made with --lora-inputs: the adapter to activate (adapters.json)."
 )
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="Where to run (an export: its execution provider).",
+)
 @click.option(
     "--json", "as_json", is_flag=True, help='Print {"input_ids", "output_ids", "text", "tokens_per_s"}.'
 )

@@ -1,0 +1,283 @@
+"""Generation-ready ONNX (ONNX Runtime GenAI) against the real PEFT library's greedy tokens.
+
+Small random Llama, Mistral, Qwen2 and Phi-3 models (head size 16, no tokenizer) with
+PEFT-made adapters. The reference is PEFT's model run by transformers' own ``generate``; the
+export runs in ONNX Runtime GenAI through ``adaptkit generate``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+PROMPTS = ([7, 3, 99, 41], [1, 150, 2, 2, 64, 33, 12, 9, 140])
+NEW = 10
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PHI3_LINEAR = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+
+
+def build(arch: str, seed: int = 0, **overrides):
+    import transformers as tf
+
+    common = dict(
+        vocab_size=160,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    common.update(overrides)
+    config_cls, model_cls = {
+        "llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
+        "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
+        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+        "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM),
+    }[arch]
+    if arch == "phi3":
+        common.update(original_max_position_embeddings=128, num_key_value_heads=4)
+    torch.manual_seed(seed)
+    return model_cls(config_cls(**common)).eval()
+
+
+def peft_adapter(base, folder, seed, targets, r=4):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, init_lora_weights=False)
+    model = get_peft_model(copy.deepcopy(base), cfg)
+    with torch.no_grad():  # a moderate update: visible in the tokens, not noise-dominated
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(0.3)
+    model.save_pretrained(folder)
+    return folder
+
+
+def peft_tokens(base, adapter_dir, prompt):
+    """PEFT's greedy continuation, by transformers' ``generate``."""
+    from peft import PeftModel
+
+    model = base if adapter_dir is None else PeftModel.from_pretrained(copy.deepcopy(base), adapter_dir)
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=NEW,
+            min_new_tokens=NEW,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    return out[0, len(prompt) :].tolist()
+
+
+def generated(run_cli, folder, prompt, *extra):
+    code, out, err = run_cli(
+        "generate",
+        folder,
+        "--input-ids",
+        ",".join(map(str, prompt)),
+        "--max-new-tokens",
+        NEW,
+        "--json",
+        *extra,
+    )
+    assert code == 0, err
+    return json.loads(out)["output_ids"]
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gen-llama")
+    base = build("llama")
+    base.save_pretrained(tmp / "model")
+    a = peft_adapter(base, tmp / "a", 1, ALL_LINEAR)
+    b = peft_adapter(base, tmp / "b", 2, ["q_proj", "v_proj", "down_proj"], r=2)
+    return tmp, base, a, b
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "phi3"])
+def test_fp32_export_generates_peft_greedy_tokens(arch, run_cli, tmp_path, llama):
+    if arch == "llama":
+        _, base, adapter, _ = llama
+        model = llama[0] / "model"
+    else:
+        base = build(arch)
+        model = tmp_path / "model"
+        base.save_pretrained(model)
+        adapter = peft_adapter(base, tmp_path / "a", 1, PHI3_LINEAR if arch == "phi3" else ALL_LINEAR)
+    out = tmp_path / "onnx"
+    code, stdout, err = run_cli("export", "--onnx", "--model", model, "-a", adapter, "-o", out, "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["graph"] == "generation" and report["precision"] == "fp32"
+    assert all(p["tokens_identical"] and p["prefill_max_abs"] < 1e-3 for p in report["parity"])
+    genai = json.loads((out / "genai_config.json").read_text())
+    assert genai["model"]["eos_token_id"] == []  # no EOS in the config: never stop early
+    assert not (out / "tokenizer.json").exists()  # a token-id model: no tokenizer invented
+    changed = False
+    for prompt in PROMPTS:
+        want = peft_tokens(base, adapter, prompt)
+        assert generated(run_cli, out, prompt) == want
+        changed |= want != peft_tokens(base, None, prompt)
+    assert changed, "the adapter must change the greedy tokens, or this test proves nothing"
+
+
+def test_int4_and_fp16_exports_run_and_report_agreement(run_cli, tmp_path, llama):
+    import onnx
+
+    tmp, _base, adapter, _ = llama
+    for precision in ("int4", "fp16"):
+        out = tmp_path / precision
+        code, stdout, err = run_cli(
+            "export", "--onnx", "--precision", precision, "--model", tmp / "model", "-a", adapter,
+            "-o", out, "--min-agreement", "0.5", "--json",
+        )  # fmt: skip
+        assert code == 0, err
+        report = json.loads(stdout)
+        assert report["precision"] == precision and len(report["parity"]) == 3
+        for row in report["parity"]:
+            assert 0.5 <= row["top1_agreement"] <= 1.0 and row["prefill_max_abs"] < 5.0
+        graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+        ops = {n.op_type for n in graph.node}
+        assert "GroupQueryAttention" in ops
+        if precision == "int4":
+            assert "MatMulNBits" in ops
+        else:
+            big = max(graph.initializer, key=lambda t: len(t.dims) and t.dims[0] * t.dims[-1])
+            assert big.data_type == onnx.TensorProto.FLOAT16
+        assert len(generated(run_cli, out, PROMPTS[0])) == NEW
+
+
+def test_a_precision_below_its_floor_writes_nothing(run_cli, tmp_path, llama):
+    tmp, _, adapter, _ = llama
+    out = tmp_path / "int4"
+    code, _, err = run_cli(
+        "export", "--onnx", "--precision", "int4", "--model", tmp / "model", "-a", adapter, "-o", out,
+        "--min-agreement", "1.0",
+    )  # fmt: skip
+    if code == 0:  # int4 happened to agree on every step: the floor cannot be crossed here
+        pytest.skip("int4 agreed with PyTorch on every probe step")
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "top-1 agreement" in errors[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
+def test_lora_inputs_switch_adapters_in_one_loaded_model(arch, tmp_path, run_cli):
+    """One GenAI model, two adapters and none, switched per generator: each gives its own PEFT
+    tokens. Phi-3's fused qkv_proj / gate_up_proj are split across the graph's projections."""
+    from adaptkit_onnx.generation import GenaiModel
+
+    base = build(arch, seed=3)
+    base.save_pretrained(tmp_path / "model")
+    targets = PHI3_LINEAR if arch == "phi3" else ALL_LINEAR
+    a = peft_adapter(base, tmp_path / "skill-a", 1, targets)
+    b = peft_adapter(base, tmp_path / "skill-b", 2, targets[:2], r=2)
+    out = tmp_path / "multi"
+    code, stdout, err = run_cli(
+        "export",
+        "--onnx",
+        "--lora-inputs",
+        "--model",
+        tmp_path / "model",
+        "-a",
+        a,
+        "-a",
+        b,
+        "-o",
+        out,
+        "--json",
+    )
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert {p["variant"] for p in report["parity"]} == {"(none)", "skill-a", "skill-b"}
+    manifest = json.loads((out / "adapters.json").read_text())
+    runtime = GenaiModel(out)
+    for name in ("skill-a", "skill-b"):
+        runtime.load_adapter(out / manifest["adapters"][name]["file"], name)
+    for prompt in PROMPTS:
+        outputs = {}
+        for name, folder in (("skill-a", a), ("skill-b", b), (None, None)):
+            got, _ = runtime.generate(prompt, NEW, adapter=name)
+            assert got == peft_tokens(base, folder, prompt), (name, prompt)
+            outputs[name] = got
+        assert len({tuple(v) for v in outputs.values()}) > 1  # the adapters do change the tokens
+    assert generated(run_cli, out, PROMPTS[0], "--adapter-name", "skill-b") == peft_tokens(
+        base, b, PROMPTS[0]
+    )
+
+
+def test_lm_head_is_found_by_identity_when_the_vocabulary_equals_a_layer_width(run_cli, tmp_path):
+    """vocab == intermediate_size: the builder alone would take layer 0's gate_proj for the
+    LM head (every weight right, logits garbage). The handoff names the real head."""
+    base = build("llama", vocab_size=96)
+    base.save_pretrained(tmp_path / "model")
+    a = peft_adapter(base, tmp_path / "a", 1, ALL_LINEAR)
+    code, _, err = run_cli(
+        "export", "--onnx", "--model", tmp_path / "model", "-a", a, "-o", tmp_path / "onnx"
+    )
+    assert code == 0, err
+    prompt = [5, 60, 7]
+    assert generated(run_cli, tmp_path / "onnx", prompt) == peft_tokens(base, a, prompt)
+
+
+def test_generation_parity_fails_for_a_model_that_is_not_the_reference(tmp_path, run_cli, llama):
+    """The check can fail: an export verified against a different adapter is refused."""
+    from transformers import AutoConfig
+
+    from adaptkit.errors import AdaptkitError
+    from adaptkit.io.specs import load_spec
+    from adaptkit_onnx.genai_export import verify_generation
+
+    tmp, _, a, b = llama
+    out = tmp_path / "onnx"
+    code, _, err = run_cli("export", "--onnx", "--model", tmp / "model", "-a", a, "-o", out)
+    assert code == 0, err
+    config = AutoConfig.from_pretrained(tmp / "model")
+    options = {"precision": "fp32", "device": "cpu", "atol": 1e-3, "min_agreement": 1.0}
+    other = load_spec(str(b))
+    with pytest.raises(AdaptkitError, match="differ"):
+        verify_generation(tmp / "model", config, {"merged": other}, out, options, lambda m: None)
+
+
+def test_graph_choice_is_explicit_for_unsupported_models(run_cli, tmp_path):
+    from tests.models import tiny_gpt2
+
+    tiny_gpt2().save_pretrained(tmp_path / "gpt2")
+    code, _, err = run_cli(
+        "export", "--onnx", "--graph", "generation", "--model", tmp_path / "gpt2", "-o", tmp_path / "o"
+    )
+    assert code == 2 and "does not support GPT2LMHeadModel" in err
+    code, _, err = run_cli(
+        "export", "--onnx", "--precision", "int4", "--model", tmp_path / "gpt2", "-o", tmp_path / "o"
+    )
+    assert code == 2 and "int4 needs the generation graph" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_generate_refuses_bad_requests(run_cli, llama, tmp_path):
+    tmp, _, _a, _ = llama
+    model = tmp / "model"
+    cases = [
+        (["generate", model, "--input-ids", "1,2", "--prompt", "x"], "exactly one of"),
+        (["generate", model], "exactly one of"),
+        (["generate", model, "--input-ids", "1,x"], "comma-separated integers"),
+        (["generate", model, "--input-ids", "1,500"], "outside the vocabulary"),
+        (["generate", model, "--prompt", "hello"], "no tokenizer"),
+        (["generate", model, "--input-ids", "1", "--adapter-name", "a"], "--lora-inputs export"),
+        (["generate", model, "--input-ids", "1", "--max-new-tokens", "500"], "context of 128"),
+        (["generate", tmp_path / "nowhere", "--input-ids", "1"], "nowhere"),
+    ]
+    for args, message in cases:
+        code, _out, err = run_cli(*args)
+        assert code == 2 and message in err and err.count("\n") == 1, (args, err)

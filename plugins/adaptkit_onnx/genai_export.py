@@ -20,7 +20,6 @@ worthless. Anything short of that writes nothing.
 
 from __future__ import annotations
 
-import gc
 import tempfile
 import time
 from pathlib import Path
@@ -97,6 +96,7 @@ def verify_generation(
     from adaptkit import nn as lora
     from adaptkit.io.models import load_causal_lm
     from adaptkit_onnx import generation as gen
+    from adaptkit_onnx.builder import release_memory
 
     precision = options["precision"]
     atol = options["atol"]
@@ -129,7 +129,7 @@ def verify_generation(
         if adapter is not None:
             lora.detach(model)
     del model
-    gc.collect()
+    release_memory()
 
     log(f"parity: ONNX Runtime GenAI ({precision})")
     runtime = gen.GenaiModel(out, options["device"])
@@ -147,7 +147,7 @@ def verify_generation(
             exported.append((got, first, forced))
         results[name] = gen.compare_runs(rows, exported, eos)
     del runtime
-    gc.collect()
+    release_memory()
 
     parity = []
     for name, rows in results.items():

@@ -29,6 +29,7 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,17 +45,21 @@ def tree_peak(argv: list[str]) -> dict:
     import psutil
 
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ps = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            total = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
-            peak = max(peak, total)
-        except psutil.Error:
-            pass
-        time.sleep(0.02)
-    out, err = proc.communicate()
+    # Output to files, not pipes: a pipe nobody reads while we poll fills up and blocks the child.
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+        proc = subprocess.Popen(argv, stdout=out_file, stderr=err_file, text=True)
+        ps = psutil.Process(proc.pid)
+        peak = 0
+        while proc.poll() is None:
+            try:
+                total = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
+                peak = max(peak, total)
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+        out_file.seek(0)
+        err_file.seek(0)
+        out, err = out_file.read(), err_file.read()
     if proc.returncode != 0:
         raise SystemExit(f"failed: {' '.join(argv)}\n{err[-3000:]}")
     return {

@@ -95,7 +95,7 @@ def _train(r: dict) -> list[str]:
 
 def _export(r: dict) -> list[str]:
     out = [
-        "## Inference: merged ONNX vs base ONNX vs PyTorch",
+        "## Logits-only graph (`--graph logits`): merged ONNX vs base ONNX vs PyTorch",
         "",
         _machine(r),
         "",
@@ -114,6 +114,72 @@ def _export(r: dict) -> list[str]:
             f"{row['peft_unmerged_over_ort_merged']}x |"
         )
     return [*out, ""]
+
+
+def _generation(r: dict) -> list[str]:
+    m = r["model"]
+    out = [
+        f"## Generation-ready ONNX at real size ({m['name']}, {m['parameters'] / 1e9:.2f}B parameters)",
+        "",
+        _machine(r),
+        "",
+        f"{m['note']}; rank-{r['adapter']['rank']} adapter on all seven projections. Command: "
+        "`python -m benchmarks.bench_generation`.",
+        "",
+        "**Export** — `adaptkit export --onnx --precision P` (streamed bake, ONNX Runtime GenAI's model "
+        "builder in a child process, generation parity against PyTorch + the adapter unmerged) against "
+        "the builder alone on the same merged checkpoint. Peak RSS of the whole process tree (sampled "
+        "every 20 ms), wall time of the whole command.",
+        "",
+        "| precision | adaptkit peak GiB | builder alone peak GiB | ratio | adaptkit s | builder alone s "
+        "| parity |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for precision, row in r["export"].items():
+        a, b, par = row["adaptkit_export"], row["builder_alone"], row["adaptkit_export"]["parity"]
+        check = (
+            f"tokens identical {par['tokens_identical']}, max abs Δlogits {par['prefill_max_abs']:.1e} "
+            f"(logits up to {par['prefill_scale']})"
+            if precision == "fp32"
+            else f"top-1 agreement {par['top1_agreement']:.0%}, max abs Δlogits {par['prefill_max_abs']:.2f} "
+            f"(logits up to {par['prefill_scale']})"
+        )
+        out.append(
+            f"| {precision} | {a['peak_rss_gib']} | {b['peak_rss_gib']} | {row['peak_ratio']}x "
+            f"| {a['wall_s']} | {b['wall_s']} | {check} |"
+        )
+    fp32 = r["export"].get("fp32", {})
+    if "peak_over_model_fp32_bytes" in fp32:
+        out += [
+            "",
+            f"The fp32 export's peak is {fp32['peak_over_model_fp32_bytes']}x the model's size in float32. "
+            "The export takes longer than the builder alone by the streamed bake and the parity run "
+            "(PyTorch generating 3 × 12 tokens with the adapter unmerged, then ONNX Runtime GenAI).",
+        ]
+    g = r["generation"]
+    tps = g["tokens_per_s"]
+    names = {
+        "onnx_int4": "ONNX Runtime GenAI, int4 export",
+        "onnx_fp32": "ONNX Runtime GenAI, fp32 export",
+        "pytorch_merged_fp32": "PyTorch `generate`, merged checkpoint, fp32",
+        "pytorch_merged_bf16": "PyTorch `generate`, merged checkpoint, bf16",
+        "pytorch_peft_unmerged_fp32": "PyTorch `generate`, PEFT adapter unmerged, fp32",
+        "pytorch_peft_unmerged_bf16": "PyTorch `generate`, PEFT adapter unmerged, bf16",
+    }
+    base = tps["pytorch_peft_unmerged_fp32"]
+    out += [
+        "",
+        f"**Generation** — batch 1, {g['new_tokens']} new tokens after a {g['prompt_tokens']}-token prompt, "
+        "greedy, one process, same prompt; tokens/s over the whole call (prefill included).",
+        "",
+        "| runtime | tokens/s | vs PEFT unmerged fp32 |",
+        "|---|---|---|",
+        *[f"| {names.get(k, k)} | {v} | {v / base:.2f}x |" for k, v in tps.items()],
+        "",
+        f"The fp32 export's 64 tokens equal PEFT's fp32 tokens: {g['onnx_fp32_tokens_equal_peft_fp32']}.",
+        "",
+    ]
+    return out
 
 
 def _qlora(r: dict) -> list[str]:
@@ -264,6 +330,7 @@ RENDER = {
     "qlora": _qlora,
     "loraplus": _loraplus,
     "realsize": _realsize,
+    "generation": _generation,
     "demo": _demo,
 }
 

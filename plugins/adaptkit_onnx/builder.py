@@ -51,15 +51,7 @@ def genai_unsupported(config: Any, device: str) -> str | None:
     if head_size % 16:
         # ORT's GroupQueryAttention kernel refuses these head sizes.
         return f"head size {head_size} is not a multiple of 16 (GroupQueryAttention needs one)"
-    if device == "cuda" and not _cuda_usable():
-        return "--device cuda needs a CUDA GPU and onnxruntime-genai-cuda"
     return None
-
-
-def _cuda_usable() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def release_memory() -> None:
@@ -68,13 +60,12 @@ def release_memory() -> None:
     The streamed bake and the PyTorch reference free hundreds of MiB in blocks glibc keeps for
     reuse; the builder child and the ONNX Runtime session that follow would be counted on top.
     """
-    import contextlib
-    import ctypes
     import gc
 
+    from adaptkit.io.streamed_load import release_heap
+
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    release_heap()
 
 
 def run_builder(

@@ -1,119 +1,31 @@
 """Load a checkpoint straight into a 4-bit model, one tensor at a time.
 
-transformers' ``BitsAndBytesConfig`` path quantizes while loading too, but it maps the
-checkpoint files and keeps much of them resident: measured on CPU for a 107M-parameter bf16
-Llama, 0.4–0.56 GB above the start after loading a 0.21 GB checkpoint whose 4-bit model is
-0.08 GB (half of it file pages it never releases). This loader instead:
-
-1. builds the model class on the meta device for its parameters (buffers such as rotary
-   frequencies are computed normally, on CPU), and swaps each layer to quantize for a
-   bitsandbytes ``Linear4bit``;
-2. reads the checkpoint tensor by tensor with plain reads (no memory map), maps each name to
-   its parameter with the model class's own loading renames, and either packs it to NF4 (double
-   quantization) on the target device or places it in the requested dtype;
-3. ties shared weights as the class declares and checks that nothing is left unloaded.
-
-The peak is the finished model plus one tensor. Anything this loader cannot map exactly (a
-checkpoint whose weights need fused/split conversions, unexpected or missing tensors) makes
-:func:`plan` return ``None``, and the caller falls back to transformers' loader.
+Core's :mod:`adaptkit.io.streamed_load` reads the checkpoint tensor by tensor into a model built
+on the meta device; this module swaps each layer to quantize for a bitsandbytes ``Linear4bit``
+first and packs its weight to NF4 (double quantization) on the target device as it is read, so
+no full-precision copy of a quantized layer ever exists. The peak is the 4-bit model plus one
+tensor; transformers' ``BitsAndBytesConfig`` path, measured on CPU for a 107M-parameter bf16
+Llama, sits 0.4–0.56 GB above the start for a 0.08 GB 4-bit model (half of it file pages it
+never releases).
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-
-
-@contextlib.contextmanager
-def _parameters_on_meta():
-    """Parameters created inside go to the meta device; buffers are built normally."""
-    original = nn.Module.register_parameter
-
-    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        original(module, name, param)
-        if param is not None and param.device.type != "meta":
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = register  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = original  # type: ignore[method-assign]
-
-
-def _headers(folder: Path) -> dict[Path, dict[str, Any]]:
-    from adaptkit.io.models import safetensors_files
-    from adaptkit.io.safetensors_strict import checked_header
-
-    return {f: checked_header(f) for f in safetensors_files(folder)}
 
 
 def plan(folder: Path, quantize: list[str]) -> dict[str, Any] | None:
-    """What :func:`load` needs, or ``None`` when this loader cannot map the checkpoint exactly."""
-    import transformers
+    """What :func:`load` needs, or ``None`` when the checkpoint needs transformers' loader."""
+    from adaptkit.io import streamed_load
 
-    from adaptkit.nn.placement import _renamer
-
-    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    names = list(getattr(config, "architectures", None) or [])
-    cls = next((getattr(transformers, n) for n in names if hasattr(transformers, n)), None)
-    if cls is None:
+    prepared = streamed_load.plan(folder)
+    if prepared is None:
         return None
-    with _parameters_on_meta():
-        model = cls._from_config(config)
-    rename = _renamer(model)
-    headers = _headers(folder)
-    state = set(model.state_dict())
-    placed: dict[str, tuple[Path, int, dict[str, Any]]] = {}
-    for f, (offset, header) in headers.items():
-        for key, info in header.items():
-            name = rename(key)
-            if name not in state or info.get("dtype") not in _DTYPES or name in placed:
-                return None  # unexpected, non-float or duplicated: leave it to transformers
-            placed[name] = (f, offset, info)
-    tied = _tied(model)
-    missing = [n for n in state if n not in placed and n not in tied]
-    parameters = dict(model.named_parameters())
-    if any(n in parameters for n in missing) or any(q not in dict(model.named_modules()) for q in quantize):
-        return None
-    return {"model": model, "placed": placed, "tied": tied}
-
-
-def _tied(model: Any) -> set[str]:
-    """Parameter names that share storage with another parameter once the class ties weights."""
-    if not getattr(getattr(model, "config", None), "tie_word_embeddings", False):
-        return set()
-    out = getattr(model, "get_output_embeddings", lambda: None)()
-    if out is None:
-        return set()
-    return {f"{n}.weight" for n, m in model.named_modules() if m is out}
-
-
-_TRIM_EVERY = 256 << 20
-
-
-def _release_heap() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
-
-
-def _read(path: Path, offset: int, info: dict[str, Any]) -> torch.Tensor:
-    start, end = info["data_offsets"]
-    buf = bytearray(end - start)
-    with open(path, "rb") as fh:
-        fh.seek(offset + start)
-        fh.readinto(buf)
-    return torch.frombuffer(buf, dtype=_DTYPES[info["dtype"]]).reshape(info["shape"])
+    modules = dict(prepared["model"].named_modules())
+    return prepared if all(q in modules for q in quantize) else None
 
 
 def load(
@@ -131,55 +43,22 @@ def load(
     in ``dtype``. ``progress`` is called with the number of tensors done."""
     from bitsandbytes.nn import Params4bit
 
+    from adaptkit.io import streamed_load
     from adaptkit.nn.layout import replace_module
     from adaptkit_qlora.quantize import empty_linear4bit
 
     model = prepared["model"]
-    keep_fp32 = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
     for name in quantize:
         replace_module(model, name, empty_linear4bit(model.get_submodule(name), compute_dtype=compute_dtype))
     targets = {f"{n}.weight" for n in quantize}
-    since_trim = 0
-    for i, (name, (path, offset, info)) in enumerate(
-        sorted(prepared["placed"].items(), key=lambda kv: kv[0])
-    ):
-        tensor = _read(path, offset, info)
-        module_name, _, attr = name.rpartition(".")
-        module = model.get_submodule(module_name) if module_name else model
-        if name in targets:
-            packed = Params4bit(
-                tensor, requires_grad=False, quant_type="nf4", blocksize=blocksize, compress_statistics=True
-            )
-            module.weight = packed.to(device)  # bitsandbytes packs it on the move
-        else:
-            want = torch.float32 if keep_fp32 and any(k in name for k in keep_fp32) else dtype
-            value = tensor.to(device=device, dtype=want)
-            if attr in module._parameters:
-                module._parameters[attr] = nn.Parameter(value, requires_grad=False)
-            else:
-                module._buffers[attr] = value
-        since_trim += tensor.numel() * tensor.element_size()
-        del tensor
-        # bitsandbytes' packing leaves freed temporaries in glibc's heap; hand them back every
-        # 256 MB read, or the heap grows by a few temporaries per layer (measured: 2.5x the
-        # model). Trimming after every tensor cost 12% more load time for no lower peak.
-        if since_trim >= _TRIM_EVERY:
-            _release_heap()
-            since_trim = 0
-        if progress is not None:
-            progress(i + 1)
-    _release_heap()
-    if prepared["tied"]:
-        model.tie_weights()
-    for module in model.modules():  # buffers computed at construction (rotary frequencies)
-        for key, buf in list(module._buffers.items()):
-            if buf is not None and buf.device != device:
-                module._buffers[key] = buf.to(device)
-    unloaded = [n for n, p in model.named_parameters() if p.device.type == "meta"]
-    if unloaded:
-        from adaptkit.errors import FormatError
 
-        raise FormatError(f"the checkpoint does not hold {unloaded[0]!r}", path=folder)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval()
+    def pack(name: str, tensor: torch.Tensor, module: Any, attr: str) -> bool:
+        if name not in targets:
+            return False
+        packed = Params4bit(
+            tensor, requires_grad=False, quant_type="nf4", blocksize=blocksize, compress_statistics=True
+        )
+        module.weight = packed.to(device)  # bitsandbytes packs it on the move
+        return True
+
+    return streamed_load.load(folder, prepared, dtype=dtype, device=device, place=pack, progress=progress)

@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from adaptkit.errors import AdaptkitError
-from adaptkit_onnx.genai_export import DEFAULT_ATOL as DEFAULT_GENAI_ATOL
-from adaptkit_onnx.genai_export import DEFAULT_MIN_AGREEMENT
 
 _COPY = (
     "config.json",
@@ -51,6 +49,8 @@ class OnnxExporter:
         from adaptkit.io.atomic import atomic_directory
         from adaptkit.io.models import resolve_model
         from adaptkit_onnx.builder import DEVICES, PRECISIONS, genai_unsupported
+        from adaptkit_onnx.genai_export import DEFAULT_ATOL as DEFAULT_GENAI_ATOL
+        from adaptkit_onnx.genai_export import DEFAULT_MIN_AGREEMENT
 
         o = request.options
         graph = o.get("graph") or "auto"

@@ -25,8 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from adaptkit.errors import AdaptkitError
 
 #: Prefill-logit tolerance of an fp32 export (fp16/int4 report the error; agreement decides).
@@ -43,6 +41,8 @@ def export_merged_generation(
     folder: Path, config: Any, adapters: list[Any], out: Path, options: dict[str, Any], log: Any
 ) -> dict[str, Any]:
     """Bake (streamed), build, verify. ``out`` is the staging folder of the atomic write."""
+    import torch
+
     from adaptkit.exporting import combined
     from adaptkit.nn.checkpoint import bake_checkpoint
     from adaptkit_onnx.builder import finish_config, run_builder
@@ -93,6 +93,8 @@ def verify_generation(
     Raises:
         AdaptkitError: parity fails, or an adapter does not change the output.
     """
+    import torch
+
     from adaptkit import nn as lora
     from adaptkit.io.models import load_causal_lm
     from adaptkit.io.streamed_load import load_streamed

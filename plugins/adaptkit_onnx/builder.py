@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -97,10 +96,18 @@ def run_builder(
         lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
         last = lines[-1].strip() if lines else f"exit code {rc}"
         raise AdaptkitError(f"the ONNX Runtime GenAI model builder failed: {last}", key=str(src))
-    # ru_maxrss of waited-for children, in KiB on Linux (bytes on macOS).
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    peak_mib = peak / 2**20 if sys.platform == "darwin" else peak / 1024
-    return {"seconds": seconds, "peak_rss_mib": peak_mib, "precision": precision, "device": device}
+    peak = _children_peak_mib()
+    return {"seconds": seconds, "peak_rss_mib": peak, "precision": precision, "device": device}
+
+
+def _children_peak_mib() -> float | None:
+    """The largest peak RSS among waited-for child processes (``None`` where unknown)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def builder_device(precision: str, device: str) -> str:

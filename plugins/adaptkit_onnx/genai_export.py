@@ -50,7 +50,9 @@ def export_merged_generation(
     precision, device = options["precision"], options["device"]
     adapter = combined(adapters)
     report: dict[str, Any] = {"graph": "generation", "precision": precision, "device": device}
-    with tempfile.TemporaryDirectory(prefix="adaptkit-export-") as tmp:
+    # Scratch beside the output (the filesystem the user chose for it), not in /tmp: the baked
+    # checkpoint is the size of the model.
+    with tempfile.TemporaryDirectory(prefix=".adaptkit-scratch-", dir=out.parent) as tmp:
         scratch = Path(tmp)
         src = folder
         if adapter is not None:
@@ -140,21 +142,27 @@ def verify_generation(
     # A CUDA-flavoured graph is checked on the CPU provider where there is no GPU (ONNX Runtime
     # runs the same operators there): it can be built and verified on a CPU-only machine.
     verified_on = "cuda" if options["device"] == "cuda" and torch.cuda.is_available() else "cpu"
-    runtime = gen.GenaiModel(out, verified_on)
-    for name, path in (adapter_files or {}).items():
-        runtime.load_adapter(path, name)
     results: dict[str, Any] = {}
-    for name, rows in references.items():
-        active = name if adapter_files and name in adapter_files else None
-        exported = []
-        for prompt, tokens, _, _ in rows:
-            start = time.perf_counter()
-            got, first = runtime.generate(prompt, steps, adapter=active)
-            speed["onnx"].append((len(got), time.perf_counter() - start))
-            forced = runtime.prefill_logits(prompt + tokens, adapter=active)
-            exported.append((got, first, forced))
-        results[name] = gen.compare_runs(rows, exported, eos)
-    del runtime
+    try:
+        runtime = gen.GenaiModel(out, verified_on)
+        for name, path in (adapter_files or {}).items():
+            runtime.load_adapter(path, name)
+        for name, rows in references.items():
+            active = name if adapter_files and name in adapter_files else None
+            exported = []
+            for prompt, tokens, _, _ in rows:
+                start = time.perf_counter()
+                got, first = runtime.generate(prompt, steps, adapter=active)
+                speed["onnx"].append((len(got), time.perf_counter() - start))
+                forced = runtime.prefill_logits(prompt + tokens, adapter=active)
+                exported.append((got, first, forced))
+            results[name] = gen.compare_runs(rows, exported, eos)
+    except RuntimeError as exc:  # ONNX Runtime (GenAI) refusing or failing to run the graph
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AdaptkitError(
+            f"ONNX Runtime GenAI could not run the exported graph: {first_line}; nothing was written"
+        ) from None
+    runtime = None
     release_memory()
 
     parity = []

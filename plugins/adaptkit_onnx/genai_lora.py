@@ -33,8 +33,15 @@ _TARGET = re.compile(r"^(?:model\.)?layers\.(\d+)\.(self_attn|mlp)\.(\w+)$")
 _SPLITS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
 
-def adapter_file_names(adapters: list[Any]) -> dict[str, str]:
-    """``adapter name -> file name``; sanitised names must stay distinct."""
+def check_switchable(adapters: list[Any]) -> dict[str, str]:
+    """Refuse what one shared base graph cannot switch; returns ``adapter name -> file name``.
+
+    There must be at least one adapter, none may save modules in full (they replace base
+    weights every adapter shares), and sanitised file names must stay distinct (or one file
+    would hold two adapters).
+    """
+    if not adapters:
+        raise AdaptkitError("--lora-inputs needs at least one --adapter")
     files: dict[str, str] = {}
     seen: dict[str, str] = {}
     for a in adapters:
@@ -46,6 +53,13 @@ def adapter_file_names(adapters: list[Any]) -> dict[str, str]:
             )
         seen[file.lower()] = a.name
         files[a.name] = file
+    with_saved = [a.name for a in adapters if a.adapter.saved]
+    if with_saved:
+        raise AdaptkitError(
+            f"adapter {with_saved[0]!r} saves modules in full (modules_to_save), which replace base "
+            "weights, but a --lora-inputs graph shares one base between adapters",
+            hint="export it with --onnx (merged) or --merged instead",
+        )
     return files
 
 
@@ -57,16 +71,7 @@ def export_lora_generation(
     from adaptkit_onnx.builder import finish_config, run_builder
     from adaptkit_onnx.genai_export import verify_generation
 
-    if not adapters:
-        raise AdaptkitError("--lora-inputs needs at least one --adapter")
-    files = adapter_file_names(adapters)
-    with_saved = [a.name for a in adapters if a.adapter.saved]
-    if with_saved:
-        raise AdaptkitError(
-            f"adapter {with_saved[0]!r} saves modules in full (modules_to_save), which replace base "
-            "weights, but a --lora-inputs graph shares one base between adapters",
-            hint="export it with --onnx (merged) or --merged instead",
-        )
+    files = check_switchable(adapters)
     skeleton = meta_model(folder)
     for a in adapters:
         if skeleton is not None:
@@ -80,7 +85,7 @@ def export_lora_generation(
                     hint="export this adapter merged (--onnx without --lora-inputs)",
                 )
     precision, device = options["precision"], options["device"]
-    with tempfile.TemporaryDirectory(prefix="adaptkit-export-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=".adaptkit-scratch-", dir=out.parent) as tmp:
         log(f"building the {precision} base generation graph with ONNX Runtime GenAI's model builder")
         build = run_builder(folder, out, precision, device, Path(tmp), separate_projections=True)
     finish_config(out, config, device)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,6 @@ import numpy as np
 import torch
 
 from adaptkit.errors import AdaptkitError
-
-_FILE_SAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 
 def _factors(pair: Any, weight: float, rank: int, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -53,26 +50,10 @@ def export_with_lora_inputs(
     from adaptkit import nn as lora
     from adaptkit.nn.baking import resolve_targets
     from adaptkit_onnx import verify as v
+    from adaptkit_onnx.genai_lora import check_switchable
     from adaptkit_onnx.graph import export_causal_lm, lora_input_names
 
-    if not adapters:
-        raise AdaptkitError("--lora-inputs needs at least one --adapter")
-    files: dict[str, str] = {}
-    for a in adapters:  # sanitised names must stay distinct, or one file would hold two adapters
-        key = (_FILE_SAFE.sub("_", a.name) + ".onnx_adapter").lower()
-        if key in files:
-            raise AdaptkitError(
-                f"adapters {files[key]!r} and {a.name!r} would both be written to {key!r}",
-                hint="give them names that differ in letters or digits (name: in a manifest YAML)",
-            )
-        files[key] = a.name
-    with_saved = [a.name for a in adapters if a.adapter.saved]
-    if with_saved:
-        raise AdaptkitError(
-            f"adapter {with_saved[0]!r} saves modules in full (modules_to_save), which replace base "
-            "weights, but a --lora-inputs graph shares one base between adapters",
-            hint="export it with --onnx (merged) or --merged instead",
-        )
+    files = check_switchable(adapters)
     shapes: dict[str, tuple[int, int]] = {}
     for a in adapters:
         resolve_targets(base, a.adapter)  # every target exists with the right shape
@@ -104,7 +85,7 @@ def export_with_lora_inputs(
             name_a, name_b = lora_input_names(target)
             params[name_a] = ort.OrtValue.ortvalue_from_numpy(A.astype(np_dtype))
             params[name_b] = ort.OrtValue.ortvalue_from_numpy(B.astype(np_dtype))
-        filename = _FILE_SAFE.sub("_", a.name) + ".onnx_adapter"
+        filename = files[a.name]
         fmt = ort.AdapterFormat()
         fmt.set_adapter_version(1)
         fmt.set_model_version(1)

@@ -7,7 +7,9 @@ export runs in ONNX Runtime GenAI through ``adaptkit generate``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 
 import pytest
@@ -105,20 +107,43 @@ def llama(tmp_path_factory):
     return tmp, base, a, b
 
 
+def export_json(run_cli, model, adapter, out, *extra):
+    code, stdout, err = run_cli(
+        "export", "--onnx", "--model", model, "-a", adapter, "-o", out, "--json", *extra
+    )
+    assert code == 0, err
+    return json.loads(stdout)
+
+
+@pytest.fixture(scope="module")
+def llama_exports(llama):
+    """fp32 and int4 exports of the Llama with adapter a, made once for several tests."""
+    from adaptkit.cli import main
+
+    tmp, _, adapter, _ = llama
+    outs = {}
+    for precision in ("fp32", "int4"):
+        outs[precision] = tmp / f"onnx-{precision}"
+        args = ["export", "--onnx", "--precision", precision, "--model", tmp / "model", "-a", adapter]
+        args += ["-o", outs[precision], "--min-agreement", "0.5"]
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            assert main([str(a) for a in args]) == 0  # kept out of the tests' captured output
+    return outs
+
+
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "phi3"])
-def test_fp32_export_generates_peft_greedy_tokens(arch, run_cli, tmp_path, llama):
+def test_fp32_export_generates_peft_greedy_tokens(arch, run_cli, tmp_path, llama, request):
     if arch == "llama":
         _, base, adapter, _ = llama
-        model = llama[0] / "model"
+        out = request.getfixturevalue("llama_exports")["fp32"]
+        report = json.loads((out / "export-report.json").read_text())
     else:
         base = build(arch)
         model = tmp_path / "model"
         base.save_pretrained(model)
         adapter = peft_adapter(base, tmp_path / "a", 1, PHI3_LINEAR if arch == "phi3" else ALL_LINEAR)
-    out = tmp_path / "onnx"
-    code, stdout, err = run_cli("export", "--onnx", "--model", model, "-a", adapter, "-o", out, "--json")
-    assert code == 0, err
-    report = json.loads(stdout)
+        out = tmp_path / "onnx"
+        report = export_json(run_cli, model, adapter, out)
     assert report["graph"] == "generation" and report["precision"] == "fp32"
     assert all(p["tokens_identical"] and p["prefill_max_abs"] < 1e-3 for p in report["parity"])
     genai = json.loads((out / "genai_config.json").read_text())
@@ -132,18 +157,14 @@ def test_fp32_export_generates_peft_greedy_tokens(arch, run_cli, tmp_path, llama
     assert changed, "the adapter must change the greedy tokens, or this test proves nothing"
 
 
-def test_int4_and_fp16_exports_run_and_report_agreement(run_cli, tmp_path, llama):
+def test_int4_and_fp16_exports_run_and_report_agreement(run_cli, tmp_path, llama, llama_exports):
     import onnx
 
-    tmp, _base, adapter, _ = llama
-    for precision in ("int4", "fp16"):
-        out = tmp_path / precision
-        code, stdout, err = run_cli(
-            "export", "--onnx", "--precision", precision, "--model", tmp / "model", "-a", adapter,
-            "-o", out, "--min-agreement", "0.5", "--json",
-        )  # fmt: skip
-        assert code == 0, err
-        report = json.loads(stdout)
+    tmp, _, adapter, _ = llama
+    fp16 = tmp_path / "fp16"
+    export_json(run_cli, tmp / "model", adapter, fp16, "--precision", "fp16")
+    for precision, out in (("int4", llama_exports["int4"]), ("fp16", fp16)):
+        report = json.loads((out / "export-report.json").read_text())
         assert report["precision"] == precision and len(report["parity"]) == 3
         for row in report["parity"]:
             assert 0.5 <= row["top1_agreement"] <= 1.0 and row["prefill_max_abs"] < 5.0
@@ -158,18 +179,25 @@ def test_int4_and_fp16_exports_run_and_report_agreement(run_cli, tmp_path, llama
         assert len(generated(run_cli, out, PROMPTS[0])) == NEW
 
 
-def test_a_precision_below_its_floor_writes_nothing(run_cli, tmp_path, llama):
-    tmp, _, adapter, _ = llama
-    out = tmp_path / "int4"
-    code, _, err = run_cli(
-        "export", "--onnx", "--precision", "int4", "--model", tmp / "model", "-a", adapter, "-o", out,
-        "--min-agreement", "1.0",
-    )  # fmt: skip
-    if code == 0:  # int4 happened to agree on every step: the floor cannot be crossed here
+def test_a_precision_below_its_floor_is_refused(llama, llama_exports):
+    """The floor is enforced: the int4 export checked against a floor of 100% agreement."""
+    from transformers import AutoConfig
+
+    from adaptkit.errors import AdaptkitError
+    from adaptkit.io.specs import load_spec
+    from adaptkit_onnx.genai_export import verify_generation
+
+    tmp, _, a, _ = llama
+    report = json.loads((llama_exports["int4"] / "export-report.json").read_text())
+    steps = [r["top1_agreement"] for r in report["parity"]]
+    if min(steps) == 1.0:
         pytest.skip("int4 agreed with PyTorch on every probe step")
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert code == 2 and len(errors) == 1 and "top-1 agreement" in errors[0]
-    assert not out.exists()
+    config = AutoConfig.from_pretrained(tmp / "model")
+    options = {"precision": "int4", "device": "cpu", "atol": 1e-3, "min_agreement": 1.0}
+    with pytest.raises(AdaptkitError, match="top-1 agreement"):
+        verify_generation(
+            tmp / "model", config, {"merged": load_spec(str(a))}, llama_exports["int4"], options, print
+        )
 
 
 @pytest.mark.parametrize("arch", ["llama", "phi3"])
@@ -231,7 +259,7 @@ def test_lm_head_is_found_by_identity_when_the_vocabulary_equals_a_layer_width(r
     assert generated(run_cli, tmp_path / "onnx", prompt) == peft_tokens(base, a, prompt)
 
 
-def test_generation_parity_fails_for_a_model_that_is_not_the_reference(tmp_path, run_cli, llama):
+def test_generation_parity_fails_for_a_model_that_is_not_the_reference(llama, llama_exports):
     """The check can fail: an export verified against a different adapter is refused."""
     from transformers import AutoConfig
 
@@ -239,15 +267,13 @@ def test_generation_parity_fails_for_a_model_that_is_not_the_reference(tmp_path,
     from adaptkit.io.specs import load_spec
     from adaptkit_onnx.genai_export import verify_generation
 
-    tmp, _, a, b = llama
-    out = tmp_path / "onnx"
-    code, _, err = run_cli("export", "--onnx", "--model", tmp / "model", "-a", a, "-o", out)
-    assert code == 0, err
+    tmp, _, _, b = llama
     config = AutoConfig.from_pretrained(tmp / "model")
     options = {"precision": "fp32", "device": "cpu", "atol": 1e-3, "min_agreement": 1.0}
-    other = load_spec(str(b))
     with pytest.raises(AdaptkitError, match="differ"):
-        verify_generation(tmp / "model", config, {"merged": other}, out, options, lambda m: None)
+        verify_generation(
+            tmp / "model", config, {"merged": load_spec(str(b))}, llama_exports["fp32"], options, print
+        )
 
 
 def test_graph_choice_is_explicit_for_unsupported_models(run_cli, tmp_path):

@@ -55,21 +55,7 @@ def torch_greedy(
     model: Any, prompt: list[int], max_new: int, eos: set[int], on_token: Callable[[int], None] | None = None
 ) -> tuple[list[int], np.ndarray]:
     """Greedy continuation with the KV cache, and the prefill logits ``[len(prompt), vocab]``."""
-    device = next(model.parameters()).device
-    ids = torch.tensor([prompt], device=device)
-    out_tokens: list[int] = []
-    with torch.no_grad():
-        out = model(input_ids=ids, use_cache=True)
-        first = out.logits[0].float().cpu().numpy()
-        for _ in range(max_new):
-            token = int(out.logits[0, -1].argmax())
-            out_tokens.append(token)
-            if on_token is not None:
-                on_token(token)
-            if token in eos or len(out_tokens) == max_new:
-                break
-            out = _step(model, token, out, device)
-    return out_tokens, first
+    return _decode(model, prompt, max_new, eos, lambda logits: int(logits.argmax()), on_token)
 
 
 def torch_sample(
@@ -83,26 +69,44 @@ def torch_sample(
     seed: int,
     on_token: Callable[[int], None] | None = None,
 ) -> list[int]:
-    """Temperature / nucleus sampling with the KV cache (seeded)."""
-    device = next(model.parameters()).device
+    """Temperature / nucleus sampling with the KV cache (seeded): tokens are drawn from
+    ``softmax(logits / T)`` restricted to the smallest set whose probability reaches ``top_p``."""
     g = torch.Generator(device="cpu").manual_seed(seed)
-    ids = torch.tensor([prompt], device=device)
+
+    def pick(logits: torch.Tensor) -> int:
+        probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(0) - sorted_p < top_p  # the smallest prefix reaching top_p
+        sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
+        return int(order[torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=g)])
+
+    return _decode(model, prompt, max_new, eos, pick, on_token)[0]
+
+
+def _decode(
+    model: Any,
+    prompt: list[int],
+    max_new: int,
+    eos: set[int],
+    pick: Callable[[torch.Tensor], int],
+    on_token: Callable[[int], None] | None,
+) -> tuple[list[int], np.ndarray]:
+    """Prefill ``prompt``, then ``pick`` a token from the last logits and feed it back (KV cache)
+    until ``max_new`` tokens or an end-of-sequence token; returns them and the prefill logits."""
+    device = next(model.parameters()).device
     tokens: list[int] = []
     with torch.no_grad():
-        out = model(input_ids=ids, use_cache=True)
-        for _ in range(max_new):
-            probs = torch.softmax(out.logits[0, -1].float().cpu() / temperature, dim=-1)
-            sorted_p, order = probs.sort(descending=True)
-            keep = sorted_p.cumsum(0) - sorted_p < top_p  # the smallest prefix reaching top_p
-            sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
-            token = int(order[torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=g)])
+        out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
+        first = out.logits[0].float().cpu().numpy()
+        while len(tokens) < max_new:
+            token = pick(out.logits[0, -1])
             tokens.append(token)
             if on_token is not None:
                 on_token(token)
             if token in eos or len(tokens) == max_new:
                 break
             out = _step(model, token, out, device)
-    return tokens
+    return tokens, first
 
 
 def _step(model: Any, token: int, out: Any, device: Any) -> Any:

@@ -307,3 +307,17 @@ def test_generate_refuses_bad_requests(run_cli, llama, tmp_path):
     for args, message in cases:
         code, _out, err = run_cli(*args)
         assert code == 2 and message in err and err.count("\n") == 1, (args, err)
+
+
+def test_generate_samples_reproducibly_with_a_seed(run_cli, llama, llama_exports):
+    """--temperature samples (PyTorch and ONNX Runtime GenAI alike); a seed repeats a run."""
+    tmp, _, a, _ = llama
+    for target in (["generate", tmp / "model", "-a", a], ["generate", llama_exports["fp32"]]):
+        runs = []
+        for seed in ("3", "3", "4"):
+            args = [*target, "--input-ids", "5,6,7", "--max-new-tokens", str(NEW), "--temperature", "5"]
+            code, out, err = run_cli(*args, "--top-p", "0.95", "--seed", seed, "--json")
+            assert code == 0, err
+            runs.append(json.loads(out)["output_ids"])
+        assert runs[0] == runs[1] and len(runs[0]) == NEW
+        assert runs[0] != runs[2]  # at temperature 5 over 160 tokens, another seed draws others

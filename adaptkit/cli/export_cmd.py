@@ -62,7 +62,8 @@ from adaptkit.errors import AdaptkitError
 @click.option(
     "--base-dtype",
     type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
-    help="--onnx: dtype the base loads in and adapters merge in (default fp32; auto = the checkpoint's). "
+    help="Logits-only graph: dtype the base loads in and adapters merge in (default fp32; auto = the "
+    "checkpoint's). "
     "--merged always keeps each tensor's own dtype.",
 )
 @click.option(

@@ -8,8 +8,8 @@
    — and once with tuned per-layer weights (``--tune`` on two small evaluation sets);
 4. exact-match accuracy on held-out prompts of each skill for the base, A, B and every
    combination;
-5. the best combination exported with the ``onnx`` exporter (parity verified), latency of
-   ORT-merged vs PyTorch-unmerged;
+5. the best combination exported with the ``onnx`` exporter: a generation-ready model for
+   ONNX Runtime GenAI, its greedy tokens checked against PyTorch with the adapter unmerged;
 6. ``summary.md``, ``results.json`` and PNG charts (with matplotlib installed).
 """
 

@@ -77,6 +77,11 @@ class OnnxExporter:
         precision = precision or "fp32"
         if o.get("dtype"):
             raise AdaptkitError("--dtype is for the logits-only graph; use --precision fp32|fp16|int4")
+        if o.get("base_dtype"):
+            raise AdaptkitError(
+                "--base-dtype is for the logits-only graph: the generation graph bakes W + ΔW in "
+                "float32 for --precision fp32 and in the checkpoint's own dtype for fp16/int4"
+            )
         options = {
             "precision": precision,
             "device": device,

@@ -292,7 +292,7 @@ def test_graph_choice_is_explicit_for_unsupported_models(run_cli, tmp_path):
 
 
 def test_generate_refuses_bad_requests(run_cli, llama, tmp_path):
-    tmp, _, _a, _ = llama
+    tmp, _, a, _ = llama
     model = tmp / "model"
     cases = [
         (["generate", model, "--input-ids", "1,2", "--prompt", "x"], "exactly one of"),
@@ -303,6 +303,14 @@ def test_generate_refuses_bad_requests(run_cli, llama, tmp_path):
         (["generate", model, "--input-ids", "1", "--adapter-name", "a"], "--lora-inputs export"),
         (["generate", model, "--input-ids", "1", "--max-new-tokens", "500"], "context of 128"),
         (["generate", tmp_path / "nowhere", "--input-ids", "1"], "nowhere"),
+        (
+            ["export", "--onnx", "--model", model, "-a", a, "-o", tmp_path / "o", "--base-dtype", "bf16"],
+            "logits-only",
+        ),
+        (
+            ["export", "--onnx", "--model", model, "-a", a, "-o", tmp_path / "o", "--dtype", "float16"],
+            "--precision",
+        ),
     ]
     for args, message in cases:
         code, _out, err = run_cli(*args)

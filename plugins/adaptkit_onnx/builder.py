@@ -39,17 +39,21 @@ PRECISIONS = ("fp32", "fp16", "int4")
 DEVICES = ("cpu", "cuda")
 
 
-def genai_unsupported(config: Any, device: str) -> str | None:
+def head_size(config: Any) -> int:
+    """Attention head size of a Hugging Face config (``head_dim``, else hidden / heads)."""
+    return int(getattr(config, "head_dim", None) or config.hidden_size // int(config.num_attention_heads))
+
+
+def genai_unsupported(config: Any) -> str | None:
     """Why ``config`` cannot be built as a generation graph, or ``None`` when it can."""
     archs = list(getattr(config, "architectures", None) or [])
     if not archs or archs[0] not in GENAI_ARCHITECTURES:
         name = archs[0] if archs else getattr(config, "model_type", "?")
         return f"the generation graph builder does not support {name}"
-    heads = int(config.num_attention_heads)
-    head_size = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-    if head_size % 16:
+    size = head_size(config)
+    if size % 16:
         # ORT's GroupQueryAttention kernel refuses these head sizes.
-        return f"head size {head_size} is not a multiple of 16 (GroupQueryAttention needs one)"
+        return f"head size {size} is not a multiple of 16 (GroupQueryAttention needs one)"
     return None
 
 

@@ -64,7 +64,7 @@ class OnnxExporter:
             raise AdaptkitError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}", key="--device")
         folder = resolve_model(request.model)
         config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-        reason = genai_unsupported(config, device)
+        reason = genai_unsupported(config)
         if graph == "generation" and reason:
             raise AdaptkitError(
                 f"no generation graph: {reason}", hint="--graph logits writes the logits-only graph"

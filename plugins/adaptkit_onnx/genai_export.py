@@ -129,7 +129,7 @@ def verify_generation(
         start = time.perf_counter()
         for p in prompts:
             tokens, first = gen.torch_greedy(model, p, steps, eos)
-            rows.append((p, tokens, first, None))
+            rows.append((p, tokens, first))
         speed["pytorch_unmerged"].append((sum(len(r[1]) for r in rows), time.perf_counter() - start))
         references[name] = rows
         effects[name] = max(float(abs(r[2] - b).max()) for r, b in zip(rows, base_first, strict=True))
@@ -150,7 +150,7 @@ def verify_generation(
         for name, rows in references.items():
             active = name if adapter_files and name in adapter_files else None
             exported = []
-            for prompt, tokens, _, _ in rows:
+            for prompt, tokens, _ in rows:
                 start = time.perf_counter()
                 got, first = runtime.generate(prompt, steps, adapter=active)
                 speed["onnx"].append((len(got), time.perf_counter() - start))

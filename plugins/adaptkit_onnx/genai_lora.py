@@ -131,10 +131,11 @@ def _graph_parts(target: str, pair_out: int, config: Any) -> list[tuple[str, int
     prefix = f"/model/layers.{layer}/{'attn' if block == 'self_attn' else 'mlp'}/"
     if proj not in _SPLITS:
         return [(prefix + proj, 0, pair_out)]
-    heads = int(config.num_attention_heads)
-    head_size = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-    kv = int(getattr(config, "num_key_value_heads", None) or heads) * head_size
-    sizes = [heads * head_size, kv, kv] if proj == "qkv_proj" else [pair_out // 2, pair_out // 2]
+    from adaptkit_onnx.builder import head_size
+
+    heads, size = int(config.num_attention_heads), head_size(config)
+    kv = int(getattr(config, "num_key_value_heads", None) or heads) * size
+    sizes = [heads * size, kv, kv] if proj == "qkv_proj" else [pair_out // 2, pair_out // 2]
     parts, row = [], 0
     for name, rows in zip(_SPLITS[proj], sizes, strict=True):
         parts.append((prefix + name, row, rows))
@@ -214,11 +215,10 @@ def write_adapter_file(
     params: dict[str, Any] = {}
     for target, parts in inputs.items():
         pair = named.adapter.targets.get(target)
+        if pair is None:  # the graph's zero default stands in
+            continue
         for _, name_a, name_b, first_row, rows in parts:
-            in_f = pair.in_features if pair is not None else None
-            if pair is None:
-                continue
-            A = np.zeros((in_f, rank), dtype=np.float32)
+            A = np.zeros((pair.in_features, rank), dtype=np.float32)
             B = np.zeros((rank, rows), dtype=np.float32)
             A[:, : pair.rank] = pair.A.float().numpy().T
             scaled = pair.B.float().numpy()[first_row : first_row + rows] * (pair.scale * named.weight)

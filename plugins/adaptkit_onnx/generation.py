@@ -13,7 +13,6 @@ step (every prompt position). Parity compares them:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -204,19 +203,19 @@ class GenaiModel:
 
 
 def compare_runs(
-    reference: Iterable[tuple[list[int], list[int], np.ndarray, np.ndarray]],
+    reference: Iterable[tuple[list[int], list[int], np.ndarray]],
     exported: Iterable[tuple[list[int], np.ndarray, np.ndarray]],
     eos: set[int],
 ) -> list[dict[str, Any]]:
     """One row per prompt.
 
     Args:
-        reference: ``(prompt, tokens, prefill logits, logits over prompt + tokens)`` from PyTorch.
+        reference: ``(prompt, tokens, prefill logits)`` from PyTorch.
         exported: ``(tokens, prefill logits, logits over the reference sequence)`` from the export.
         eos: End-of-sequence ids (sequences are compared up to the first).
     """
     rows = []
-    for (prompt, ref_tokens, ref_first, _), (tokens, first, forced) in zip(reference, exported, strict=True):
+    for (prompt, ref_tokens, ref_first), (tokens, first, forced) in zip(reference, exported, strict=True):
         ref_tokens, tokens = until_eos(ref_tokens, eos), until_eos(tokens, eos)
         n = len(prompt)
         # forced[p] predicts the token at p + 1: positions n-1 .. n+k-2 predict the k new tokens.
@@ -239,10 +238,3 @@ def compare_runs(
             }
         )
     return rows
-
-
-def tokens_per_second(run: Callable[[], list[int]]) -> tuple[list[int], float]:
-    """Run once; returns the tokens and new tokens per second of wall time."""
-    start = time.perf_counter()
-    tokens = run()
-    return tokens, len(tokens) / max(time.perf_counter() - start, 1e-9)

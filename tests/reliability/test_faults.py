@@ -5,6 +5,7 @@ Disk full is simulated with ``RLIMIT_FSIZE`` in a subprocess: the N-th byte writ
 ``EFBIG`` (SIGXFSZ ignored), for many N — exactly what a full disk does to a writer.
 """
 
+import json
 import os
 import random
 import signal
@@ -17,25 +18,60 @@ import pytest
 from adaptkit import load_adapter, save_adapter
 from tests.conftest import make_adapter
 
-SCRIPT = """
-import resource, signal, sys
+SCRIPT = r"""
+import contextlib, hashlib, io, json, os, random, resource, signal, sys, traceback
+from pathlib import Path
+
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-limit = int(sys.argv[1])
-if limit:
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+job = json.loads(sys.argv[1])
+out, cwd = Path(job["out"]), Path(job["cwd"])
+_, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
 from adaptkit.cli import main
-sys.exit(main(sys.argv[2:]))
+
+
+def tree():
+    files = [out] if out.is_file() else sorted(out.rglob("*")) if out.is_dir() else []
+    digest = {f: hashlib.sha256(f.read_bytes()).hexdigest() for f in files if f.is_file()}
+    return {f.relative_to(out).as_posix(): d for f, d in digest.items()}
+
+
+def run(limit):
+    err = io.StringIO()
+    # Only the soft limit: the next run raises it back (no privilege needed).
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit or hard, hard))
+    try:
+        with contextlib.redirect_stderr(err):
+            code = main(job["args"])
+    except BaseException:
+        code, _ = -1, err.write(traceback.format_exc())
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    temps = [n for n in os.listdir(cwd) if n.startswith(".") and (".tmp" in n or ".old" in n)]
+    record = {"limit": limit, "code": code, "stderr": err.getvalue(), "tree": tree(), "temps": sorted(temps)}
+    print(json.dumps(record), flush=True)
+
+
+run(0)
+total = sum(p.stat().st_size for p in ([out] if out.is_file() else out.rglob("*")) if p.is_file())
+rng = random.Random(job["seed"])
+for limit in sorted({*job["fixed"], *(rng.randrange(1, total) for _ in range(job["extra"]))}):
+    run(limit)
 """
 
 
-def run_limited(limit, *args, cwd):
-    return subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(limit), *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
+def disk_full_runs(args, out, cwd, *, seed, fixed, extra):
+    """Run ``adaptkit ARGS`` once unlimited, then with the file-size limit at each of ``fixed``
+    and ``extra`` random byte counts, in one process (the CLI's imports dominate a tiny run).
+
+    Returns one record per run: ``limit``, ``code``, ``stderr``, the output ``tree`` (relative
+    path → sha256) and the ``temps`` left in ``cwd`` afterwards."""
+    job = {"args": [str(a) for a in args], "out": str(out), "cwd": str(cwd), "seed": seed}
+    job |= {"fixed": sorted(fixed), "extra": extra}
+    res = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(job)], cwd=cwd, capture_output=True, text=True, timeout=600
     )
+    assert res.returncode == 0, res.stderr[-2000:]
+    return [json.loads(line) for line in res.stdout.splitlines() if line.startswith('{"limit"')]
 
 
 @pytest.fixture(scope="module")
@@ -91,32 +127,23 @@ WRITERS = {
 @pytest.mark.parametrize("writer", sorted(WRITERS))
 def test_disk_full_at_many_points(inputs, tmp_path, writer):
     out = tmp_path / ("out.safetensors" if writer == "combine" else "out")
-    assert run_limited(0, *WRITERS[writer](inputs, out), cwd=tmp_path).returncode == 0
-    snapshot = {
-        p.relative_to(out).as_posix(): p.read_bytes()
-        for p in ([out] if out.is_file() else out.rglob("*"))
-        if p.is_file()
-    }
-    total = sum(len(v) for v in snapshot.values())
-    rng = random.Random(writer)
-    failures = 0
     # An ONNX export takes seconds per run: fewer points for it (the suite stays under budget).
     fixed, extra = ({100}, 1) if writer == "export-onnx" else ({1, 8, 100}, 4)
-    for limit in sorted({*fixed, *(rng.randrange(1, total) for _ in range(extra))}):
-        res = run_limited(limit, *WRITERS[writer](inputs, out), cwd=tmp_path)
-        if res.returncode == 0:
+    first, *limited = disk_full_runs(
+        WRITERS[writer](inputs, out), out, tmp_path, seed=writer, fixed=fixed, extra=extra
+    )
+    assert first["code"] == 0 and first["tree"], first["stderr"][-1500:]
+    assert len(limited) >= len(fixed)
+    failures = 0
+    for res in limited:
+        if res["code"] == 0:
             continue
         failures += 1
-        assert res.returncode == 2, res.stderr[-1500:]
-        lines = res.stderr.strip().splitlines()
-        assert lines[-1].startswith("error: ") and "Traceback" not in res.stderr, res.stderr[-1500:]
-        now = {
-            p.relative_to(out).as_posix(): p.read_bytes()
-            for p in ([out] if out.is_file() else out.rglob("*"))
-            if p.is_file()
-        }
-        assert now == snapshot, f"output changed after a failed write at byte {limit}"
-        assert leftovers(tmp_path) == []
+        assert res["code"] == 2, res["stderr"][-1500:]
+        lines = res["stderr"].strip().splitlines()
+        assert lines[-1].startswith("error: ") and "Traceback" not in res["stderr"], res["stderr"][-1500:]
+        assert res["tree"] == first["tree"], f"output changed after a failed write at byte {res['limit']}"
+        assert res["temps"] == []
     assert failures >= len(fixed)
 
 

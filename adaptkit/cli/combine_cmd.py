@@ -62,8 +62,9 @@ def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--model", help="--tune: the base model the adapters were trained on (directory or Hub id).")
 @click.option(
     "--tune-granularity",
-    type=click.Choice(["adapter", "layer", "target"]),
-    help="One weight per adapter, per adapter x layer (default) or per adapter x target.",
+    type=click.Choice(["adapter", "layer", "target", "component"]),
+    help="One weight per adapter, per adapter x layer (default), per adapter x target, or per "
+    "adapter x target x rank-1 component (the finest; see docs/strategies.md).",
 )
 @click.option(
     "--tune-objective",

@@ -7,10 +7,14 @@ adapter and *group* of targets,
 
 where ``g(t)`` is one group for all targets (granularity ``adapter``, LoraHub), the target's
 layer index (``layer``, the default; LoRA Soups' per-layer CAT weights) or the target itself
-(``target``). The base model and every factor stay frozen; only the ``α`` (a few hundred
-scalars) are fitted, to minimise the evaluation sets' token loss — their mean, or the worst
-one (``objective: max``) — plus ``λ·mean((α − 1)²)``, which keeps ``α`` near the static
-combination unless the data says otherwise.
+(``target``). Granularity ``component`` goes one step finer and weighs every rank-1 component
+of every target, ``ΔW_t = Σᵢ Σⱼ αᵢ,t,j · wᵢ · sᵢ · bᵢ,t,j aᵢ,t,jᵀ`` (``j``-th column of ``B``,
+row of ``A``): the only granularity that can keep the part of one adapter's update a skill needs
+while dropping the part that disturbs another skill at the same target. The base model and
+every factor stay frozen; only the ``α`` (tens to a few thousand scalars) are fitted, to
+minimise the evaluation sets' token loss — their mean, or the worst one (``objective: max``) —
+plus ``λ·mean((α − 1)²)``, which keeps ``α`` near the static combination unless the data says
+otherwise.
 
 * ``method: gradient`` backpropagates through the LoRA path to ``α`` (Adam, ``steps`` steps,
   one batch of every set per step);
@@ -40,7 +44,7 @@ from adaptkit.adapter import Adapter
 from adaptkit.errors import AdaptkitError
 from adaptkit.lora import LoraPair
 
-GRANULARITIES = ("adapter", "layer", "target")
+GRANULARITIES = ("adapter", "layer", "target", "component")
 OBJECTIVES = ("mean", "max")
 METHODS = ("gradient", "search")
 
@@ -50,7 +54,7 @@ class TuneSettings:
     """How to tune (``tune:`` in a combine recipe, ``--tune-*`` flags).
 
     Attributes:
-        granularity: ``adapter``, ``layer`` (default) or ``target``.
+        granularity: ``adapter``, ``layer`` (default), ``target`` or ``component``.
         objective: ``mean`` of the per-set losses, or the worst (``max``).
         method: ``gradient`` (default) or ``search`` (gradient-free).
         steps: Optimiser steps (gradient) or candidate evaluations (search).
@@ -135,13 +139,15 @@ def split_set(name: str, records: list[list[int]], holdout: float, seed: int) ->
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
 
-def group_of(target: str, granularity: str) -> str:
+def group_of(target: str, granularity: str, component: int = 0) -> str:
     """``all`` (adapter), the target's first layer index as ``layer N`` (layer, ``other`` when
-    it has none), or the target itself."""
+    it has none), the target itself, or ``TARGET#j`` for its ``j``-th rank-1 component."""
     if granularity == "adapter":
         return "all"
     if granularity == "target":
         return target
+    if granularity == "component":
+        return f"{target}#{component}"
     m = _LAYER.search(target)
     return f"layer {int(m.group(1))}" if m else "other"
 
@@ -172,16 +178,24 @@ def _sources(inputs: Sequence[tuple[Adapter, float]], target: str) -> list[tuple
 
 
 def install(
-    model: nn.Module, inputs: Sequence[tuple[Adapter, float]], groups: dict[str, int]
+    model: nn.Module,
+    inputs: Sequence[tuple[Adapter, float]],
+    groups: dict[str, int],
+    *,
+    per_component: bool = False,
+    n_groups: int | None = None,
 ) -> list[_Mixture]:
     """Replace every target layer of ``model`` with a :class:`_Mixture` over ``inputs``; each
-    target's columns point at ``α[adapter, groups[target]]`` (flattened)."""
+    target's columns point at ``α[adapter, groups[target]]`` (``α`` flattened, ``n_groups``
+    columns: by default one past the largest index), or with ``per_component`` column ``j`` at
+    ``α[adapter, groups[target] + j]``."""
     from adaptkit.nn.baking import resolve_targets
 
     targets = sorted({t for a, _ in inputs for t in a.targets})
     union = Adapter(targets={t: next(a.targets[t] for a, _ in inputs if t in a.targets) for t in targets})
     resolve_targets(model, union)  # every target exists with the right shape
-    n_groups = max(groups.values()) + 1 if groups else 1
+    if n_groups is None:
+        n_groups = max(groups.values()) + 1 if groups else 1
     layers = []
     for target in targets:
         parts = _sources(inputs, target)
@@ -189,9 +203,8 @@ def install(
             continue
         A = torch.cat([p.A.float() for _, p, _ in parts])
         B = torch.cat([p.B.float() * (p.scale * w) for _, p, w in parts], dim=1)
-        owner = torch.cat(
-            [torch.full((p.rank,), i * n_groups + groups[target], dtype=torch.long) for i, p, _ in parts]
-        )
+        step = torch.arange if per_component else (lambda r: torch.zeros(r, dtype=torch.long))
+        owner = torch.cat([i * n_groups + groups[target] + step(p.rank) for i, p, _ in parts])
         parent_name, _, child = target.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         base = getattr(parent, child)
@@ -248,9 +261,11 @@ def tune_weights(
     device = next(model.parameters()).device
     pairs = [(a, w) for a, w, _ in inputs]
     targets = sorted({t for a, _ in pairs for t in a.targets})
-    groups = sorted({group_of(t, settings.granularity) for t in targets}, key=_natural)
+    groups = _groups(pairs, targets, settings.granularity)
     index = {g: i for i, g in enumerate(groups)}
-    layers = install(model, pairs, {t: index[group_of(t, settings.granularity)] for t in targets})
+    first = {t: index[group_of(t, settings.granularity)] for t in targets}
+    per_component = settings.granularity == "component"
+    layers = install(model, pairs, first, per_component=per_component, n_groups=len(groups))
     for p in model.parameters():
         p.requires_grad_(False)
     alpha = torch.ones(len(inputs), len(groups), dtype=torch.float32, device=device)
@@ -326,14 +341,28 @@ def tune_weights(
     )
 
 
+def _groups(pairs: Sequence[tuple[Adapter, float]], targets: list[str], granularity: str) -> list[str]:
+    """The group labels, in order; per component, each target's ``#0 … #r-1`` (r: its largest
+    rank among the inputs) lie next to each other, as :func:`install` expects."""
+    if granularity != "component":
+        return sorted({group_of(t, granularity) for t in targets}, key=_natural)
+    ranks = {t: max(a.targets[t].rank for a, _ in pairs if t in a.targets) for t in targets}
+    return [group_of(t, granularity, j) for t in sorted(targets, key=_natural) for j in range(ranks[t])]
+
+
 def fold(inputs: Sequence[tuple[Adapter, float, str]], result: TuneResult, granularity: str) -> list[Adapter]:
-    """Each input with ``αᵢ,g(t)`` folded into its ``B`` factors, target by target (exact)."""
-    index = {g: j for j, g in enumerate(result.groups)}
+    """Each input with ``αᵢ,g(t)`` folded into its ``B`` factors, target by target (exact):
+    the pair's scale times ``α``, or per component ``B``'s ``j``-th column times ``αᵢ,t,j``."""
     out = []
     for i, (adapter, _, _) in enumerate(inputs):
         targets = {}
         for target, pair in adapter.targets.items():
-            a = result.weights[result.groups[index[group_of(target, granularity)]]][i]
+            if granularity == "component":
+                column = [result.weights[group_of(target, granularity, j)][i] for j in range(pair.rank)]
+                B = (pair.B.double() * torch.tensor(column, dtype=torch.float64)).to(pair.B.dtype)
+                targets[target] = LoraPair.with_scale(pair.A, B, pair.scale)
+                continue
+            a = result.weights[group_of(target, granularity)][i]
             targets[target] = LoraPair.with_scale(pair.A, pair.B, pair.scale * a)
         out.append(
             Adapter(
@@ -427,10 +456,14 @@ def heat_map(result: TuneResult, path: Any, *, replace: bool = False) -> None:
     from adaptkit.io.atomic import atomic_path
 
     grid = [[result.weights[g][i] for g in result.groups] for i in range(len(result.names))]
-    fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(result.groups) + 2), 1.2 + 0.5 * len(result.names)))
+    width = min(30, max(5, 0.35 * len(result.groups) + 2))  # per component: hundreds of groups
+    fig, ax = plt.subplots(figsize=(width, 1.2 + 0.5 * len(result.names)))
     im = ax.imshow(grid, aspect="auto", cmap="viridis")
     ax.set_yticks(range(len(result.names)), result.names)
-    ax.set_xticks(range(len(result.groups)), result.groups, rotation=80, fontsize=7)
+    if len(result.groups) <= 80:
+        ax.set_xticks(range(len(result.groups)), result.groups, rotation=80, fontsize=7)
+    else:
+        ax.set_xlabel(f"{len(result.groups)} groups, in the order of the weight table")
     ax.set_title("tuned weights α (adapter × group)")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()

@@ -61,6 +61,49 @@ def test_folded_output_equals_the_tuned_weights_applied_unfolded():
         assert float((got - want).norm() / want.norm()) < 1e-6, target
 
 
+def test_per_component_weights_fold_exactly_column_by_column():
+    """Granularity ``component``: ``ΔW_t = Σᵢ Σⱼ αᵢ,t,j wᵢ sᵢ bᵢ,t,j aᵢ,t,jᵀ`` against float64, for
+    inputs of different ranks at a shared target, and the layer tuning runs computes that sum."""
+    from adaptkit.combine.tune import _groups, install, uninstall
+
+    inputs = _inputs()
+    pairs = [(a, w) for a, w, _ in inputs]
+    targets = sorted({t for a, _, _ in inputs for t in a.targets})
+    groups = _groups(pairs, targets, "component")
+    q = "model.layers.0.self_attn.q_proj"  # rank 4 in a, rank 2 in b: four groups
+    assert [g for g in groups if g.startswith(q + "#")] == [f"{q}#{j}" for j in range(4)]
+    g = torch.Generator().manual_seed(7)
+    weights = {grp: torch.randn(len(inputs), generator=g).tolist() for grp in groups}
+    result = TuneResult(groups=groups, names=["a", "b"], weights=weights)
+    folded = fold(inputs, result, "component")
+    out = combine([AdapterInput(a, w, n) for a, (_, w, n) in zip(folded, inputs, strict=True)], "cat").adapter
+    model = tiny_llama().double()
+    index = {grp: j for j, grp in enumerate(groups)}
+    first = {t: index[f"{t}#0"] for t in targets}
+    layers = install(model, pairs, first, per_component=True, n_groups=len(groups))
+    alpha = torch.tensor([[weights[grp][i] for grp in groups] for i in range(2)], dtype=torch.float64)
+    for target in targets:
+        want = torch.zeros_like(
+            next(a.targets[target].delta(torch.float64) for a, _, _ in inputs if target in a.targets)
+        )
+        x = torch.randn(3, want.shape[1], dtype=torch.float64, generator=g)
+        for i, (adapter, w, _) in enumerate(inputs):
+            if target in adapter.targets:
+                p = adapter.targets[target]
+                col = torch.tensor([weights[group_of(target, "component", j)][i] for j in range(p.rank)])
+                want += w * p.scale * (p.B.double() * col.double()) @ p.A.double()
+        got = out.targets[target].delta(torch.float64)
+        assert float((got - want).norm() / want.norm()) < 1e-6, target
+        layer = model.get_submodule(target)
+        layer.alpha = alpha
+        with torch.no_grad():
+            applied = layer(x) - layer.base(x)
+        expected = x @ want.T  # the mixture layer computes in float32
+        assert float((applied - expected).norm() / expected.norm()) < 1e-5, target
+    assert len(layers) == len(targets)
+    uninstall(model)
+
+
 def test_tuning_is_deterministic_and_never_sees_the_held_out_part():
     settings = TuneSettings(steps=8, batch_size=4, seed=3)
     first = tune_weights(tiny_llama(), _inputs(), _sets(), settings, progress=False)
@@ -119,18 +162,21 @@ def test_cli_tunes_reports_held_out_losses_and_records_provenance(workspace, run
     assert all(s["held_out_records"] == 3 and s["tune_records"] == 9 for s in record["sets"])
 
 
-def test_single_set_single_adapter_keeps_the_adapter_structure(workspace, run_cli):
+@pytest.mark.parametrize("granularity", ["target", "component"])
+def test_single_set_single_adapter_keeps_the_adapter_structure(workspace, run_cli, granularity):
     tmp, a, _, one, _ = workspace
     code, _, err = run_cli(
         "combine", a, "--tune", one, "--model", tmp / "base", "--tune-steps", "5", "-s", "cat",
-        "--tune-granularity", "target", "-o", tmp / "t.safetensors",
+        "--tune-granularity", granularity, "-o", tmp / "t.safetensors",
     )  # fmt: skip
     assert code == 0, err
     got, want = load_adapter(tmp / "t.safetensors"), load_adapter(a)
     assert set(got.targets) == set(want.targets)
     assert all(got.targets[t].rank == want.targets[t].rank for t in want.targets)
     weights = got.provenance["tune"]["weights"]
-    assert set(weights) == set(want.targets) and all(len(w) == 1 for w in weights.values())
+    groups = {group_of(t, granularity, j) for t, p in want.targets.items() for j in range(p.rank)}
+    assert set(weights) == groups and all(len(w) == 1 for w in weights.values())
+    assert any(abs(w[0] - 1.0) > 1e-4 for w in weights.values())  # tuning moved them
 
 
 def test_recipe_tune_block(workspace, run_cli):

@@ -47,6 +47,12 @@ def write(out: Path, result: Any, adapters: dict[str, Any], base: Any, settings:
         "",
         f"Two LoRA adapters (rank {settings.rank}, all linear layers) trained on a tiny byte-level Llama:",
         "skill A `upper` (`hello=` → `HELLO`) and skill B `digits` (`0391=` → `1402`), then combined.",
+        (
+            "Each adapter also learned to leave the other skill's inputs unchanged (`--replay`)."
+            if settings.replay
+            else "Each adapter saw only its own skill's data, as published adapters do."
+        ),
+        "`tuned` is `combine --tune` (one weight per rank-1 component, worst-skill objective).",
         "",
         "## Exact-match accuracy on held-out prompts",
         "",

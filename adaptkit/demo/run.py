@@ -2,10 +2,12 @@
 
 1. the built-in base (pre-trained once, cached);
 2. two LoRA adapters trained with the ``lora`` backend — ``upper`` (skill A) and ``digits``
-   (skill B), disjoint inputs;
+   (skill B), disjoint inputs — each on its own skill's data only, as published adapters are
+   (``replay``: each also learns to leave the other skill's inputs alone);
 3. ``a.yaml``, ``b.yaml`` and ``recipe.yaml`` written, and combined with several strategies
    through :func:`adaptkit.combine.job.combine_specs` — exactly ``adaptkit combine a.yaml b.yaml``
-   — and once with tuned per-layer weights (``--tune`` on two small evaluation sets);
+   — and once with tuned weights per rank-1 component (``--tune`` on two small evaluation
+   sets);
 4. exact-match accuracy on held-out prompts of each skill for the base, A, B and every
    combination;
 5. the best combination exported with the ``onnx`` exporter: a generation-ready model for
@@ -43,6 +45,7 @@ class DemoSettings:
     seed: int = 0
     tune_examples: int = 200
     tune_steps: int = 300
+    replay: bool = False
 
     @classmethod
     def for_mode(cls, quick: bool) -> DemoSettings:
@@ -132,12 +135,12 @@ def run_demo(
     for key, skill in skills.items():
         t = time.perf_counter()
         cfg = train_config(out, key, folder, settings)
-        # Each adapter also sees the *other* skill's inputs with the identity as target, so it
-        # learns to leave them alone: that is what lets the two combine without interference.
-        others = [DIGITS] if skill == "upper" else [LETTERS, LETTERS.upper()]
-        pairs = examples(skill, 3000, seed=settings.seed + 1) + identity_examples(
-            others, 1500, seed=settings.seed + 2
-        )
+        pairs = examples(skill, 3000, seed=settings.seed + 1)
+        if settings.replay:
+            # The *other* skill's inputs with the identity as target: the adapter learns to leave
+            # them alone, which is what lets static combinations keep both skills.
+            others = [DIGITS] if skill == "upper" else [LETTERS, LETTERS.upper()]
+            pairs += identity_examples(others, 1500, seed=settings.seed + 2)
         records = training_records(tokenizer, pairs)
         trained = run_training(
             cfg,
@@ -183,9 +186,11 @@ def run_demo(
         candidates[name] = dest
     result.seconds["combine"] = time.perf_counter() - t
 
-    # Tuned: per-layer weights fitted on small evaluation sets of both skills (disjoint from the
-    # training data and from the held-out prompts), worst-skill objective — exactly
-    # `adaptkit combine a.yaml b.yaml --tune eval_upper.jsonl --tune eval_digits.jsonl ...`.
+    # Tuned: weights per rank-1 component fitted on small evaluation sets of both skills
+    # (disjoint from the training data and from the held-out prompts), worst-skill objective —
+    # exactly `adaptkit combine a.yaml b.yaml --tune eval_upper.jsonl --tune eval_digits.jsonl
+    # --tune-granularity component --tune-objective max ...`. Per layer or per target, two
+    # independently trained adapters keep interfering where they share a target.
     t = time.perf_counter()
     tune_sets = []
     for skill in skills.values():
@@ -211,7 +216,7 @@ def run_demo(
             "sets": tune_sets,
             "model": str(folder),
             "objective": "max",
-            "granularity": "target",
+            "granularity": "component",
             "steps": settings.tune_steps,
         },
     )

@@ -9,9 +9,11 @@ Prompts look like ``"<input>="`` and the answer is the next ``len(input)`` chara
 
 Skills A and B see disjoint inputs (letters vs digits), so one adapter can hold both. The
 base also learns both transforms behind explicit prefixes (``u:hello=`` → ``HELLO``); an
-adapter then only has to make the transform the default — a small, low-rank change, which is
-what makes adapters combine well (as with real LLMs, where adapters steer what the base
-already knows).
+adapter then only has to make the transform the default — a small, low-rank change (as with
+real LLMs, where adapters steer what the base already knows). Trained on its own skill alone,
+each adapter also shifts how the model treats the other skill's inputs, so static
+combinations interfere; :func:`identity_examples` (the demo's ``--replay``) teaches each to
+leave those inputs alone.
 """
 
 from __future__ import annotations

@@ -30,7 +30,22 @@ def test_each_adapter_learns_its_own_skill(demo):
     assert acc["base"]["upper"] == 0.0 and acc["base"]["digits"] == 0.0
     assert acc["A"]["upper"] >= 0.6, acc["A"]
     assert acc["B"]["digits"] >= 0.8, acc["B"]
-    assert acc["A"]["digits"] == 0.0 and acc["B"]["upper"] == 0.0  # skills stay apart
+    # Skills stay apart (an adapter trained on its skill alone at times applies the base's
+    # other prefixed transform: a few percent at most).
+    assert acc["A"]["digits"] <= 0.05 and acc["B"]["upper"] <= 0.05, acc
+
+
+def test_tuning_recovers_what_the_static_combinations_lose(demo):
+    """The demo's story: independently trained adapters interfere in every static combination;
+    tuned per-component weights keep most of both skills (quick mode: 74% vs 37% here)."""
+    results = json.loads((demo / "results.json").read_text())
+    acc = results["accuracy"]
+    worst = {name: min(a.values()) for name, a in acc.items()}
+    static = max(worst[n] for n in ("linear", "cat", "svd", "ties", "dare_ties"))
+    assert worst["tuned"] >= static + 0.15, worst
+    assert worst["tuned"] >= 0.6 * min(acc["A"]["upper"], acc["B"]["digits"]), worst
+    assert results["tune"]["settings"]["granularity"] == "component"
+    assert results["best"] == "tuned"
 
 
 def test_files_and_export(demo):

@@ -228,3 +228,15 @@ def test_tuning_on_a_4bit_base_through_the_qlora_loader(workspace, run_cli):
     tuned = json.loads(out)["tune"]
     assert tuned["quantized_base"] is True
     assert all(v == v and v < 100 for v in tuned["held_out_loss_after"].values())  # finite losses
+
+
+def test_heat_map_of_hundreds_of_groups_stays_a_readable_size(tmp_path):
+    from PIL import Image
+
+    from adaptkit.combine.tune import heat_map
+
+    groups = [f"t{k}#{j}" for k in range(28) for j in range(8)]  # the demo's 224 components
+    result = TuneResult(groups=groups, names=["a", "b"], weights={g: [1.0, 0.5] for g in groups})
+    heat_map(result, tmp_path / "alpha.png")
+    width, _ = Image.open(tmp_path / "alpha.png").size
+    assert width <= 30 * 120

@@ -300,7 +300,7 @@ def _demo(r: dict) -> list[str]:
         f"`python -m benchmarks --only demo`: `adaptkit demo --seed S` for S = {', '.join(map(str, seeds))} "
         "with an empty cache folder, so the base is pre-trained from scratch as on a new machine. "
         "Held-out exact-match accuracy, mean (min–max) over the seeds; `tuned` is `combine --tune` "
-        "(one weight per rank-1 component, worst-skill objective, 300 steps) on 200 examples of each "
+        "(one weight per rank-1 component, worst-skill objective, 500 steps) on 400 examples of each "
         "skill, a quarter of them held out. Two variants: the demo as it ships (each adapter trained on "
         "its own skill only, as published adapters are) and `--replay` (each also trained to leave the "
         "other skill's inputs unchanged).",

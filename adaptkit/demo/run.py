@@ -43,8 +43,8 @@ class DemoSettings:
     steps: int = 300
     eval_prompts: int = 200
     seed: int = 0
-    tune_examples: int = 200
-    tune_steps: int = 300
+    tune_examples: int = 400  # per skill; a quarter is held out
+    tune_steps: int = 500
     replay: bool = False
 
     @classmethod

@@ -191,7 +191,19 @@ def command(
 
 def _print_tune(tuned: dict[str, Any]) -> None:
     names = tuned["adapters"]
-    echo_table(("group", *names), [(g, *tuned["weights"][g]) for g in tuned["groups"]])
+    if tuned["settings"]["granularity"] == "component":
+        # Hundreds of components: one row per target, "mean (min…max)" of its components'
+        # weights per adapter; --json and provenance hold every value.
+        by_target: dict[str, list[list[float]]] = {}
+        for g in tuned["groups"]:
+            by_target.setdefault(g.rpartition("#")[0], []).append(tuned["weights"][g])
+        rows = [
+            (t, *(f"{sum(c) / len(c):.3g} ({min(c):.3g}…{max(c):.3g})" for c in zip(*ws, strict=True)))
+            for t, ws in by_target.items()
+        ]
+        echo_table(("target (components)", *names), rows)
+    else:
+        echo_table(("group", *names), [(g, *tuned["weights"][g]) for g in tuned["groups"]])
     before, after = tuned["held_out_loss_before"], tuned["held_out_loss_after"]
     echo_table(("set (held out)", "loss static", "loss tuned"), [(k, before[k], after[k]) for k in before])
     click.echo(

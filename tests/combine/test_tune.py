@@ -165,7 +165,7 @@ def test_cli_tunes_reports_held_out_losses_and_records_provenance(workspace, run
 @pytest.mark.parametrize("granularity", ["target", "component"])
 def test_single_set_single_adapter_keeps_the_adapter_structure(workspace, run_cli, granularity):
     tmp, a, _, one, _ = workspace
-    code, _, err = run_cli(
+    code, out, err = run_cli(
         "combine", a, "--tune", one, "--model", tmp / "base", "--tune-steps", "5", "-s", "cat",
         "--tune-granularity", granularity, "-o", tmp / "t.safetensors",
     )  # fmt: skip
@@ -177,6 +177,9 @@ def test_single_set_single_adapter_keeps_the_adapter_structure(workspace, run_cl
     groups = {group_of(t, granularity, j) for t, p in want.targets.items() for j in range(p.rank)}
     assert set(weights) == groups and all(len(w) == 1 for w in weights.values())
     assert any(abs(w[0] - 1.0) > 1e-4 for w in weights.values())  # tuning moved them
+    # The printed table: one row per target (per component: a summary of its weights).
+    printed = [line.split()[0] for line in out.splitlines()]
+    assert all(t in printed for t in want.targets) and not any("#" in word for word in printed)
 
 
 def test_recipe_tune_block(workspace, run_cli):

@@ -135,10 +135,12 @@ def command(
       adaptkit combine a.yaml b.yaml --tune eval_a.jsonl --tune eval_b.jsonl --model ./base -o t.safetensors
 
     \b
-    Tuning (--tune): fits one weight per adapter and layer (or per adapter, or per target) on
-    the evaluation sets, base and factors frozen, then folds the weights into the factors: the
-    output is an ordinary adapter. A part of each set is held out and the report shows its
-    loss before and after. See docs/strategies.md#tuned-weights.
+    Tuning (--tune): fits one weight per adapter and layer (or per adapter, per target, or per
+    rank-1 component) on the evaluation sets, base and factors frozen, then folds the weights
+    into the factors: the output is an ordinary adapter. A part of each set is held out and the
+    report shows its loss before and after. Adapters trained independently interfere where they
+    share a target; --tune-granularity component separates them best. See
+    docs/strategies.md#tuned-weights.
     """
     from adaptkit.combine.job import combine_specs
 

@@ -329,7 +329,7 @@ def _demo(r: dict) -> list[str]:
             "Per seed: `tuned` minus the best static strategy of that seed on the worst skill "
             + ", ".join(f"{100 * p['tuned_minus_best_static']:+.1f} (`{p['best_static']}`)" for p in per)
             + " points; `tuned`'s worst skill is "
-            + ", ".join(f"{100 * p['tuned_over_weaker_solo']:.0f}%" for p in per)
+            + ", ".join(f"{100 * p['tuned_over_weaker_solo']:.1f}%" for p in per)
             + " of the weaker solo adapter's accuracy. Tuning took "
             + ", ".join(f"{t:.1f}" for t in v["tune_seconds"])
             + " s; the whole demo "

@@ -163,6 +163,8 @@ def saved_module_problems(saved: dict[str, SavedModule], *, check_values: bool) 
                 problems.append(f"{module}: {param!r} is not a parameter name (saved module)")
             elif not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
                 problems.append(f"{where}: a saved module's tensors must be float tensors")
+            elif tensor.numel() == 0:
+                problems.append(f"{where}: zero-size tensor {tuple(tensor.shape)} (saved module)")
             elif check_values and not bool(torch.isfinite(tensor).all()):
                 problems.append(f"{where}: contains NaN or Inf values (saved module)")
     return problems

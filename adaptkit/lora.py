@@ -73,6 +73,10 @@ class LoraPair:
         r = self.A.shape[0]
         if r < 1:
             problems.append("rank must be >= 1 (lora_A has 0 rows)")
+        if self.A.shape[1] < 1:
+            problems.append(f"lora_A is {tuple(self.A.shape)}: in_features must be >= 1")
+        if self.B.shape[0] < 1:
+            problems.append(f"lora_B is {tuple(self.B.shape)}: out_features must be >= 1")
         if self.B.shape[1] != r:
             problems.append(
                 f"rank mismatch: lora_A is {tuple(self.A.shape)} (r={r}) but lora_B is "

@@ -152,6 +152,21 @@ def checked_header(path: str | os.PathLike[str]) -> tuple[int, dict[str, Any]]:
     return 8 + n, {k: v for k, v in header.items() if k != "__metadata__"}
 
 
+def empty_tensor_problems(header: dict[str, Any]) -> list[str]:
+    """Tensors of a checked header with a dimension of size 0.
+
+    Nothing adaptkit reads with :func:`read_tensors` (LoRA factors, saved modules, optimizer
+    state) is legitimately empty: a factor with 0 input or output features, or rank 0, is an
+    update of nothing that every later step (inspect's norms, merges, exports) would
+    otherwise carry along or divide by.
+    """
+    return [
+        f"{key}: zero-size tensor (shape {info['shape']}); every dimension must be at least 1"
+        for key, info in header.items()
+        if key != "__metadata__" and 0 in info["shape"]
+    ]
+
+
 def read_tensors(
     path: str | os.PathLike[str], *, float_only: bool = True, max_tensors: int = MAX_TENSORS
 ) -> tuple[dict[str, str], dict[str, Any]]:
@@ -166,7 +181,7 @@ def read_tensors(
         FormatError: unreadable, not a regular file, malformed header, more than
             ``max_tensors`` tensors, changed while being read.
         InvalidAdapterError: every header problem at once (offsets, shapes, overlaps,
-            trailing bytes, non-float dtypes), naming the tensors.
+            trailing bytes, non-float dtypes), naming the tensors; zero-size tensors.
     """
     from safetensors import SafetensorError, safe_open
 
@@ -182,6 +197,7 @@ def read_tensors(
     if count > max_tensors:
         raise FormatError(f"{count} tensors, more than the {max_tensors} an adapter file may hold", path=p)
     problems = header_problems(header, len(head) - 8, checked.st_size, float_only=float_only)
+    problems = problems or empty_tensor_problems(header)
     if problems:
         raise InvalidAdapterError.from_problems(problems, path=p)
     meta = header.get("__metadata__") or {}

@@ -126,6 +126,7 @@ def command(recipe: Path | None, force: bool, as_json: bool, **flags: Any) -> No
         lora=lora, force=force, **{k: (str(v) if isinstance(v, Path) else v) for k, v in doc.items()}
     )
 
+    _check_outputs_apart(cfg)
     registry = get_registry()
     registry.get("backend", cfg.backend)
     out = Path(cfg.output)
@@ -154,3 +155,19 @@ def command(recipe: Path | None, force: bool, as_json: bool, **flags: Any) -> No
         )
         done = f"{summary['targets']} targets, {result.steps} steps{evaluated} in {summary['seconds']}s"
         click.echo(f"wrote {out}: {done}")
+
+
+def _check_outputs_apart(cfg: Any) -> None:
+    """The adapter, the metrics log and the checkpoint folder are three outputs of one run:
+    none may be, hold or lie inside another (``-o X --metrics X --force`` would have the
+    adapter replace the log)."""
+    from adaptkit.io.output_guard import check_outputs_apart
+    from adaptkit.training.loop import checkpoint_dir
+
+    check_outputs_apart(
+        {
+            "-o": cfg.output,
+            "--metrics": cfg.metrics,
+            "--save-every": checkpoint_dir(cfg) if cfg.output and cfg.save_every else None,
+        }
+    )

@@ -54,7 +54,7 @@ def combine_specs(
     ``tune`` (keys of a recipe's ``tune:`` block; set ones override the recipe's) fits
     per-adapter × group weights on evaluation sets first (:mod:`adaptkit.combine.tune`); ``plot``
     writes their heat map."""
-    from adaptkit.combine import AdapterInput, check_request, combine
+    from adaptkit.combine import AdapterInput, check_request, check_saved_modules, combine
     from adaptkit.io.output_guard import PLOT, check_output, kind_of_writer
     from adaptkit.io.recipe import Recipe, load_recipe, yaml_kind
     from adaptkit.io.specs import is_yaml, load_ref, resolve_spec
@@ -105,7 +105,7 @@ def combine_specs(
     read += [*tune_block.get("sets", ()), tune_block.get("model")] if tuning else []
     check_output(out, kind_of_writer(writer), inputs=read, force=force)
     if plot is not None:
-        check_output(plot, PLOT, inputs=[*read, out], force=force, flag="--plot")
+        check_output(plot, PLOT, inputs=read, force=force, flag="--plot", siblings={"-o": out})
     # The request is checked before a single adapter is read (100 inputs to a 2-input slerp
     # are refused at once, not after loading 100 files).
     check_request(registry.get("strategy", strategy), len(refs), merged_params, rank_value)
@@ -113,6 +113,8 @@ def combine_specs(
         AdapterInput(adapter=load_ref(ref, registry), weight=ref.weight, name=ref.name, source=ref.path)
         for ref in refs
     ]
+    # Before tuning loads a model: a saved module at a weight it cannot take is refused now.
+    check_saved_modules(inputs, registry.get("strategy", strategy))
 
     def run(items: list[AdapterInput]) -> Any:
         return combine(
@@ -160,27 +162,46 @@ def _tuned(
     force: bool,
 ) -> tuple[Any, dict[str, Any]]:
     """Tune, fold the weights into the inputs, combine; the result and the tuning report."""
-    from adaptkit.combine import AdapterInput
+    from adaptkit.combine import AdapterInput, combined_saved_modules
     from adaptkit.combine.tune import (
         _load_sets,
         evaluate_adapter,
         fold,
         heat_map,
         load_base,
+        model_limits,
         settings_from,
         tune_weights,
     )
+    from adaptkit.io.models import load_tokenizer, resolve_model
 
     settings = settings_from(block, seed)
     say = log or (lambda _m: None)
     targets = sorted({t for i in inputs for t in i.adapter.targets})
+    # The sets are read and checked against the model's vocabulary and context before the
+    # model itself loads (minutes at 7B): a bad record costs the tokenizer, not the model.
+    folder = resolve_model(block["model"])
+    vocab, context = model_limits(folder)
+
+    def load_sets(tokenizer: Any, vocab: int) -> list[Any]:
+        return _load_sets(list(block["sets"]), tokenizer, vocab, settings, context)
+
+    sets = load_sets(load_tokenizer(folder), vocab) if vocab is not None else None
     model, tokenizer = load_base(
-        block["model"], quantize=bool(block.get("quantize")), targets=targets, registry=registry, log=say
+        folder, quantize=bool(block.get("quantize")), targets=targets, registry=registry, log=say
     )
-    vocab = int(getattr(model.config, "vocab_size", 0) or model.get_input_embeddings().num_embeddings)
+    if sets is None:  # a config without vocab_size: the embedding table says
+        sets = load_sets(tokenizer, int(model.get_input_embeddings().num_embeddings))
     pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
     pad_id = 0 if pad is None else int(pad)
-    sets = _load_sets(list(block["sets"]), tokenizer, vocab, settings)
+    saved = combined_saved_modules(inputs)
+    if saved:
+        # The output carries these modules whole: tune and report with them in place, as the
+        # combined adapter will run.
+        from adaptkit.adapter import Adapter
+        from adaptkit.nn.baking import apply_saved_modules
+
+        apply_saved_modules(model, Adapter(targets={}, saved=saved))
     triples = [(i.adapter, float(i.weight), i.name) for i in inputs]
     static = run(inputs)
     before = evaluate_adapter(model, static.adapter, sets, pad_id)

@@ -12,6 +12,10 @@ The rules, for adapters, PEFT folders, exports, plots, metrics logs and checkpoi
 * An existing output is replaced only with ``--force``; without it, creation is exclusive
   down to the final rename (:mod:`adaptkit.io.atomic`), so two concurrent runs cannot both
   succeed.
+* Two outputs of one command never share a path, nor lies one inside the other (``-o X
+  --plot X``, a metrics log inside the checkpoint folder), even with ``--force``: the second
+  write would replace, or be deleted with, the first. Paths are compared after resolving
+  symlinks, and existing ones also by inode (:func:`check_outputs_apart`).
 * Without ``--force``, the output's name must be one the command produces: a file output
   carries one of its kind's suffixes (``.safetensors``, ``.png``, ...), and no output is a
   dotfile or carries a suffix that something else would execute or import (``.pth``,
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +107,36 @@ def _describe(mode: int) -> str:
     return "not a regular file"
 
 
+def check_outputs_apart(outputs: Mapping[str, str | os.PathLike[str] | None]) -> None:
+    """Refuse two outputs of one command that are the same path or lie one inside the other.
+
+    Unlike an input, an output usually does not exist yet, so the comparison is of resolved
+    paths (symlinks in the existing part followed), and by inode where both exist. ``--force``
+    does not lift this: it allows replacing an earlier run's output, never one output of this
+    run with another.
+
+    Args:
+        outputs: ``flag -> path`` for every output the command writes (None: not written).
+
+    Raises:
+        OutputError: naming both flags and the path.
+    """
+    given = [(flag, Path(path)) for flag, path in outputs.items() if path is not None]
+    for i, (first_flag, first) in enumerate(given):
+        for flag, path in given[i + 1 :]:
+            relation = _relation(path, first)
+            if relation is None:
+                continue
+            words = "is the same path as" if relation == "is" else f"{relation} the output of"
+            raise OutputError(
+                f"the {flag} output {words} {first_flag} ({first}); one output of a command would "
+                "replace the other, refused even with --force",
+                path=path,
+                key=flag,
+                hint=f"give {flag} and {first_flag} separate paths",
+            )
+
+
 def check_output(
     path: str | os.PathLike[str],
     kind: OutputKind,
@@ -111,6 +145,7 @@ def check_output(
     force: bool = False,
     empty_folder_ok: bool = False,
     flag: str = "-o",
+    siblings: Mapping[str, str | os.PathLike[str] | None] | None = None,
 ) -> Path:
     """Apply the rules above to ``path``; return it as a :class:`Path`.
 
@@ -122,6 +157,8 @@ def check_output(
             and the name rules are lifted.
         empty_folder_ok: An existing empty folder counts as free (``export -o``).
         flag: The option that named the path, for messages.
+        siblings: The command's other outputs, ``flag -> path``: ``path`` must be apart from
+            each (:func:`check_outputs_apart`).
 
     Raises:
         OutputError: naming the path and the rule it breaks.
@@ -129,6 +166,8 @@ def check_output(
     out = Path(path)
     if out.name in ("", ".", "..") or str(path) == "":
         raise OutputError(f"{flag} must name a {kind.what}, not a folder reference", path=out, key=flag)
+    if siblings:
+        check_outputs_apart({**{f: p for f, p in siblings.items() if f != flag}, flag: out})
     for inp in inputs:
         if inp is None or not os.path.lexists(inp):
             continue

@@ -43,6 +43,50 @@ class ExportRequest:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+#: Every option ``adaptkit export`` passes to an exporter: its flag, and the value that means
+#: the flag was not given.
+OPTION_FLAGS: dict[str, tuple[str, Any]] = {
+    "graph": ("--graph", None),
+    "precision": ("--precision", None),
+    "device": ("--device", None),
+    "min_agreement": ("--min-agreement", None),
+    "opset": ("--opset", None),
+    "dtype": ("--dtype", None),
+    "base_dtype": ("--base-dtype", None),
+    "atol": ("--atol", None),
+    "verify": ("--no-verify", True),
+    "lora_inputs": ("--lora-inputs", False),
+    "external_data": ("--external-data", None),
+    "merge_base": ("--merge-base", None),
+}
+
+
+def given_options(options: dict[str, Any]) -> set[str]:
+    """The keys of :data:`OPTION_FLAGS` the user set in ``options``."""
+    return {
+        key
+        for key, (_, absent) in OPTION_FLAGS.items()
+        if options.get(key) is not None and options.get(key) != absent
+    }
+
+
+def refuse_unused_options(options: dict[str, Any], unused: dict[str, str], where: str) -> None:
+    """Refuse the first option in ``unused`` (``key -> why it does nothing``) that was given.
+
+    An exporter calls this once it knows which path it takes (graph, precision, verification),
+    before any export work: a flag that would be silently ignored is an error naming the flag,
+    so nobody believes an option took effect when it did not.
+
+    Raises:
+        AdaptkitError: ``--FLAG does nothing for WHERE: WHY``.
+    """
+    given = given_options(options)
+    for key, why in unused.items():
+        if key in given:
+            flag = OPTION_FLAGS[key][0]
+            raise AdaptkitError(f"{flag} does nothing for {where}: {why}", hint=f"leave {flag} out")
+
+
 def load_export_adapters(specs: list[str], registry: Any = None) -> list[NamedAdapter]:
     """Resolve ``--adapter`` SPECs; recipes are combined with their own strategy."""
     from adaptkit.io.recipe import load_recipe, yaml_kind

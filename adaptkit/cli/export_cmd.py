@@ -80,9 +80,7 @@ from adaptkit.errors import AdaptkitError
 @click.option(
     "--external-data",
     type=click.Choice(["auto", "always", "never"]),
-    default="auto",
-    show_default=True,
-    help="Weights in a side file: auto above the 2 GB protobuf limit.",
+    help="Logits-only graph: weights in a side file (default auto: above the 2 GB protobuf limit).",
 )
 @click.option(
     "--merge-base",

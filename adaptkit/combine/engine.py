@@ -121,6 +121,43 @@ def _check_weights(inputs: Sequence[AdapterInput]) -> None:
         raise AdaptkitError("all weights are zero: the combination would change nothing", key="weights")
 
 
+def check_saved_modules(inputs: Sequence[AdapterInput], strategy: Any) -> None:
+    """Refuse a combination that would carry a saved module it cannot honour.
+
+    Weights and strategies act on LoRA updates. A saved module (PEFT ``modules_to_save``, a
+    retrained head or embedding) *replaces* the base's module whole: it cannot be negated,
+    scaled or interpolated, and passing it through unchanged would keep, say, the head of an
+    adapter the user meant to subtract. So an adapter that saves modules counts only at
+    weight 1 (or 0, which leaves it out, saved modules included), and only under a strategy
+    whose result is linear in its inputs (not ``slerp``). Every path that combines —
+    ``combine`` and its ``-w``, recipes' weights, exports' manifests, ``--tune`` — goes
+    through :func:`combine`, which calls this.
+
+    Raises:
+        InvalidAdapterError: naming the adapter, its saved module and the weight or strategy.
+    """
+    for i, item in enumerate(inputs):
+        if not item.adapter.saved or item.weight == 0:
+            continue
+        module, name = sorted(item.adapter.saved)[0], item.name or f"adapter{i}"
+        what = f"adapter {name!r} saves {module} whole ({item.adapter.saved[module].origin})"
+        if item.weight != 1:
+            raise InvalidAdapterError(
+                f"{what}; weight {item.weight:g} would apply to its LoRA updates only, and a saved "
+                "module replaces the base's: it cannot be negated or scaled",
+                path=item.source,
+                key="weight",
+                hint="give this adapter weight 1, or 0 to leave it out",
+            )
+        if not getattr(strategy, "linear", False):
+            raise InvalidAdapterError(
+                f"{what}; strategy {getattr(strategy, 'name', strategy)!r} blends updates "
+                "non-linearly, and a saved module, which replaces the base's, cannot be blended",
+                path=item.source,
+                hint="use a linear strategy (linear, cat, svd, ties, dare_*) for this adapter",
+            )
+
+
 def _align(inputs: Sequence[AdapterInput], intersect: bool) -> list[str]:
     """Target names to produce, checking that shared targets agree on shape."""
     shapes: dict[str, tuple[tuple[int, int], str]] = {}
@@ -212,6 +249,7 @@ def combine(
         raise AdaptkitError("no adapters to combine")
     named = _with_unique_names(inputs)
     _check_weights(named)
+    check_saved_modules(named, strat)
     filled, request = check_request(strat, len(named), params, rank)
     targets = _align(named, intersect)
 

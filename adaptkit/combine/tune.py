@@ -387,7 +387,34 @@ def settings_from(block: dict[str, Any], seed: int) -> TuneSettings:
     return settings
 
 
-def _load_sets(paths: list[str], tokenizer: Any, vocab: int, settings: TuneSettings) -> list[TuneSet]:
+#: ``config.json`` keys that hold a model's context length, by model family.
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def model_limits(folder: Any) -> tuple[int | None, int | None]:
+    """``(vocabulary size, context length)`` from a vetted model folder's ``config.json``
+    (None where it does not say), read without loading the model."""
+    from adaptkit.io.jsonio import read_json_file
+    from adaptkit.io.models import MAX_CONFIG_BYTES
+
+    config = read_json_file(folder / "config.json", what="config.json", max_bytes=MAX_CONFIG_BYTES)
+    sections = [config, config.get("text_config") if isinstance(config.get("text_config"), dict) else {}]
+
+    def first_size(keys: tuple[str, ...]) -> int | None:
+        for section in sections:
+            for key in keys:
+                value = section.get(key)
+                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                    return value
+        return None
+
+    return first_size(("vocab_size",)), first_size(_CONTEXT_KEYS)
+
+
+def _load_sets(
+    paths: list[str], tokenizer: Any, vocab: int, settings: TuneSettings, context: int | None = None
+) -> list[TuneSet]:
+    """Every evaluation set, split; records longer than ``context`` are refused."""
     from pathlib import Path
 
     from adaptkit.combine import file_sha256
@@ -398,21 +425,64 @@ def _load_sets(paths: list[str], tokenizer: Any, vocab: int, settings: TuneSetti
         path = Path(raw)
         name = path.stem if path.stem not in seen else f"{path.stem}#{len(seen)}"
         seen.add(name)
-        records = load_records(str(path), tokenizer, seq_len=1 << 16, vocab_size=vocab, truncate=False)
+        # The loader is training's: its length limit speaks of train's flags (--seq-len,
+        # --truncate). Plain text is cut into context-sized blocks; JSON records are loaded
+        # whole and checked here, against the model, in combine's words.
+        if _is_jsonl(path):
+            records = load_records(str(path), tokenizer, seq_len=1 << 62, vocab_size=vocab, truncate=False)
+            if context is not None:
+                _refuse_over_context(path, records, context)
+        else:
+            blocks = context or 1 << 16
+            records = load_records(str(path), tokenizer, seq_len=blocks, vocab_size=vocab, truncate=False)
         tune_set = split_set(name, records, settings.holdout, settings.seed)
         tune_set.sha256 = file_sha256(path)
         sets.append(tune_set)
     return sets
 
 
-def load_base(model: str, *, quantize: bool, targets: list[str], registry: Any, log: Any) -> tuple[Any, Any]:
+def _is_jsonl(path: Any) -> bool:
+    """Whether the training loader reads ``path`` as JSON lines (else as plain text)."""
+    return path.suffix.lower() in (".jsonl", ".json")
+
+
+def _refuse_over_context(path: Any, records: list[list[int]], context: int) -> None:
+    """Refuse the first record longer than the model's context, by its line number.
+
+    Evaluating it would be silently wrong: positions past the context are ones the model was
+    never trained on (or an index error for learned position tables). Truncating would
+    change the objective without a word, so combine refuses and names the record instead.
+    """
+    over = next((i for i, ids in enumerate(records) if len(ids) > context), None)
+    if over is None:
+        return
+    from adaptkit.io.fileio import read_regular_file
+    from adaptkit.training.data import MAX_DATA_BYTES
+
+    # The loader keeps one record per non-blank line, in order (it refuses anything else).
+    text = read_regular_file(path, max_bytes=MAX_DATA_BYTES, what="evaluation set").decode("utf-8")
+    lines = [n for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    where = f"line {lines[over]}" if over < len(lines) else f"record {over + 1}"
+    raise AdaptkitError(
+        f"record has {len(records[over])} tokens, more than the model's context of {context}; "
+        "combine --tune evaluates whole records",
+        path=path,
+        key=where,
+        hint="shorten or split the record, or leave it out of the --tune set",
+    )
+
+
+def load_base(model: Any, *, quantize: bool, targets: list[str], registry: Any, log: Any) -> tuple[Any, Any]:
     """The frozen base for tuning: float32, or NF4 through the qlora loader (no full-precision
-    copy of a quantized layer, as in training)."""
+    copy of a quantized layer, as in training). ``model`` is a directory or Hub id, or a
+    ``Path`` :func:`adaptkit.io.models.resolve_model` already returned."""
+    from pathlib import Path
+
     import torch
 
     from adaptkit.io.models import load_causal_lm, load_tokenizer, resolve_model
 
-    folder = resolve_model(model)
+    folder = model if isinstance(model, Path) else resolve_model(model)
     if not quantize:
         return load_causal_lm(folder, dtype="fp32")
     from adaptkit.training.settings import LoraSettings, TrainConfig

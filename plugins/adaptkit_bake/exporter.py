@@ -8,6 +8,18 @@ from typing import Any, ClassVar
 
 from adaptkit.errors import AdaptkitError
 
+_ONNX_ONLY = "it shapes an ONNX graph, and --merged writes a Hugging Face model folder"
+_NO_PARITY = "--merged adds ΔW exactly, tensor by tensor, and runs no parity check"
+#: Options of ``adaptkit export`` that ``--merged`` does not use, and why (refused when given).
+UNUSED = {
+    **dict.fromkeys(("graph", "precision", "device", "opset", "dtype", "external_data"), _ONNX_ONLY),
+    "lora_inputs": "it switches adapters in an ONNX graph; --merged bakes them in",
+    "base_dtype": "--merged streams the checkpoint and keeps each tensor's dtype",
+    "atol": _NO_PARITY,
+    "min_agreement": _NO_PARITY,
+    "verify": _NO_PARITY,
+}
+
 
 class MergedExporter:
     name = "merged"
@@ -15,11 +27,12 @@ class MergedExporter:
     requires: ClassVar[dict[str, str]] = {"torch": "torch", "safetensors": "safetensors"}
 
     def export(self, request: Any, log: Any) -> dict[str, Any]:
-        from adaptkit.exporting import combined, may_replace
+        from adaptkit.exporting import combined, may_replace, refuse_unused_options
         from adaptkit.io.atomic import atomic_directory
         from adaptkit.io.models import resolve_model
         from adaptkit.nn.checkpoint import bake_checkpoint
 
+        refuse_unused_options(request.options, UNUSED, "--merged")
         folder = resolve_model(request.model)
         adapter = combined(request.adapters)
         if adapter is None:

@@ -27,6 +27,46 @@ _COPY = (
 )
 DEFAULT_ATOL = {"float32": 1e-4, "float16": 5e-2}  # logits-only graph
 
+_MERGED_ONLY = "it chooses the base --merged adds ΔW to (an --onnx export bakes into the original weights)"
+_NO_PARITY = "--no-verify skips the parity check this option sets"
+#: Options of ``adaptkit export`` that a graph never uses, and why (refused when given).
+UNUSED_BY_GRAPH: dict[str, dict[str, str]] = {
+    "generation": {
+        "opset": "the model builder chooses the generation graph's opset (--opset is for the "
+        "logits-only graph)",
+        "dtype": "its weights follow --precision fp32|fp16|int4 (--dtype is for the logits-only graph)",
+        "base_dtype": "it bakes W + ΔW in float32 for --precision fp32 and in the checkpoint's own "
+        "dtype for fp16/int4 (--base-dtype is for the logits-only graph)",
+        "external_data": "the model builder decides where its weights go (--external-data is for "
+        "the logits-only graph)",
+        "merge_base": _MERGED_ONLY,
+    },
+    "logits": {
+        "device": "it is not built for a provider; --device builds the generation graph",
+        "min_agreement": "it is checked on logits against --atol; --min-agreement checks the fp16/int4 "
+        "generation graph",
+        "merge_base": _MERGED_ONLY,
+    },
+}
+
+
+def unused_options(graph: str, precision: str | None, options: dict[str, Any]) -> dict[str, str]:
+    """``option -> why it does nothing`` for the path an export takes: the graph's own table
+    (:data:`UNUSED_BY_GRAPH`) plus what the precision and ``--no-verify`` leave unused."""
+    unused = dict(UNUSED_BY_GRAPH[graph])
+    if not options.get("verify", True):
+        unused.update(atol=_NO_PARITY, min_agreement=_NO_PARITY)
+    elif graph == "generation" and (precision or "fp32") == "fp32":
+        unused["min_agreement"] = (
+            "an fp32 graph must reproduce PyTorch's greedy tokens and logits within --atol; "
+            "--min-agreement is for fp16/int4"
+        )
+    elif graph == "generation":
+        unused["atol"] = f"a {precision} graph is checked on top-1 agreement (--min-agreement), not on --atol"
+    if graph == "logits" and options.get("dtype") is not None:
+        unused["precision"] = "--dtype sets its weights' dtype; give --dtype or --precision, not both"
+    return unused
+
 
 class OnnxExporter:
     name = "onnx"
@@ -45,12 +85,13 @@ class OnnxExporter:
     def export(self, request: Any, log: Any) -> dict[str, Any]:
         from transformers import AutoConfig
 
-        from adaptkit.exporting import may_replace
+        from adaptkit.exporting import may_replace, refuse_unused_options
         from adaptkit.io.atomic import atomic_directory
         from adaptkit.io.models import resolve_model
         from adaptkit_onnx.builder import DEVICES, PRECISIONS, genai_unsupported
         from adaptkit_onnx.genai_export import DEFAULT_ATOL as DEFAULT_GENAI_ATOL
         from adaptkit_onnx.genai_export import DEFAULT_MIN_AGREEMENT
+        from adaptkit_onnx.graph import check_opset
 
         o = request.options
         graph = o.get("graph") or "auto"
@@ -69,19 +110,19 @@ class OnnxExporter:
             raise AdaptkitError(
                 f"no generation graph: {reason}", hint="--graph logits writes the logits-only graph"
             )
-        if graph == "logits" or reason:
+        chosen = "logits" if graph == "logits" or reason else "generation"
+        where = "the logits-only graph" if chosen == "logits" else "the generation graph"
+        if graph == "auto" and reason:
+            where += f" (the generation graph is unavailable: {reason})"
+        # Every option this path would ignore is refused here, before anything loads.
+        refuse_unused_options(o, unused_options(chosen, precision, o), where)
+        if chosen == "logits":
+            check_opset(o.get("opset"))
             if graph == "auto":
                 log(f"generation graph unavailable ({reason}); writing the logits-only graph")
             return self._logits_only(request, folder, precision, reason, log)
 
         precision = precision or "fp32"
-        if o.get("dtype"):
-            raise AdaptkitError("--dtype is for the logits-only graph; use --precision fp32|fp16|int4")
-        if o.get("base_dtype"):
-            raise AdaptkitError(
-                "--base-dtype is for the logits-only graph: the generation graph bakes W + ΔW in "
-                "float32 for --precision fp32 and in the checkpoint's own dtype for fp16/int4"
-            )
         options = {
             "precision": precision,
             "device": device,
@@ -153,7 +194,7 @@ class OnnxExporter:
                         opset=o.get("opset"),
                         atol=atol,
                         verify=verify,
-                        external_data=o.get("external_data", "auto"),
+                        external_data=o.get("external_data") or "auto",
                     )
                 )
             else:
@@ -208,7 +249,7 @@ class OnnxExporter:
             bake_adapter(base, adapter)
         base.to(torch_dtype)
         info = export_causal_lm(
-            base, out / "model.onnx", opset=o.get("opset"), external_data=o.get("external_data", "auto")
+            base, out / "model.onnx", opset=o.get("opset"), external_data=o.get("external_data") or "auto"
         )
         result["files"] = info
         if not verify:

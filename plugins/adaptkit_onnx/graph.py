@@ -25,6 +25,30 @@ from adaptkit.nn.layout import module_kind, replace_module
 
 #: The protobuf limit is 2 GiB; stay clear of it.
 PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2
+#: The lowest opset torch's dynamo exporter has operator implementations for. It accepts lower
+#: ones but then tries a version conversion, and where that fails keeps this opset without
+#: saying so: a request below it is refused instead.
+MIN_OPSET = 18
+
+
+def check_opset(opset: Any) -> int | None:
+    """``--opset`` checked: None (the exporter's default) or an integer from :data:`MIN_OPSET`
+    to the newest opset the installed ``onnx`` package knows.
+
+    Raises:
+        AdaptkitError: naming ``--opset`` and the valid range.
+    """
+    if opset is None:
+        return None
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise AdaptkitError(
+            f"--opset {opset!r} is out of range: the logits-only graph is exported at opset "
+            f"{MIN_OPSET} to {newest} (the newest the installed onnx {onnx.__version__} knows)"
+        )
+    return opset
 
 
 class _LogitsOnly(nn.Module):
@@ -132,7 +156,7 @@ def export_causal_lm(
         "dynamic_shapes": dynamic,
         "verbose": False,
     }
-    if opset:
+    if check_opset(opset) is not None:
         kwargs["opset_version"] = opset
     chatter = io.StringIO()
     try:
@@ -153,13 +177,18 @@ def export_causal_lm(
     if not path.is_file() or path.stat().st_size == 0:
         raise AdaptkitError("the exporter wrote an empty ONNX file", path=path)
     onnx.checker.check_model(str(path))
+    written = _opset(path)
+    if opset is not None and written != opset:
+        # The exporter falls back to its own opset when a conversion fails; never pass that off
+        # as the opset that was asked for.
+        raise AdaptkitError(f"--opset {opset} was asked for, but the exporter wrote opset {written}")
     files = sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name))
     return {
         "path": path.name,
         "external_data": use_external,
         "files": files,
         "param_bytes": param_bytes,
-        "opset": _opset(path),
+        "opset": written,
         "dtype": str(dtype).removeprefix("torch."),
     }
 

@@ -125,7 +125,8 @@ def llama_exports(llama):
     for precision in ("fp32", "int4"):
         outs[precision] = tmp / f"onnx-{precision}"
         args = ["export", "--onnx", "--precision", precision, "--model", tmp / "model", "-a", adapter]
-        args += ["-o", outs[precision], "--min-agreement", "0.5"]
+        args += ["-o", outs[precision]]
+        args += ["--min-agreement", "0.5"] if precision != "fp32" else []  # fp32 is checked on --atol
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             assert main([str(a) for a in args]) == 0  # kept out of the tests' captured output
     return outs

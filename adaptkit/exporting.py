@@ -105,6 +105,11 @@ def load_export_adapters(specs: list[str], registry: Any = None) -> list[NamedAd
             ref = resolve_spec(spec)
             reads = tuple(x for x in (ref.spec, ref.path) if x is not None)
             out.append(WeightedAdapter(load_ref(ref, registry), ref.weight, ref.name, ref.path, reads))
+    from adaptkit.combine import Concatenate, check_saved_modules
+
+    # Exports sum their adapters exactly (cat): a saved module at a weight other than 1 is
+    # refused here, before any model loads.
+    check_saved_modules(out, Concatenate())
     names = [a.name for a in out]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)

@@ -53,7 +53,11 @@ from adaptkit.errors import AdaptkitError
     help="--onnx fp16/int4: refuse below this teacher-forced top-1 agreement with PyTorch "
     "(default 0.9 fp16, 0.6 int4).",
 )
-@click.option("--opset", type=int, help="Logits-only graph: ONNX opset (default: the exporter's).")
+@click.option(
+    "--opset",
+    type=int,
+    help="Logits-only graph: ONNX opset, 18 up to what onnx knows (default: the exporter's).",
+)
 @click.option(
     "--dtype",
     type=click.Choice(["float32", "float16"]),

@@ -114,7 +114,9 @@ def vet_export_folder(folder: Path) -> ExportFolder:
     contained_file(folder, GENAI_CONFIG, what=GENAI_CONFIG)
     config = read_genai_config(folder)
     model = config["model"]
-    decoder = contained_file(folder, model["decoder"]["filename"], what="the decoder named in genai_config.json")
+    decoder = contained_file(
+        folder, model["decoder"]["filename"], what="the decoder named in genai_config.json"
+    )
     graph_vocab = _check_graph(folder, decoder, model["decoder"])
     if model["vocab_size"] != graph_vocab:
         raise FormatError(
@@ -143,7 +145,9 @@ def _check_graph(folder: Path, decoder: Path, section: dict[str, Any]) -> int:
     for key, name in section["inputs"].items():
         if "%d" not in name and name not in inputs:
             raise FormatError(
-                f"the graph has no input {name!r}", path=folder / "genai_config.json", key=f"model.decoder.inputs.{key}"
+                f"the graph has no input {name!r}",
+                path=folder / "genai_config.json",
+                key=f"model.decoder.inputs.{key}",
             )
     logits = outputs.get(section["outputs"]["logits"])
     dims = logits.type.tensor_type.shape.dim if logits is not None else []
@@ -203,7 +207,9 @@ def vet_tokenizer(folder: Path) -> None:
     # The runtime merges tokenizer_module.json into the tokenizer config and follows a
     # tiktoken_file key to any path; adaptkit writes neither.
     if os.path.lexists(folder / "tokenizer_module.json"):
-        raise FormatError("adaptkit exports have no tokenizer_module.json; refused", path=folder / "tokenizer_module.json")
+        raise FormatError(
+            "adaptkit exports have no tokenizer_module.json; refused", path=folder / "tokenizer_module.json"
+        )
     config_path = contained_file(folder, "tokenizer_config.json", what="tokenizer_config.json")
     config = read_json_file(config_path, what="tokenizer_config.json", max_bytes=MAX_TOKENIZER_CONFIG_BYTES)
     _check_tokenizer_config(config, config_path)
@@ -225,14 +231,18 @@ def _check_tokenizer_config(config: dict[str, Any], path: Path) -> None:
     """The keys of ``tokenizer_config.json`` the runtime reads, with the types it reads them as
     (its JSON library throws on any other type)."""
     if "tiktoken_file" in config:
-        raise FormatError("a tiktoken_file names a file outside adaptkit's control; refused", path=path, key="tiktoken_file")
+        raise FormatError(
+            "a tiktoken_file names a file outside adaptkit's control; refused", path=path, key="tiktoken_file"
+        )
     for key in ("add_bos_token", "add_eos_token", "clean_up_tokenization_spaces"):
         if key in config and not isinstance(config[key], bool):
             raise FormatError(f"must be true or false, not {type(config[key]).__name__}", path=path, key=key)
     if "model_max_length" in config:
         value = config["model_max_length"]
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise FormatError(f"must be a positive number, got {value!r:.80}", path=path, key="model_max_length")
+            raise FormatError(
+                f"must be a positive number, got {value!r:.80}", path=path, key="model_max_length"
+            )
     for key in ("tokenizer_class", "chat_template"):
         if key in config and not isinstance(config[key], str):
             raise FormatError(f"must be a string, not {type(config[key]).__name__}", path=path, key=key)
@@ -247,7 +257,9 @@ def _check_tokenizer_config(config: dict[str, Any], path: Path) -> None:
         raise FormatError("must be an object", path=path, key="added_tokens_decoder")
     for token_id, token in decoder.items():
         if not (token_id.isascii() and token_id.isdigit()):
-            raise FormatError(f"key {token_id!r:.40} is not a token id", path=path, key="added_tokens_decoder")
+            raise FormatError(
+                f"key {token_id!r:.40} is not a token id", path=path, key="added_tokens_decoder"
+            )
         _check_added_token(token, path, f"added_tokens_decoder.{token_id}")
 
 
@@ -286,9 +298,12 @@ def _check_tokenizer_json(doc: dict[str, Any], path: Path) -> None:
             for m in merges
         )
         if not ok:
-            raise FormatError("must be a list of 'a b' strings or [a, b] pairs", path=path, key="model.merges")
+            raise FormatError(
+                "must be a list of 'a b' strings or [a, b] pairs", path=path, key="model.merges"
+            )
     elif not isinstance(vocab, list) or not all(
-        isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int | float) for v in vocab
+        isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int | float)
+        for v in vocab
     ):
         raise FormatError("must be a list of [piece, score] pairs", path=path, key="model.vocab")
     added = doc.get("added_tokens", [])
@@ -315,7 +330,9 @@ def load_runtime_tokenizer(folder: Path) -> Any:
     try:
         return og.Tokenizer(og.Config(str(folder)))
     except Exception as exc:  # the runtime's RuntimeError, with its JSON library's message
-        raise FormatError(f"ONNX Runtime GenAI cannot load the tokenizer: {_first_line(exc)}", path=folder) from None
+        raise FormatError(
+            f"ONNX Runtime GenAI cannot load the tokenizer: {_first_line(exc)}", path=folder
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -336,12 +353,16 @@ def adapter_file(folder: Path, name: str) -> Path:
     from adaptkit.io.jsonio import read_json_file
 
     if not os.path.lexists(folder / "adapters.json"):
-        raise AdaptkitError(f"{folder} was not exported with --lora-inputs (no adapters.json)", key="--adapter-name")
+        raise AdaptkitError(
+            f"{folder} was not exported with --lora-inputs (no adapters.json)", key="--adapter-name"
+        )
     path = contained_file(folder, "adapters.json", what="adapters.json")
     manifest = read_json_file(path, what="adapters.json", max_bytes=MAX_MANIFEST_BYTES)
     known = manifest.get("adapters")
     if not isinstance(known, dict):
-        raise FormatError(f"must be an object of adapters, not {type(known).__name__}", path=path, key="adapters")
+        raise FormatError(
+            f"must be an object of adapters, not {type(known).__name__}", path=path, key="adapters"
+        )
     if name not in known:
         names = ", ".join(sorted(known)[:20]) or "none"
         raise AdaptkitError(f"no adapter {name!r} in {path}; there are: {names}", key="--adapter-name")

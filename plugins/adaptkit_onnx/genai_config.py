@@ -287,4 +287,3 @@ def read_genai_config(folder: Path) -> dict[str, Any]:
         )
     doc = strict_json(raw, what=GENAI_CONFIG, path=path)
     return check_genai_config(doc, path)
-

@@ -42,7 +42,9 @@ class FiniteFloat(click.ParamType):
         above_low = number > self.low if self.low_open else number >= self.low
         if not (math.isfinite(number) and above_low and number <= self.high):
             bracket = "(" if self.low_open else "["
-            self.fail(f"{value!r} is not a finite number in {bracket}{self.low:g}, {self.high:g}]", param, ctx)
+            self.fail(
+                f"{value!r} is not a finite number in {bracket}{self.low:g}, {self.high:g}]", param, ctx
+            )
         return number
 
 
@@ -70,18 +72,16 @@ class FiniteFloat(click.ParamType):
     type=FiniteFloat(0.0, MAX_TEMPERATURE),
     default=0.0,
     show_default=True,
-    help=f"0 = greedy; from {MIN_TEMPERATURE:g} up samples with --top-p and --seed.",
+    help=f"0 = greedy; {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g} samples with --top-p and --seed.",
 )
 @click.option(
     "--top-p",
     type=FiniteFloat(0.0, 1.0, low_open=True),
     default=1.0,
     show_default=True,
-    help="Sampling: keep the smallest set of tokens whose probability reaches P.",
+    help="Sampling: keep the smallest set of tokens whose probability reaches P, in (0, 1].",
 )
-@click.option(
-    "--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help="Sampling seed."
-)
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help="Sampling seed.")
 @click.option(
     "--adapter-name", help="Export made with --lora-inputs: the adapter to activate (adapters.json)."
 )
@@ -115,6 +115,11 @@ def command(
     a Hugging Face model directory or Hub id run in PyTorch, with each -a adapter attached
     unmerged. Text streams to stdout as it is generated (token ids when there is no
     tokenizer); the speed goes to stderr. Greedy unless --temperature is above 0.
+
+    \b
+    An export folder is checked before the runtime opens it: genai_config.json may hold only
+    what adaptkit writes, and every file the runtime reads must lie inside the folder.
+    --input-ids never needs the tokenizer.
 
     \b
     Examples:
@@ -282,7 +287,9 @@ def _tokenizer_if_usable(folder: Path) -> Any:
     try:
         return ef.load_runtime_tokenizer(folder)
     except AdaptkitError as exc:
-        click.echo(terminal_safe(f"warning: tokenizer not used, showing token ids: {exc.one_line()}"), err=True)
+        click.echo(
+            terminal_safe(f"warning: tokenizer not used, showing token ids: {exc.one_line()}"), err=True
+        )
         return None
 
 

@@ -117,6 +117,12 @@ def vet_export_folder(folder: Path) -> ExportFolder:
     decoder = contained_file(
         folder, model["decoder"]["filename"], what="the decoder named in genai_config.json"
     )
+    if decoder.resolve().parent != folder.resolve():
+        # The runtime looks for external data beside the decoder; were it a symlink into a
+        # subfolder, "beside" could mean that subfolder, whose files were never checked.
+        raise FormatError(
+            "the decoder must lie directly in the export folder, not behind a symlink", path=decoder
+        )
     graph_vocab = _check_graph(folder, decoder, model["decoder"])
     if model["vocab_size"] != graph_vocab:
         raise FormatError(

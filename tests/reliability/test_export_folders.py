@@ -344,6 +344,16 @@ def test_a_chat_template_symlinked_out_is_refused(run_cli, copy, tmp_path):
     _refused(run_cli, copy, args=("--prompt", "the"), words=("chat_template.jinja", "out of the export"))
 
 
+def test_a_decoder_behind_a_symlink_is_refused(run_cli, copy):
+    """External data is found beside the decoder: a decoder moved into a subfolder would make
+    that subfolder's (unchecked) files the ones the runtime reads."""
+    (copy / "sub").mkdir()
+    shutil.move(copy / "model.onnx", copy / "sub" / "model.onnx")
+    os.symlink(copy / "model.onnx.data", copy / "sub" / "model.onnx.data")
+    os.symlink("sub/model.onnx", copy / "model.onnx")
+    _refused(run_cli, copy, words=("model.onnx", "directly in the export folder"))
+
+
 def test_a_symlink_inside_the_folder_is_fine(run_cli, copy):
     (copy / "weights").mkdir()
     shutil.move(copy / "model.onnx.data", copy / "weights" / "data.bin")

@@ -46,6 +46,7 @@ def export_merged_generation(
     from adaptkit.exporting import combined
     from adaptkit.nn.checkpoint import bake_checkpoint
     from adaptkit_onnx.builder import finish_config, run_builder
+    from adaptkit_onnx.export_folder import check_written_export
 
     precision, device = options["precision"], options["device"]
     adapter = combined(adapters)
@@ -66,6 +67,7 @@ def export_merged_generation(
         log(f"building the {precision} generation graph with ONNX Runtime GenAI's model builder")
         report["builder"] = run_builder(src, out, precision, device, scratch)
     finish_config(out, config, device)
+    report["tokenizer"] = check_written_export(out)
     if options.get("verify", True):
         report.update(verify_generation(folder, config, {"merged": adapter}, out, options, log))
     return report

@@ -69,6 +69,7 @@ def export_lora_generation(
     from adaptkit.nn.baking import resolve_targets
     from adaptkit.nn.placement import meta_model
     from adaptkit_onnx.builder import finish_config, run_builder
+    from adaptkit_onnx.export_folder import check_written_export
     from adaptkit_onnx.genai_export import verify_generation
 
     files = check_switchable(adapters)
@@ -118,6 +119,7 @@ def export_lora_generation(
         "device": device,
         "builder": build,
         "lora_inputs": {"targets": len(shapes), "rank": rank, "adapters": list(manifest["adapters"])},
+        "tokenizer": check_written_export(out),
     }
     if options.get("verify", True):
         variants: dict[str, Any] = {"(none)": None, **{a.name: a for a in adapters}}

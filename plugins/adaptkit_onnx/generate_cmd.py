@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,38 @@ import click
 from adaptkit.errors import AdaptkitError
 
 MAX_INPUT_IDS = 100_000
+#: The smallest sampling temperature. Below it ``logits / T`` leaves float range (1e-45
+#: turns every logit into ±inf and the probabilities into NaN), and sampling that cold is
+#: greedy decoding anyway: ask for that with ``--temperature 0``.
+MIN_TEMPERATURE = 0.01
+MAX_TEMPERATURE = 100.0
+#: ONNX Runtime GenAI takes a signed 32-bit seed; the PyTorch path keeps to the same range so
+#: one seed means one thing on both.
+MAX_SEED = 2**31 - 1
+
+
+class FiniteFloat(click.ParamType):
+    """A float in ``[low, high]`` (``low`` excluded when ``low_open``) that is never NaN or
+    infinite: click's ``FloatRange`` lets ``nan`` through, since every comparison with NaN is
+    false."""
+
+    name = "float"
+
+    def __init__(self, low: float, high: float, *, low_open: bool = False) -> None:
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        above_low = number > self.low if self.low_open else number >= self.low
+        if not (math.isfinite(number) and above_low and number <= self.high):
+            bracket = "(" if self.low_open else "["
+            self.fail(
+                f"{value!r} is not a finite number in {bracket}{self.low:g}, {self.high:g}]", param, ctx
+            )
+        return number
 
 
 @click.command("generate")
@@ -36,19 +69,19 @@ MAX_INPUT_IDS = 100_000
 )
 @click.option(
     "--temperature",
-    type=click.FloatRange(0.0, 100.0),
+    type=FiniteFloat(0.0, MAX_TEMPERATURE),
     default=0.0,
     show_default=True,
-    help="0 = greedy; above 0 samples with --top-p and --seed.",
+    help=f"0 = greedy; {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g} samples with --top-p and --seed.",
 )
 @click.option(
     "--top-p",
-    type=click.FloatRange(0.0, 1.0, min_open=True),
+    type=FiniteFloat(0.0, 1.0, low_open=True),
     default=1.0,
     show_default=True,
-    help="Sampling: keep the smallest set of tokens whose probability reaches P.",
+    help="Sampling: keep the smallest set of tokens whose probability reaches P, in (0, 1].",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help="Sampling seed.")
 @click.option(
     "--adapter-name", help="Export made with --lora-inputs: the adapter to activate (adapters.json)."
 )
@@ -84,13 +117,25 @@ def command(
     tokenizer); the speed goes to stderr. Greedy unless --temperature is above 0.
 
     \b
+    An export folder is checked before the runtime opens it: genai_config.json may hold only
+    what adaptkit writes, and every file the runtime reads must lie inside the folder.
+    --input-ids never needs the tokenizer.
+
+    \b
     Examples:
       adaptkit generate llama-int4 --prompt "Once upon a time" --max-new-tokens 32
       adaptkit generate multi --adapter-name skill-a --input-ids 1,15,27
       adaptkit generate ./llama -a skill-a.yaml --prompt "hello=" --json
     """
+    from adaptkit_onnx.export_folder import is_export
+
     folder = Path(model)
-    exported = (folder / "genai_config.json").is_file()
+    exported = is_export(folder)
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise AdaptkitError(
+            f"{temperature:g} is too cold to sample from; use 0 (greedy) or at least {MIN_TEMPERATURE:g}",
+            key="--temperature",
+        )
     if (prompt is None) == (input_ids is None):
         raise AdaptkitError("give exactly one of --prompt TEXT or --input-ids 1,2,3")
     if exported and adapters:
@@ -134,6 +179,8 @@ def _parse_ids(text: str) -> list[int]:
 def _check_ids(ids: list[int], vocab: int, context: int | None, max_new: int) -> None:
     if not ids:
         raise AdaptkitError("the prompt encodes to no tokens", key="--prompt")
+    if min(ids) < 0:  # a tokenizer's "unknown" marker (-1), never a token
+        raise AdaptkitError(f"token id {min(ids)} is negative", key="--prompt")
     if max(ids) >= vocab:
         raise AdaptkitError(
             f"token id {max(ids)} is outside the vocabulary (size {vocab})", key="--input-ids"
@@ -177,56 +224,73 @@ def _generate_onnx(
     device: str,
     printer: _Printer,
 ) -> dict[str, Any]:
-    from adaptkit.io.jsonio import read_json_file
-    from adaptkit_onnx.generation import GenaiModel
+    """Generate from an export folder. The folder is untrusted input: everything the runtime
+    will open is vetted before it opens anything (:mod:`adaptkit_onnx.export_folder`), and
+    with ``--input-ids`` the tokenizer is optional (ids are printed when it cannot load)."""
+    from adaptkit_onnx import export_folder as ef
 
-    genai = read_json_file(folder / "genai_config.json", what="genai_config.json", max_bytes=1 << 20)
-    model_cfg = genai.get("model") if isinstance(genai.get("model"), dict) else {}
-    vocab = int(model_cfg.get("vocab_size") or 0)
-    context = int(model_cfg.get("context_length") or 0) or None
-    path = None
-    if adapter_name is not None:
-        manifest_path = folder / "adapters.json"
-        if not manifest_path.is_file():
-            raise AdaptkitError(f"{folder} was not exported with --lora-inputs (no adapters.json)")
-        manifest = read_json_file(manifest_path, what="adapters.json", max_bytes=16 << 20)
-        known = manifest.get("adapters") or {}
-        if adapter_name not in known:
-            raise AdaptkitError(
-                f"no adapter {adapter_name!r} in {manifest_path}; there are: {', '.join(sorted(known))}",
-                key="--adapter-name",
-            )
-        path = folder / Path(str(known[adapter_name]["file"])).name  # never outside the folder
-    try:
-        runtime = GenaiModel(folder, device)
-    except RuntimeError as exc:
-        raise AdaptkitError(f"ONNX Runtime GenAI cannot load {folder}: {exc}") from None
-    if path is not None:
-        runtime.load_adapter(path, adapter_name)
-    tokenizer = stream = None
-    if _has_tokenizer(folder):
-        import onnxruntime_genai as og
-
-        tokenizer = og.Tokenizer(runtime.model)
-        stream = tokenizer.create_stream()
+    vetted = ef.vet_export_folder(folder)
+    adapter_path = ef.adapter_file(folder, adapter_name) if adapter_name is not None else None
     if ids is None:
-        if tokenizer is None:
+        if not ef.has_tokenizer(folder):
             raise AdaptkitError(f"{folder} has no tokenizer; give the prompt as --input-ids", key="--prompt")
-        ids = [int(t) for t in tokenizer.encode(prompt)]
-    _check_ids(ids, vocab, context, max_new)
+        tokenizer = ef.load_runtime_tokenizer(folder)
+        ids = [int(t) for t in _runtime_call(lambda: tokenizer.encode(prompt), "encode the prompt")]
+    else:
+        tokenizer = _tokenizer_if_usable(folder)
+    _check_ids(ids, vetted.vocab_size, vetted.context_length, max_new)
+    runtime = _runtime_call(lambda: _load_model(folder, device), f"load {folder}")
+    if adapter_path is not None:
+        _runtime_call(lambda: runtime.load_adapter(adapter_path, adapter_name), f"load {adapter_path}")
+    stream = tokenizer.create_stream() if tokenizer is not None else None
 
     def on_token(token: int) -> None:
         printer.text(stream.decode(token) if stream is not None else f"{token} ")
 
     start = time.perf_counter()
-    tokens, _ = runtime.generate(ids, max_new, adapter=adapter_name, search=search, on_token=on_token)
+    tokens, _ = _runtime_call(
+        lambda: runtime.generate(ids, max_new, adapter=adapter_name, search=search, on_token=on_token),
+        "generate",
+    )
     seconds = time.perf_counter() - start
-    text = tokenizer.decode(tokens) if tokenizer is not None else None
+    text = _runtime_call(lambda: tokenizer.decode(tokens), "decode") if tokenizer is not None else None
     return {"input_ids": ids, "output_ids": tokens, "text": text, "tokens_per_s": len(tokens) / seconds}
 
 
-def _has_tokenizer(folder: Path) -> bool:
-    return (folder / "tokenizer.json").is_file() or (folder / "tokenizer.model").is_file()
+def _load_model(folder: Path, device: str) -> Any:
+    from adaptkit_onnx.generation import GenaiModel
+
+    return GenaiModel(folder, device)
+
+
+def _runtime_call(call: Any, doing: str) -> Any:
+    """``call()``, with the runtime's errors (RuntimeError and friends from its C++ side) as
+    one line. adaptkit's own errors pass through."""
+    try:
+        return call()
+    except AdaptkitError:
+        raise
+    except Exception as exc:  # pybind11 maps C++ exceptions to RuntimeError, ValueError, ...
+        text = str(exc).strip()
+        why = text.splitlines()[0][:300] if text else type(exc).__name__
+        raise AdaptkitError(f"ONNX Runtime GenAI could not {doing}: {why}") from None
+
+
+def _tokenizer_if_usable(folder: Path) -> Any:
+    """The export's tokenizer for showing text, or ``None`` (ids are shown) when it has none
+    or it fails the checks or the runtime: ``--input-ids`` never needs one."""
+    from adaptkit.cli.output import terminal_safe
+    from adaptkit_onnx import export_folder as ef
+
+    if not ef.has_tokenizer(folder):
+        return None
+    try:
+        return ef.load_runtime_tokenizer(folder)
+    except AdaptkitError as exc:
+        click.echo(
+            terminal_safe(f"warning: tokenizer not used, showing token ids: {exc.one_line()}"), err=True
+        )
+        return None
 
 
 def _generate_torch(

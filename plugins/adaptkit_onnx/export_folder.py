@@ -1,0 +1,445 @@
+"""An export folder is untrusted input: vet every file ONNX Runtime GenAI will open, first.
+
+A generation-ready export gets downloaded and run with ``adaptkit generate DIR``. The runtime
+opens files by itself: ``genai_config.json``, the decoder it names, every external-data file
+the ONNX graph names, the tokenizer files (``tokenizer_config.json``, ``tokenizer.json``, the
+chat templates) and the ``.onnx_adapter`` files of a ``--lora-inputs`` export. Before any of
+that happens, :func:`vet_export_folder` and :func:`vet_tokenizer` check that
+
+- ``genai_config.json`` holds only what adaptkit writes (:mod:`adaptkit_onnx.genai_config`);
+- every file the runtime will open is named by a plain file name and is a regular file whose
+  resolved path lies inside the resolved folder (a symlink inside the folder is fine, one
+  that leads out is refused);
+- the config agrees with the graph (``vocab_size`` is the width of the graph's logits, read
+  from the graph's declared shapes without loading any weights);
+- the tokenizer JSON is bounded (size, nesting) and of the types the runtime's C++ reader
+  expects, so its parser never sees a document that could crash or hang it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adaptkit.errors import AdaptkitError, FormatError
+
+#: Files a tokenizer may consist of; removed together when an export drops its tokenizer.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+#: Optional tokenizer files ONNX Runtime GenAI opens when present.
+_CHAT_TEMPLATES = ("chat_template.jinja", "chat_template.json")
+#: Tokenizer model types ONNX Runtime GenAI reads (a WordLevel tokenizer fails, or worse,
+#: loads as something else: "Cannot know how to parse line").
+RUNTIME_TOKENIZER_TYPES = ("BPE", "Unigram")
+MAX_TOKENIZER_BYTES = 256 << 20  # the largest real tokenizer.json files are ~35 MB
+MAX_TOKENIZER_CONFIG_BYTES = 16 << 20
+MAX_TEMPLATE_BYTES = 4 << 20
+MAX_MANIFEST_BYTES = 16 << 20
+
+_PLAIN_NAME = re.compile(r"^[^/\\\x00-\x1f]{1,255}$")
+
+
+@dataclass(frozen=True)
+class ExportFolder:
+    """A vetted export: its config and what :mod:`adaptkit_onnx.generate_cmd` needs from it."""
+
+    folder: Path
+    config: dict[str, Any]
+    vocab_size: int
+    context_length: int
+
+
+def contained_file(folder: Path, name: Any, *, what: str) -> Path:
+    """``folder/name`` if ``name`` is a plain file name and the file (after symlinks) is a
+    regular file inside ``folder``.
+
+    Args:
+        folder: The export folder.
+        name: A file name as some file of the export spells it.
+        what: What the file is, for messages ("the decoder named in genai_config.json").
+
+    Raises:
+        FormatError: naming the file.
+    """
+    if not isinstance(name, str) or not _PLAIN_NAME.match(name) or name in (".", ".."):
+        shown = repr(name[:80]) if isinstance(name, str) else type(name).__name__
+        raise FormatError(f"{what} must be a plain file name inside the folder, got {shown}", path=folder)
+    path = folder / name
+    try:
+        path.lstat()
+        real = path.resolve(strict=True)
+        root = folder.resolve(strict=True)
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        raise FormatError(f"{what} is missing (or a dangling symlink)", path=path) from None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise FormatError(f"cannot resolve {what}: {exc}", path=path) from None
+    if root not in real.parents:
+        raise FormatError(f"{what} is a symlink that leads out of the export folder", path=path)
+    if not stat.S_ISREG(mode):
+        raise FormatError(f"{what} is not a regular file", path=path)
+    return path
+
+
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` looks like an export (has a ``genai_config.json`` entry of any kind,
+    so that a symlinked or broken one is vetted, not mistaken for a model folder)."""
+    from adaptkit_onnx.genai_config import GENAI_CONFIG
+
+    return os.path.lexists(folder / GENAI_CONFIG)
+
+
+def vet_export_folder(folder: Path) -> ExportFolder:
+    """Everything ONNX Runtime GenAI reads to load ``folder``'s model, checked.
+
+    Raises:
+        AdaptkitError: one line naming the file and key.
+    """
+    from adaptkit_onnx.genai_config import GENAI_CONFIG, read_genai_config
+
+    contained_file(folder, GENAI_CONFIG, what=GENAI_CONFIG)
+    config = read_genai_config(folder)
+    model = config["model"]
+    decoder = contained_file(
+        folder, model["decoder"]["filename"], what="the decoder named in genai_config.json"
+    )
+    if decoder.resolve().parent != folder.resolve():
+        # The runtime looks for external data beside the decoder; were it a symlink into a
+        # subfolder, "beside" could mean that subfolder, whose files were never checked.
+        raise FormatError(
+            "the decoder must lie directly in the export folder, not behind a symlink", path=decoder
+        )
+    graph_vocab = _check_graph(folder, decoder, model["decoder"])
+    if model["vocab_size"] != graph_vocab:
+        raise FormatError(
+            f"vocab_size {model['vocab_size']} does not match the graph's logits ({graph_vocab})",
+            path=folder / GENAI_CONFIG,
+            key="model.vocab_size",
+        )
+    return ExportFolder(folder, config, model["vocab_size"], model["context_length"])
+
+
+def _check_graph(folder: Path, decoder: Path, section: dict[str, Any]) -> int:
+    """Check the decoder's external-data files and named inputs/outputs; return the width of
+    its logits. The graph is read without its weights (``load_external_data=False``)."""
+    import onnx
+
+    try:
+        graph_model = onnx.load(str(decoder), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX model
+        why = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise FormatError(f"not a readable ONNX model: {why}", path=decoder) from None
+    for location in sorted(_external_locations(graph_model)):
+        contained_file(folder, location, what=f"external data file {location!r} named in {decoder.name}")
+    graph = graph_model.graph
+    inputs = {i.name for i in graph.input}
+    outputs = {o.name: o for o in graph.output}
+    for key, name in section["inputs"].items():
+        if "%d" not in name and name not in inputs:
+            raise FormatError(
+                f"the graph has no input {name!r}",
+                path=folder / "genai_config.json",
+                key=f"model.decoder.inputs.{key}",
+            )
+    logits = outputs.get(section["outputs"]["logits"])
+    dims = logits.type.tensor_type.shape.dim if logits is not None else []
+    width = dims[-1].dim_value if dims and dims[-1].HasField("dim_value") else 0
+    if width <= 0:
+        raise FormatError(
+            f"the graph has no logits output {section['outputs']['logits']!r} with a fixed vocabulary width",
+            path=decoder,
+        )
+    return int(width)
+
+
+def _external_locations(model: Any) -> set[str]:
+    """Every ``location`` an external tensor of ``model`` names, in subgraphs and functions too."""
+    tensors: list[Any] = []
+    graphs = [model.graph]
+    node_lists = [list(f.node) for f in model.functions]
+    while graphs or node_lists:
+        if graphs:
+            graph = graphs.pop()
+            tensors.extend(graph.initializer)
+            for sparse in graph.sparse_initializer:
+                tensors.extend((sparse.values, sparse.indices))
+            node_lists.append(list(graph.node))
+            continue
+        for node in node_lists.pop():
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    tensors.append(attr.t)
+                tensors.extend(attr.tensors)
+                if attr.HasField("sparse_tensor"):
+                    tensors.extend((attr.sparse_tensor.values, attr.sparse_tensor.indices))
+                for sparse in attr.sparse_tensors:
+                    tensors.extend((sparse.values, sparse.indices))
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+    return {entry.value for t in tensors for entry in t.external_data if entry.key == "location"}
+
+
+# -- tokenizer -------------------------------------------------------------------------------
+
+
+def has_tokenizer(folder: Path) -> bool:
+    """Whether the export ships a tokenizer (any of the files the runtime reads for one)."""
+    return any(os.path.lexists(folder / n) for n in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def vet_tokenizer(folder: Path) -> None:
+    """Check the files ONNX Runtime GenAI reads for a tokenizer, before it reads them.
+
+    Raises:
+        FormatError: naming the file and key.
+    """
+    from adaptkit.io.jsonio import read_json_file
+
+    # The runtime merges tokenizer_module.json into the tokenizer config and follows a
+    # tiktoken_file key to any path; adaptkit writes neither.
+    if os.path.lexists(folder / "tokenizer_module.json"):
+        raise FormatError(
+            "adaptkit exports have no tokenizer_module.json; refused", path=folder / "tokenizer_module.json"
+        )
+    config_path = contained_file(folder, "tokenizer_config.json", what="tokenizer_config.json")
+    config = read_json_file(config_path, what="tokenizer_config.json", max_bytes=MAX_TOKENIZER_CONFIG_BYTES)
+    _check_tokenizer_config(config, config_path)
+    tokenizer_path = contained_file(folder, "tokenizer.json", what="tokenizer.json")
+    tokenizer = read_json_file(tokenizer_path, what="tokenizer.json", max_bytes=MAX_TOKENIZER_BYTES)
+    _check_tokenizer_json(tokenizer, tokenizer_path)
+    for name in _CHAT_TEMPLATES:
+        if os.path.lexists(folder / name):
+            path = contained_file(folder, name, what=name)
+            if path.stat().st_size > MAX_TEMPLATE_BYTES:
+                raise FormatError(f"{name} is larger than {MAX_TEMPLATE_BYTES} bytes", path=path)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_tokenizer_config(config: dict[str, Any], path: Path) -> None:
+    """The keys of ``tokenizer_config.json`` the runtime reads, with the types it reads them as
+    (its JSON library throws on any other type)."""
+    if "tiktoken_file" in config:
+        raise FormatError(
+            "a tiktoken_file names a file outside adaptkit's control; refused", path=path, key="tiktoken_file"
+        )
+    for key in ("add_bos_token", "add_eos_token", "clean_up_tokenization_spaces"):
+        if key in config and not isinstance(config[key], bool):
+            raise FormatError(f"must be true or false, not {type(config[key]).__name__}", path=path, key=key)
+    if "model_max_length" in config:
+        value = config["model_max_length"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise FormatError(
+                f"must be a positive number, got {value!r:.80}", path=path, key="model_max_length"
+            )
+    for key in ("tokenizer_class", "chat_template"):
+        if key in config and not isinstance(config[key], str):
+            raise FormatError(f"must be a string, not {type(config[key]).__name__}", path=path, key=key)
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        value = config.get(key)
+        if isinstance(value, dict):
+            value = value.get("content")
+        if value is not None and not isinstance(value, str):
+            raise FormatError(f"must be a token string, got {type(value).__name__}", path=path, key=key)
+    decoder = config.get("added_tokens_decoder", {})
+    if not isinstance(decoder, dict):
+        raise FormatError("must be an object", path=path, key="added_tokens_decoder")
+    for token_id, token in decoder.items():
+        if not (token_id.isascii() and token_id.isdigit()):
+            raise FormatError(
+                f"key {token_id!r:.40} is not a token id", path=path, key="added_tokens_decoder"
+            )
+        _check_added_token(token, path, f"added_tokens_decoder.{token_id}")
+
+
+def _check_added_token(token: Any, path: Path, key: str) -> None:
+    if not isinstance(token, dict):
+        raise FormatError("must be an object", path=path, key=key)
+    if "id" in token and not (_is_int(token["id"]) and token["id"] >= 0):
+        raise FormatError(f"id must be a non-negative integer, got {token['id']!r:.40}", path=path, key=key)
+    if not isinstance(token.get("content"), str):
+        raise FormatError("content must be a string", path=path, key=key)
+    for flag in ("lstrip", "rstrip", "normalized", "single_word", "special"):
+        if flag in token and not isinstance(token[flag], bool):
+            raise FormatError(f"{flag} must be true or false", path=path, key=key)
+
+
+def _check_tokenizer_json(doc: dict[str, Any], path: Path) -> None:
+    """The parts of ``tokenizer.json`` the runtime reads: the model (type, vocabulary, merges),
+    the added tokens and the pipeline stages' types."""
+    model = doc.get("model")
+    if not isinstance(model, dict):
+        raise FormatError("must be an object", path=path, key="model")
+    kind = model.get("type")
+    if kind not in RUNTIME_TOKENIZER_TYPES:
+        raise FormatError(
+            f"ONNX Runtime GenAI reads {' and '.join(RUNTIME_TOKENIZER_TYPES)} tokenizers, not {kind!r:.40}",
+            path=path,
+            key="model.type",
+        )
+    vocab = model.get("vocab")
+    if kind == "BPE":
+        if not isinstance(vocab, dict) or not all(_is_int(v) and v >= 0 for v in vocab.values()):
+            raise FormatError("must map tokens to non-negative integer ids", path=path, key="model.vocab")
+        merges = model.get("merges", [])
+        ok = isinstance(merges, list) and all(
+            isinstance(m, str) or (isinstance(m, list) and len(m) == 2 and all(isinstance(p, str) for p in m))
+            for m in merges
+        )
+        if not ok:
+            raise FormatError(
+                "must be a list of 'a b' strings or [a, b] pairs", path=path, key="model.merges"
+            )
+    elif not isinstance(vocab, list) or not all(
+        isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int | float)
+        for v in vocab
+    ):
+        raise FormatError("must be a list of [piece, score] pairs", path=path, key="model.vocab")
+    added = doc.get("added_tokens", [])
+    if not isinstance(added, list):
+        raise FormatError("must be a list", path=path, key="added_tokens")
+    for i, token in enumerate(added):
+        _check_added_token(token, path, f"added_tokens[{i}]")
+    for key in ("normalizer", "pre_tokenizer", "post_processor", "decoder"):
+        stage = doc.get(key)
+        if stage is not None and not (isinstance(stage, dict) and isinstance(stage.get("type"), str)):
+            raise FormatError("must be null or an object with a string type", path=path, key=key)
+
+
+def load_runtime_tokenizer(folder: Path) -> Any:
+    """Vet, then load the export's tokenizer in ONNX Runtime GenAI (``genai_config.json``
+    must have been vetted: the runtime finds the tokenizer through it).
+
+    Raises:
+        AdaptkitError: the files fail the checks, or the runtime cannot load them.
+    """
+    import onnxruntime_genai as og
+
+    vet_tokenizer(folder)
+    try:
+        return og.Tokenizer(og.Config(str(folder)))
+    except Exception as exc:  # the runtime's RuntimeError, with its JSON library's message
+        raise FormatError(
+            f"ONNX Runtime GenAI cannot load the tokenizer: {_first_line(exc)}", path=folder
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+# -- adapters.json ---------------------------------------------------------------------------
+
+
+def adapter_file(folder: Path, name: str) -> Path:
+    """The ``.onnx_adapter`` file that ``adapters.json`` names for adapter ``name``.
+
+    Raises:
+        AdaptkitError: no manifest, a malformed one, an unknown name, or a file that is not a
+            regular ``.onnx_adapter`` file inside the folder.
+    """
+    from adaptkit.io.jsonio import read_json_file
+
+    if not os.path.lexists(folder / "adapters.json"):
+        raise AdaptkitError(
+            f"{folder} was not exported with --lora-inputs (no adapters.json)", key="--adapter-name"
+        )
+    path = contained_file(folder, "adapters.json", what="adapters.json")
+    manifest = read_json_file(path, what="adapters.json", max_bytes=MAX_MANIFEST_BYTES)
+    known = manifest.get("adapters")
+    if not isinstance(known, dict):
+        raise FormatError(
+            f"must be an object of adapters, not {type(known).__name__}", path=path, key="adapters"
+        )
+    if name not in known:
+        names = ", ".join(sorted(known)[:20]) or "none"
+        raise AdaptkitError(f"no adapter {name!r} in {path}; there are: {names}", key="--adapter-name")
+    entry = known[name]
+    if not isinstance(entry, dict):
+        raise FormatError(f"must be an object, not {type(entry).__name__}", path=path, key=f"adapters.{name}")
+    file = entry.get("file")
+    if not (isinstance(file, str) and file.endswith(".onnx_adapter")):
+        raise FormatError(
+            f"must name an .onnx_adapter file, got {file!r:.80}", path=path, key=f"adapters.{name}.file"
+        )
+    return contained_file(folder, file, what=f"the adapter file of {name!r}")
+
+
+# -- export time -----------------------------------------------------------------------------
+
+#: Texts the runtime's tokenizer must encode as transformers does for an export to keep it:
+#: words, digits, punctuation, runs of spaces, a newline, accented letters.
+PROBE_TEXTS = ("Hello, world! 123", "  two  spaces\nand a new line", "naïve café, déjà vu", "abc xyz")
+
+
+def check_written_export(out: Path) -> dict[str, Any]:
+    """Vet a freshly written export as ``generate`` will, and keep its tokenizer only if the
+    runtime reads it as transformers does.
+
+    The builder's parity check runs on token ids, so a tokenizer the runtime cannot read (a
+    WordLevel ``tokenizer.json``, say) would pass it and then break every ``generate``. Such a
+    tokenizer is removed with a warning; the export stays usable with ``--input-ids``.
+
+    Returns:
+        The report's ``tokenizer`` entry: ``{"included": bool, "reason": str}``.
+    """
+    import click
+
+    from adaptkit.cli.output import terminal_safe
+
+    vet_export_folder(out)  # what adaptkit writes must pass what adaptkit reads
+    if not has_tokenizer(out):
+        return {"included": False, "reason": "the model has no tokenizer"}
+    reason = tokenizer_disagreement(out)
+    if reason is None:
+        return {"included": True}
+    removed = [name for name in TOKENIZER_FILES if os.path.lexists(out / name)]
+    for name in removed:
+        (out / name).unlink()
+    click.echo(
+        terminal_safe(f"warning: the export has no tokenizer ({reason}); generate with --input-ids"), err=True
+    )
+    return {"included": False, "reason": reason, "removed": removed}
+
+
+def tokenizer_disagreement(folder: Path) -> str | None:
+    """Why ONNX Runtime GenAI cannot stand in for transformers' tokenizer of ``folder``, or
+    ``None`` when it loads and encodes :data:`PROBE_TEXTS` to the same ids (special tokens
+    aside: where a BOS goes is the runtime's business)."""
+    from adaptkit.io.models import load_tokenizer
+
+    try:
+        runtime = load_runtime_tokenizer(folder)
+        reference = load_tokenizer(folder)
+    except AdaptkitError as exc:
+        return exc.message
+    if reference is None:
+        return "transformers finds no tokenizer in it"
+    special = {int(i) for i in reference.all_special_ids}
+    for text in PROBE_TEXTS:
+        want = [int(i) for i in reference(text)["input_ids"] if int(i) not in special]
+        try:
+            got = [int(i) for i in runtime.encode(text) if int(i) not in special]
+        except Exception as exc:  # the runtime's own failure
+            return f"ONNX Runtime GenAI cannot encode {text!r}: {_first_line(exc)}"
+        if got != want:
+            return f"ONNX Runtime GenAI encodes {text!r} as {got[:6]}, transformers as {want[:6]}"
+    return None

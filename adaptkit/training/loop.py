@@ -643,7 +643,9 @@ def check_train_outputs(cfg: TrainConfig) -> None:
         check_output(cfg.output, ADAPTER_FILE, inputs=inputs, force=cfg.force)
     if cfg.metrics:
         metrics_inputs = [*inputs, cfg.output]
-        check_output(cfg.metrics, METRICS, inputs=metrics_inputs, force=cfg.force or bool(cfg.resume))
+        check_output(
+            cfg.metrics, METRICS, inputs=metrics_inputs, force=cfg.force or bool(cfg.resume), flag="--metrics"
+        )
     if cfg.output and cfg.save_every:
         folder = checkpoint_dir(cfg)
         start = _resume_step(cfg)

@@ -82,7 +82,7 @@ def _check_number(backend: Any, key: str, value: Any, spec: dict[str, Any]) -> f
         or (low_open is not None and number <= low_open)
         or (high_open is not None and number >= high_open)
     ):
-        raise AdaptkitError(f"must be {bounds}, got {value!r}", key=_label(backend, key))
+        raise AdaptkitError(f"must be {what} {bounds}, got {value!r}", key=_label(backend, key))
     return number
 
 

@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 from adaptkit.errors import AdaptkitError
 
 OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit", "adamw")
+#: NF4 block sizes bitsandbytes has kernels for.
+BLOCKSIZES = (64, 128, 256, 512, 1024, 2048, 4096)
 
 
 class QloraBackend:
@@ -30,7 +32,13 @@ class QloraBackend:
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "blocksize": {"type": "integer", "minimum": 64, "maximum": 4096, "default": 64},
+            "blocksize": {
+                "type": "integer",
+                "minimum": BLOCKSIZES[0],
+                "maximum": BLOCKSIZES[-1],
+                "enum": list(BLOCKSIZES),
+                "default": 64,
+            },
             "quantize": {"type": "string", "enum": ["targets", "all-linear"], "default": "targets"},
             "optimizer": {"type": "string", "enum": list(OPTIMIZERS), "default": "paged_adamw_32bit"},
             "compute_dtype": {"type": "string", "enum": ["bf16", "fp16", "fp32"]},
@@ -39,11 +47,8 @@ class QloraBackend:
 
     def _options(self, config: Any) -> dict[str, Any]:
         from adaptkit.training.options import backend_options
-        from adaptkit_qlora.quantize import check_blocksize
 
-        opts = backend_options(self, config.options)
-        check_blocksize(opts["blocksize"])  # a power of two bitsandbytes has kernels for
-        return opts
+        return backend_options(self, config.options)
 
     @staticmethod
     def _cuda(config: Any) -> bool:

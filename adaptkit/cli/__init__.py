@@ -66,7 +66,9 @@ class AdaptkitGroup(click.Group):
 @click.group(cls=AdaptkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="adaptkit")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
-def cli(debug: bool) -> None:
+@click.option("--verbose", is_flag=True, help="Also show other libraries' log messages and warnings.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     """adaptkit: LoRA adapters you can combine exactly, merge honestly and export fast.
 
     A SPEC is an adapter file (.safetensors), an adapter directory a format plugin knows
@@ -81,6 +83,9 @@ def cli(debug: bool) -> None:
       adaptkit validate a.yaml b.yaml
       adaptkit plugins
     """
+    from adaptkit.cli.quiet import third_party_output
+
+    ctx.with_resource(third_party_output(verbose))  # stderr carries adaptkit's lines only
 
 
 #: Commands of adaptkit itself, in the order the reference documents them.

@@ -31,6 +31,23 @@ def _recipe(path: Path, *, output_given: bool) -> dict[str, Any]:
     return doc
 
 
+def parse_options(items: tuple[str, ...]) -> dict[str, Any]:
+    """``--option KEY=VALUE`` pairs; values are YAML scalars (``16`` → int, ``true`` → bool).
+    The backend's ``options_schema`` checks them (:mod:`adaptkit.training.options`)."""
+    from adaptkit.io.yamlio import loads_yaml
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise AdaptkitError(f"{item!r} is not KEY=VALUE", key="--option")
+        parsed = loads_yaml(value, source=f"--option {key.strip()}") if value.strip() else ""
+        if isinstance(parsed, (dict, list)):
+            raise AdaptkitError(f"expected a single value, got {value!r}", key=f"--option {key.strip()}")
+        options[key.strip()] = parsed
+    return options
+
+
 @click.command("train")
 @click.argument("recipe", required=False, type=click.Path(path_type=Path))
 @click.option("--backend", help="Training backend: lora (16-bit) or qlora (NF4). Default lora.")
@@ -75,7 +92,8 @@ def _recipe(path: Path, *, output_given: bool) -> dict[str, Any]:
 @click.option(
     "--eval-records",
     type=click.IntRange(min=0),
-    help="Records whose loss is measured before and after training (default 64; 0 skips both).",
+    help="Records whose loss is measured before and after training (default: sized to the run, "
+    "an eighth of the records it trains on, at least 1 and at most 64; 0 skips both).",
 )
 @click.option("--save-every", type=int, help="Resumable checkpoint every N steps (OUT.checkpoints/).")
 @click.option("--resume", type=click.Path(path_type=Path), help="Checkpoint folder to resume from.")
@@ -99,7 +117,6 @@ def command(recipe: Path | None, force: bool, as_json: bool, **flags: Any) -> No
       adaptkit train --model Qwen/Qwen2.5-0.5B --base-dtype bf16 --data d.jsonl -o a.safetensors
       adaptkit train recipe.yaml --lr 1e-3
     """
-    from adaptkit.cli.combine_cmd import parse_params
     from adaptkit.plugins import get_registry
     from adaptkit.training.loop import run_training
     from adaptkit.training.settings import LoraSettings, TrainConfig
@@ -117,7 +134,7 @@ def command(recipe: Path | None, force: bool, as_json: bool, **flags: Any) -> No
                 if (value == "all-linear" or value.startswith("re:"))
                 else [v for v in value.split(",") if v]
             )
-    doc.setdefault("options", {}).update(parse_params(flags.get("options") or ()))
+    doc.setdefault("options", {}).update(parse_options(flags.get("options") or ()))
     for key in ("model", "data", "output"):
         if not doc.get(key):
             raise AdaptkitError(f"missing --{key} (or '{key}' in a train recipe)")

@@ -70,6 +70,13 @@ class Backend(Plugin, Protocol):
             ``{"resume", "ddp"}``: ``resume`` — a run resumed from a checkpoint continues
             exactly; ``ddp`` — ``torchrun`` over N processes equals one process with the same
             global batch. The contract kit checks each claim. Missing: no claims.
+        options_schema: The backend's options (``--option KEY=VALUE``) as a JSON-Schema
+            ``object``: per property a ``type``, an ``enum`` or bounds, and a ``default``. The
+            trainer checks options against it before the model loads and hands the backend
+            ``config.options`` with defaults filled (:mod:`adaptkit.training.options`); every
+            number must be finite, and the contract kit asks each numeric option for a lower
+            and an upper bound. Declare ``{"type": "object", "additionalProperties": False,
+            "properties": {}}`` for none. Missing: options pass unchecked but for finiteness.
 
     Optional method ``memory_report(model) -> dict`` is written to the metrics file at start.
     """

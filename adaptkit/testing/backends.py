@@ -12,6 +12,9 @@ counting sequences (:func:`counting_records`), on CPU, in seconds. A failed chec
 ``AssertionError`` saying which promise of :class:`adaptkit.plugins.contracts.Backend` broke.
 
 Checked properties:
+    * options — the backend declares ``options_schema`` (an object schema refusing unknown
+      options), every numeric option has a lower and an upper bound and a valid default, and
+      the trainer's option check refuses ``nan``, ``inf`` and out-of-range values for each;
     * prepare — the base is frozen, and ``prepare`` returns exactly the trainable parameters,
       which are the LoRA factors and nothing else (their size is ``Σ r·(in + out)`` over the
       extracted targets);
@@ -120,6 +123,48 @@ def _logits(model: Any) -> Any:
     ids = torch.tensor(counting_records(n=2, length=12, seed=99))
     with torch.no_grad():
         return model(input_ids=ids).logits.float()
+
+
+_NUMERIC = ("number", "integer")
+
+
+def check_options(backend: Any) -> None:
+    from adaptkit.errors import AdaptkitError
+    from adaptkit.training.options import backend_options
+
+    name = getattr(backend, "name", repr(backend))
+    schema = getattr(backend, "options_schema", None)
+    assert isinstance(schema, dict) and schema.get("type") == "object", (
+        f"{name}: declare options_schema, a JSON-Schema object of the backend's options "
+        '({"type": "object", "additionalProperties": False, "properties": {}} for none)'
+    )
+    assert schema.get("additionalProperties") is False, (
+        f"{name}: options_schema must set additionalProperties: false, so a misspelt option is refused"
+    )
+    for key, spec in (schema.get("properties") or {}).items():
+        kind = spec.get("type")
+        assert kind in (*_NUMERIC, "string", "boolean") or "enum" in spec, (
+            f"{name}: option {key!r} needs a type (number, integer, string, boolean) or an enum"
+        )
+        if "default" in spec:
+            try:
+                backend_options(backend, {key: spec["default"]})
+            except AdaptkitError as exc:
+                raise AssertionError(f"{name}: option {key!r} has an invalid default: {exc}") from None
+        if kind not in _NUMERIC:
+            continue
+        low = "minimum" in spec or "exclusiveMinimum" in spec
+        high = "maximum" in spec or "exclusiveMaximum" in spec
+        assert low and high, (
+            f"{name}: numeric option {key!r} needs a lower and an upper bound (minimum/maximum): "
+            "a finite but absurd value (1e308) must be refused before it reaches the optimizer"
+        )
+        for bad in ("nan", "inf", "-inf", 1e308, -1e308):
+            try:
+                backend_options(backend, {key: bad})
+            except AdaptkitError:
+                continue
+            raise AssertionError(f"{name}: option {key}={bad!r} was accepted")
 
 
 def check_prepare(backend: Any) -> None:
@@ -347,6 +392,7 @@ def check_backend(backend: Any, tmp_path: Path) -> None:
         assert hasattr(backend, attr), f"backend {backend!r} lacks {attr!r}"
     unknown = set(getattr(backend, "supports", ())) - {"resume", "ddp"}
     assert not unknown, f"{backend.name}: unknown claims in supports: {sorted(unknown)}"
+    check_options(backend)
     check_prepare(backend)
     check_extract(backend)
     trained = check_learns(backend)

@@ -106,8 +106,22 @@ def load_checkpoint(folder: Path) -> tuple[Any, dict[str, torch.Tensor], dict[st
 
 
 def restore_optimizer(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], state: dict[str, Any]
+    optimizer: torch.optim.Optimizer,
+    tensors: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    *,
+    folder: Path,
 ) -> None:
+    """Load a checkpoint's optimizer and RNG state into ``optimizer``, after checking all of it
+    against the state this run's optimizer creates
+    (:func:`adaptkit.training.resume.check_optimizer_state`): nothing edited is trained on.
+
+    Raises:
+        FormatError: naming the file and the group, parameter or tensor.
+    """
+    from adaptkit.training.resume import check_optimizer_state, reference_state
+
+    groups = check_optimizer_state(reference_state(optimizer), tensors, state, Path(folder))
     rebuilt: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("state."):
@@ -117,8 +131,9 @@ def restore_optimizer(
         rebuilt.setdefault(int(idx), {}).update(entries)
     rebuilt = {idx: _nest(entries) for idx, entries in rebuilt.items()}
     try:
-        optimizer.load_state_dict({"state": rebuilt, "param_groups": state["param_groups"]})
-    except (ValueError, KeyError) as exc:
-        raise AdaptkitError(f"checkpoint does not match this run's optimizer: {exc}") from None
-    if "rng.torch" in tensors:
-        torch.set_rng_state(tensors["rng.torch"])
+        optimizer.load_state_dict({"state": rebuilt, "param_groups": groups})
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise AdaptkitError(
+            f"checkpoint does not match this run's optimizer: {exc}", path=Path(folder) / "state.json"
+        ) from None
+    torch.set_rng_state(tensors["rng.torch"])

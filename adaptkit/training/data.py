@@ -13,6 +13,7 @@ Records longer than ``seq_len`` are an error naming the line, unless ``truncate`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,33 @@ class Sample(list):
         return s
 
 
-def load_records(
-    path: str | Path, tokenizer: Any, *, seq_len: int, vocab_size: int, truncate: bool = False
-) -> list[list[int]]:
-    """Token id lists, one per training sequence."""
+@dataclass
+class DataFile:
+    """A data file read and checked without a model: every JSONL line has the right shape (its
+    ``input_ids`` are integer lists of 2+), or the file is non-empty plain text.
+
+    Attributes:
+        path: The file.
+        lines: For JSONL, ``(where, object)`` per non-blank line; ``None`` for plain text.
+        text: For plain text, the whole file.
+    """
+
+    path: Path
+    lines: list[tuple[str, dict[str, Any]]] | None = None
+    text: str | None = None
+
+    @property
+    def needs_tokenizer(self) -> bool:
+        return self.lines is None or any("input_ids" not in obj for _, obj in self.lines)
+
+
+def read_data(path: str | Path) -> DataFile:
+    """Read and check ``path`` as far as no tokenizer or model is needed: it exists, is UTF-8,
+    and holds records of the right shape. Runs before any model loads.
+
+    Raises:
+        AdaptkitError / FormatError: naming the file and the line.
+    """
     p = Path(path)
     raw = read_regular_file(p, max_bytes=MAX_DATA_BYTES, what="data file")
     try:
@@ -47,7 +71,38 @@ def load_records(
     except UnicodeDecodeError as exc:
         raise FormatError(f"not UTF-8 text (byte {exc.start})", path=p) from None
     if p.suffix.lower() in (".jsonl", ".json"):
-        records = _jsonl(p, text, tokenizer, vocab_size)
+        lines = _jsonl_lines(p, text)
+        if not lines:
+            raise AdaptkitError(_NO_RECORDS, path=p)
+        return DataFile(path=p, lines=lines)
+    if not text.strip():
+        raise AdaptkitError(_NO_RECORDS, path=p)
+    return DataFile(path=p, text=text)
+
+
+_NO_RECORDS = "no training records (need at least one sequence of 2+ tokens)"
+
+
+def load_records(
+    path: str | Path, tokenizer: Any, *, seq_len: int, vocab_size: int, truncate: bool = False
+) -> list[list[int]]:
+    """Token id lists, one per training sequence."""
+    return tokenize_records(
+        read_data(path), tokenizer, seq_len=seq_len, vocab_size=vocab_size, truncate=truncate
+    )
+
+
+def tokenize_records(
+    data: DataFile, tokenizer: Any, *, seq_len: int, vocab_size: int | None, truncate: bool = False
+) -> list[list[int]]:
+    """Token id lists of a :func:`read_data` result, one per training sequence.
+
+    Args:
+        vocab_size: Ids must lie below it; ``None`` skips the check (see :func:`check_token_ids`).
+    """
+    p = data.path
+    if data.lines is not None:
+        records = _tokenize_lines(p, data.lines, tokenizer, vocab_size)
     else:
         if tokenizer is None:
             raise AdaptkitError(
@@ -55,11 +110,11 @@ def load_records(
                 path=p,
                 hint="give JSONL with input_ids instead",
             )
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(data.text, add_special_tokens=False)["input_ids"]
         blocks = [ids[i : i + seq_len] for i in range(0, len(ids), seq_len)]
         records = [(f"block {n}", b) for n, b in enumerate(blocks, 1) if len(b) >= 2]
     if not records:
-        raise AdaptkitError("no training records (need at least one sequence of 2+ tokens)", path=p)
+        raise AdaptkitError(_NO_RECORDS, path=p)
     out = []
     for where, ids in records:
         if len(ids) > seq_len:
@@ -77,29 +132,68 @@ def load_records(
     return out
 
 
-def _jsonl(p: Path, text: str, tokenizer: Any, vocab_size: int) -> list[tuple[str, list[int]]]:
-    records = []
+def check_token_ids(records: list[list[int]], vocab_size: int, *, path: str | Path) -> None:
+    """Every id of ``records`` lies in ``0..vocab_size-1`` (the model's embedding, once it is
+    loaded, when its config did not say its vocabulary size)."""
+    for n, ids in enumerate(records, 1):
+        bad = [i for i in ids if not 0 <= i < vocab_size]
+        if bad:
+            raise FormatError(
+                f"token id {bad[0]} outside the vocabulary (0..{vocab_size - 1})",
+                path=path,
+                key=f"record {n}",
+            )
+
+
+def _jsonl_lines(p: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
+    """Each non-blank line parsed and checked for its shape (no tokenizer needed)."""
+    lines = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        obj = strict_json(line, what="JSON line", path=p, key=f"line {n}")
+        where = f"line {n}"
+        obj = strict_json(line, what="JSON line", path=p, key=where)
         kinds = [k for k in ("text", "input_ids", "prompt") if isinstance(obj, dict) and k in obj]
         if len(kinds) != 1 or (kinds == ["prompt"]) != ("completion" in obj):
             raise FormatError(
                 "each line needs exactly one of 'text', 'input_ids' or 'prompt' + 'completion'",
                 path=p,
-                key=f"line {n}",
+                key=where,
             )
+        if "prompt" in obj:
+            if not isinstance(obj["prompt"], str) or not isinstance(obj["completion"], str):
+                raise FormatError("'prompt' and 'completion' must be strings", path=p, key=where)
+        elif "text" in obj:
+            if not isinstance(obj["text"], str):
+                raise FormatError("'text' must be a string", path=p, key=where)
+        else:
+            ids = obj["input_ids"]
+            if not isinstance(ids, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in ids
+            ):
+                raise FormatError("'input_ids' must be a list of integers", path=p, key=where)
+            if len(ids) < 2:
+                raise FormatError("a record needs at least 2 tokens", path=p, key=where)
+            bad = [i for i in ids if i < 0]
+            if bad:
+                raise FormatError(f"token id {bad[0]} is negative", path=p, key=where)
+        lines.append((where, obj))
+    return lines
+
+
+def _tokenize_lines(
+    p: Path, lines: list[tuple[str, dict[str, Any]]], tokenizer: Any, vocab_size: int | None
+) -> list[tuple[str, list[int]]]:
+    records = []
+    for where, obj in lines:
         if "input_ids" not in obj and tokenizer is None:
             raise AdaptkitError(
                 "records have text but the model directory has no tokenizer",
                 path=p,
-                key=f"line {n}",
+                key=where,
                 hint="give pre-tokenised input_ids",
             )
         if "prompt" in obj:
-            if not isinstance(obj["prompt"], str) or not isinstance(obj["completion"], str):
-                raise FormatError("'prompt' and 'completion' must be strings", path=p, key=f"line {n}")
             prompt = list(tokenizer(obj["prompt"])["input_ids"])
             ids = prompt + list(tokenizer(obj["completion"], add_special_tokens=False)["input_ids"])
             eos = getattr(tokenizer, "eos_token_id", None)
@@ -107,26 +201,20 @@ def _jsonl(p: Path, text: str, tokenizer: Any, vocab_size: int) -> list[tuple[st
                 ids.append(eos)
             ids = Sample.of(ids, len(prompt))
         elif "text" in obj:
-            if not isinstance(obj["text"], str):
-                raise FormatError("'text' must be a string", path=p, key=f"line {n}")
             ids = list(tokenizer(obj["text"])["input_ids"])
             eos = getattr(tokenizer, "eos_token_id", None)
             if eos is not None and (not ids or ids[-1] != eos):
                 ids.append(eos)
         else:
             ids = obj["input_ids"]
-            if not isinstance(ids, list) or not all(
-                isinstance(i, int) and not isinstance(i, bool) for i in ids
-            ):
-                raise FormatError("'input_ids' must be a list of integers", path=p, key=f"line {n}")
-            bad = [i for i in ids if not 0 <= i < vocab_size]
+            bad = [i for i in ids if vocab_size is not None and not 0 <= i < vocab_size]
             if bad:
                 raise FormatError(
                     f"token id {bad[0]} outside the vocabulary (0..{vocab_size - 1})",
                     path=p,
-                    key=f"line {n}",
+                    key=where,
                 )
         if len(ids) < 2:
-            raise FormatError("a record needs at least 2 tokens", path=p, key=f"line {n}")
-        records.append((f"line {n}", ids))
+            raise FormatError("a record needs at least 2 tokens", path=p, key=where)
+        records.append((where, ids))
     return records

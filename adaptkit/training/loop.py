@@ -15,7 +15,8 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 from adaptkit.errors import AdaptkitError, OutputError
 from adaptkit.training.settings import TrainConfig
 
-#: Records used for the before/after evaluation loss (``TrainConfig.eval_records``' default).
+#: Most records the before/after evaluation uses by default (see :func:`eval_size`).
 EVAL_RECORDS = 64
 
 
@@ -39,15 +40,45 @@ class TrainResult:
     memory: dict[str, Any] = field(default_factory=dict)
 
 
-def step_indices(n_records: int, per_step: int, steps: int, seed: int) -> list[list[int]]:
-    """Record indices for every optimizer step: shuffled epochs, concatenated."""
-    order: list[int] = []
-    epoch = 0
-    while len(order) < per_step * steps:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order += torch.randperm(n_records, generator=g).tolist()
-        epoch += 1
-    return [order[i * per_step : (i + 1) * per_step] for i in range(steps)]
+def step_indices(n_records: int, per_step: int, steps: int, seed: int) -> StepOrder:
+    """Record indices for every optimizer step: shuffled epochs, concatenated (computed a step at
+    a time, so a long run costs no memory up front)."""
+    return StepOrder(n_records, per_step, steps, seed)
+
+
+class StepOrder(Sequence):
+    """``order[step]``: the record indices of one optimizer step. The data order is the
+    concatenation of one random permutation per epoch, each a pure function of
+    ``(seed, epoch)``, so any step's records are known without the steps before it."""
+
+    def __init__(self, n_records: int, per_step: int, steps: int, seed: int) -> None:
+        self.n_records, self.per_step, self.steps, self.seed = n_records, per_step, steps, seed
+        self._epoch_cache: dict[int, list[int]] = {}
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def _epoch(self, epoch: int) -> list[int]:
+        if epoch not in self._epoch_cache:
+            if len(self._epoch_cache) > 2:  # a step spans at most a few epochs
+                self._epoch_cache.clear()
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch_cache[epoch] = torch.randperm(self.n_records, generator=g).tolist()
+        return self._epoch_cache[epoch]
+
+    def __getitem__(self, step: Any) -> Any:
+        if isinstance(step, slice):
+            return [self[i] for i in range(*step.indices(self.steps))]
+        if not -self.steps <= step < self.steps:
+            raise IndexError(step)
+        position = (step % self.steps) * self.per_step
+        out: list[int] = []
+        while len(out) < self.per_step:
+            epoch, offset = divmod(position, self.n_records)
+            take = self._epoch(epoch)[offset : offset + self.per_step - len(out)]
+            out += take
+            position += len(take)
+        return out
 
 
 def learning_rate(cfg: TrainConfig, step: int, steps: int) -> float:
@@ -104,20 +135,165 @@ def peak_memory(device: torch.device) -> int:
 
 
 def evaluate_loss(
-    model: Any, records: list[list[int]], pad_id: int, batch_size: int, device: torch.device
+    model: Any,
+    records: list[list[int]],
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    *,
+    progress: str | None = None,
 ) -> float:
-    """Mean token loss of ``model`` over ``records`` (no grad)."""
+    """Mean token loss of ``model`` over ``records`` (no grad).
+
+    Args:
+        progress: A label for a progress bar on stderr (none when ``None``).
+    """
     total, count = 0.0, 0
     was_training = model.training
     model.eval()
-    with torch.no_grad():
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(records), desc=progress, unit="record", leave=False, dynamic_ncols=True)
+    with torch.no_grad(), bar if bar is not None else contextlib.nullcontext():
         for i in range(0, len(records), batch_size):
             chunk = records[i : i + batch_size]
             ids, mask = collate(chunk, pad_id)
             total += float(token_loss_sum(model, ids.to(device), mask.to(device)))
             count += target_tokens(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
     model.train(was_training)
     return total / max(count, 1)
+
+
+def eval_size(requested: int | None, n_records: int, trained_records: int) -> int:
+    """Records evaluated before and after training.
+
+    ``requested`` (``--eval-records``) when given. Otherwise sized to the run: an eighth of the
+    records this run trains on (steps x batch size x grad accumulation x processes), at least 1
+    and at most :data:`EVAL_RECORDS` and the data. Evaluation is forward-only and training
+    costs about three forwards per record, so the two passes together cost at most about a
+    twelfth of the training (a 2-step run is not held up by 128 evaluated records).
+    """
+    if requested is not None:
+        return requested
+    return max(1, min(EVAL_RECORDS, n_records, math.ceil(trained_records / 8)))
+
+
+@dataclass
+class RunPlan:
+    """Everything a run needs that is known before its model loads.
+
+    Attributes:
+        records: The tokenised training sequences.
+        tokenizer: The model's tokenizer, or ``None``.
+        folder: The resolved model folder (``None`` when the model was given directly).
+        vocab_checked: The vocabulary size the records were checked against (``None``: not yet).
+        steps: Optimizer steps of the whole run.
+        start: The step this run starts at (a resumed checkpoint's).
+        eval_records: Records evaluated before and after training.
+        checkpoint: ``(adapter, tensors, state)`` of the resumed checkpoint, checked.
+    """
+
+    records: list[list[int]]
+    tokenizer: Any
+    folder: Path | None
+    vocab_checked: int | None
+    steps: int
+    start: int
+    eval_records: int
+    checkpoint: tuple[Any, dict[str, Any], dict[str, Any]] | None = None
+
+
+def plan_run(
+    cfg: TrainConfig,
+    backend: Any,
+    dist: Any,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    records: list[list[int]] | None = None,
+) -> RunPlan:
+    """Check every input that can be checked without the model, cheapest first, and work out
+    the run: the data file (read, parsed and tokenised), the outputs, the resume checkpoint
+    and its settings, the step count and the evaluation size. A 7B base is loaded only once
+    all of these passed.
+
+    Raises:
+        AdaptkitError: naming the file, flag or setting.
+    """
+    from adaptkit.training.data import read_data, tokenize_records
+
+    data = read_data(cfg.data) if records is None else None
+    if dist.main:
+        check_train_outputs(cfg)
+    checkpoint = _read_checkpoint(cfg, backend) if cfg.resume else None
+    folder, vocab = None, None
+    if model is None:
+        from adaptkit.io.models import load_tokenizer, resolve_model
+
+        folder = resolve_model(cfg.model)
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
+        vocab = config_vocab_size(folder)
+    else:
+        vocab = model_vocab_size(model)
+    if data is not None:
+        records = tokenize_records(
+            data, tokenizer, seq_len=cfg.seq_len, vocab_size=vocab, truncate=cfg.truncate
+        )
+    assert records is not None
+    if not records:
+        raise AdaptkitError("no training records", key="records")
+    per_step = cfg.batch_size * dist.world * cfg.grad_accum
+    steps = cfg.max_steps or cfg.epochs * max(1, math.ceil(len(records) / per_step))
+    start = checkpoint[2]["step"] if checkpoint else 0
+    if start >= steps:
+        raise AdaptkitError(
+            f"the checkpoint is at step {start}, but this run has {steps} steps: nothing to train",
+            path=cfg.resume,
+            key="step",
+            hint="raise --max-steps, or resume from an earlier checkpoint",
+        )
+    if cfg.eval_records is not None and cfg.eval_records > len(records):
+        raise AdaptkitError(
+            f"{cfg.eval_records} records to evaluate, but the data has {len(records)}",
+            path=cfg.data or None,
+            key="--eval-records",
+            hint=f"give at most {len(records)}, or leave it out to size the evaluation to the run",
+        )
+    evaluated = eval_size(cfg.eval_records, len(records), (steps - start) * per_step)
+    return RunPlan(records, tokenizer, folder, vocab, steps, start, evaluated, checkpoint)
+
+
+def config_vocab_size(folder: Path) -> int | None:
+    """The vocabulary size ``config.json`` declares (``None`` when it does not say)."""
+    from adaptkit.io.jsonio import read_json_file
+    from adaptkit.io.models import MAX_CONFIG_BYTES
+
+    config = read_json_file(folder / "config.json", what="config.json", max_bytes=MAX_CONFIG_BYTES)
+    for holder in (config, config.get("text_config")):
+        value = holder.get("vocab_size") if isinstance(holder, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def model_vocab_size(model: Any) -> int:
+    return int(getattr(model.config, "vocab_size", 0) or model.get_input_embeddings().num_embeddings)
+
+
+def _read_checkpoint(cfg: TrainConfig, backend: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The resume checkpoint, read and checked against ``cfg`` (no model needed)."""
+    from adaptkit.training.checkpoint import load_checkpoint
+    from adaptkit.training.options import backend_options
+    from adaptkit.training.resume import check_checkpoint
+
+    folder = Path(cfg.resume)
+    adapter, tensors, state = load_checkpoint(folder)
+    check_checkpoint(folder, adapter, tensors, state, cfg, lambda options: backend_options(backend, options))
+    return adapter, tensors, state
 
 
 def run_training(
@@ -137,15 +313,25 @@ def run_training(
     they are loaded from ``cfg.model`` and ``cfg.data``. ``backend`` may be a backend object
     (an unregistered one, in a backend's own tests); otherwise ``cfg.backend`` is looked up.
 
+    Every setting and input that needs no model (:func:`plan_run`) is checked before the model
+    loads. ``cfg.options`` reaches the backend checked against its ``options_schema``, with
+    defaults filled (:mod:`adaptkit.training.options`).
+
     The learning-rate schedule sets every optimizer param group's ``lr`` to
     ``schedule(step) · group.get("lr_scale", 1.0)``, so a backend can give groups their own
     ratio to the peak rate (LoRA+ trains ``B`` faster than ``A`` this way).
     """
     from adaptkit.plugins import get_registry
-    from adaptkit.training.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
-    from adaptkit.training.data import load_records
+    from adaptkit.training.checkpoint import restore_optimizer, save_checkpoint
     from adaptkit.training.distributed import init_distributed, shutdown
+    from adaptkit.training.options import backend_options
+    from adaptkit.training.settings import check_config
 
+    if backend is None:
+        registry = registry or get_registry()
+        backend = registry.get("backend", cfg.backend)
+    check_config(cfg)
+    cfg = replace(cfg, options=backend_options(backend, cfg.options))
     dist = init_distributed(cfg.device)
     say = log or (lambda msg: print(msg, flush=True))
 
@@ -153,26 +339,17 @@ def run_training(
         if dist.main:
             say(msg)
 
-    if backend is None:
-        registry = registry or get_registry()
-        backend = registry.get("backend", cfg.backend)
     torch.manual_seed(cfg.seed)
-    if records is None:  # a missing data file is found before minutes of loading, not after
-        import os
-
-        from adaptkit.io.fileio import open_regular_file
-
-        os.close(open_regular_file(cfg.data, what="data file"))
-    if dist.main:
-        check_train_outputs(cfg)
+    plan = plan_run(cfg, backend, dist, model=model, tokenizer=tokenizer, records=records)
+    records, tokenizer, steps, start = plan.records, plan.tokenizer, plan.steps, plan.start
     placed = model is None
     if model is None:
-        model, tokenizer = _load_base(cfg, backend, dist.device, note)
-    vocab = int(getattr(model.config, "vocab_size", 0) or model.get_input_embeddings().num_embeddings)
-    if records is None:
-        records = load_records(
-            cfg.data, tokenizer, seq_len=cfg.seq_len, vocab_size=vocab, truncate=cfg.truncate
-        )
+        model, _ = _load_base(cfg, backend, dist.device, note, folder=plan.folder)
+        vocab = model_vocab_size(model)
+        if plan.vocab_checked != vocab:
+            from adaptkit.training.data import check_token_ids
+
+            check_token_ids(records, vocab, path=cfg.data)
     pad_id = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
     pad_id = 0 if pad_id is None else int(pad_id)
 
@@ -186,6 +363,19 @@ def run_training(
     params = backend.prepare(model, cfg.lora, cfg, note)
     if not params:
         raise AdaptkitError(f"backend {cfg.backend!r} left nothing to train")
+    scaler = None
+    masters: list[tuple[Any, torch.dtype]] = []
+    if base_dtype == torch.float16:
+        # fp16 activations underflow in the backward pass: scale the loss up, unscale the
+        # gradients before the step, skip steps that overflow (torch.amp.GradScaler).
+        scaler = torch.amp.GradScaler(dist.device.type)
+        note("fp16 base: loss scaling with torch.amp.GradScaler (bf16 and fp32 bases need none)")
+        masters = fp32_master_weights(params)
+        if masters:
+            note(
+                "fp16 base: fp16 LoRA factors train as float32 master weights (loss scaling cannot "
+                "unscale fp16 gradients, and small updates would round away) and are written in fp16"
+            )
     if cfg.grad_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad, so it works with a
         # frozen (also 4-bit) base; the reentrant kind silently drops the LoRA gradients there.
@@ -194,12 +384,7 @@ def run_training(
             model.config.use_cache = False
         note("gradient checkpointing: on (non-reentrant, works with a frozen or 4-bit base)")
     optimizer = backend.optimizer(params, cfg, note)
-    scaler = None
-    if base_dtype == torch.float16:
-        # fp16 activations underflow in the backward pass: scale the loss up, unscale the
-        # gradients before the step, skip steps that overflow (torch.amp.GradScaler).
-        scaler = torch.amp.GradScaler(dist.device.type)
-        note("fp16 base: loss scaling with torch.amp.GradScaler (bf16 and fp32 bases need none)")
+    check_param_groups(optimizer, backend)
     memory = memory_account(model, params, dist.device)
     note(
         f"memory: base {memory['base_dtype']} {memory['base_bytes'] / 2**20:,.1f} MiB"
@@ -209,24 +394,15 @@ def run_training(
 
     per_rank, world = cfg.batch_size, dist.world
     per_step = per_rank * world * cfg.grad_accum
-    steps = cfg.max_steps or cfg.epochs * max(1, math.ceil(len(records) / per_step))
     schedule = step_indices(len(records), per_step, steps, cfg.seed)
 
-    start = 0
-    if cfg.resume:
-        adapter, tensors, state = load_checkpoint(Path(cfg.resume))
-        _copy_factors(model, adapter)
-        restore_optimizer(optimizer, tensors, state)
+    if plan.checkpoint is not None:
+        adapter, tensors, state = plan.checkpoint
+        folder = Path(cfg.resume)
+        _copy_factors(model, adapter, folder)
+        restore_optimizer(optimizer, tensors, state, folder=folder)
         if scaler is not None and state.get("grad_scaler"):
             scaler.load_state_dict(state["grad_scaler"])
-        start = state["step"]
-        if start >= steps:
-            raise AdaptkitError(
-                f"the checkpoint is at step {start}, but this run has {steps} steps: nothing to train",
-                path=cfg.resume,
-                key="step",
-                hint="raise --max-steps, or resume from an earlier checkpoint",
-            )
         note(f"resumed from {cfg.resume} at step {start}")
 
     train_model: Any = model
@@ -234,8 +410,13 @@ def run_training(
         train_model = torch.nn.parallel.DistributedDataParallel(model)
     model.train()
     # Before/after loss on the same fixed sample, so the two are comparable.
-    probe = records[: max(0, cfg.eval_records)]
-    initial = evaluate_loss(model, probe, pad_id, per_rank, dist.device) if dist.main and probe else None
+    probe = records[: plan.eval_records]
+    show = progress and dist.main
+    initial = (
+        evaluate_loss(model, probe, pad_id, per_rank, dist.device, progress="eval before" if show else None)
+        if dist.main and probe
+        else None
+    )
 
     stack = contextlib.ExitStack()
     metrics_fh = None
@@ -334,7 +515,13 @@ def run_training(
                 dist.barrier()
 
     model.eval()
-    final = evaluate_loss(model, probe, pad_id, per_rank, dist.device) if dist.main and probe else None
+    for param, dtype in masters:  # the adapter is written, and evaluated, in the dtype asked for
+        param.data = param.data.to(dtype)
+    final = (
+        evaluate_loss(model, probe, pad_id, per_rank, dist.device, progress="eval after" if show else None)
+        if dist.main and probe
+        else None
+    )
     memory["peak_bytes"] = peak_memory(dist.device)
     memory["peak_measured"] = (
         "CUDA max allocated" if dist.device.type == "cuda" else "peak RSS of the process"
@@ -367,12 +554,15 @@ def run_training(
     )
 
 
-def _load_base(cfg: TrainConfig, backend: Any, device: torch.device, note: Any) -> tuple[Any, Any]:
-    """Load ``cfg.model`` in ``cfg.base_dtype`` straight onto ``device``, letting the backend
-    add ``from_pretrained`` arguments (``qlora``: quantize while loading)."""
+def _load_base(
+    cfg: TrainConfig, backend: Any, device: torch.device, note: Any, *, folder: Path | None = None
+) -> tuple[Any, Any]:
+    """Load ``cfg.model`` (or the already resolved ``folder``) in ``cfg.base_dtype`` straight
+    onto ``device``, letting the backend add ``from_pretrained`` arguments (``qlora``: quantize
+    while loading)."""
     from adaptkit.io.models import load_causal_lm, load_tokenizer, resolve_model, torch_dtype
 
-    folder = resolve_model(cfg.model)
+    folder = folder if folder is not None else resolve_model(cfg.model)
     dtype = torch_dtype(cfg.base_dtype, folder)
     name = str(dtype).removeprefix("torch.")
     where_from = " (the checkpoint's dtype)" if cfg.base_dtype == "auto" else ""
@@ -453,7 +643,9 @@ def check_train_outputs(cfg: TrainConfig) -> None:
         check_output(cfg.output, ADAPTER_FILE, inputs=inputs, force=cfg.force)
     if cfg.metrics:
         metrics_inputs = [*inputs, cfg.output]
-        check_output(cfg.metrics, METRICS, inputs=metrics_inputs, force=cfg.force or bool(cfg.resume))
+        check_output(
+            cfg.metrics, METRICS, inputs=metrics_inputs, force=cfg.force or bool(cfg.resume), flag="--metrics"
+        )
     if cfg.output and cfg.save_every:
         folder = checkpoint_dir(cfg)
         start = _resume_step(cfg)
@@ -481,17 +673,73 @@ def checkpoint_dir(cfg: TrainConfig) -> Path:
     return out.with_name(out.name + ".checkpoints")
 
 
-def _copy_factors(model: Any, adapter: Any) -> None:
+def _copy_factors(model: Any, adapter: Any, folder: Path) -> None:
+    """Load a checkpoint's factors into the attached layers: the same targets, and per target
+    the same shapes and dtypes (a cast would silently change what is resumed)."""
     from adaptkit.errors import InvalidAdapterError
 
+    path = folder / "adapter.safetensors"
     layers = {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "lora_B")}
     missing = sorted(set(adapter.targets) ^ set(layers))
     if missing:
-        raise InvalidAdapterError(f"checkpoint targets differ from this run's: {missing[:3]}")
+        raise InvalidAdapterError(
+            f"checkpoint targets differ from this run's: {missing[:3]}",
+            path=path,
+            hint="resume with the same --targets",
+        )
+    for name, pair in adapter.targets.items():
+        for label, saved, live in (("A", pair.A, layers[name].lora_A), ("B", pair.B, layers[name].lora_B)):
+            if saved.shape != live.shape or saved.dtype != live.dtype:
+                raise InvalidAdapterError(
+                    f"factor {label} is {_describe(saved)}, this run trains {_describe(live)}",
+                    path=path,
+                    key=name,
+                    hint="resume with the same --rank, --dtype and --base-dtype",
+                )
     with torch.no_grad():
         for name, pair in adapter.targets.items():
             layers[name].lora_A.copy_(pair.A)
             layers[name].lora_B.copy_(pair.B)
+
+
+def _describe(tensor: torch.Tensor) -> str:
+    return f"{str(tensor.dtype).removeprefix('torch.')} {list(tensor.shape)}"
+
+
+#: A backend's param group may train faster than ``--lr`` (LoRA+'s ``B``), but not by more.
+MAX_LR_SCALE = 1024.0
+
+
+def check_param_groups(optimizer: Any, backend: Any) -> None:
+    """Every param group's ``lr_scale`` is a finite ratio in (0, :data:`MAX_LR_SCALE`]: the
+    schedule multiplies it into the learning rate each step, so a backend that computed it
+    from a hostile option (``ratio=1e308``) would otherwise train on overflow."""
+    for n, group in enumerate(optimizer.param_groups):
+        scale = group.get("lr_scale", 1.0)
+        finite = isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale)
+        if not finite or not 0 < scale <= MAX_LR_SCALE:
+            raise AdaptkitError(
+                f"backend {getattr(backend, 'name', '?')!r} gives param group {n} an lr_scale of {scale!r}; "
+                f"it must be in (0, {MAX_LR_SCALE:g}]",
+                key="--option",
+                hint="check the backend options",
+            )
+
+
+def fp32_master_weights(params: list[Any]) -> list[tuple[Any, torch.dtype]]:
+    """Train fp16 ``params`` in float32, in place; returns ``(param, fp16)`` to cast back.
+
+    Loss scaling (``GradScaler``) refuses to unscale fp16 gradients, and rightly: an fp16 factor
+    loses updates smaller than its rounding step. As PEFT keeps adapter weights in float32 under
+    autocast, the factors train in float32 (LoRA layers compute in their factors' dtype and
+    cast back to the activations'); the trainer casts them to fp16 before evaluating and
+    writing. The parameter objects stay the same, so an optimizer built later sees them."""
+    upcast = []
+    for p in params:
+        if p.dtype == torch.float16:
+            p.data = p.data.to(torch.float32)
+            upcast.append((p, torch.float16))
+    return upcast
 
 
 def _jsonable(cfg: TrainConfig) -> dict[str, Any]:

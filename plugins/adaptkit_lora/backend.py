@@ -10,6 +10,12 @@ class LoraBackend:
     description = "16-bit LoRA: frozen base, LoRA in fp32/bf16/fp16, AdamW"
     requires: ClassVar[dict[str, str]] = {"torch": "torch", "transformers": "transformers"}
     supports: ClassVar[frozenset[str]] = frozenset({"resume", "ddp"})
+    #: No options: ``--option anything=...`` is refused, not silently ignored.
+    options_schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {},
+    }
 
     def prepare(self, model: Any, settings: Any, config: Any, log: Any) -> list[Any]:
         from adaptkit.nn.inject import attach, trainable_parameters

@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 from adaptkit.errors import AdaptkitError
 
 OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit", "adamw")
+#: NF4 block sizes bitsandbytes has kernels for.
+BLOCKSIZES = (64, 128, 256, 512, 1024, 2048, 4096)
 
 
 class QloraBackend:
@@ -25,30 +27,28 @@ class QloraBackend:
     requires: ClassVar[dict[str, str]] = {"bitsandbytes": "bitsandbytes>=0.45", "torch": "torch"}
     supports: ClassVar[frozenset[str]] = frozenset({"resume", "ddp"})
 
-    @staticmethod
-    def _options(config: Any) -> dict[str, Any]:
-        opts = dict(config.options or {})
-        unknown = sorted(set(opts) - {"blocksize", "quantize", "optimizer", "compute_dtype"})
-        if unknown:
-            raise AdaptkitError(
-                f"unknown qlora option {unknown[0]!r}; valid: blocksize, quantize, optimizer, compute_dtype",
-                key="--option",
-            )
-        scope = opts.get("quantize", "targets")
-        if scope not in ("targets", "all-linear"):
-            raise AdaptkitError(f"quantize must be 'targets' or 'all-linear', got {scope!r}", key="quantize")
-        if opts.get("compute_dtype", "bf16") not in ("bf16", "fp16", "fp32"):
-            raise AdaptkitError("compute_dtype must be bf16, fp16 or fp32", key="compute_dtype")
-        from adaptkit_qlora.quantize import check_blocksize
+    #: Checked by the trainer before the model loads (:mod:`adaptkit.training.options`).
+    options_schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "blocksize": {
+                "type": "integer",
+                "minimum": BLOCKSIZES[0],
+                "maximum": BLOCKSIZES[-1],
+                "enum": list(BLOCKSIZES),
+                "default": 64,
+            },
+            "quantize": {"type": "string", "enum": ["targets", "all-linear"], "default": "targets"},
+            "optimizer": {"type": "string", "enum": list(OPTIMIZERS), "default": "paged_adamw_32bit"},
+            "compute_dtype": {"type": "string", "enum": ["bf16", "fp16", "fp32"]},
+        },
+    }
 
-        try:
-            blocksize = int(opts.get("blocksize", 64))
-        except (TypeError, ValueError):
-            raise AdaptkitError(
-                f"blocksize must be an integer, got {opts['blocksize']!r}", key="blocksize"
-            ) from None
-        check_blocksize(blocksize)
-        return {**opts, "blocksize": blocksize, "quantize": scope}
+    def _options(self, config: Any) -> dict[str, Any]:
+        from adaptkit.training.options import backend_options
+
+        return backend_options(self, config.options)
 
     @staticmethod
     def _cuda(config: Any) -> bool:
@@ -207,11 +207,7 @@ class QloraBackend:
         import bitsandbytes as bnb
         import torch
 
-        choice = (config.options or {}).get("optimizer", "paged_adamw_32bit")
-        if choice not in OPTIMIZERS:
-            raise AdaptkitError(
-                f"unknown optimizer {choice!r}; valid: {', '.join(OPTIMIZERS)}", key="optimizer"
-            )
+        choice = self._options(config)["optimizer"]
         if choice == "adamw":
             return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         eight = choice.endswith("8bit")

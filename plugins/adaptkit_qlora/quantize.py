@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from adaptkit.errors import AdaptkitError
-
-BLOCKSIZES = (64, 128, 256, 512, 1024, 2048, 4096)
+from adaptkit_qlora.backend import BLOCKSIZES  # one list, the options schema's
 
 
 def check_blocksize(blocksize: int) -> None:

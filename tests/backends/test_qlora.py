@@ -140,7 +140,7 @@ def test_merge_back_into_both_bases(trained, run_cli):
 
 
 def test_bad_input(tmp_path, monkeypatch):
-    with pytest.raises(AdaptkitError, match="unsupported NF4 blocksize 100"):
+    with pytest.raises(AdaptkitError, match="qlora option blocksize: unknown value 100; valid: 64, 128"):
         run_training(
             qcfg(max_steps=1, options={"blocksize": 100}),
             model=qlora_llama(),

@@ -108,9 +108,28 @@ class ScalesByWorldSize(LoraBackend):
         return torch.optim.AdamW([{"params": params, "lr_scale": world}], lr=config.lr)
 
 
+class UndeclaredOptions(LoraBackend):
+    options_schema = None
+
+
+class UnboundedOption(LoraBackend):
+    options_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"ratio": {"type": "number", "exclusiveMinimum": 0, "default": 2}},
+    }
+
+
+class AcceptsUnknownOptions(LoraBackend):
+    options_schema = {"type": "object", "properties": {}}
+
+
 @pytest.mark.parametrize(
     ("backend", "check", "message"),
     [
+        (UndeclaredOptions(), "check_options", "declare options_schema"),
+        (UnboundedOption(), "check_options", "needs a lower and an upper bound"),
+        (AcceptsUnknownOptions(), "check_options", "additionalProperties: false"),
         (BaseLeftTrainable(), "check_prepare", "prepare left base parameters trainable"),
         (HidesATrainableParameter(), "check_prepare", "trainable but not returned by prepare"),
         (DropsATarget(), "check_extract", "extracted targets differ"),

@@ -9,9 +9,10 @@ learning rate, LoRA's ``A`` and ``B`` factors cannot both learn efficiently at l
 improves convergence speed (and often the final loss) at no extra cost. Everything else is the
 ``lora`` method: ``y = W x + s·B A x`` with a frozen base, ``s = alpha/r`` (or ``alpha/√r``).
 
-Options (``--option KEY=VALUE`` or ``options:`` in a train recipe):
-    ``ratio`` (16): ``lr_B / lr_A``. ``--lr`` is the rate of ``A``; the schedule (warm-up and
-        decay) applies to both, keeping the ratio.
+Options (``--option KEY=VALUE`` or ``options:`` in a train recipe), declared in
+``options_schema`` so that adaptkit checks them before the model loads:
+    ``ratio`` (16): ``lr_B / lr_A``, above 0 and at most 1024. ``--lr`` is the rate of ``A``;
+        the schedule (warm-up and decay) applies to both, keeping the ratio.
 
 Only adaptkit's public API is used: ``adaptkit_lora`` attaches and extracts the LoRA layers,
 and the shared trainer scales each optimizer param group's learning rate by its
@@ -20,12 +21,14 @@ and the shared trainer scales each optimizer param group's learning rate by its
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 from adaptkit import AdaptkitError
 
 DEFAULT_RATIO = 16.0
+#: The paper's useful range is 2 to 2⁸; far beyond it ``lr_B`` is a number, not a rate
+#: (``ratio=1e308`` multiplies the learning rate into overflow).
+MAX_RATIO = 1024.0
 
 
 class LoraPlusBackend:
@@ -37,20 +40,26 @@ class LoraPlusBackend:
     def __init__(self) -> None:
         self._b_factors: set[int] = set()
 
-    @staticmethod
-    def ratio(config: Any) -> float:
-        options = dict(config.options or {})
-        unknown = sorted(set(options) - {"ratio"})
-        if unknown:
-            raise AdaptkitError(f"unknown loraplus option {unknown[0]!r}; valid: ratio", key="--option")
-        raw = options.get("ratio", DEFAULT_RATIO)
-        try:
-            value = float(raw)
-        except (TypeError, ValueError):
-            value = math.nan
-        if not math.isfinite(value) or value <= 0:
-            raise AdaptkitError(f"ratio must be a positive number, got {raw!r}", key="ratio")
-        return value
+    options_schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "ratio": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": MAX_RATIO,
+                "default": DEFAULT_RATIO,
+                "description": "lr_B / lr_A",
+            }
+        },
+    }
+
+    def ratio(self, config: Any) -> float:
+        """The checked ``ratio`` option (adaptkit's trainer has checked it already; a direct
+        caller of :meth:`prepare` gets the same check)."""
+        from adaptkit.training.options import backend_options
+
+        return float(backend_options(self, config.options)["ratio"])
 
     def prepare(self, model: Any, settings: Any, config: Any, log: Any) -> list[Any]:
         from adaptkit import nn as lora

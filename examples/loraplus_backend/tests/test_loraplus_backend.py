@@ -53,18 +53,35 @@ def test_b_factors_get_ratio_times_the_rate_through_the_schedule():
     assert result.steps == 4
 
 
-@pytest.mark.parametrize("ratio", ["0", "-2", "nan", "inf", "fast"])
+BAD_RATIOS = ["0", "-2", "nan", "inf", "-inf", "1e999", "fast", 0, -2.5, 1e308, "1e308", 2048, True]
+
+
+@pytest.mark.parametrize("ratio", BAD_RATIOS)
 def test_bad_ratio_is_refused_before_anything_is_attached(ratio):
     model = tiny_causal_lm()
     cfg = config(options={"ratio": ratio})
-    with pytest.raises(AdaptkitError, match="ratio must be a positive number"):
+    with pytest.raises(AdaptkitError, match="loraplus option ratio: must be"):
         LoraPlusBackend().prepare(model, cfg.lora, cfg, print)
     assert all(p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.parametrize("ratio", ["nan", 1e308, "0"])
+def test_bad_ratio_is_refused_by_the_trainer_before_the_model_is_touched(ratio):
+    model = tiny_causal_lm()
+    cfg = config(options={"ratio": ratio})
+    with pytest.raises(AdaptkitError, match="loraplus option ratio: must be"):
+        run_training(cfg, model=model, records=counting_records(), backend=LoraPlusBackend(), progress=False)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize(("ratio", "value"), [("16", 16.0), ("1e3", 1000.0), (2, 2.0), (0.5, 0.5)])
+def test_good_ratio_text_and_numbers(ratio, value):
+    assert LoraPlusBackend().ratio(config(options={"ratio": ratio})) == value
+
+
 def test_unknown_option_is_refused():
     cfg = config(options={"ration": 8})
-    with pytest.raises(AdaptkitError, match="unknown loraplus option 'ration'"):
+    with pytest.raises(AdaptkitError, match="unknown loraplus option 'ration'; valid: ratio"):
         LoraPlusBackend().prepare(tiny_causal_lm(), cfg.lora, cfg, print)
 
 

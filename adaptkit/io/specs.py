@@ -76,9 +76,9 @@ def read_adapter_yaml(path: str | os.PathLike[str]) -> AdapterRef:
     doc = load_yaml_file(p)
     validate_document(doc, "adapter-spec", path=p)
     check_input_path(doc["adapter"], source=p, key="adapter")
-    target = (
-        (p.parent / doc["adapter"]).resolve() if not os.path.isabs(doc["adapter"]) else Path(doc["adapter"])
-    )
+    from adaptkit.io.paths import real_path
+
+    target = real_path(p.parent / doc["adapter"]) if not os.path.isabs(doc["adapter"]) else Path(doc["adapter"])
     return AdapterRef(
         path=target,
         weight=float(doc.get("weight", 1.0)),

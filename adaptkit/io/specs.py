@@ -78,7 +78,8 @@ def read_adapter_yaml(path: str | os.PathLike[str]) -> AdapterRef:
     check_input_path(doc["adapter"], source=p, key="adapter")
     from adaptkit.io.paths import real_path
 
-    target = real_path(p.parent / doc["adapter"]) if not os.path.isabs(doc["adapter"]) else Path(doc["adapter"])
+    raw = doc["adapter"]
+    target = Path(raw) if os.path.isabs(raw) else real_path(p.parent / raw)
     return AdapterRef(
         path=target,
         weight=float(doc.get("weight", 1.0)),

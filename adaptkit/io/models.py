@@ -257,13 +257,13 @@ def check_config_fields(config: dict[str, Any], path: Path) -> None:
         FormatError: naming ``config.json`` and the key.
     """
     if "model_type" in config and not isinstance(config["model_type"], str):
-        raise FormatError("model_type must be a string", path=path, key="model_type")
+        raise FormatError("must be a string", path=path, key="model_type")
     archs = config.get("architectures")
     if archs is not None and not (
         isinstance(archs, list) and all(isinstance(a, str) and 0 < len(a) <= 200 for a in archs)
     ):
         raise FormatError(
-            f"architectures must be a list of class names, not {_short(archs)}",
+            f"must be a list of class names, not {_short(archs)}",
             path=path,
             key="architectures",
         )
@@ -272,7 +272,7 @@ def check_config_fields(config: dict[str, Any], path: Path) -> None:
         if key not in config or (value is None and key in NULLABLE_FIELDS):
             continue
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_SIZE:
-            raise FormatError(f"{key} must be a positive integer, not {_short(value)}", path=path, key=key)
+            raise FormatError(f"must be a positive integer, not {_short(value)}", path=path, key=key)
     heads, kv = config.get("num_attention_heads"), config.get("num_key_value_heads")
     if isinstance(heads, int) and isinstance(kv, int) and heads % kv:
         raise FormatError(
@@ -285,7 +285,7 @@ def check_config_fields(config: dict[str, Any], path: Path) -> None:
         ids = value if isinstance(value, list) else [value]
         if value is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise FormatError(
-                f"{key} must be a token id or a list of them, not {_short(value)}", path=path, key=key
+                f"must be a token id or a list of them, not {_short(value)}", path=path, key=key
             )
     text = config.get("text_config")
     if isinstance(text, dict):

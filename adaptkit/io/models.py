@@ -280,6 +280,18 @@ def check_config_fields(config: dict[str, Any], path: Path) -> None:
             path=path,
             key="num_key_value_heads",
         )
+    hidden = config.get("hidden_size")
+    if (
+        isinstance(hidden, int)
+        and isinstance(heads, int)
+        and config.get("head_dim") is None
+        and hidden < heads
+    ):
+        raise FormatError(
+            f"hidden_size ({hidden}) is smaller than num_attention_heads ({heads}): heads of size 0",
+            path=path,
+            key="hidden_size",
+        )
     for key in TOKEN_ID_FIELDS:
         value = config.get(key)
         ids = value if isinstance(value, list) else [value]

@@ -348,6 +348,7 @@ CONFIG_CASES = {
     "vocab_size a float": ({"vocab_size": 128.5}, "vocab_size"),
     "vocab_size a list": ({"vocab_size": [128]}, "vocab_size"),
     "kv heads not dividing heads": ({"num_key_value_heads": 3}, "num_key_value_heads"),
+    "heads of size 0": ({"hidden_size": 2, "head_dim": None}, "hidden_size"),
     "eos a string": ({"eos_token_id": "</s>"}, "eos_token_id"),
     "huge layer count": ({"num_hidden_layers": 10**12}, "num_hidden_layers"),
 }

@@ -364,6 +364,18 @@ def test_odd_config_values_are_one_line(run_cli, box, case, command):
     _refused(run_cli, box, command, ["config.json", key])
 
 
+@pytest.mark.parametrize("name", ["AutoTokenizer", "__class__", "LlamaConfig"])
+def test_an_architecture_that_is_not_a_model_class_is_not_built(box, name):
+    """The streamed loader (``export --onnx`` parity, the qlora backend) builds the class
+    ``architectures`` names: only a model class of transformers' own, else transformers' loader."""
+    from adaptkit.io.streamed_load import plan
+
+    _edit_config(box / "model", architectures=[name])
+    assert plan(box / "model") is None
+    _edit_config(box / "model", architectures=[name, "LlamaForCausalLM"])
+    assert plan(box / "model") is not None
+
+
 # --- 6. a symlink loop -------------------------------------------------------------------------
 
 

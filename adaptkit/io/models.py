@@ -231,6 +231,34 @@ def check_model_files(folder: Path) -> None:
     check_no_remote_code(folder, config)
     for f in safetensors_files(folder):
         checked_header(f)
+    check_weight_index(folder)
+
+
+def check_weight_index(folder: Path) -> None:
+    """A sharded checkpoint's ``model.safetensors.index.json`` may name only the shards
+    checked above: transformers opens whatever its ``weight_map`` lists, so a name in a
+    subfolder or of another pattern would be read without its header having been vetted.
+
+    Raises:
+        FormatError: naming the index and the file.
+    """
+    from adaptkit.io.jsonio import read_json_file
+
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").is_file() or not index.is_file():
+        return  # transformers reads the single file and never this index
+    doc = read_json_file(index, what="model.safetensors.index.json", max_bytes=MAX_CONFIG_BYTES)
+    weight_map = doc.get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise FormatError("must map tensor names to file names", path=index, key="weight_map")
+    shards = {f.name for f in safetensors_files(folder)}
+    for name in sorted(set(weight_map.values())):
+        if name not in shards:
+            raise FormatError(
+                f"names {_short(name)}, which is not one of this folder's model-*-of-*.safetensors shards",
+                path=index,
+                key="weight_map",
+            )
 
 
 #: Sizes adaptkit and the ONNX model builder compute with (head size, vocabulary, layers),

@@ -61,7 +61,12 @@ def plan(folder: Path) -> dict[str, Any] | None:
 
     from adaptkit.nn.placement import _renamer
 
-    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=False
+        )
+    except Exception:  # a config transformers rejects: its loader reports that in one line
+        return None
     names = list(getattr(config, "architectures", None) or [])
     # Only a model class: config.json names it, and "AutoTokenizer" or "__class__" are attributes too.
     found = (getattr(transformers, n, None) for n in names)

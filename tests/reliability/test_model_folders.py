@@ -245,6 +245,35 @@ def test_a_model_folder_file_linking_outside_is_refused(run_cli, box, tmp_path_f
     _refused(run_cli, box, command, [name, "links outside the model folder"])
 
 
+@pytest.fixture
+def sharded(box):
+    from tests.models import tiny_llama
+
+    shutil.rmtree(box / "model")
+    tiny_llama(hidden_size=64, intermediate_size=96).save_pretrained(box / "model", max_shard_size="40KB")
+    assert not (box / "model" / "model.safetensors").exists()
+    return box / "model" / "model.safetensors.index.json"
+
+
+def test_a_sharded_checkpoint_is_read_through_its_checked_shards(run_cli, box, sharded):
+    code, _, err = run_cli(*MERGED)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("name", ["../elsewhere.safetensors", "sub/model.safetensors", "other.safetensors"])
+def test_a_weight_index_naming_an_unchecked_file_is_refused(run_cli, box, sharded, name):
+    """transformers opens what ``weight_map`` names: only the shards whose headers were checked."""
+    index = json.loads(sharded.read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = name
+    sharded.write_text(json.dumps(index))
+    (box / "model" / "sub").mkdir()
+    for path in (box / "elsewhere.safetensors", box / "model" / "sub" / "model.safetensors"):
+        path.write_bytes(b"\xff" * 64)  # a header that would never pass the strict reader
+    (box / "model" / "other.safetensors").write_bytes(b"\xff" * 64)
+    _refused(run_cli, box, MERGED, ["model.safetensors.index.json", "weight_map", name])
+
+
 def _hub_cache(root: Path, base: Path, repo_id: str = "org/tiny") -> Path:
     """A Hugging Face cache laid out as huggingface_hub writes it: blobs, a snapshot of links
     into them, refs/main naming the snapshot."""

@@ -275,7 +275,7 @@ TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 MAX_SIZE = 2**31 - 1
 
 
-def check_config_fields(config: dict[str, Any], path: Path) -> None:
+def check_config_fields(config: dict[str, Any], path: Path, prefix: str = "") -> None:
     """Types and ranges of the ``config.json`` fields adaptkit reads itself, so an odd value
     (``num_attention_heads: 0``, ``head_dim: "16"``, ``architectures: [[...]]``) is one line
     naming the key instead of a ``ZeroDivisionError`` or ``TypeError`` deep in an exporter.
@@ -285,7 +285,7 @@ def check_config_fields(config: dict[str, Any], path: Path) -> None:
         FormatError: naming ``config.json`` and the key.
     """
     if "model_type" in config and not isinstance(config["model_type"], str):
-        raise FormatError("must be a string", path=path, key="model_type")
+        raise FormatError("must be a string", path=path, key=prefix + "model_type")
     archs = config.get("architectures")
     if archs is not None and not (
         isinstance(archs, list) and all(isinstance(a, str) and 0 < len(a) <= 200 for a in archs)
@@ -293,20 +293,20 @@ def check_config_fields(config: dict[str, Any], path: Path) -> None:
         raise FormatError(
             f"must be a list of class names, not {_short(archs)}",
             path=path,
-            key="architectures",
+            key=prefix + "architectures",
         )
     for key in SIZE_FIELDS:
         value = config.get(key)
         if key not in config or (value is None and key in NULLABLE_FIELDS):
             continue
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_SIZE:
-            raise FormatError(f"must be a positive integer, not {_short(value)}", path=path, key=key)
+            raise FormatError(f"must be a positive integer, not {_short(value)}", path=path, key=prefix + key)
     heads, kv = config.get("num_attention_heads"), config.get("num_key_value_heads")
     if isinstance(heads, int) and isinstance(kv, int) and heads % kv:
         raise FormatError(
             f"num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kv})",
             path=path,
-            key="num_key_value_heads",
+            key=prefix + "num_key_value_heads",
         )
     hidden = config.get("hidden_size")
     if (
@@ -318,18 +318,18 @@ def check_config_fields(config: dict[str, Any], path: Path) -> None:
         raise FormatError(
             f"hidden_size ({hidden}) is smaller than num_attention_heads ({heads}): heads of size 0",
             path=path,
-            key="hidden_size",
+            key=prefix + "hidden_size",
         )
     for key in TOKEN_ID_FIELDS:
         value = config.get(key)
         ids = value if isinstance(value, list) else [value]
         if value is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise FormatError(
-                f"must be a token id or a list of them, not {_short(value)}", path=path, key=key
+                f"must be a token id or a list of them, not {_short(value)}", path=path, key=prefix + key
             )
     text = config.get("text_config")
     if isinstance(text, dict):
-        check_config_fields(text, path)
+        check_config_fields(text, path, prefix + "text_config.")
 
 
 def _short(value: Any) -> str:

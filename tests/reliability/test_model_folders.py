@@ -380,6 +380,7 @@ CONFIG_CASES = {
     "heads of size 0": ({"hidden_size": 2, "head_dim": None}, "hidden_size"),
     "eos a string": ({"eos_token_id": "</s>"}, "eos_token_id"),
     "huge layer count": ({"num_hidden_layers": 10**12}, "num_hidden_layers"),
+    "nested text_config": ({"text_config": {"num_attention_heads": 0}}, "text_config.num_attention_heads"),
 }
 
 

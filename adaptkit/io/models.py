@@ -166,13 +166,19 @@ def check_model_dir(path: str | os.PathLike[str], *, hub_repo: Path | None = Non
     return folder
 
 
+def hub_repository(folder: Path) -> Path | None:
+    """The Hugging Face cache repository (``models--org--name``) ``folder`` is a snapshot of,
+    judged by its path (``.../models--org--name/snapshots/<rev>``), or ``None``."""
+    repo = folder.parent.parent
+    return repo if folder.parent.name == "snapshots" and repo.name.startswith("models--") else None
+
+
 def model_roots(folder: Path, hub_repo: Path | None = None) -> list[Path]:
     """The real folders a model's files may lie in: the model folder itself and, for a Hugging
     Face cache snapshot (``.../snapshots/<rev>/``), that repository's ``blobs/``."""
     from adaptkit.io.paths import real_path
 
-    if hub_repo is None and folder.parent.name == "snapshots":
-        hub_repo = folder.parent.parent
+    hub_repo = hub_repo or hub_repository(folder)
     roots = [real_path(folder)]
     if hub_repo is not None:
         roots.append(real_path(hub_repo) / "blobs")
@@ -192,8 +198,7 @@ def check_contained(folder: Path, hub_repo: Path | None = None) -> None:
     """
     from adaptkit.io.paths import is_within, real_path
 
-    if hub_repo is None and folder.parent.name == "snapshots":
-        hub_repo = folder.parent.parent
+    hub_repo = hub_repo or hub_repository(folder)
     if hub_repo is not None and not is_within(folder, hub_repo):
         raise FormatError(
             f"this Hugging Face cache snapshot leads outside its repository's cache (to {real_path(folder)})",

@@ -352,6 +352,13 @@ def test_a_hub_cache_leading_outside_is_refused(run_cli, box, hub, tmp_path_fact
     _refused(run_cli, box, HUB_MERGED, words)
 
 
+def test_a_snapshot_given_as_a_folder_is_held_to_its_blobs(run_cli, box, hub, tmp_path_factory, base):
+    snap = hub / "snapshots" / COMMIT
+    _file_links_out("config.json")(hub, _elsewhere(tmp_path_factory, base))
+    args = ["export", "--merged", "--model", snap, "-a", "a.safetensors", "-o", "out"]
+    _refused(run_cli, box, args, ["config.json", "links outside the model folder or its repository's blobs/"])
+
+
 def test_a_hub_cache_auto_map_never_runs(run_cli, box, hub):
     snap = hub / "snapshots" / COMMIT
     config = json.loads((snap / "config.json").read_text())

@@ -80,7 +80,7 @@ def _check_hub_ref(repo: Path) -> None:
     """Refuse a cache whose ``refs/main`` is anything but a commit id in a file of the
     repository's own: huggingface_hub joins its text onto ``snapshots/`` unchecked, so ``..``
     or an absolute path there would lead outside the cache."""
-    from adaptkit.io.paths import is_within
+    from adaptkit.io.fileio import is_within
 
     ref = repo / "refs" / "main"
     if not os.path.lexists(ref):
@@ -176,7 +176,7 @@ def hub_repository(folder: Path) -> Path | None:
 def model_roots(folder: Path, hub_repo: Path | None = None) -> list[Path]:
     """The real folders a model's files may lie in: the model folder itself and, for a Hugging
     Face cache snapshot (``.../snapshots/<rev>/``), that repository's ``blobs/``."""
-    from adaptkit.io.paths import real_path
+    from adaptkit.io.fileio import real_path
 
     hub_repo = hub_repo or hub_repository(folder)
     roots = [real_path(folder)]
@@ -196,7 +196,7 @@ def check_contained(folder: Path, hub_repo: Path | None = None) -> None:
     Raises:
         FormatError: naming the entry and where it leads.
     """
-    from adaptkit.io.paths import is_within, real_path
+    from adaptkit.io.fileio import is_within, real_path
 
     hub_repo = hub_repo or hub_repository(folder)
     if hub_repo is not None and not is_within(folder, hub_repo):
@@ -491,8 +491,8 @@ def side_file(folder: Path, name: str) -> Path | None:
     (``*.py``, ``*.so``, ... see :data:`adaptkit.io.output_guard.CODE_SUFFIXES`) never is: an
     ``auto_map`` module copied next to a config would be one import away from running.
     """
+    from adaptkit.io.fileio import is_within
     from adaptkit.io.output_guard import CODE_SUFFIXES
-    from adaptkit.io.paths import is_within
 
     path = folder / name
     if Path(name).suffix.lower() in CODE_SUFFIXES or not path.is_file():

@@ -73,7 +73,7 @@ def kind_of_writer(writer: object) -> OutputKind:
 
 def _relation(out: Path, inp: Path) -> str | None:
     """How ``out`` overlaps ``inp``: ``"is"``, ``"contains"``, ``"lies inside"`` or None."""
-    from adaptkit.io.paths import real_path
+    from adaptkit.io.fileio import real_path
 
     o, i = real_path(out), real_path(inp)
     if o == i:

@@ -74,7 +74,7 @@ class Recipe:
 
 
 def _inside(path: Path, root: Path) -> bool:
-    from adaptkit.io.paths import is_within
+    from adaptkit.io.fileio import is_within
 
     return is_within(path, root)
 

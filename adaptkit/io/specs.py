@@ -76,7 +76,7 @@ def read_adapter_yaml(path: str | os.PathLike[str]) -> AdapterRef:
     doc = load_yaml_file(p)
     validate_document(doc, "adapter-spec", path=p)
     check_input_path(doc["adapter"], source=p, key="adapter")
-    from adaptkit.io.paths import real_path
+    from adaptkit.io.fileio import real_path
 
     raw = doc["adapter"]
     target = Path(raw) if os.path.isabs(raw) else real_path(p.parent / raw)

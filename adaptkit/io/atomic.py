@@ -278,3 +278,58 @@ def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+#: Scratch folders (a model-sized baked checkpoint, a builder's cache) are named
+#: ``.adaptkit-scratch.<pid>.<random>``, like temps, and swept by the same rule.
+SCRATCH_PREFIX = ".adaptkit-scratch."
+
+
+@contextlib.contextmanager
+def scratch_directory(parent: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a fresh scratch folder in ``parent`` (the output's filesystem), removed on exit.
+
+    Its name carries our process id, so when a SIGKILL leaves it behind the next
+    :func:`sweep_stale_scratch` in ``parent`` removes it, and never while we still run.
+    """
+    import shutil
+
+    folder = Path(parent) if str(parent) else Path(".")
+    sweep_stale_scratch(folder)
+    tmp: Path | None = None
+    try:
+        with _signals_blocked():  # as for temps: created and covered by the cleanup together
+            tmp = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}.", dir=folder))
+        yield tmp
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sweep_stale_scratch(parent: str | os.PathLike[str]) -> list[Path]:
+    """Remove scratch folders in ``parent`` whose owning process is gone; returns them.
+
+    Only real folders named ``.adaptkit-scratch.<pid>.*`` are touched; a running owner's folder
+    is never removed.
+    """
+    import re
+    import shutil
+
+    named = re.compile(re.escape(SCRATCH_PREFIX) + r"(\d+)\.[^/]+")
+    removed: list[Path] = []
+    try:
+        entries = list(Path(parent).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = named.fullmatch(entry.name)
+        if m is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        owner = int(m.group(1))
+        if _alive(owner):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        if not os.path.lexists(entry):
+            removed.append(entry)
+    return removed
+

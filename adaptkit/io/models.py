@@ -31,34 +31,70 @@ def resolve_model(spec: str | os.PathLike[str]) -> Path:
     offline mode is off).
 
     Raises:
-        FormatError: ``spec`` is neither an existing directory nor a cached or downloadable id.
+        FormatError: ``spec`` is neither an existing directory nor a cached or downloadable id,
+            or the folder (or cache) it names is unfit (see :func:`check_model_dir`).
     """
     path = Path(spec)
     text = os.fspath(spec)
-    if path.exists() or not _HUB_ID.match(text):
+    if os.path.lexists(path) or not _HUB_ID.match(text):
         return check_model_dir(path)
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    folder, repo = _hub_snapshot(text)
+    return check_model_dir(folder, hub_repo=repo)
 
+
+def _hub_snapshot(repo_id: str) -> tuple[Path, Path]:
+    """``(snapshot folder, repository cache folder)`` of a Hub id, from the cache or downloaded."""
+    from huggingface_hub import constants, snapshot_download
+
+    repo = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+    _check_hub_ref(repo)
     try:
-        folder = snapshot_download(text, allow_patterns=list(HUB_PATTERNS), local_files_only=True)
+        folder = snapshot_download(repo_id, allow_patterns=list(HUB_PATTERNS), local_files_only=True)
         if not safetensors_files(Path(folder)):
-            raise LocalEntryNotFoundError("no weights cached")
-    except (LocalEntryNotFoundError, FileNotFoundError, HFValidationError):
+            raise FileNotFoundError("no weights cached")
+    except Exception:  # not cached, partly cached, or a cache huggingface_hub cannot read
         if constants.HF_HUB_OFFLINE:
             raise FormatError(
-                f"{text!r} is not a local directory and is not in the Hugging Face cache, and "
+                f"{repo_id!r} is not a local directory and is not in the Hugging Face cache, and "
                 "offline mode is on (HF_HUB_OFFLINE)",
                 hint="download it once with network access, or pass a model directory",
             ) from None
         try:
-            folder = snapshot_download(text, allow_patterns=list(HUB_PATTERNS))
+            folder = snapshot_download(repo_id, allow_patterns=list(HUB_PATTERNS))
         except Exception as exc:  # network, auth, missing repo: one line, not a traceback
             raise FormatError(
-                f"cannot fetch {text!r} from the Hugging Face Hub: {' '.join(str(exc).split())[:200]}",
+                f"cannot fetch {repo_id!r} from the Hugging Face Hub: {' '.join(str(exc).split())[:200]}",
                 hint="check the id, your network, or pass a model directory",
             ) from None
-    return check_model_dir(folder)
+    folder = Path(folder)
+    if folder.parent != repo / "snapshots" or not _COMMIT.fullmatch(folder.name):
+        raise FormatError("the Hugging Face cache gave a snapshot outside this repository", path=folder)
+    return folder, repo
+
+
+#: A Hub commit id, the only thing a cache's ``refs/<branch>`` file may hold.
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def _check_hub_ref(repo: Path) -> None:
+    """Refuse a cache whose ``refs/main`` is anything but a commit id in a file of the
+    repository's own: huggingface_hub joins its text onto ``snapshots/`` unchecked, so ``..``
+    or an absolute path there would lead outside the cache."""
+    from adaptkit.io.fileio import is_within
+
+    ref = repo / "refs" / "main"
+    if not os.path.lexists(ref):
+        return
+    if not is_within(ref, repo) or not ref.is_file():
+        raise FormatError("not a file inside the repository's cache", path=ref)
+    with open(ref, "rb") as fh:
+        raw = fh.read(64)
+    if not _COMMIT.fullmatch(raw.decode("ascii", errors="replace")):
+        raise FormatError(
+            f"does not hold a commit id (40 hex digits): {raw[:48]!r}",
+            path=ref,
+            hint="delete this repository from the Hugging Face cache and download it again",
+        )
 
 
 def torch_dtype(name: str, folder: Path | None = None) -> Any:
@@ -100,8 +136,14 @@ def safetensors_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("model-*-of-*.safetensors"))
 
 
-def check_model_dir(path: str | os.PathLike[str]) -> Path:
-    """A HF model directory with ``config.json`` and safetensors weights, or a clear error."""
+def check_model_dir(path: str | os.PathLike[str], *, hub_repo: Path | None = None) -> Path:
+    """A HF model directory with ``config.json`` and safetensors weights, or a clear error.
+
+    Args:
+        path: The model folder.
+        hub_repo: The Hugging Face cache repository folder ``path`` is a snapshot of (found from
+            the path itself when it ends in ``snapshots/<rev>``).
+    """
     folder = Path(path)
     if not folder.is_dir():
         raise FormatError(
@@ -109,6 +151,7 @@ def check_model_dir(path: str | os.PathLike[str]) -> Path:
             "(org/name)",
             path=folder,
         )
+    check_contained(folder, hub_repo)
     if not (folder / "config.json").is_file():
         raise FormatError("not a Hugging Face model directory: config.json is missing", path=folder)
     if not safetensors_files(folder):
@@ -121,6 +164,55 @@ def check_model_dir(path: str | os.PathLike[str]) -> Path:
         )
     check_model_files(folder)
     return folder
+
+
+def hub_repository(folder: Path) -> Path | None:
+    """The Hugging Face cache repository (``models--org--name``) ``folder`` is a snapshot of,
+    judged by its path (``.../models--org--name/snapshots/<rev>``), or ``None``."""
+    repo = folder.parent.parent
+    return repo if folder.parent.name == "snapshots" and repo.name.startswith("models--") else None
+
+
+def model_roots(folder: Path, hub_repo: Path | None = None) -> list[Path]:
+    """The real folders a model's files may lie in: the model folder itself and, for a Hugging
+    Face cache snapshot (``.../snapshots/<rev>/``), that repository's ``blobs/``."""
+    from adaptkit.io.fileio import real_path
+
+    hub_repo = hub_repo or hub_repository(folder)
+    roots = [real_path(folder)]
+    if hub_repo is not None:
+        roots.append(real_path(hub_repo) / "blobs")
+    return roots
+
+
+def check_contained(folder: Path, hub_repo: Path | None = None) -> None:
+    """Refuse a model folder with an entry that links outside :func:`model_roots`.
+
+    transformers, the ONNX model builder and the exports read whatever files a model folder
+    names (config, weights, index, tokenizer, chat template, ...): the only way to be sure none
+    of them reads a file elsewhere (``tokenizer.json -> ~/.ssh/id_rsa``) is a folder with no
+    link leading out. A Hub snapshot must itself lie inside its repository's cache.
+
+    Raises:
+        FormatError: naming the entry and where it leads.
+    """
+    from adaptkit.io.fileio import is_within, real_path
+
+    hub_repo = hub_repo or hub_repository(folder)
+    if hub_repo is not None and not is_within(folder, hub_repo):
+        raise FormatError(
+            f"this Hugging Face cache snapshot leads outside its repository's cache (to {real_path(folder)})",
+            path=folder,
+        )
+    roots = model_roots(folder, hub_repo)
+    where = "the model folder" + (" or its repository's blobs/" if hub_repo is not None else "")
+    for entry in sorted(folder.iterdir()):
+        if entry.is_symlink() and not any(is_within(entry, root) for root in roots):
+            raise FormatError(
+                f"links outside {where} (to {real_path(entry)}); adaptkit reads nothing outside a model",
+                path=entry,
+                hint="copy the file into the model folder, or link the whole folder instead",
+            )
 
 
 #: config.json is a few KB; label maps make some a few MB.
@@ -140,10 +232,174 @@ def check_model_files(folder: Path) -> None:
     from adaptkit.io.safetensors_strict import checked_header
 
     config = read_json_file(folder / "config.json", what="config.json", max_bytes=MAX_CONFIG_BYTES)
-    if "model_type" in config and not isinstance(config["model_type"], str):
-        raise FormatError("model_type must be a string", path=folder / "config.json", key="model_type")
+    check_config_fields(config, folder / "config.json")
+    check_no_remote_code(folder, config)
     for f in safetensors_files(folder):
         checked_header(f)
+    check_weight_index(folder)
+
+
+def check_weight_index(folder: Path) -> None:
+    """A sharded checkpoint's ``model.safetensors.index.json`` may name only the shards
+    checked above: transformers opens whatever its ``weight_map`` lists, so a name in a
+    subfolder or of another pattern would be read without its header having been vetted.
+
+    Raises:
+        FormatError: naming the index and the file.
+    """
+    from adaptkit.io.jsonio import read_json_file
+
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").is_file() or not index.is_file():
+        return  # transformers reads the single file and never this index
+    doc = read_json_file(index, what="model.safetensors.index.json", max_bytes=MAX_CONFIG_BYTES)
+    weight_map = doc.get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise FormatError("must map tensor names to file names", path=index, key="weight_map")
+    shards = {f.name for f in safetensors_files(folder)}
+    for name in sorted(set(weight_map.values())):
+        if name not in shards:
+            raise FormatError(
+                f"names {_short(name)}, which is not one of this folder's model-*-of-*.safetensors shards",
+                path=index,
+                key="weight_map",
+            )
+
+
+#: Sizes adaptkit and the ONNX model builder compute with (head size, vocabulary, layers),
+#: under every name transformers maps onto them. Each must be a positive integer.
+SIZE_FIELDS = (
+    *("hidden_size", "n_embd", "d_model", "num_attention_heads", "n_head", "num_heads"),
+    *("num_hidden_layers", "n_layer", "num_layers", "vocab_size", "intermediate_size"),
+    *("max_position_embeddings", "n_positions", "head_dim", "num_key_value_heads", "n_inner"),
+)
+#: Of those, the ones a config may leave ``null`` (transformers derives them).
+NULLABLE_FIELDS = frozenset({"head_dim", "num_key_value_heads", "n_inner", "intermediate_size"})
+TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+#: Far above any real model (vocabularies reach ~10^6, contexts ~10^7), far below overflow.
+MAX_SIZE = 2**31 - 1
+
+
+def check_config_fields(config: dict[str, Any], path: Path, prefix: str = "") -> None:
+    """Types and ranges of the ``config.json`` fields adaptkit reads itself, so an odd value
+    (``num_attention_heads: 0``, ``head_dim: "16"``, ``architectures: [[...]]``) is one line
+    naming the key instead of a ``ZeroDivisionError`` or ``TypeError`` deep in an exporter.
+    A nested ``text_config`` (multimodal checkpoints) is held to the same rules.
+
+    Raises:
+        FormatError: naming ``config.json`` and the key.
+    """
+    if "model_type" in config and not isinstance(config["model_type"], str):
+        raise FormatError("must be a string", path=path, key=prefix + "model_type")
+    archs = config.get("architectures")
+    if archs is not None and not (
+        isinstance(archs, list) and all(isinstance(a, str) and 0 < len(a) <= 200 for a in archs)
+    ):
+        raise FormatError(
+            f"must be a list of class names, not {_short(archs)}",
+            path=path,
+            key=prefix + "architectures",
+        )
+    for key in SIZE_FIELDS:
+        value = config.get(key)
+        if key not in config or (value is None and key in NULLABLE_FIELDS):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_SIZE:
+            raise FormatError(f"must be a positive integer, not {_short(value)}", path=path, key=prefix + key)
+    heads, kv = config.get("num_attention_heads"), config.get("num_key_value_heads")
+    if isinstance(heads, int) and isinstance(kv, int) and heads % kv:
+        raise FormatError(
+            f"num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kv})",
+            path=path,
+            key=prefix + "num_key_value_heads",
+        )
+    hidden = config.get("hidden_size")
+    if (
+        isinstance(hidden, int)
+        and isinstance(heads, int)
+        and config.get("head_dim") is None
+        and hidden < heads
+    ):
+        raise FormatError(
+            f"hidden_size ({hidden}) is smaller than num_attention_heads ({heads}): heads of size 0",
+            path=path,
+            key=prefix + "hidden_size",
+        )
+    for key in TOKEN_ID_FIELDS:
+        value = config.get(key)
+        ids = value if isinstance(value, list) else [value]
+        if value is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise FormatError(
+                f"must be a token id or a list of them, not {_short(value)}", path=path, key=prefix + key
+            )
+    text = config.get("text_config")
+    if isinstance(text, dict):
+        check_config_fields(text, path, prefix + "text_config.")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_no_remote_code(folder: Path, config: dict[str, Any]) -> None:
+    """Never run a model's own Python code: an ``auto_map`` (in ``config.json`` or
+    ``tokenizer_config.json``) names modules shipped in the folder that transformers would
+    import with ``trust_remote_code``. adaptkit always loads with ``trust_remote_code=False``;
+    where transformers has the class built in (official Phi-3 checkpoints still carry an
+    ``auto_map``), the built-in class is used and the ``auto_map`` ignored, with a note. Where
+    only the folder's code could load it, the model is refused here, in one line.
+
+    Raises:
+        FormatError: naming the file and ``auto_map``.
+    """
+    from adaptkit.io.jsonio import read_json_file
+
+    tok_path = folder / "tokenizer_config.json"
+    tok: dict[str, Any] = {}
+    if tok_path.is_file():
+        tok = read_json_file(tok_path, what="tokenizer_config.json", max_bytes=MAX_CONFIG_BYTES)
+    found = [(folder / "config.json", config), (tok_path, tok)]
+    found = [(p, d) for p, d in found if "auto_map" in d]
+    if not found:
+        return
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    model_type = config.get("model_type")
+    for path, doc in found:
+        if path.name == "config.json":
+            needed = model_type not in CONFIG_MAPPING_NAMES
+            missing = f"model_type {model_type!r} is not built into transformers"
+        else:
+            needed = not _builtin_tokenizer(doc.get("tokenizer_class"))
+            missing = f"tokenizer_class {_short(doc.get('tokenizer_class'))} is not built into transformers"
+        if needed:
+            raise FormatError(
+                f"names the model's own Python code ({_short(doc['auto_map'])}) and {missing}; "
+                "adaptkit never runs a model's code (trust_remote_code is always off)",
+                path=path,
+                key="auto_map",
+            )
+    from adaptkit.cli.output import say
+
+    for path, _ in found:
+        say(
+            f"note: {path}: auto_map ignored; adaptkit never runs a model's own code "
+            "(transformers' built-in classes load it)"
+        )
+
+
+def _builtin_tokenizer(name: Any) -> bool:
+    """Whether ``name`` is a tokenizer class transformers itself provides."""
+    if not isinstance(name, str) or not name:
+        return False
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    for candidate in (name, name.removesuffix("Fast"), name + "Fast"):
+        cls = tokenizer_class_from_name(candidate)
+        if cls is not None and getattr(cls, "__module__", "").startswith("transformers."):
+            return True
+    return False
 
 
 def load_causal_lm(
@@ -209,6 +465,19 @@ def load_tokenizer(folder: Path) -> Any:
         raise FormatError(f"cannot load the tokenizer: {why}", path=folder) from None
 
 
+def load_config(folder: Path) -> Any:
+    """The folder's Hugging Face config (no remote code), or one line naming the folder."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    except (MemoryError, RecursionError):
+        raise
+    except Exception as exc:  # transformers' own checks of a config's values
+        why = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise FormatError(f"cannot load config.json: {why}", path=folder) from None
+
+
 #: Weight and pickle files, never copied as side files.
 _NOT_SIDE = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".msgpack", ".h5")
 
@@ -216,26 +485,26 @@ _NOT_SIDE = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".msgpack",
 def side_file(folder: Path, name: str) -> Path | None:
     """``folder/name`` if it is a regular file that really belongs to the model, else None.
 
-    A symlink is followed only into the model folder itself or, for a Hugging Face cache
-    snapshot (``.../snapshots/<rev>/``), into that repository's cache (its ``blobs/``): a
-    model folder whose ``tokenizer.json`` links to ``/etc/shadow`` does not get it copied into
-    an export.
+    A symlink is followed only into :func:`model_roots` (the model folder itself or, for a
+    Hugging Face cache snapshot, that repository's ``blobs/``): a model folder whose
+    ``tokenizer.json`` links to ``/etc/shadow`` does not get it copied into an export. Code
+    (``*.py``, ``*.so``, ... see :data:`adaptkit.io.output_guard.CODE_SUFFIXES`) never is: an
+    ``auto_map`` module copied next to a config would be one import away from running.
     """
+    from adaptkit.io.fileio import is_within
+    from adaptkit.io.output_guard import CODE_SUFFIXES
+
     path = folder / name
-    if not path.is_file():
+    if Path(name).suffix.lower() in CODE_SUFFIXES or not path.is_file():
         return None
-    real = path.resolve()
-    roots = [folder.resolve()]
-    if folder.parent.name == "snapshots":
-        roots.append(folder.parent.parent.resolve())
-    return path if any(root in real.parents for root in roots) else None
+    return path if any(is_within(path, root) for root in model_roots(folder)) else None
 
 
 def side_files(folder: Path) -> list[Path]:
     """Every file of a model folder an export copies as is (config, tokenizer, README, ...):
-    not weights or pickles, and only what :func:`side_file` accepts."""
+    not weights, pickles or code, and only what :func:`side_file` accepts."""
     return [
         p
         for item in sorted(folder.iterdir())
-        if not item.name.endswith(_NOT_SIDE) and (p := side_file(folder, item.name)) is not None
+        if not item.name.lower().endswith(_NOT_SIDE) and (p := side_file(folder, item.name)) is not None
     ]

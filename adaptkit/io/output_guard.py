@@ -77,7 +77,9 @@ def kind_of_writer(writer: object) -> OutputKind:
 
 def _relation(out: Path, inp: Path) -> str | None:
     """How ``out`` overlaps ``inp``: ``"is"``, ``"contains"``, ``"lies inside"`` or None."""
-    o, i = out.resolve(), inp.resolve()
+    from adaptkit.io.fileio import real_path
+
+    o, i = real_path(out), real_path(inp)
     if o == i:
         return "is"
     try:

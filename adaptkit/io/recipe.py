@@ -74,11 +74,9 @@ class Recipe:
 
 
 def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-    except ValueError:
-        return False
-    return True
+    from adaptkit.io.fileio import is_within
+
+    return is_within(path, root)
 
 
 def resolve_output(raw: str, recipe_path: Path, *, allow_outside: bool) -> Path:

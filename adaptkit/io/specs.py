@@ -76,9 +76,10 @@ def read_adapter_yaml(path: str | os.PathLike[str]) -> AdapterRef:
     doc = load_yaml_file(p)
     validate_document(doc, "adapter-spec", path=p)
     check_input_path(doc["adapter"], source=p, key="adapter")
-    target = (
-        (p.parent / doc["adapter"]).resolve() if not os.path.isabs(doc["adapter"]) else Path(doc["adapter"])
-    )
+    from adaptkit.io.fileio import real_path
+
+    raw = doc["adapter"]
+    target = Path(raw) if os.path.isabs(raw) else real_path(p.parent / raw)
     return AdapterRef(
         path=target,
         weight=float(doc.get("weight", 1.0)),

@@ -61,9 +61,18 @@ def plan(folder: Path) -> dict[str, Any] | None:
 
     from adaptkit.nn.placement import _renamer
 
-    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=False
+        )
+    except Exception:  # a config transformers rejects: its loader reports that in one line
+        return None
     names = list(getattr(config, "architectures", None) or [])
-    cls = next((getattr(transformers, n) for n in names if hasattr(transformers, n)), None)
+    # Only a model class: config.json names it, and "AutoTokenizer" or "__class__" are attributes too.
+    found = (getattr(transformers, n, None) for n in names)
+    cls = next(
+        (c for c in found if isinstance(c, type) and issubclass(c, transformers.PreTrainedModel)), None
+    )
     if cls is None:
         return None
     with _parameters_on_meta():

@@ -377,7 +377,9 @@ def check_ddp(backend: Any, tmp_path: Path, *, timeout: float = 300) -> None:
         ],
     }
     for name, argv in runs.items():
-        res = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
+        res = subprocess.run(
+            argv, capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL
+        )
         assert res.returncode == 0, f"{backend.name}: the {name}-process run failed:\n" + textwrap.indent(
             res.stderr[-3000:], "  "
         )

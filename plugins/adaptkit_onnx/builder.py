@@ -75,26 +75,36 @@ def run_builder(
     src: Path, out: Path, precision: str, device: str, scratch: Path, *, separate_projections: bool = False
 ) -> dict[str, Any]:
     """Build ``src`` (a Hugging Face folder) into ``out``; returns seconds and the child's peak
-    RSS. A failure is an :class:`AdaptkitError` carrying the builder's last line."""
+    RSS. A failure is an :class:`AdaptkitError` carrying the builder's last line.
+
+    The child is started so that nothing from the model folder or the user's working directory
+    can run in it (see :func:`child_command`): its working directory is ``scratch`` (ours), its
+    ``sys.path`` has no current-directory entry, its stdin is empty (no prompt can be answered)
+    and the Hugging Face libraries are offline.
+    """
     scratch.mkdir(parents=True, exist_ok=True)
     release_memory()  # the child's memory adds to ours: keep ours small while it runs
     log_path = scratch / "builder.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "adaptkit_onnx.builder_worker",
-        str(src),
-        str(out),
+    args = [
+        str(Path(src).absolute()),
+        str(Path(out).absolute()),
         precision,
         builder_device(precision, device),
-        str(scratch / "cache"),
+        str((scratch / "cache").absolute()),
     ]
     if separate_projections:
-        cmd.append("--separate-projections")
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        args.append("--separate-projections")
     start = time.perf_counter()
     with open(log_path, "wb") as log:
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+        rc = subprocess.run(
+            child_command("adaptkit_onnx.builder_worker", args),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env(),
+            cwd=scratch,
+            check=False,
+        ).returncode
     seconds = time.perf_counter() - start
     if rc != 0:
         lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
@@ -102,6 +112,36 @@ def run_builder(
         raise AdaptkitError(f"the ONNX Runtime GenAI model builder failed: {last}", key=str(src))
     peak = _children_peak_mib()
     return {"seconds": seconds, "peak_rss_mib": peak, "precision": precision, "device": device}
+
+
+#: Runs a module as ``python -m`` would, minus the current directory on ``sys.path``
+#: (``-c`` puts ``''`` first; ``-P`` would drop it, but only from Python 3.11 on).
+_BOOTSTRAP = (
+    "import runpy, sys; "
+    "sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+    "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
+)
+
+
+def child_command(module: str, args: list[str]) -> list[str]:
+    """The argv that runs ``module`` in a fresh interpreter with no current-directory entry on
+    ``sys.path``: a model folder used as the working directory (``cd model && adaptkit export
+    --model .``) that ships ``sympy.py`` or ``onnx_ir.py`` is never imported in its place.
+    Not ``-I``: that would also drop ``PYTHONPATH`` and the user site, which a legitimately
+    installed environment may rely on."""
+    return [sys.executable, "-c", _BOOTSTRAP, module, *args]
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child process: ours, with ``PYTHONPATH`` entries made absolute
+    (an empty or relative entry means the working directory, which is not the user's in the
+    child), warnings silenced and the Hugging Face libraries offline (the child reads local
+    folders only; nothing may be fetched)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if env.get("PYTHONPATH"):
+        entries = [os.path.abspath(e) for e in env["PYTHONPATH"].split(os.pathsep) if e]
+        env["PYTHONPATH"] = os.pathsep.join(entries)
+    return env
 
 
 def _children_peak_mib() -> float | None:

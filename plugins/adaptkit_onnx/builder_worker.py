@@ -19,6 +19,10 @@ catch after the fact:
   here (the builder insists on one) that the exporter replaces with ``[]`` — "never stop
   early" — in ``genai_config.json``.
 
+Nothing from the model folder runs: every ``from_pretrained`` here and in the builder is
+local with ``trust_remote_code=False``, and transformers cannot import an ``auto_map``
+module in this process at all (:func:`forbid_remote_code`).
+
 ``--separate-projections`` keeps q/k/v as separate MatMuls (no QKV fusion), so LoRA branches
 can be attached per projection (``--lora-inputs``).
 """
@@ -37,6 +41,7 @@ def main(argv: list[str]) -> int:
 
     import importlib
 
+    forbid_remote_code()
     import onnxruntime_genai.models.builder as builder  # puts the builder's folder on sys.path
     from transformers import AutoConfig, AutoTokenizer
 
@@ -48,8 +53,9 @@ def main(argv: list[str]) -> int:
     has_tokenizer = any((Path(src) / name).is_file() for name in TOKENIZER_FILES)
 
     def hf_details(model_name, input_path, cache_dir, extra_options):
-        config = AutoConfig.from_pretrained(input_path)
-        tokenizer = AutoTokenizer.from_pretrained(input_path) if has_tokenizer else None
+        local = {"local_files_only": True, "trust_remote_code": False}
+        config = AutoConfig.from_pretrained(input_path, **local)
+        tokenizer = AutoTokenizer.from_pretrained(input_path, **local) if has_tokenizer else None
         if tokenizer is not None:
             builder.add_special_token_ids(config, tokenizer)
         if config.eos_token_id is None:
@@ -74,8 +80,37 @@ def main(argv: list[str]) -> int:
     builder_base.Model.save_processing = save_processing
 
     kwargs = builder.parse_extra_options(None, src, out, precision, device, cache, options)
+    kwargs["hf_remote"] = False  # the builder's own from_pretrained calls: never trust remote code
     builder.create_model(None, src, out, precision, device, cache, **kwargs)
     return 0
+
+
+def forbid_remote_code() -> None:
+    """Make transformers unable to import a model's own code in this process, whatever a
+    caller passes as ``trust_remote_code``: the function that imports an ``auto_map`` module
+    refuses instead. Patched before the builder and transformers' auto classes import it by
+    name (those imported earlier are patched where they hold it)."""
+    import transformers.dynamic_module_utils as dynamic
+
+    def refuse(class_reference, *args, **kwargs):
+        raise ValueError(f"{class_reference} is the model's own code, which adaptkit never runs")
+
+    dynamic.get_class_from_dynamic_module = refuse
+    for module in list(sys.modules.values()):
+        if getattr(module, "get_class_from_dynamic_module", None) is not None and module is not dynamic:
+            module.get_class_from_dynamic_module = refuse
+
+    # The builder loads the weights with AutoModelForCausalLM and no use_safetensors: a
+    # folder with a pickled pytorch_model.bin beside incomplete safetensors must not reach it.
+    from transformers.models.auto import auto_factory
+
+    load = auto_factory._BaseAutoModelClass.from_pretrained.__func__
+
+    def local_safetensors_only(cls, *args, **kwargs):
+        kwargs.update(trust_remote_code=False, local_files_only=True, use_safetensors=True)
+        return load(cls, *args, **kwargs)
+
+    auto_factory._BaseAutoModelClass.from_pretrained = classmethod(local_safetensors_only)
 
 
 if __name__ == "__main__":

@@ -83,11 +83,9 @@ class OnnxExporter:
     }
 
     def export(self, request: Any, log: Any) -> dict[str, Any]:
-        from transformers import AutoConfig
-
         from adaptkit.exporting import may_replace, refuse_unused_options
-        from adaptkit.io.atomic import atomic_directory
-        from adaptkit.io.models import resolve_model
+        from adaptkit.io.atomic import atomic_directory, sweep_stale_scratch
+        from adaptkit.io.models import load_config, resolve_model
         from adaptkit_onnx.builder import DEVICES, PRECISIONS, genai_unsupported
         from adaptkit_onnx.genai_export import DEFAULT_ATOL as DEFAULT_GENAI_ATOL
         from adaptkit_onnx.genai_export import DEFAULT_MIN_AGREEMENT
@@ -104,7 +102,9 @@ class OnnxExporter:
         if device not in DEVICES:
             raise AdaptkitError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}", key="--device")
         folder = resolve_model(request.model)
-        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        # A killed export's model-sized scratch folder beside the output goes with the next one.
+        sweep_stale_scratch(Path(request.output).parent)
+        config = load_config(folder)
         reason = genai_unsupported(config)
         if graph == "generation" and reason:
             raise AdaptkitError(

@@ -20,7 +20,6 @@ worthless. Anything short of that writes nothing.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ def export_merged_generation(
     import torch
 
     from adaptkit.exporting import combined
+    from adaptkit.io.atomic import scratch_directory
     from adaptkit.nn.checkpoint import bake_checkpoint
     from adaptkit_onnx.builder import finish_config, run_builder
     from adaptkit_onnx.export_folder import check_written_export
@@ -53,8 +53,7 @@ def export_merged_generation(
     report: dict[str, Any] = {"graph": "generation", "precision": precision, "device": device}
     # Scratch beside the output (the filesystem the user chose for it), not in /tmp: the baked
     # checkpoint is the size of the model.
-    with tempfile.TemporaryDirectory(prefix=".adaptkit-scratch-", dir=out.parent) as tmp:
-        scratch = Path(tmp)
+    with scratch_directory(out.parent) as scratch:  # pid-named: a killed run's is swept
         src = folder
         if adapter is not None:
             src = scratch / "merged"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +65,7 @@ def check_switchable(adapters: list[Any]) -> dict[str, str]:
 def export_lora_generation(
     folder: Path, config: Any, adapters: list[Any], out: Path, options: dict[str, Any], log: Any
 ) -> dict[str, Any]:
+    from adaptkit.io.atomic import scratch_directory
     from adaptkit.nn.baking import resolve_targets
     from adaptkit.nn.placement import meta_model
     from adaptkit_onnx.builder import finish_config, run_builder
@@ -86,9 +86,9 @@ def export_lora_generation(
                     hint="export this adapter merged (--onnx without --lora-inputs)",
                 )
     precision, device = options["precision"], options["device"]
-    with tempfile.TemporaryDirectory(prefix=".adaptkit-scratch-", dir=out.parent) as tmp:
+    with scratch_directory(out.parent) as scratch:  # pid-named: a killed run's is swept
         log(f"building the {precision} base generation graph with ONNX Runtime GenAI's model builder")
-        build = run_builder(folder, out, precision, device, Path(tmp), separate_projections=True)
+        build = run_builder(folder, out, precision, device, scratch, separate_projections=True)
     finish_config(out, config, device)
     rank = max(p.rank for a in adapters for p in a.adapter.targets.values())
     shapes = {t: (p.out_features, p.in_features) for a in adapters for t, p in a.adapter.targets.items()}

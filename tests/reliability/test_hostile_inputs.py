@@ -177,7 +177,7 @@ def test_hostile_model_folder(run_cli, box, case, command):
 def test_config_field_of_the_wrong_type(run_cli, box):
     config = json.loads((box / "model" / "config.json").read_text())
     (box / "model" / "config.json").write_text(json.dumps({**config, "hidden_size": "abc"}))
-    _refused(run_cli, box, COMMANDS["train"], "cannot load the model")
+    _refused(run_cli, box, COMMANDS["train"], "config.json: hidden_size: must be a positive integer")
 
 
 def test_broken_tokenizer(run_cli, box):
@@ -350,10 +350,11 @@ def test_exports_copy_no_file_a_symlink_takes_from_outside_the_model(run_cli, bo
     secret.write_text("not part of the model")
     (box / "model" / "notes.txt").symlink_to(secret)
     (box / "model" / "README.md").write_text("a model card")
+    _refused(run_cli, box, COMMANDS["export --merged"], "links outside the model folder")
+    (box / "model" / "notes.txt").unlink()
     code, _, err = run_cli(*COMMANDS["export --merged"])
     assert code == 0, err
     assert (box / "out" / "README.md").read_text() == "a model card"
-    assert not (box / "out" / "notes.txt").exists()
 
 
 def test_hub_cache_snapshots_link_into_their_blobs_and_are_copied(box):

@@ -8,12 +8,16 @@ in torch::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from adaptkit._launch import drop_working_directory
 
-from adaptkit.__about__ import __version__
-from adaptkit.errors import AdaptkitError
-from adaptkit.plugins.hookspecs import hookimpl
+drop_working_directory()  # first: `python -m adaptkit` must not import from the working directory
+
+import importlib  # noqa: E402
+from typing import Any  # noqa: E402
+
+from adaptkit.__about__ import __version__  # noqa: E402
+from adaptkit.errors import AdaptkitError  # noqa: E402
+from adaptkit.plugins.hookspecs import hookimpl  # noqa: E402
 
 _LAZY = {
     "Adapter": "adaptkit.adapter",

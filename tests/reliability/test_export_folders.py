@@ -119,21 +119,10 @@ def _generated(run_cli, folder, *extra, args=("--input-ids", "1,2,3")):
 @pytest.fixture
 def canary_library(tmp_path):
     """A shared library whose constructor writes a canary file, and that canary's path."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    canary = tmp_path / "CANARY"
-    lib = tmp_path / "libcanary.so"
-    if cc is None:  # no compiler: any file named .so; the refusal must come before any load
-        lib.write_bytes(b"\x7fELF not really")
-        return lib, canary, False
-    src = tmp_path / "canary.c"
-    src.write_text(
-        "#include <stdio.h>\n"
-        "__attribute__((constructor)) static void fire(void) {\n"
-        f'  FILE *f = fopen("{canary}", "w"); if (f) {{ fputs("ran", f); fclose(f); }}\n'
-        "}\n"
-    )
-    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
-    return lib, canary, True
+    from tests.reliability.conftest import canary_library as build
+
+    lib, canary = tmp_path / "libcanary.so", tmp_path / "CANARY"
+    return lib, canary, build(lib, canary)
 
 
 def test_custom_ops_library_in_the_folder_never_loads(run_cli, copy, canary_library):

@@ -246,7 +246,7 @@ def test_export_base_dtype_belongs_to_onnx(bf16_dir, tmp_path, run_cli):
 
 
 @pytest.mark.parametrize(
-    ("value", "message"), [("100", "unsupported NF4 blocksize 100"), ("big", "must be an integer")]
+    ("value", "message"), [("100", "unknown value 100; valid: 64, 128"), ("big", "must be an integer")]
 )
 def test_bad_blocksize_is_refused_before_loading(bf16_dir, tmp_path, run_cli, value, message):
     code, _, err = run_cli(

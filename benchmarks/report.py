@@ -267,7 +267,8 @@ def _realsize(r: dict) -> list[str]:
         "`benchmarks/peft_train.py`: transformers `BitsAndBytesConfig` (NF4, double quantization) + "
         "`prepare_model_for_kbit_training` for QLoRA, the bf16 base for LoRA, with adaptkit's initial "
         "factors and data order. adaptkit runs with `--eval-records 0` (like the PEFT loop, no "
-        "before/after evaluation pass; by default it evaluates up to 64 records twice).",
+        "before/after evaluation pass; by default it evaluates an eighth of the records it "
+        "trains on, at most 64, before and after).",
         "",
         "| | adaptkit peak RSS GiB | PEFT peak RSS GiB | ratio | adaptkit wall s | PEFT wall s | ratio |",
         "|---|---|---|---|---|---|---|",

@@ -6,11 +6,11 @@ in torch::
     from adaptkit import Adapter, LoraPair, load_adapter, save_adapter
 """
 
-from __future__ import annotations
-
+# First, before any import (``from __future__`` included: it imports a module too), so that
+# ``python -m adaptkit`` imports nothing from the working directory.
 from adaptkit._launch import drop_working_directory
 
-drop_working_directory()  # first: `python -m adaptkit` must not import from the working directory
+drop_working_directory()
 
 import importlib  # noqa: E402
 from typing import Any  # noqa: E402

@@ -4,9 +4,14 @@
 model folder (``cd model && python -m adaptkit export ...``), a ``yaml.py``, ``pluggy.py`` or
 ``torch*.so`` shipped in that folder would be imported in place of the real library: code from
 input. The ``adaptkit`` command has no such entry; this makes the module form match it.
-"""
 
-from __future__ import annotations
+This module is the first thing ``adaptkit/__init__.py`` runs and imports only modules the
+interpreter has already loaded at start-up (``os``, ``sys``; no ``from __future__``, which is a
+real import). What it cannot cover: the few standard-library modules ``runpy`` imports before
+any package code runs (``python -m`` resolves the package with the working directory already on
+the path). The ``adaptkit`` command never puts the working directory on the path at all; it is
+the way to run adaptkit from inside a folder you do not trust.
+"""
 
 import os
 import sys

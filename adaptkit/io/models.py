@@ -47,6 +47,7 @@ def _hub_snapshot(repo_id: str) -> tuple[Path, Path]:
     from huggingface_hub import constants, snapshot_download
 
     repo = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+    _check_hub_layout(repo)
     _check_hub_ref(repo)
     try:
         folder = snapshot_download(repo_id, allow_patterns=list(HUB_PATTERNS), local_files_only=True)
@@ -74,6 +75,20 @@ def _hub_snapshot(repo_id: str) -> tuple[Path, Path]:
 
 #: A Hub commit id, the only thing a cache's ``refs/<branch>`` file may hold.
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def _check_hub_layout(repo: Path) -> None:
+    """Refuse a cache repository whose ``blobs/``, ``snapshots/`` or ``refs/`` is a link: a
+    ``blobs`` linked to ``/`` would make every file on the machine "a blob" of it."""
+    from adaptkit.io.fileio import real_path
+
+    for part in ("blobs", "snapshots", "refs"):
+        if (repo / part).is_symlink():
+            raise FormatError(
+                f"the Hugging Face cache's {part}/ is a link (to {real_path(repo / part)}); "
+                "adaptkit reads a cache only inside its repository folder",
+                path=repo / part,
+            )
 
 
 def _check_hub_ref(repo: Path) -> None:
@@ -168,9 +183,11 @@ def check_model_dir(path: str | os.PathLike[str], *, hub_repo: Path | None = Non
 
 def hub_repository(folder: Path) -> Path | None:
     """The Hugging Face cache repository (``models--org--name``) ``folder`` is a snapshot of,
-    judged by its path (``.../models--org--name/snapshots/<rev>``), or ``None``."""
+    judged by its path (``.../models--org--name/snapshots/<40-hex commit>``), or ``None``: a
+    folder not named like a snapshot gets no ``blobs/`` to link into."""
     repo = folder.parent.parent
-    return repo if folder.parent.name == "snapshots" and repo.name.startswith("models--") else None
+    is_snapshot = folder.parent.name == "snapshots" and _COMMIT.fullmatch(folder.name) is not None
+    return repo if is_snapshot and repo.name.startswith("models--") else None
 
 
 def model_roots(folder: Path, hub_repo: Path | None = None) -> list[Path]:
@@ -185,13 +202,20 @@ def model_roots(folder: Path, hub_repo: Path | None = None) -> list[Path]:
     return roots
 
 
+#: A model folder (its whole tree) holds at most this many entries; a Hub snapshot of a 405B
+#: model has a few hundred.
+MAX_MODEL_ENTRIES = 100_000
+
+
 def check_contained(folder: Path, hub_repo: Path | None = None) -> None:
-    """Refuse a model folder with an entry that links outside :func:`model_roots`.
+    """Refuse a model folder with an entry, at any depth, that links outside :func:`model_roots`.
 
     transformers, the ONNX model builder and the exports read whatever files a model folder
-    names (config, weights, index, tokenizer, chat template, ...): the only way to be sure none
-    of them reads a file elsewhere (``tokenizer.json -> ~/.ssh/id_rsa``) is a folder with no
-    link leading out. A Hub snapshot must itself lie inside its repository's cache.
+    names (config, weights, index, tokenizer, ``additional_chat_templates/``, ...): the only way
+    to be sure none of them reads a file elsewhere (``tokenizer.json -> ~/.ssh/id_rsa``) is a
+    folder whose tree has no link leading out. A Hub snapshot must itself lie inside its
+    repository's cache, and that repository's ``blobs/`` and ``snapshots/`` must be real
+    folders of it (a ``blobs`` linked to ``/`` would make every link "a blob").
 
     Raises:
         FormatError: naming the entry and where it leads.
@@ -199,20 +223,29 @@ def check_contained(folder: Path, hub_repo: Path | None = None) -> None:
     from adaptkit.io.fileio import is_within, real_path
 
     hub_repo = hub_repo or hub_repository(folder)
-    if hub_repo is not None and not is_within(folder, hub_repo):
-        raise FormatError(
-            f"this Hugging Face cache snapshot leads outside its repository's cache (to {real_path(folder)})",
-            path=folder,
-        )
+    if hub_repo is not None:
+        _check_hub_layout(hub_repo)
+        if not is_within(folder, hub_repo):
+            real = real_path(folder)
+            raise FormatError(
+                f"this Hugging Face cache snapshot leads outside its repository's cache (to {real})",
+                path=folder,
+            )
     roots = model_roots(folder, hub_repo)
     where = "the model folder" + (" or its repository's blobs/" if hub_repo is not None else "")
-    for entry in sorted(folder.iterdir()):
-        if entry.is_symlink() and not any(is_within(entry, root) for root in roots):
-            raise FormatError(
-                f"links outside {where} (to {real_path(entry)}); adaptkit reads nothing outside a model",
-                path=entry,
-                hint="copy the file into the model folder, or link the whole folder instead",
-            )
+    seen = 0
+    for top, dirs, files in os.walk(folder, followlinks=False):
+        for name in (*dirs, *files):
+            seen += 1
+            if seen > MAX_MODEL_ENTRIES:
+                raise FormatError(f"the model folder has more than {MAX_MODEL_ENTRIES} entries", path=folder)
+            entry = Path(top, name)
+            if entry.is_symlink() and not any(is_within(entry, root) for root in roots):
+                raise FormatError(
+                    f"links outside {where} (to {real_path(entry)}); adaptkit reads nothing outside a model",
+                    path=entry,
+                    hint="copy the file into the model folder, or link the whole folder instead",
+                )
 
 
 #: config.json is a few KB; label maps make some a few MB.

@@ -29,9 +29,9 @@ from tests.reliability.conftest import canary_library
 
 Q = "model.layers.0.self_attn.q_proj"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-#: Imported by the parent process on every command (pluggy, yaml, click, numpy) or by the
+#: Imported by the parent process on every command (__future__, pluggy, yaml, click, numpy) or by the
 #: builder child (onnx, onnx_ir, sympy): shadowing them is how code would get in.
-PY_MODULES = ("pluggy", "yaml", "click", "onnx_ir", "sympy")
+PY_MODULES = ("__future__", "pluggy", "yaml", "click", "onnx_ir", "sympy")
 SO_MODULES = ("numpy", "onnx")
 
 

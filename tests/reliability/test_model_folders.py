@@ -242,6 +242,22 @@ def test_a_model_folder_file_linking_outside_is_refused(run_cli, box, tmp_path_f
     _refused(run_cli, box, command, [name, "links outside the model folder"])
 
 
+@pytest.mark.parametrize("depth", ["additional_chat_templates/evil.jinja", "a/b/c/notes.txt"])
+def test_a_link_out_at_any_depth_is_refused(run_cli, box, tmp_path_factory, base, depth):
+    """transformers reads ``additional_chat_templates/`` on its own: every level is checked."""
+    outside = _elsewhere(tmp_path_factory, base)
+    (outside / "secret.txt").write_text("a secret")
+    target = box / "model" / depth
+    target.parent.mkdir(parents=True)
+    target.symlink_to(outside / "secret.txt")
+    _refused(run_cli, box, MERGED, [target.name, "links outside the model folder"])
+
+
+def test_a_linked_subfolder_leading_out_is_refused(run_cli, box, tmp_path_factory, base):
+    (box / "model" / "additional_chat_templates").symlink_to(_elsewhere(tmp_path_factory, base))
+    _refused(run_cli, box, MERGED, ["additional_chat_templates", "links outside the model folder"])
+
+
 @pytest.fixture
 def sharded(box):
     from tests.models import tiny_llama
@@ -354,6 +370,33 @@ def test_a_snapshot_given_as_a_folder_is_held_to_its_blobs(run_cli, box, hub, tm
     _file_links_out("config.json")(hub, _elsewhere(tmp_path_factory, base))
     args = ["export", "--merged", "--model", snap, "-a", "a.safetensors", "-o", "out"]
     _refused(run_cli, box, args, ["config.json", "links outside the model folder or its repository's blobs/"])
+
+
+@pytest.mark.parametrize("part", ["blobs", "snapshots", "refs"])
+@pytest.mark.parametrize("given", ["hub id", "snapshot folder"])
+def test_a_cache_whose_blobs_or_snapshots_link_out_is_refused(
+    run_cli, box, hub, tmp_path_factory, part, given
+):
+    """A ``blobs`` linked to ``/`` would make any file "a blob" of the repository."""
+    moved = tmp_path_factory.mktemp("moved") / part
+    shutil.move(hub / part, moved)
+    (hub / part).symlink_to(moved)
+    snap = hub / "snapshots" / COMMIT
+    args = (
+        HUB_MERGED
+        if given == "hub id"
+        else ["export", "--merged", "--model", snap, "-a", "a.safetensors", "-o", "out"]
+    )
+    _refused(run_cli, box, args, [f"{part}/ is a link"])
+
+
+def test_a_folder_only_named_like_a_cache_gets_no_blobs(run_cli, box, hub, tmp_path_factory, base):
+    """``models--x/snapshots/<not a commit>``: a plain folder, held to itself."""
+    snap = hub / "snapshots" / COMMIT
+    fake = hub / "snapshots" / "not-a-commit"
+    shutil.copytree(snap, fake, symlinks=True)
+    args = ["export", "--merged", "--model", fake, "-a", "a.safetensors", "-o", "out"]
+    _refused(run_cli, box, args, ["links outside the model folder"])
 
 
 def test_a_hub_cache_auto_map_never_runs(run_cli, box, hub):

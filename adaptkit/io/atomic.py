@@ -332,4 +332,3 @@ def sweep_stale_scratch(parent: str | os.PathLike[str]) -> list[Path]:
         if not os.path.lexists(entry):
             removed.append(entry)
     return removed
-

@@ -462,13 +462,17 @@ def load_causal_lm(
     kwargs: dict[str, Any] = dict(load_kwargs or {})
     if device is not None:
         kwargs["device_map"] = {"": str(device)}
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report: refused below in one line instead
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             folder,
             local_files_only=True,
             trust_remote_code=False,
             use_safetensors=True,
             dtype=resolved,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported by name below, never kept
             **kwargs,
         )
     except AdaptkitError:
@@ -478,7 +482,41 @@ def load_causal_lm(
     except Exception as exc:  # transformers' many ways of rejecting a config or checkpoint
         why = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise FormatError(f"cannot load the model: {why}", path=folder) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    check_loading_info(folder, info)
     return model.eval(), load_tokenizer(folder)
+
+
+def check_loading_info(folder: Path, info: dict[str, Any]) -> None:
+    """Refuse a load that left any weight randomly initialised: a tensor the model needs that
+    the checkpoint lacks (``num_hidden_layers`` above the checkpoint's, a deleted layer), one
+    the model has no place for (another ``model_type``), or one of another shape. transformers
+    already leaves out what it legitimately does not store (tied ``lm_head.weight``,
+    non-persistent buffers).
+
+    Raises:
+        FormatError: naming the folder and the first such tensor.
+    """
+    mismatched = [m[0] if isinstance(m, (tuple, list)) else m for m in info.get("mismatched_keys") or ()]
+    for kind, keys in (
+        ("lacks", info.get("missing_keys")),
+        ("holds a tensor the model has no place for:", info.get("unexpected_keys")),
+        ("holds a tensor of another shape than config.json gives:", mismatched),
+    ):
+        if keys:
+            raise weights_mismatch(folder, kind, sorted(keys))
+
+
+def weights_mismatch(folder: Path, kind: str, keys: list[str]) -> FormatError:
+    """The one-line refusal of a checkpoint that does not match its ``config.json``."""
+    more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+    return FormatError(
+        f"the checkpoint {kind} {keys[0]}{more}; config.json and the weights disagree, and "
+        "adaptkit never runs a model with randomly initialised weights",
+        path=folder,
+        hint="check config.json (model_type, num_hidden_layers, sizes) against the weights",
+    )
 
 
 def load_tokenizer(folder: Path) -> Any:

@@ -14,8 +14,9 @@ This loader instead:
 3. ties shared weights as the class declares and checks that nothing is left unloaded.
 
 Anything this loader cannot map exactly (a checkpoint whose weights need fused/split
-conversions, unexpected or missing tensors) makes :func:`plan` return ``None``, and the caller
-falls back to transformers' loader.
+conversions, unexpected, missing or differently shaped tensors) makes :func:`plan` return
+``None``, and the caller falls back to transformers' loader, which refuses a checkpoint that
+does not match its config (:func:`adaptkit.io.models.check_loading_info`).
 """
 
 from __future__ import annotations
@@ -79,13 +80,15 @@ def plan(folder: Path) -> dict[str, Any] | None:
         model = cls._from_config(config)
     rename = _renamer(model)
     headers = _headers(folder)
-    state = set(model.state_dict())
+    state = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     placed: dict[str, tuple[Path, int, dict[str, Any]]] = {}
     for f, (offset, header) in headers.items():
         for key, info in header.items():
             name = rename(key)
             if name not in state or info.get("dtype") not in _DTYPES or name in placed:
                 return None  # unexpected, non-float or duplicated: leave it to transformers
+            if tuple(info.get("shape") or ()) != state[name]:
+                return None  # another shape than config.json builds: transformers refuses it
             placed[name] = (f, offset, info)
     tied = _tied(model)
     missing = [n for n in state if n not in placed and n not in tied]

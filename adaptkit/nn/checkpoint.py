@@ -147,7 +147,7 @@ def bake_checkpoint(
 
     from adaptkit.io.models import safetensors_files, side_files
     from adaptkit.nn.baking import add_delta, target_delta
-    from adaptkit.nn.placement import build_skeleton, parameter_layout
+    from adaptkit.nn.placement import build_skeleton, check_weights_match, meta_model, parameter_layout
 
     files = safetensors_files(folder)
     headers = {f: tensor_index(f) for f in files}  # each header read (and checked) once
@@ -157,7 +157,9 @@ def bake_checkpoint(
         for header in headers.values()
         for name, info in header.items()
     }
-    skeleton = build_skeleton(folder)
+    model = meta_model(folder)
+    check_weights_match(folder, tensors, model)  # never bake into a model of another shape
+    skeleton = build_skeleton(folder, model)
     plan = _plan(adapter, tensors, folder, skeleton)
     saved_params = {f"{m}.{k}": t for m, e in adapter.saved.items() for k, t in e.params.items()}
     replace = parameter_layout({k: tuple(t.shape) for k, t in saved_params.items()}, tensors, skeleton)

@@ -59,11 +59,24 @@ class ModelSkeleton:
 def meta_model(folder: Path) -> Any:
     """The model class of ``folder/config.json`` built on the meta device (no weights, no
     memory), or ``None`` when transformers does not know it. Nothing is downloaded and no
-    remote code runs."""
+    remote code runs.
+
+    Raises:
+        FormatError: transformers knows the ``model_type`` but rejects the config
+            (``rope_scaling: "abc"``, ``hidden_act: "nonexistent"``): naming ``config.json``
+            and transformers' reason, never a guess from tensor shapes.
+    """
     import torch
     import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
     from transformers.utils import logging as hf_logging
 
+    from adaptkit.errors import FormatError
+    from adaptkit.io.jsonio import read_json_file
+    from adaptkit.io.models import MAX_CONFIG_BYTES
+
+    raw = read_json_file(folder / "config.json", what="config.json", max_bytes=MAX_CONFIG_BYTES)
+    known = raw.get("model_type") in CONFIG_MAPPING_NAMES
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
@@ -76,20 +89,84 @@ def meta_model(folder: Path) -> Any:
             cls = transformers.AutoModelForCausalLM._model_mapping[type(config)]
         with torch.device("meta"):
             return cls._from_config(config)
-    except Exception:  # any failure means "unknown here": callers fall back to what shapes prove
-        return None
+    except (MemoryError, RecursionError):
+        raise
+    except Exception as exc:  # unknown here: callers fall back to what shapes prove
+        if not known:
+            return None
+        why = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise FormatError(f"transformers rejects it: {why}", path=folder / "config.json") from None
     finally:
         hf_logging.set_verbosity(verbosity)
 
 
-def build_skeleton(folder: Path) -> ModelSkeleton | None:
+def build_skeleton(folder: Path, model: Any = True) -> ModelSkeleton | None:
     """Module types and the checkpoint-name mapping of ``folder``'s model class (see
-    :func:`meta_model`), or ``None`` when transformers does not know it."""
-    model = meta_model(folder)
+    :func:`meta_model`; ``model``: one already built), or ``None`` when transformers does not
+    know it."""
+    model = meta_model(folder) if model is True else model
     if model is None:
         return None
     modules = {name: _kind(module) for name, module in model.named_modules() if name}
     return ModelSkeleton(architecture=type(model).__name__, modules=modules, canonical=_renamer(model))
+
+
+def check_weights_match(folder: Path, tensors: dict[str, tuple[str, tuple[int, ...]]], model: Any) -> None:
+    """Refuse a checkpoint that does not hold exactly what its ``config.json`` builds, as
+    transformers' own loader would report it: a tensor the model needs and the checkpoint lacks,
+    one it has no place for, or one of another shape. Tied weights (``lm_head.weight`` sharing
+    the embeddings) and non-persistent buffers are not stored and not asked for.
+
+    Args:
+        folder: The model folder.
+        tensors: ``checkpoint tensor name -> (safetensors dtype, shape)``.
+        model: Its :func:`meta_model` (``None``: a model type transformers does not know, so
+            nothing to compare against).
+
+    Raises:
+        FormatError: naming the folder and the first such tensor.
+    """
+    from adaptkit.io.models import weights_mismatch
+
+    if model is None or getattr(model.config, "quantization_config", None) is not None:
+        return  # no skeleton, or packed weights whose shapes are not the module's
+    try:  # conversions other than renames (fused experts) are transformers' to judge
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming
+
+        if any(not isinstance(t, WeightRenaming) for t in get_model_conversion_mapping(model)):
+            return
+    except ImportError:
+        pass
+    rename = _renamer(model)
+    state = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    tied = set(getattr(model, "all_tied_weights_keys", None) or ())
+    found: dict[str, tuple[int, ...]] = {}
+    unexpected, mismatched = [], []
+    for name, (_, shape) in sorted(tensors.items()):
+        key = rename(name)
+        if key not in state:
+            unexpected.append(name)
+            continue
+        found[key] = tuple(shape)
+        if tuple(shape) != state[key]:
+            mismatched.append(
+                f"{name} ({'×'.join(map(str, shape))}, config.json builds {'×'.join(map(str, state[key]))})"
+            )
+    missing = [k for k in sorted(state) if k not in found and k not in tied]
+    # A tied weight may be stored in place of its source: either one of the pair suffices.
+    missing = [k for k in missing if not any(k == src and tgt in found for tgt, src in _pairs(model))]
+    for kind, keys in (
+        ("lacks", missing),
+        ("holds a tensor the model has no place for:", unexpected),
+        ("holds a tensor of another shape than config.json gives:", mismatched),
+    ):
+        if keys:
+            raise weights_mismatch(folder, kind, keys)
+
+
+def _pairs(model: Any) -> list[tuple[str, str]]:
+    return list((getattr(model, "all_tied_weights_keys", None) or {}).items())
 
 
 def _kind(module: Any) -> str:

@@ -5,7 +5,8 @@ planted with three kinds of code — a Python module, a native library named lik
 module (its constructor runs on ``dlopen``), and an ``auto_map`` naming a Python file — and each
 used the way a user would: as the working directory of ``python -m adaptkit``, as the
 ``--model`` of a generation export (whose builder runs in a child process, here from a Hub
-cache), and as the folder ``adaptkit generate`` runs. Every planted file writes a canary when it runs; none may.
+cache), and as the folder ``adaptkit generate`` runs. Every planted file writes a canary when
+it runs; none may.
 
 The other half of each mechanism (a refused ``auto_map``, ``custom_ops_library``, a link out)
 is tested case by case in ``test_model_folders.py`` and ``test_export_folders.py``.

@@ -477,3 +477,67 @@ def test_a_symlink_loop_in_a_model_folder_is_one_line(run_cli, box):
     (box / "model" / "config.json").unlink()
     (box / "model" / "config.json").symlink_to("config.json")
     _refused(run_cli, box, MERGED, ["config.json"])
+
+
+# --- 7. weights that do not match config.json: refused, never run with random weights ---------
+
+
+def _drop_layer_1(folder: Path):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "model.safetensors")
+    kept = {k: v for k, v in tensors.items() if not k.startswith("model.layers.1.")}
+    save_file(kept, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+WEIGHT_CASES = {
+    "layer 1 removed": (_drop_layer_1, "lacks model.layers.1."),
+    "more layers in config": (lambda f: _edit_config(f, num_hidden_layers=5), "lacks model.layers.2."),
+    "another model_type": (
+        lambda f: _edit_config(f, model_type="gpt2", architectures=["GPT2LMHeadModel"]),
+        "lacks transformer.",
+    ),
+    "wider in config": (lambda f: _edit_config(f, intermediate_size=128), "another shape"),
+}
+WEIGHT_COMMANDS = {
+    "merged": MERGED,
+    "logits": [*ONNX, "--graph", "logits", "--no-verify"],
+    "generate": ["generate", "model", "--input-ids", "1,2", "--max-new-tokens", "2"],
+    "train": ["train", "--model", "model", "--data", "data.jsonl", "-o", "t.safetensors", "--max-steps", "1"],
+}
+
+
+@pytest.mark.parametrize("command", WEIGHT_COMMANDS)
+@pytest.mark.parametrize("case", WEIGHT_CASES)
+def test_weights_that_do_not_match_the_config_are_refused(run_cli, box, case, command):
+    edit, words = WEIGHT_CASES[case]
+    (box / "data.jsonl").write_text('{"input_ids": [1, 2, 3, 4]}\n' * 4)
+    edit(box / "model")
+    _refused(run_cli, box, WEIGHT_COMMANDS[command], ["model", words, "randomly initialised"])
+
+
+def test_a_tied_checkpoint_without_lm_head_loads(run_cli, box):
+    """transformers does not store a tied ``lm_head.weight``: that is no missing tensor."""
+    from tests.models import tiny_llama
+
+    shutil.rmtree(box / "model")
+    model = tiny_llama(hidden_size=64, intermediate_size=96, tie_word_embeddings=True)
+    model.save_pretrained(box / "model")
+    from adaptkit.io.safetensors_strict import checked_header
+
+    assert "lm_head.weight" not in checked_header(box / "model" / "model.safetensors")[1]
+    code, _, err = run_cli(*MERGED)
+    assert code == 0, err
+    code, _, err = run_cli("generate", "model", "--input-ids", "1,2", "--max-new-tokens", "2")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"rope_scaling": "abc"}, {"rms_norm_eps": "x"}, {"hidden_act": "nonexistent"}],
+    ids=["rope_scaling", "rms_norm_eps", "hidden_act"],
+)
+def test_a_config_transformers_rejects_is_named_as_such(run_cli, box, changes):
+    _edit_config(box / "model", **changes)
+    line = _refused(run_cli, box, MERGED, ["config.json"])
+    assert "out×in" not in line

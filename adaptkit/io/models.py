@@ -408,6 +408,7 @@ def load_causal_lm(
     dtype: Any = None,
     device: Any = None,
     load_kwargs: dict[str, Any] | None = None,
+    tokenizer: bool = True,
 ) -> tuple[Any, Any]:
     """``(model, tokenizer or None)`` for a model directory or Hub id, in eval mode.
 
@@ -418,6 +419,7 @@ def load_causal_lm(
             ``None`` for float32.
         device: Where the weights go as they load (``device_map``); ``None`` keeps them on CPU.
         load_kwargs: Extra ``from_pretrained`` arguments (a backend's ``quantization_config``).
+        tokenizer: Load the tokenizer too (``False``: the second item is ``None``).
     """
     folder = spec if isinstance(spec, Path) else resolve_model(spec)
     import torch
@@ -445,7 +447,7 @@ def load_causal_lm(
     except Exception as exc:  # transformers' many ways of rejecting a config or checkpoint
         why = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise FormatError(f"cannot load the model: {why}", path=folder) from None
-    return model.eval(), load_tokenizer(folder)
+    return model.eval(), (load_tokenizer(folder) if tokenizer else None)
 
 
 def load_tokenizer(folder: Path) -> Any:

@@ -441,6 +441,7 @@ def load_causal_lm(
     dtype: Any = None,
     device: Any = None,
     load_kwargs: dict[str, Any] | None = None,
+    tokenizer: bool = True,
 ) -> tuple[Any, Any]:
     """``(model, tokenizer or None)`` for a model directory or Hub id, in eval mode.
 
@@ -451,6 +452,7 @@ def load_causal_lm(
             ``None`` for float32.
         device: Where the weights go as they load (``device_map``); ``None`` keeps them on CPU.
         load_kwargs: Extra ``from_pretrained`` arguments (a backend's ``quantization_config``).
+        tokenizer: Load the tokenizer too (``False``: the second item is ``None``).
     """
     folder = spec if isinstance(spec, Path) else resolve_model(spec)
     import torch
@@ -485,7 +487,7 @@ def load_causal_lm(
     finally:
         hf_logging.set_verbosity(verbosity)
     check_loading_info(folder, info)
-    return model.eval(), load_tokenizer(folder)
+    return model.eval(), (load_tokenizer(folder) if tokenizer else None)
 
 
 def check_loading_info(folder: Path, info: dict[str, Any]) -> None:

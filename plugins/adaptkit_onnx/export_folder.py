@@ -13,11 +13,14 @@ that happens, :func:`vet_export_folder` and :func:`vet_tokenizer` check that
 - the config agrees with the graph (``vocab_size`` is the width of the graph's logits, read
   from the graph's declared shapes without loading any weights);
 - the tokenizer JSON is bounded (size, nesting) and of the types the runtime's C++ reader
-  expects, so its parser never sees a document that could crash or hang it.
+  expects, so its parser never sees a document that could crash or hang it; its BPE merges
+  and vocabulary are consistent (an empty merge spins the runtime's merge loop forever) and
+  its regular expressions are the known tokenizers' (:data:`ALLOWED_TOKENIZER_REGEXES`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -272,18 +275,157 @@ def _check_tokenizer_config(config: dict[str, Any], path: Path) -> None:
 def _check_added_token(token: Any, path: Path, key: str) -> None:
     if not isinstance(token, dict):
         raise FormatError("must be an object", path=path, key=key)
-    if "id" in token and not (_is_int(token["id"]) and token["id"] >= 0):
-        raise FormatError(f"id must be a non-negative integer, got {token['id']!r:.40}", path=path, key=key)
-    if not isinstance(token.get("content"), str):
-        raise FormatError("content must be a string", path=path, key=key)
+    if "id" in token and not (_is_int(token["id"]) and 0 <= token["id"] <= MAX_TOKEN_ID):
+        raise FormatError(f"id must be a token id, got {token['id']!r:.40}", path=path, key=key)
+    if not (isinstance(token.get("content"), str) and token["content"]):
+        raise FormatError("content must be a non-empty string", path=path, key=key)
     for flag in ("lstrip", "rstrip", "normalized", "single_word", "special"):
         if flag in token and not isinstance(token[flag], bool):
             raise FormatError(f"{flag} must be true or false", path=path, key=key)
 
 
+#: The largest vocabulary (and merge list) a tokenizer may have: real ones stop near 256k.
+MAX_VOCAB_ENTRIES = 1 << 21
+MAX_TOKEN_ID = 2**31 - 1
+#: The longest affix string (unk token, subword prefix, word suffix) a BPE model may name.
+MAX_AFFIX_CHARS = 64
+
+#: The only regular expressions a tokenizer may hold (in a ``Split`` pre-tokenizer, a
+#: ``Replace`` normalizer or decoder, anywhere outside the model): those of the byte-level
+#: tokenizers the builder copies. ONNX Runtime GenAI hand-codes the GPT-2 and Llama-3
+#: patterns and hands any other to a backtracking regex engine that no one can stop from
+#: Python (a signal waits for the C++ call to return): ``(a+)+$`` on 30 characters spins for
+#: hours. Spotting every catastrophic pattern is not possible (nested quantifiers are one
+#: kind; overlapping alternatives under a quantifier and ``\s*\s*\s*$`` chains are others),
+#: so the rule is an allow list, not a detector. A tokenizer with another pattern fails the
+#: check: ``export`` drops it with a warning (the export still generates from ``--input-ids``)
+#: and ``generate --prompt`` refuses it. Plain-string patterns (``{"String": " "}``) match
+#: literally and are always allowed.
+ALLOWED_TOKENIZER_REGEXES = frozenset(
+    {
+        # GPT-2 (and the byte-level split of many BPE models), with and without the last \s+
+        r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
+        r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
+        # Llama 3 (and 3.x), both spellings of the case-insensitive contractions
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+        r"|\s*[\r\n]+|\s+(?!\S)|\s+",
+        r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
+        r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        # Qwen2 / Qwen2.5 / Qwen3: Llama 3's with single digits
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+        r"|\s*[\r\n]+|\s+(?!\S)|\s+",
+    }
+)
+
+
+def _check_bpe_model(model: dict[str, Any], path: Path) -> None:
+    """A BPE model as the ``tokenizers`` library would accept it: unique non-negative ids,
+    non-empty tokens, and merges of two tokens of the vocabulary whose result is one too (an
+    empty merge, ``[""]``, sends the runtime's merge loop spinning forever)."""
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict) or not 0 < len(vocab) <= MAX_VOCAB_ENTRIES:
+        raise FormatError(f"must map 1 to {MAX_VOCAB_ENTRIES} tokens to ids", path=path, key="model.vocab")
+    for token, token_id in vocab.items():
+        if not token or not (_is_int(token_id) and 0 <= token_id <= MAX_TOKEN_ID):
+            raise FormatError(
+                f"token {token!r:.40} must be non-empty with a non-negative integer id, got {token_id!r:.20}",
+                path=path,
+                key="model.vocab",
+            )
+    if len(set(vocab.values())) != len(vocab):
+        raise FormatError("two tokens share an id", path=path, key="model.vocab")
+    for key in ("unk_token", "continuing_subword_prefix", "end_of_word_suffix"):
+        value = model.get(key)
+        if value is not None and not (isinstance(value, str) and 0 < len(value) <= MAX_AFFIX_CHARS):
+            raise FormatError(
+                f"must be null or a string of 1 to {MAX_AFFIX_CHARS} characters",
+                path=path,
+                key=f"model.{key}",
+            )
+    dropout = model.get("dropout")
+    if dropout is not None and not (
+        isinstance(dropout, int | float) and not isinstance(dropout, bool) and 0 <= dropout <= 1
+    ):
+        raise FormatError(f"must be null or in [0, 1], got {dropout!r:.20}", path=path, key="model.dropout")
+    for key in ("fuse_unk", "byte_fallback", "ignore_merges"):
+        if key in model and not isinstance(model[key], bool):
+            raise FormatError("must be true or false", path=path, key=f"model.{key}")
+    merges = model.get("merges", [])
+    if not isinstance(merges, list) or len(merges) > MAX_VOCAB_ENTRIES:
+        raise FormatError(
+            f"must be a list of at most {MAX_VOCAB_ENTRIES} merges", path=path, key="model.merges"
+        )
+    prefix = len(model.get("continuing_subword_prefix") or "")
+    for i, merge in enumerate(merges):
+        parts = merge.split(" ") if isinstance(merge, str) else merge
+        if not (isinstance(parts, list) and len(parts) == 2 and all(isinstance(p, str) and p for p in parts)):
+            raise FormatError(
+                f"must be an 'a b' string or an [a, b] pair of non-empty tokens, got {merge!r:.40}",
+                path=path,
+                key=f"model.merges[{i}]",
+            )
+        a, b = parts
+        merged = a + b[prefix:]
+        missing = next((t for t in (a, b, merged) if t not in vocab), None)
+        if missing is not None:
+            raise FormatError(
+                f"merges tokens into {missing!r:.40}, which is not in the vocabulary",
+                path=path,
+                key=f"model.merges[{i}]",
+            )
+
+
+def _check_unigram_model(model: dict[str, Any], path: Path) -> None:
+    vocab = model.get("vocab")
+    if not isinstance(vocab, list) or not 0 < len(vocab) <= MAX_VOCAB_ENTRIES:
+        raise FormatError(
+            f"must list 1 to {MAX_VOCAB_ENTRIES} [piece, score] pairs", path=path, key="model.vocab"
+        )
+    for i, entry in enumerate(vocab):
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and isinstance(entry[0], str)
+            and entry[0]
+            and isinstance(entry[1], int | float)
+            and not isinstance(entry[1], bool)
+            and math.isfinite(entry[1])
+        ):
+            raise FormatError(
+                "must be a [non-empty piece, finite score] pair", path=path, key=f"model.vocab[{i}]"
+            )
+    if len({entry[0] for entry in vocab}) != len(vocab):
+        raise FormatError("a piece is listed twice", path=path, key="model.vocab")
+    unk = model.get("unk_id")
+    if unk is not None and not (_is_int(unk) and 0 <= unk < len(vocab)):
+        raise FormatError(
+            f"must be null or an index into the vocabulary, got {unk!r:.20}", path=path, key="model.unk_id"
+        )
+    if "byte_fallback" in model and not isinstance(model["byte_fallback"], bool):
+        raise FormatError("must be true or false", path=path, key="model.byte_fallback")
+
+
+def _check_regexes(value: Any, key: str, path: Path) -> None:
+    """Every ``{"Regex": ...}`` in a pipeline stage is one of :data:`ALLOWED_TOKENIZER_REGEXES`."""
+    stack = [(value, key)]
+    while stack:
+        value, key = stack.pop()
+        if isinstance(value, dict):
+            if "Regex" in value and value["Regex"] not in ALLOWED_TOKENIZER_REGEXES:
+                raise FormatError(
+                    f"regular expression {value['Regex']!r:.60} is not one adaptkit exports "
+                    "(a pattern of a known tokenizer); refused",
+                    path=path,
+                    key=f"{key}.Regex",
+                )
+            stack.extend((v, f"{key}.{k}") for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{key}[{i}]") for i, v in enumerate(value))
+
+
 def _check_tokenizer_json(doc: dict[str, Any], path: Path) -> None:
-    """The parts of ``tokenizer.json`` the runtime reads: the model (type, vocabulary, merges),
-    the added tokens and the pipeline stages' types."""
+    """The parts of ``tokenizer.json`` the runtime reads: the model (type, vocabulary, merges
+    and options), the added tokens, the pipeline stages' types and their regexes."""
     model = doc.get("model")
     if not isinstance(model, dict):
         raise FormatError("must be an object", path=path, key="model")
@@ -294,33 +436,22 @@ def _check_tokenizer_json(doc: dict[str, Any], path: Path) -> None:
             path=path,
             key="model.type",
         )
-    vocab = model.get("vocab")
     if kind == "BPE":
-        if not isinstance(vocab, dict) or not all(_is_int(v) and v >= 0 for v in vocab.values()):
-            raise FormatError("must map tokens to non-negative integer ids", path=path, key="model.vocab")
-        merges = model.get("merges", [])
-        ok = isinstance(merges, list) and all(
-            isinstance(m, str) or (isinstance(m, list) and len(m) == 2 and all(isinstance(p, str) for p in m))
-            for m in merges
-        )
-        if not ok:
-            raise FormatError(
-                "must be a list of 'a b' strings or [a, b] pairs", path=path, key="model.merges"
-            )
-    elif not isinstance(vocab, list) or not all(
-        isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int | float)
-        for v in vocab
-    ):
-        raise FormatError("must be a list of [piece, score] pairs", path=path, key="model.vocab")
+        _check_bpe_model(model, path)
+    else:
+        _check_unigram_model(model, path)
     added = doc.get("added_tokens", [])
-    if not isinstance(added, list):
-        raise FormatError("must be a list", path=path, key="added_tokens")
+    if not isinstance(added, list) or len(added) > MAX_VOCAB_ENTRIES:
+        raise FormatError(
+            f"must be a list of at most {MAX_VOCAB_ENTRIES} tokens", path=path, key="added_tokens"
+        )
     for i, token in enumerate(added):
         _check_added_token(token, path, f"added_tokens[{i}]")
     for key in ("normalizer", "pre_tokenizer", "post_processor", "decoder"):
         stage = doc.get(key)
         if stage is not None and not (isinstance(stage, dict) and isinstance(stage.get("type"), str)):
             raise FormatError("must be null or an object with a string type", path=path, key=key)
+        _check_regexes(stage, key, path)
 
 
 def load_runtime_tokenizer(folder: Path) -> Any:

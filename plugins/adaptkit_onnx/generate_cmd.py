@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -59,7 +60,11 @@ class FiniteFloat(click.ParamType):
     help="PyTorch path: adapter SPEC applied unmerged, repeatable (combined exactly).",
 )
 @click.option("--prompt", help="Prompt text (needs a tokenizer).")
-@click.option("--input-ids", help="Prompt as comma-separated token ids, e.g. 1,2,3.")
+@click.option(
+    "--input-ids",
+    help="Prompt as comma-separated token ids, e.g. 1,2,3. The tokenizer is not loaded: "
+    "token ids are printed and the JSON text is null.",
+)
 @click.option(
     "--max-new-tokens",
     type=click.IntRange(1, 1_000_000),
@@ -113,13 +118,14 @@ def command(
     \b
     An export folder (it has genai_config.json) runs in ONNX Runtime GenAI; anything else is
     a Hugging Face model directory or Hub id run in PyTorch, with each -a adapter attached
-    unmerged. Text streams to stdout as it is generated (token ids when there is no
-    tokenizer); the speed goes to stderr. Greedy unless --temperature is above 0.
+    unmerged. Text streams to stdout as it is generated (token ids with --input-ids or
+    when there is no tokenizer); the speed goes to stderr. Greedy unless --temperature is
+    above 0; --top-p and --seed are refused with greedy decoding.
 
     \b
     An export folder is checked before the runtime opens it: genai_config.json may hold only
     what adaptkit writes, and every file the runtime reads must lie inside the folder.
-    --input-ids never needs the tokenizer.
+    --input-ids never opens the tokenizer: the output is token ids ("text" is null).
 
     \b
     Examples:
@@ -136,6 +142,8 @@ def command(
             f"{temperature:g} is too cold to sample from; use 0 (greedy) or at least {MIN_TEMPERATURE:g}",
             key="--temperature",
         )
+    if temperature == 0:
+        _refuse_sampling_flags("top_p", "seed")
     if (prompt is None) == (input_ids is None):
         raise AdaptkitError("give exactly one of --prompt TEXT or --input-ids 1,2,3")
     if exported and adapters:
@@ -161,19 +169,36 @@ def command(
         click.echo(f"{len(result['output_ids'])} new tokens, {result['tokens_per_s']:.1f} tokens/s", err=True)
 
 
+def _refuse_sampling_flags(*names: str) -> None:
+    """Refuse sampling options given with greedy decoding (they would be ignored)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    for name in names:
+        if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT):
+            flag = "--" + name.replace("_", "-")
+            raise AdaptkitError(
+                f"{flag} only applies when sampling; give --temperature above 0 or drop {flag}", key=flag
+            )
+
+
+#: One token id: ASCII digits only (``int()`` also takes ``1_0`` and other scripts' digits).
+_TOKEN_ID = re.compile(r"[0-9]{1,10}")
+
+
 def _parse_ids(text: str) -> list[int]:
-    parts = [p.strip() for p in text.split(",") if p.strip()]
+    parts = [p.strip(" ") for p in text.split(",") if p.strip(" ")]
     if not parts:
         raise AdaptkitError("--input-ids is empty", key="--input-ids")
     if len(parts) > MAX_INPUT_IDS:
         raise AdaptkitError(f"--input-ids has {len(parts)} ids; at most {MAX_INPUT_IDS}", key="--input-ids")
-    try:
-        ids = [int(p) for p in parts]
-    except ValueError:
-        raise AdaptkitError(f"--input-ids must be comma-separated integers, got {text[:80]!r}") from None
-    if min(ids) < 0:
-        raise AdaptkitError(f"token id {min(ids)} is negative", key="--input-ids")
-    return ids
+    bad = next((p for p in parts if not _TOKEN_ID.fullmatch(p)), None)
+    if bad is not None:
+        raise AdaptkitError(
+            f"--input-ids must be comma-separated integers (ASCII digits 0-9), got {bad[:40]!r}",
+            key="--input-ids",
+        )
+    return [int(p) for p in parts]
 
 
 def _check_ids(ids: list[int], vocab: int, context: int | None, max_new: int) -> None:
@@ -226,7 +251,8 @@ def _generate_onnx(
 ) -> dict[str, Any]:
     """Generate from an export folder. The folder is untrusted input: everything the runtime
     will open is vetted before it opens anything (:mod:`adaptkit_onnx.export_folder`), and
-    with ``--input-ids`` the tokenizer is optional (ids are printed when it cannot load)."""
+    with ``--input-ids`` the tokenizer is never constructed (a hostile one can hang the
+    runtime's native code past any signal): ids are printed and ``text`` is ``None``."""
     from adaptkit_onnx import export_folder as ef
 
     vetted = ef.vet_export_folder(folder)
@@ -237,7 +263,7 @@ def _generate_onnx(
         tokenizer = ef.load_runtime_tokenizer(folder)
         ids = [int(t) for t in _runtime_call(lambda: tokenizer.encode(prompt), "encode the prompt")]
     else:
-        tokenizer = _tokenizer_if_usable(folder)
+        tokenizer = None
     _check_ids(ids, vetted.vocab_size, vetted.context_length, max_new)
     runtime = _runtime_call(lambda: _load_model(folder, device), f"load {folder}")
     if adapter_path is not None:
@@ -276,23 +302,6 @@ def _runtime_call(call: Any, doing: str) -> Any:
         raise AdaptkitError(f"ONNX Runtime GenAI could not {doing}: {why}") from None
 
 
-def _tokenizer_if_usable(folder: Path) -> Any:
-    """The export's tokenizer for showing text, or ``None`` (ids are shown) when it has none
-    or it fails the checks or the runtime: ``--input-ids`` never needs one."""
-    from adaptkit.cli.output import terminal_safe
-    from adaptkit_onnx import export_folder as ef
-
-    if not ef.has_tokenizer(folder):
-        return None
-    try:
-        return ef.load_runtime_tokenizer(folder)
-    except AdaptkitError as exc:
-        click.echo(
-            terminal_safe(f"warning: tokenizer not used, showing token ids: {exc.one_line()}"), err=True
-        )
-        return None
-
-
 def _generate_torch(
     model: str,
     specs: tuple[str, ...],
@@ -309,7 +318,10 @@ def _generate_torch(
     from adaptkit_onnx import generation as gen
 
     adapter = combined(load_export_adapters(list(specs))) if specs else None
-    net, tokenizer = load_causal_lm(model, dtype="fp32", device="cuda" if device == "cuda" else None)
+    # --input-ids: the tokenizer is not loaded, as for an export (ids are printed).
+    net, tokenizer = load_causal_lm(
+        model, dtype="fp32", device="cuda" if device == "cuda" else None, tokenizer=ids is None
+    )
     if adapter is not None:
         lora.load(net, adapter, dtype="fp32")
     if ids is None:

@@ -286,11 +286,13 @@ def test_merged_export_streams_tensor_by_tensor(tmp_path):
 
     model = tmp_path / "big"
     model.mkdir()
-    (model / "config.json").write_text('{"model_type": "llama"}')
-    tensors = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(2048, 2048) for i in range(24)}  # 384 MiB
+    # Loose tensors, not a whole Llama: a model type transformers does not know is baked by
+    # tensor shapes (a known one must match its config in full), so no square weights.
+    (model / "config.json").write_text('{"model_type": "toy"}')
+    tensors = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(4096, 1024) for i in range(24)}  # 384 MiB
     save_file(tensors, model / "model.safetensors")
     del tensors
-    adapter = make_adapter(shapes={"model.layers.3.mlp.up_proj": (2048, 2048, 4)})
+    adapter = make_adapter(shapes={"model.layers.3.mlp.up_proj": (4096, 1024, 4)})
     save_adapter(adapter, tmp_path / "a.safetensors")
     rc, extra_mib, err = extra_peak_mib(
         ["export", "--merged", "--model", model, "-a", tmp_path / "a.safetensors", "-o", tmp_path / "out"],

@@ -363,7 +363,7 @@ def test_hub_cache_snapshots_link_into_their_blobs_and_are_copied(box):
     repo = box / "models--org--name"
     (repo / "blobs").mkdir(parents=True)
     (repo / "blobs" / "abc").write_text("{}")
-    snap = repo / "snapshots" / "rev"
+    snap = repo / "snapshots" / ("0123456789abcdef" * 3)[:40]  # named by its commit, as the Hub does
     snap.mkdir(parents=True)
     (snap / "config.json").symlink_to(repo / "blobs" / "abc")
     (snap / "leak.txt").symlink_to(box / "data.jsonl")

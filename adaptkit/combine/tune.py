@@ -387,28 +387,11 @@ def settings_from(block: dict[str, Any], seed: int) -> TuneSettings:
     return settings
 
 
-#: ``config.json`` keys that hold a model's context length, by model family.
-_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
-
-
 def model_limits(folder: Any) -> tuple[int | None, int | None]:
-    """``(vocabulary size, context length)`` from a vetted model folder's ``config.json``
-    (None where it does not say), read without loading the model."""
-    from adaptkit.io.jsonio import read_json_file
-    from adaptkit.io.models import MAX_CONFIG_BYTES
+    """``(vocabulary size, context length)`` of a vetted model folder, without loading it."""
+    from adaptkit.io.models import config_limits
 
-    config = read_json_file(folder / "config.json", what="config.json", max_bytes=MAX_CONFIG_BYTES)
-    sections = [config, config.get("text_config") if isinstance(config.get("text_config"), dict) else {}]
-
-    def first_size(keys: tuple[str, ...]) -> int | None:
-        for section in sections:
-            for key in keys:
-                value = section.get(key)
-                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                    return value
-        return None
-
-    return first_size(("vocab_size",)), first_size(_CONTEXT_KEYS)
+    return config_limits(folder)
 
 
 def _load_sets(

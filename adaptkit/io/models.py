@@ -248,6 +248,30 @@ def check_contained(folder: Path, hub_repo: Path | None = None) -> None:
                 )
 
 
+#: ``config.json`` keys that hold a model's context length, by model family.
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def config_limits(folder: Path) -> tuple[int | None, int | None]:
+    """``(vocabulary size, context length)`` from a vetted model folder's ``config.json``, read
+    without loading the model (``None`` where it does not say). A multimodal config's
+    ``text_config`` counts when the top level is silent."""
+    from adaptkit.io.jsonio import read_json_file
+
+    config = read_json_file(folder / "config.json", what="config.json", max_bytes=MAX_CONFIG_BYTES)
+    sections = [config, config.get("text_config") if isinstance(config.get("text_config"), dict) else {}]
+
+    def first_size(keys: tuple[str, ...]) -> int | None:
+        for section in sections:
+            for key in keys:
+                value = section.get(key)
+                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                    return value
+        return None
+
+    return first_size(("vocab_size",)), first_size(CONTEXT_KEYS)
+
+
 #: config.json is a few KB; label maps make some a few MB.
 MAX_CONFIG_BYTES = 16 << 20
 

@@ -230,15 +230,16 @@ def plan_run(
     if dist.main:
         check_train_outputs(cfg)
     checkpoint = _read_checkpoint(cfg, backend) if cfg.resume else None
-    folder, vocab = None, None
+    folder, vocab, context = None, None, None
     if model is None:
-        from adaptkit.io.models import load_tokenizer, resolve_model
+        from adaptkit.io.models import config_limits, load_tokenizer, resolve_model
 
         folder = resolve_model(cfg.model)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
-        vocab = config_vocab_size(folder)
+        vocab, context = config_limits(folder)
     else:
         vocab = model_vocab_size(model)
+        context = getattr(model.config, "max_position_embeddings", None)
     if data is not None:
         records = tokenize_records(
             data, tokenizer, seq_len=cfg.seq_len, vocab_size=vocab, truncate=cfg.truncate
@@ -246,6 +247,7 @@ def plan_run(
     assert records is not None
     if not records:
         raise AdaptkitError("no training records", key="records")
+    _refuse_over_context(records, context, cfg)
     per_step = cfg.batch_size * dist.world * cfg.grad_accum
     steps = cfg.max_steps or cfg.epochs * max(1, math.ceil(len(records) / per_step))
     start = checkpoint[2]["step"] if checkpoint else 0
@@ -267,17 +269,17 @@ def plan_run(
     return RunPlan(records, tokenizer, folder, vocab, steps, start, evaluated, checkpoint)
 
 
-def config_vocab_size(folder: Path) -> int | None:
-    """The vocabulary size ``config.json`` declares (``None`` when it does not say)."""
-    from adaptkit.io.jsonio import read_json_file
-    from adaptkit.io.models import MAX_CONFIG_BYTES
-
-    config = read_json_file(folder / "config.json", what="config.json", max_bytes=MAX_CONFIG_BYTES)
-    for holder in (config, config.get("text_config")):
-        value = holder.get("vocab_size") if isinstance(holder, dict) else None
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
+def _refuse_over_context(records: list[Any], context: int | None, cfg: TrainConfig) -> None:
+    """A record longer than the model's context would train on positions the model was never
+    built for (or fail inside attention): refused before the model loads, with the fix."""
+    longest = max((len(r) for r in records), default=0)
+    if isinstance(context, int) and context > 0 and longest > context:
+        raise AdaptkitError(
+            f"a training record has {longest} tokens, more than the model's context of {context} "
+            "(config.json)",
+            path=cfg.data,
+            hint=f"pass --seq-len {context} --truncate, or shorten the records",
+        )
 
 
 def model_vocab_size(model: Any) -> int:

@@ -375,6 +375,11 @@ CHEAP = {
     "negative id": (_write("data.jsonl", '{"input_ids": [1, -1]}\n'), [], "token id -1 is negative"),
     "no tokenizer": (_write("data.jsonl", '{"text": "hi"}\n'), [], "the model directory has no tokenizer"),
     "too long": (None, ["--seq-len", "3"], "record has 4 tokens, more than --seq-len 3"),
+    "past the context": (
+        _write("data.jsonl", json.dumps({"input_ids": [1] * 65}) + "\n"),
+        ["--seq-len", "200"],
+        "a training record has 65 tokens, more than the model's context of 64",
+    ),
     "eval > data": (
         None,
         ["--eval-records", "99"],

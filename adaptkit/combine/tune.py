@@ -389,7 +389,7 @@ def settings_from(block: dict[str, Any], seed: int) -> TuneSettings:
 
 def model_limits(folder: Any) -> tuple[int | None, int | None]:
     """``(vocabulary size, context length)`` of a vetted model folder, without loading it."""
-    from adaptkit.io.models import config_limits
+    from adaptkit.io.model_config import config_limits
 
     return config_limits(folder)
 

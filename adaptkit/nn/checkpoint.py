@@ -205,7 +205,7 @@ def bake_checkpoint(
         copied.append(item.name)
     if cast is not None and (out / "config.json").is_file():
         from adaptkit.io.jsonio import read_json_file
-        from adaptkit.io.models import MAX_CONFIG_BYTES
+        from adaptkit.io.model_config import MAX_CONFIG_BYTES
 
         config = read_json_file(out / "config.json", what="config.json", max_bytes=MAX_CONFIG_BYTES)
         name = str(cast).removeprefix("torch.")

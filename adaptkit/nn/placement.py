@@ -73,7 +73,7 @@ def meta_model(folder: Path) -> Any:
 
     from adaptkit.errors import FormatError
     from adaptkit.io.jsonio import read_json_file
-    from adaptkit.io.models import MAX_CONFIG_BYTES
+    from adaptkit.io.model_config import MAX_CONFIG_BYTES
 
     raw = read_json_file(folder / "config.json", what="config.json", max_bytes=MAX_CONFIG_BYTES)
     known = raw.get("model_type") in CONFIG_MAPPING_NAMES

@@ -232,7 +232,8 @@ def plan_run(
     checkpoint = _read_checkpoint(cfg, backend) if cfg.resume else None
     folder, vocab, context = None, None, None
     if model is None:
-        from adaptkit.io.models import config_limits, load_tokenizer, resolve_model
+        from adaptkit.io.model_config import config_limits
+        from adaptkit.io.models import load_tokenizer, resolve_model
 
         folder = resolve_model(cfg.model)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)

@@ -26,10 +26,9 @@ import pytest
 
 from adaptkit import save_adapter
 from tests.conftest import make_adapter
-from tests.reliability.conftest import canary_library
+from tests.reliability.conftest import COMMIT, canary_library, hub_cache
 
 Q = "model.layers.0.self_attn.q_proj"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 #: Imported by the parent process on every command (__future__, pluggy, yaml, click, numpy) or by the
 #: builder child (onnx, onnx_ir, sympy): shadowing them is how code would get in.
 PY_MODULES = ("__future__", "pluggy", "yaml", "click", "onnx_ir", "sympy")
@@ -82,15 +81,7 @@ def world(tmp_path_factory):
     model = root / "model"
     tiny_llama(hidden_size=64, intermediate_size=96, num_attention_heads=4).save_pretrained(model)
     save_adapter(make_adapter(0, shapes={Q: (64, 64, 4)}), root / "a.safetensors")
-    repo = root / "hub" / "models--org--tiny"
-    snapshot = repo / "snapshots" / COMMIT
-    (repo / "blobs").mkdir(parents=True)
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(COMMIT)
-    for i, item in enumerate(sorted(model.iterdir())):
-        shutil.copy(item, repo / "blobs" / f"blob{i}")
-        (snapshot / item.name).symlink_to(Path("..", "..", "blobs", f"blob{i}"))
+    snapshot = hub_cache(root / "hub", model) / "snapshots" / COMMIT
     plant(model, canaries)
     (snapshot / "config.json").unlink()  # edited in place below, as a hostile upload would be
     shutil.copy(model / "config.json", snapshot / "config.json")

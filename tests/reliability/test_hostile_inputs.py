@@ -17,6 +17,7 @@ from adaptkit import save_adapter
 from adaptkit.errors import MAX_LINE_CHARS, AdaptkitError, FormatError
 from tests.conftest import make_adapter, raw_safetensors
 from tests.models import tiny_llama
+from tests.reliability.conftest import assert_refused as _refused
 
 DEEP = "[" * 100_000 + "]" * 100_000
 BIGINT = "1" * 5000
@@ -39,16 +40,6 @@ def box(tmp_path, monkeypatch, base):
     (tmp_path / "data.jsonl").write_text('{"input_ids": [1, 2, 3, 4]}\n' * 4)
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def _refused(run_cli, root, args, words):
-    before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-    code, _, err = run_cli(*args)
-    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err[-2000:]
-    assert words in errors[0], errors[0]
-    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before
-    return errors[0]
 
 
 def _rewrite_header(path, edit):

@@ -4,7 +4,7 @@ outside them is read, and an odd value is one `error:` line naming the file and 
 The mechanisms: the builder child runs with no current-directory entry on ``sys.path``, in our
 own scratch folder, with no stdin (adaptkit_onnx.builder.run_builder); remote code is never
 trusted and an ``auto_map`` that would need it is refused up front
-(adaptkit.io.models.check_no_remote_code); every entry of a model folder or Hub snapshot must
+(adaptkit.io.model_config.check_no_remote_code); every entry of a model folder or Hub snapshot must
 lie inside it or its repository's blobs/ (check_contained, _check_hub_ref); the config fields
 adaptkit computes with are typed and ranged (check_config_fields); scratch folders carry
 their writer's pid and a dead writer's are swept (adaptkit.io.atomic.sweep_stale_scratch).
@@ -23,9 +23,10 @@ import pytest
 
 from adaptkit import save_adapter
 from tests.conftest import REPO, make_adapter
+from tests.reliability.conftest import COMMIT, hub_cache
+from tests.reliability.conftest import assert_refused as _refused
 
 Q = "model.layers.0.self_attn.q_proj"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def canary_module(canary: Path) -> str:
@@ -49,16 +50,6 @@ def box(tmp_path, monkeypatch, base):
     save_adapter(make_adapter(0, shapes={Q: (64, 64, 4)}), tmp_path / "a.safetensors")
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def _refused(run_cli, root, args, words):
-    before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-    code, _, err = run_cli(*args)
-    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err[-2000:]
-    assert all(w in errors[0] for w in words), errors[0]
-    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before
-    return errors[0]
 
 
 def _edit_config(folder: Path, **changes):
@@ -287,21 +278,6 @@ def test_a_weight_index_naming_an_unchecked_file_is_refused(run_cli, box, sharde
     _refused(run_cli, box, MERGED, ["model.safetensors.index.json", "weight_map", name])
 
 
-def _hub_cache(root: Path, base: Path, repo_id: str = "org/tiny") -> Path:
-    """A Hugging Face cache laid out as huggingface_hub writes it: blobs, a snapshot of links
-    into them, refs/main naming the snapshot."""
-    repo = root / ("models--" + repo_id.replace("/", "--"))
-    snap = repo / "snapshots" / COMMIT
-    (repo / "blobs").mkdir(parents=True)
-    snap.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(COMMIT)
-    for i, item in enumerate(sorted(base.iterdir())):
-        shutil.copy(item, repo / "blobs" / f"blob{i}")
-        (snap / item.name).symlink_to(Path("..", "..", "blobs", f"blob{i}"))
-    return repo
-
-
 @pytest.fixture
 def hub(box, base, monkeypatch):
     from huggingface_hub import constants
@@ -309,7 +285,7 @@ def hub(box, base, monkeypatch):
     cache = box / "hub"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return _hub_cache(cache, base)
+    return hub_cache(cache, base)
 
 
 HUB_MERGED = ["export", "--merged", "--model", "org/tiny", "-a", "a.safetensors", "-o", "out"]

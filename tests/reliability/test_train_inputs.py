@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from adaptkit.cli import main
 from adaptkit.io.native import load_adapter, save_adapter
 from tests.models import tiny_llama
+from tests.reliability.conftest import assert_refused
 
 RECORDS = 12
 TRAIN = ["train", "--model", "model", "--data", "data.jsonl", "--batch-size", "1"]
@@ -77,13 +78,7 @@ def _tree(root):
 
 
 def _refused(run_cli, root, args, words):
-    before = _tree(root)
-    code, _, err = run_cli(*args)
-    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err[-2000:]
-    assert words in errors[0], errors[0]
-    assert _tree(root) == before  # nothing written, nothing trained
-    return errors[0]
+    return assert_refused(run_cli, root, args, words, tree=_tree)  # nothing written, nothing trained
 
 
 # --- 1. an fp16 base with fp16 factors trains (float32 master weights), resumes exactly ---------

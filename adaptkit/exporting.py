@@ -8,12 +8,12 @@ the exact weighted sum. A recipe SPEC becomes one adapter, combined with its own
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adaptkit.adapter import WeightedAdapter
 from adaptkit.errors import AdaptkitError
+from adaptkit.plugins.records import ExportRequest  # noqa: F401  (its home before the records moved)
 
 if TYPE_CHECKING:
     from adaptkit.adapter import Adapter
@@ -22,25 +22,6 @@ if TYPE_CHECKING:
 #: One ``--adapter`` of an export (the one input record, see
 #: :class:`adaptkit.adapter.WeightedAdapter`).
 NamedAdapter = WeightedAdapter
-
-
-@dataclass
-class ExportRequest:
-    """Arguments of :meth:`Exporter.export`.
-
-    Attributes:
-        model: Hugging Face model directory or Hub id.
-        adapters: The adapters (may be empty: export the base).
-        output: Output folder (written atomically; an existing one only with ``force``).
-        force: Replace an existing output.
-        options: Exporter options (``opset``, ``dtype``, ``atol``, ``verify``, ...).
-    """
-
-    model: str
-    adapters: list[NamedAdapter]
-    output: Path
-    force: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 #: Every option ``adaptkit export`` passes to an exporter: its flag, and the value that means

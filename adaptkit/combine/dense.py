@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from adaptkit.combine.factored import RankRequest, rank_for_energy
+from adaptkit.rank import RankRequest, rank_for_energy
 
 if TYPE_CHECKING:
     import torch

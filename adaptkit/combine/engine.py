@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adaptkit.adapter import WeightedAdapter
-from adaptkit.combine.factored import RankRequest
 from adaptkit.combine.strategy import MergeContext, MergeInput, MergeResult, SumStrategy
 from adaptkit.errors import AdaptkitError, InvalidAdapterError, SchemaError
+from adaptkit.rank import RankRequest
 
 if TYPE_CHECKING:
     from adaptkit.adapter import Adapter

@@ -9,78 +9,18 @@ weight 0, are left out: they contribute nothing). A strategy returns a
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from adaptkit.combine.factored import RankRequest, factorise_product, stack_factors
+from adaptkit.combine.factored import factorise_product, stack_factors
+from adaptkit.plugins.records import MergeContext, MergeInput, MergeResult
+from adaptkit.rank import RankRequest
 
 if TYPE_CHECKING:
-    import torch
-
     from adaptkit.lora import LoraPair
 
 
-@dataclass(frozen=True)
-class MergeInput:
-    """One adapter's update for the target being merged.
-
-    Attributes:
-        name: The adapter's label (unique within a combine call).
-        weight: The user's multiplier ``w_i`` (never 0 here).
-        pair: Its factors and scale ``s_i``; the strategy applies ``w_i`` itself.
-        index: Position of the adapter in the combine call.
-    """
-
-    name: str
-    weight: float
-    pair: LoraPair
-    index: int
-
-
-@dataclass
-class MergeContext:
-    """Everything about the call that is not the inputs.
-
-    Attributes:
-        target: Module path being merged.
-        params: Strategy parameters, validated against ``params_schema`` with defaults filled.
-        rank: The requested output rank.
-        seed: The run's seed; use :meth:`generator` for randomness.
-    """
-
-    target: str
-    params: Mapping[str, Any] = field(default_factory=dict)
-    rank: RankRequest = field(default_factory=RankRequest)
-    seed: int = 0
-
-    def generator(self, *key: object) -> torch.Generator:
-        """A generator seeded from ``(seed, target, *key)``: reproducible across runs and
-        independent of the order targets are processed in."""
-        import torch
-
-        text = "\x1f".join(map(str, (self.seed, self.target, *key)))
-        digest = hashlib.sha256(text.encode()).digest()
-        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-
-
-@dataclass
-class MergeResult:
-    """A strategy's output for one target.
-
-    Attributes:
-        pair: The merged update.
-        energy: Fraction of the merged ``||ΔW||_F²`` kept by the final factorisation
-            (1.0 when exact).
-        relative_error: ``||ΔW − B A||_F / ||ΔW||_F`` of that factorisation.
-        note: Anything the user should know (e.g. a fallback taken).
-    """
-
-    pair: LoraPair
-    energy: float = 1.0
-    relative_error: float = 0.0
-    note: str | None = None
+__all__ = ["MergeContext", "MergeInput", "MergeResult", "SumStrategy", "factored_merge"]
 
 
 def factored_merge(

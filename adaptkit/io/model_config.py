@@ -155,7 +155,7 @@ def check_no_remote_code(folder: Path, config: dict[str, Any]) -> None:
                 path=path,
                 key="auto_map",
             )
-    from adaptkit.cli.output import say
+    from adaptkit.console import say
 
     for path, _ in found:
         say(

@@ -40,7 +40,7 @@ def _suffix_match(name: str, targets: Sequence[str]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-def _output_head_names(model: nn.Module) -> set[str]:
+def output_head_names(model: nn.Module) -> set[str]:
     head = None
     getter = getattr(model, "get_output_embeddings", None)
     if callable(getter):
@@ -61,7 +61,7 @@ def select_targets(model: nn.Module, targets: Sequence[str] | str, exclude: Sequ
     modules = dict(model.named_modules())
     linear = [n for n, m in modules.items() if n and is_linear_like(m) and not isinstance(m, LoraLinear)]
     if isinstance(targets, str) and targets == "all-linear":
-        heads = _output_head_names(model)
+        heads = output_head_names(model)
         chosen = [n for n in linear if n not in heads]
     elif isinstance(targets, str) and targets.startswith("re:"):
         try:

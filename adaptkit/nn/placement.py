@@ -108,7 +108,9 @@ def build_skeleton(folder: Path, model: Any = True) -> ModelSkeleton | None:
     if model is None:
         return None
     modules = {name: _kind(module) for name, module in model.named_modules() if name}
-    return ModelSkeleton(architecture=type(model).__name__, modules=modules, canonical=_renamer(model))
+    return ModelSkeleton(
+        architecture=type(model).__name__, modules=modules, canonical=checkpoint_renamer(model)
+    )
 
 
 def check_weights_match(folder: Path, tensors: dict[str, tuple[str, tuple[int, ...]]], model: Any) -> None:
@@ -138,7 +140,7 @@ def check_weights_match(folder: Path, tensors: dict[str, tuple[str, tuple[int, .
             return
     except ImportError:
         pass
-    rename = _renamer(model)
+    rename = checkpoint_renamer(model)
     state = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     tied = set(getattr(model, "all_tied_weights_keys", None) or ())
     found: dict[str, tuple[int, ...]] = {}
@@ -175,7 +177,7 @@ def _kind(module: Any) -> str:
     return module_kind(module) or type(module).__name__
 
 
-def _renamer(model: Any) -> Callable[[str], str]:
+def checkpoint_renamer(model: Any) -> Callable[[str], str]:
     """Checkpoint name -> module parameter name, with the rules ``from_pretrained`` applies."""
     try:  # transformers >= 5
         from transformers.conversion_mapping import get_model_conversion_mapping

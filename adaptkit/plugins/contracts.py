@@ -8,13 +8,13 @@ never imported, so a missing heavy dependency is reported instead of crashing st
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from adaptkit.adapter import Adapter
-    from adaptkit.combine.strategy import MergeContext, MergeInput, MergeResult
+    from adaptkit.plugins.records import ExportRequest, MergeContext, MergeInput, MergeResult
 
 
 @runtime_checkable
@@ -120,7 +120,7 @@ class MergeStrategy(Plugin, Protocol):
     params_schema: Mapping[str, Any]
 
     def merge(self, inputs: Sequence[MergeInput], ctx: MergeContext) -> MergeResult:
-        """Merge one target's inputs (see :mod:`adaptkit.combine.strategy`)."""
+        """Merge one target's inputs (see :mod:`adaptkit.plugins.records`)."""
         ...
 
 
@@ -128,8 +128,8 @@ class MergeStrategy(Plugin, Protocol):
 class Exporter(Plugin, Protocol):
     """Turns a base model plus adapters into a deployable artefact (``adaptkit export``)."""
 
-    def export(self, request: Any, log: Any) -> dict[str, Any]:
-        """Write ``request.output`` (an :class:`~adaptkit.exporting.ExportRequest`) atomically
+    def export(self, request: ExportRequest, log: Callable[[str], None]) -> dict[str, Any]:
+        """Write ``request.output`` (an :class:`~adaptkit.plugins.records.ExportRequest`) atomically
         and return a JSON-ready report; ``log`` takes one-line progress messages."""
         ...
 

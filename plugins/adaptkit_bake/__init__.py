@@ -1,7 +1,7 @@
 """Builtin plugin: the ``merged`` exporter — a Hugging Face model directory with
 ``W + ΔW`` baked in, streamed tensor by tensor from the base's safetensors files."""
 
-from adaptkit.plugins.hookspecs import hookimpl
+from adaptkit.api import hookimpl
 from adaptkit_bake.exporter import MergedExporter
 
 

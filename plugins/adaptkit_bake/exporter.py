@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
-from adaptkit.errors import AdaptkitError
+from adaptkit.api import AdaptkitError
 
 _ONNX_ONLY = "it shapes an ONNX graph, and --merged writes a Hugging Face model folder"
 _NO_PARITY = "--merged adds ΔW exactly, tensor by tensor, and runs no parity check"
@@ -27,10 +27,10 @@ class MergedExporter:
     requires: ClassVar[dict[str, str]] = {"torch": "torch", "safetensors": "safetensors"}
 
     def export(self, request: Any, log: Any) -> dict[str, Any]:
-        from adaptkit.exporting import combined, may_replace, refuse_unused_options
-        from adaptkit.io.atomic import atomic_directory
-        from adaptkit.io.models import resolve_model
-        from adaptkit.nn.checkpoint import bake_checkpoint
+        from adaptkit.api.export import combined, may_replace, refuse_unused_options
+        from adaptkit.api.files import atomic_directory
+        from adaptkit.api.models import resolve_model
+        from adaptkit.api.nn import bake_checkpoint
 
         refuse_unused_options(request.options, UNUSED, "--merged")
         folder = resolve_model(request.model)

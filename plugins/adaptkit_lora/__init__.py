@@ -10,7 +10,7 @@ import importlib
 import warnings
 from typing import Any
 
-from adaptkit.plugins.hookspecs import hookimpl
+from adaptkit.api import hookimpl
 from adaptkit_lora.backend import LoraBackend
 
 #: Old name -> (module, name) in core.

@@ -18,7 +18,7 @@ class LoraBackend:
     }
 
     def prepare(self, model: Any, settings: Any, config: Any, log: Any) -> list[Any]:
-        from adaptkit.nn.inject import attach, trainable_parameters
+        from adaptkit.api.nn import attach, trainable_parameters
 
         names = attach(model, settings)
         params = trainable_parameters(model)
@@ -36,12 +36,12 @@ class LoraBackend:
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
     def extract(self, model: Any, *, base_name: str | None, provenance: dict[str, Any]) -> Any:
-        from adaptkit.nn.inject import extract
+        from adaptkit.api.nn import extract
 
         return extract(model, base_name=base_name, provenance=provenance)
 
     def memory_report(self, model: Any) -> dict[str, Any]:
-        from adaptkit.nn.inject import trainable_parameters
+        from adaptkit.api.nn import trainable_parameters
 
         lora = sum(p.numel() * p.element_size() for p in trainable_parameters(model))
         base = sum(p.numel() * p.element_size() for p in model.parameters()) - lora

@@ -1,6 +1,6 @@
 """Builtin plugin: the native adaptkit adapter format (one ``.safetensors`` + manifest)."""
 
-from adaptkit.plugins.hookspecs import hookimpl
+from adaptkit.api import hookimpl
 from adaptkit_native.format import NativeFormat
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from adaptkit.adapter import Adapter
-from adaptkit.io.output_guard import ADAPTER_FILE
+from adaptkit.api import Adapter
+from adaptkit.api.files import ADAPTER_FILE
 
 
 class NativeFormat:
@@ -17,16 +17,16 @@ class NativeFormat:
     output_kind = ADAPTER_FILE
 
     def detect(self, path: Path) -> bool:
-        from adaptkit.io.native import is_native_adapter
+        from adaptkit.api.files import is_native_adapter
 
         return is_native_adapter(path)
 
     def read(self, path: Path) -> Adapter:
-        from adaptkit.io.native import load_adapter
+        from adaptkit.api.files import load_adapter
 
         return load_adapter(path)
 
     def write(self, adapter: Adapter, path: Path, *, overwrite: bool = False) -> Path:
-        from adaptkit.io.native import save_adapter
+        from adaptkit.api.files import save_adapter
 
         return save_adapter(adapter, path, overwrite=overwrite)

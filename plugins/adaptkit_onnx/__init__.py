@@ -6,7 +6,7 @@ base graph plus hot-swappable ``.onnx_adapter`` files. Every export is checked a
 PyTorch with the adapters applied unmerged before anything is written.
 """
 
-from adaptkit.plugins.hookspecs import hookimpl
+from adaptkit.api import hookimpl
 from adaptkit_onnx.exporter import OnnxExporter
 
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adaptkit.errors import AdaptkitError
+from adaptkit.api import AdaptkitError
 
 #: Decoder-only architectures the builder turns into a KV-cache graph. Llama, Mistral, Qwen2
 #: and Phi-3 are tested here; every export of any of them is parity-checked before it is kept.
@@ -65,7 +65,7 @@ def release_memory() -> None:
     """
     import gc
 
-    from adaptkit.io.streamed_load import release_heap
+    from adaptkit.api.models import release_heap
 
     gc.collect()
     release_heap()

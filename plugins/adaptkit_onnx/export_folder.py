@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adaptkit.errors import AdaptkitError, FormatError
+from adaptkit.api import AdaptkitError, FormatError
 
 #: Files a tokenizer may consist of; removed together when an export drops its tokenizer.
 TOKENIZER_FILES = (
@@ -211,7 +211,7 @@ def vet_tokenizer(folder: Path) -> None:
     Raises:
         FormatError: naming the file and key.
     """
-    from adaptkit.io.jsonio import read_json_file
+    from adaptkit.api.files import read_json_file
 
     # The runtime merges tokenizer_module.json into the tokenizer config and follows a
     # tiktoken_file key to any path; adaptkit writes neither.
@@ -487,7 +487,7 @@ def adapter_file(folder: Path, name: str) -> Path:
         AdaptkitError: no manifest, a malformed one, an unknown name, or a file that is not a
             regular ``.onnx_adapter`` file inside the folder.
     """
-    from adaptkit.io.jsonio import read_json_file
+    from adaptkit.api.files import read_json_file
 
     if not os.path.lexists(folder / "adapters.json"):
         raise AdaptkitError(
@@ -534,7 +534,7 @@ def check_written_export(out: Path) -> dict[str, Any]:
     """
     import click
 
-    from adaptkit.cli.output import terminal_safe
+    from adaptkit.api.console import terminal_safe
 
     vet_export_folder(out)  # what adaptkit writes must pass what adaptkit reads
     if not has_tokenizer(out):
@@ -555,7 +555,7 @@ def tokenizer_disagreement(folder: Path) -> str | None:
     """Why ONNX Runtime GenAI cannot stand in for transformers' tokenizer of ``folder``, or
     ``None`` when it loads and encodes :data:`PROBE_TEXTS` to the same ids (special tokens
     aside: where a BOS goes is the runtime's business)."""
-    from adaptkit.io.models import load_tokenizer
+    from adaptkit.api.models import load_tokenizer
 
     try:
         runtime = load_runtime_tokenizer(folder)

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
-from adaptkit.errors import AdaptkitError
+from adaptkit.api import AdaptkitError
 
 _COPY = (
     "config.json",
@@ -83,9 +83,9 @@ class OnnxExporter:
     }
 
     def export(self, request: Any, log: Any) -> dict[str, Any]:
-        from adaptkit.exporting import may_replace, refuse_unused_options
-        from adaptkit.io.atomic import atomic_directory, sweep_stale_scratch
-        from adaptkit.io.models import load_config, resolve_model
+        from adaptkit.api.export import may_replace, refuse_unused_options
+        from adaptkit.api.files import atomic_directory, sweep_stale_scratch
+        from adaptkit.api.models import load_config, resolve_model
         from adaptkit_onnx.builder import DEVICES, PRECISIONS, genai_unsupported
         from adaptkit_onnx.genai_export import DEFAULT_ATOL as DEFAULT_GENAI_ATOL
         from adaptkit_onnx.genai_export import DEFAULT_MIN_AGREEMENT
@@ -154,9 +154,9 @@ class OnnxExporter:
     ) -> dict[str, Any]:
         import torch
 
-        from adaptkit.exporting import combined, may_replace
-        from adaptkit.io.atomic import atomic_directory
-        from adaptkit.io.models import load_causal_lm
+        from adaptkit.api.export import combined, may_replace
+        from adaptkit.api.files import atomic_directory
+        from adaptkit.api.models import load_causal_lm
 
         o = request.options
         if precision == "int4":
@@ -224,8 +224,8 @@ class OnnxExporter:
         """
         import torch
 
-        from adaptkit import nn as lora
-        from adaptkit.nn.baking import bake_adapter
+        from adaptkit.api import nn as lora
+        from adaptkit.api.nn import bake_adapter
         from adaptkit_onnx import verify as v
         from adaptkit_onnx.graph import export_causal_lm
 
@@ -299,7 +299,7 @@ def _fraction(value: Any, default: float) -> float:
 
 
 def _copy_side_files(folder: Path, tokenizer: Any, base: Any, out: Path) -> None:
-    from adaptkit.io.models import side_file
+    from adaptkit.api.models import side_file
 
     for name in _COPY:
         if (path := side_file(folder, name)) is not None:

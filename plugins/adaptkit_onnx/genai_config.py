@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from adaptkit.errors import FormatError
+from adaptkit.api import FormatError
 
 GENAI_CONFIG = "genai_config.json"
 #: adaptkit's configs are ~1.5 KB; a megabyte is room for any list of end-of-sequence ids.
@@ -273,8 +273,7 @@ def _check_consistent(doc: dict[str, Any]) -> None:
 def read_genai_config(folder: Path) -> dict[str, Any]:
     """Read ``folder/genai_config.json`` (a regular file, bounded, strict JSON, no backslash)
     and check it with :func:`check_genai_config`."""
-    from adaptkit.io.fileio import read_regular_file
-    from adaptkit.io.jsonio import strict_json
+    from adaptkit.api.files import read_regular_file, strict_json
 
     path = folder / GENAI_CONFIG
     raw = read_regular_file(path, max_bytes=MAX_CONFIG_BYTES, what=GENAI_CONFIG)

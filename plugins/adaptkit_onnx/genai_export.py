@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adaptkit.errors import AdaptkitError
+from adaptkit.api import AdaptkitError
 
 #: Prefill-logit tolerance of an fp32 export (fp16/int4 report the error; agreement decides).
 #: Above the logits-only graph's 1e-4: the fused attention kernels sum in another order, and
@@ -42,9 +42,9 @@ def export_merged_generation(
     """Bake (streamed), build, verify. ``out`` is the staging folder of the atomic write."""
     import torch
 
-    from adaptkit.exporting import combined
-    from adaptkit.io.atomic import scratch_directory
-    from adaptkit.nn.checkpoint import bake_checkpoint
+    from adaptkit.api.export import combined
+    from adaptkit.api.files import scratch_directory
+    from adaptkit.api.nn import bake_checkpoint
     from adaptkit_onnx.builder import finish_config, run_builder
     from adaptkit_onnx.export_folder import check_written_export
 
@@ -98,9 +98,8 @@ def verify_generation(
     """
     import torch
 
-    from adaptkit import nn as lora
-    from adaptkit.io.models import load_causal_lm
-    from adaptkit.io.streamed_load import load_streamed
+    from adaptkit.api import nn as lora
+    from adaptkit.api.models import load_causal_lm, load_streamed
     from adaptkit_onnx import generation as gen
     from adaptkit_onnx.builder import release_memory
 

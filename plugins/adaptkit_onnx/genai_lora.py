@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from adaptkit.errors import AdaptkitError
+from adaptkit.api import AdaptkitError
 
 _FILE_SAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
 _TARGET = re.compile(r"^(?:model\.)?layers\.(\d+)\.(self_attn|mlp)\.(\w+)$")
@@ -65,9 +65,9 @@ def check_switchable(adapters: list[Any]) -> dict[str, str]:
 def export_lora_generation(
     folder: Path, config: Any, adapters: list[Any], out: Path, options: dict[str, Any], log: Any
 ) -> dict[str, Any]:
-    from adaptkit.io.atomic import scratch_directory
-    from adaptkit.nn.baking import resolve_targets
-    from adaptkit.nn.placement import meta_model
+    from adaptkit.api.files import scratch_directory
+    from adaptkit.api.models import meta_model
+    from adaptkit.api.nn import resolve_targets
     from adaptkit_onnx.builder import finish_config, run_builder
     from adaptkit_onnx.export_folder import check_written_export
     from adaptkit_onnx.genai_export import verify_generation

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from adaptkit.errors import AdaptkitError
+from adaptkit.api import AdaptkitError
 
 MAX_INPUT_IDS = 100_000
 #: The smallest sampling temperature. Below it ``logits / T`` leaves float range (1e-45
@@ -226,7 +226,7 @@ class _Printer:
 
     def text(self, piece: str) -> None:
         if not self.quiet and piece:
-            from adaptkit.cli.output import terminal_safe
+            from adaptkit.api.console import terminal_safe
 
             # Newlines are text here; every other control character is shown escaped.
             sys.stdout.write("\n".join(terminal_safe(line) for line in piece.split("\n")))
@@ -312,9 +312,9 @@ def _generate_torch(
     device: str,
     printer: _Printer,
 ) -> dict[str, Any]:
-    from adaptkit import nn as lora
-    from adaptkit.exporting import combined, load_export_adapters
-    from adaptkit.io.models import load_causal_lm
+    from adaptkit.api import nn as lora
+    from adaptkit.api.export import combined, load_export_adapters
+    from adaptkit.api.models import load_causal_lm
     from adaptkit_onnx import generation as gen
 
     adapter = combined(load_export_adapters(list(specs))) if specs else None

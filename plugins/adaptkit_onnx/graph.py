@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from adaptkit.errors import AdaptkitError
-from adaptkit.nn.layout import module_kind, replace_module
+from adaptkit.api import AdaptkitError
+from adaptkit.api.nn import module_kind, replace_module
 
 #: The protobuf limit is 2 GiB; stay clear of it.
 PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2

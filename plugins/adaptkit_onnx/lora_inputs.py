@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adaptkit.errors import AdaptkitError
+from adaptkit.api import AdaptkitError
 
 
 def _factors(pair: Any, weight: float, rank: int, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -47,8 +47,8 @@ def export_with_lora_inputs(
 ) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from adaptkit import nn as lora
-    from adaptkit.nn.baking import resolve_targets
+    from adaptkit.api import nn as lora
+    from adaptkit.api.nn import resolve_targets
     from adaptkit_onnx import verify as v
     from adaptkit_onnx.genai_lora import check_switchable
     from adaptkit_onnx.graph import export_causal_lm, lora_input_names

@@ -1,7 +1,7 @@
 """Builtin plugin: PEFT LoRA adapter directories (``adapter_config.json`` +
 ``adapter_model.safetensors``), read and written with exactly PEFT's semantics."""
 
-from adaptkit.plugins.hookspecs import hookimpl
+from adaptkit.api import hookimpl
 from adaptkit_peft.format import PeftFormat
 
 

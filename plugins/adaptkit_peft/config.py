@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from adaptkit.errors import AdaptkitError, FormatError
+from adaptkit.api import AdaptkitError, FormatError
 
 CONFIG_NAME = "adapter_config.json"
 MAX_CONFIG_BYTES = 1 << 20
@@ -55,9 +55,7 @@ def load_config(path: Path) -> dict[str, Any]:
     Raises:
         FormatError / SchemaError / AdaptkitError: naming the file and the key.
     """
-    from adaptkit.io.fileio import read_regular_file
-    from adaptkit.io.jsonio import strict_json
-    from adaptkit.io.schemas import validate_document
+    from adaptkit.api.files import read_regular_file, strict_json, validate_document
 
     if not path.exists():
         raise FormatError(

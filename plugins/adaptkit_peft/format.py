@@ -9,9 +9,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
-from adaptkit.adapter import Adapter, BaseModelInfo, Producer, SavedModule, is_module_path
-from adaptkit.errors import AdaptkitError, FormatError, InvalidAdapterError, OutputError
-from adaptkit.io.output_guard import ADAPTER_FOLDER
+from adaptkit.api import (
+    Adapter,
+    AdaptkitError,
+    BaseModelInfo,
+    FormatError,
+    InvalidAdapterError,
+    OutputError,
+    Producer,
+    SavedModule,
+    is_module_path,
+)
+from adaptkit.api.files import ADAPTER_FOLDER
 from adaptkit_peft.config import CONFIG_NAME, load_config, module_rank_alpha
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -38,8 +47,8 @@ class PeftFormat:
 
     def read(self, path: Path) -> Adapter:
         """Load a PEFT LoRA directory; refuses pickles and features that are not plain LoRA."""
-        from adaptkit.io.safetensors_strict import read_tensors
-        from adaptkit.lora import LoraPair
+        from adaptkit.api import LoraPair
+        from adaptkit.api.files import read_tensors
 
         folder = Path(path)
         weights = folder / WEIGHTS_NAME
@@ -147,7 +156,7 @@ class PeftFormat:
         """
         from safetensors.torch import save as st_save
 
-        from adaptkit.io.atomic import atomic_directory
+        from adaptkit.api.files import atomic_directory
 
         out = Path(path)
         if out.exists() and not out.is_dir():
@@ -164,7 +173,7 @@ class PeftFormat:
             infix = ".base_layer" if entry.origin == "base_layer" else ""
             for param, tensor in sorted(entry.params.items()):
                 tensors[f"{PREFIX}{module}{infix}.{param}"] = tensor.detach().contiguous().cpu()
-        from adaptkit.io.native import unshared
+        from adaptkit.api.files import unshared
 
         blob = st_save(unshared(tensors), metadata={"format": "pt"})
         provenance = {

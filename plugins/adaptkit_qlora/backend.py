@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from adaptkit.errors import AdaptkitError
+from adaptkit.api import AdaptkitError
 
 OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit", "adamw")
 #: NF4 block sizes bitsandbytes has kernels for.
@@ -46,7 +46,7 @@ class QloraBackend:
     }
 
     def _options(self, config: Any) -> dict[str, Any]:
-        from adaptkit.training.options import backend_options
+        from adaptkit.api.training import backend_options
 
         return backend_options(self, config.options)
 
@@ -64,7 +64,7 @@ class QloraBackend:
 
     def _choose(self, config: Any, model: Any) -> list[str]:
         """The layers to quantize: the LoRA targets, or every linear layer but the head."""
-        from adaptkit.nn.inject import select_targets
+        from adaptkit.api.nn import select_targets
 
         opts = self._options(config)
         settings = config.lora
@@ -80,7 +80,7 @@ class QloraBackend:
         conversions this loader does not do; the trainer then uses :meth:`loading`."""
         from tqdm.auto import tqdm
 
-        from adaptkit.nn.placement import meta_model
+        from adaptkit.api.models import meta_model
         from adaptkit_qlora.loader import load, plan
 
         skeleton = meta_model(folder)
@@ -117,8 +117,8 @@ class QloraBackend:
         but keeps more of the checkpoint resident (measured in :mod:`adaptkit_qlora.loader`)."""
         from transformers import BitsAndBytesConfig
 
-        from adaptkit.nn.inject import _output_head_names, is_linear_like
-        from adaptkit.nn.placement import meta_model
+        from adaptkit.api.models import meta_model
+        from adaptkit.api.nn import is_linear_like, output_head_names
 
         opts = self._options(config)
         if opts["blocksize"] != 64:
@@ -133,7 +133,7 @@ class QloraBackend:
             return {}
         chosen = self._choose(config, skeleton)
         linear = [n for n, m in skeleton.named_modules() if n and is_linear_like(m)]
-        skip = sorted((set(linear) - set(chosen)) | _output_head_names(skeleton))
+        skip = sorted((set(linear) - set(chosen)) | output_head_names(skeleton))
         cuda = self._cuda(config)
         compute = str(self._compute_dtype(config, cuda)).removeprefix("torch.")
         log(
@@ -151,9 +151,8 @@ class QloraBackend:
         }
 
     def prepare(self, model: Any, settings: Any, config: Any, log: Any) -> list[Any]:
-        from adaptkit import nn as lora
-        from adaptkit.nn.inject import select_targets
-        from adaptkit.nn.layout import replace_module
+        from adaptkit.api import nn as lora
+        from adaptkit.api.nn import replace_module, select_targets
         from adaptkit_qlora.quantize import memory_report, quantize_linear
 
         opts = self._options(config)
@@ -222,7 +221,7 @@ class QloraBackend:
         return cls(params, lr=config.lr, weight_decay=config.weight_decay)
 
     def extract(self, model: Any, *, base_name: str | None, provenance: dict[str, Any]) -> Any:
-        from adaptkit.nn.inject import extract
+        from adaptkit.api.nn import extract
 
         adapter = extract(model, base_name=base_name, provenance=provenance)
         adapter.producer.component = "backend:qlora"
@@ -234,7 +233,7 @@ class QloraBackend:
 
 
 def _refuse_conv1d(model: Any, names: list[str]) -> None:
-    from adaptkit.nn.layout import module_kind
+    from adaptkit.api.nn import module_kind
 
     conv = [n for n in names if module_kind(model.get_submodule(n)) != "linear"]
     if conv:

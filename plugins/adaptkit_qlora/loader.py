@@ -1,6 +1,6 @@
 """Load a checkpoint straight into a 4-bit model, one tensor at a time.
 
-Core's :mod:`adaptkit.io.streamed_load` reads the checkpoint tensor by tensor into a model built
+Core's :mod:`adaptkit.nn.streamed_load` reads the checkpoint tensor by tensor into a model built
 on the meta device; this module swaps each layer to quantize for a bitsandbytes ``Linear4bit``
 first and packs its weight to NF4 (double quantization) on the target device as it is read, so
 no full-precision copy of a quantized layer ever exists. The peak is the 4-bit model plus one
@@ -19,7 +19,7 @@ import torch
 
 def plan(folder: Path, quantize: list[str]) -> dict[str, Any] | None:
     """What :func:`load` needs, or ``None`` when the checkpoint needs transformers' loader."""
-    from adaptkit.io import streamed_load
+    from adaptkit.api import models as streamed_load
 
     prepared = streamed_load.plan(folder)
     if prepared is None:
@@ -43,8 +43,8 @@ def load(
     in ``dtype``. ``progress`` is called with the number of tensors done."""
     from bitsandbytes.nn import Params4bit
 
-    from adaptkit.io import streamed_load
-    from adaptkit.nn.layout import replace_module
+    from adaptkit.api import models as streamed_load
+    from adaptkit.api.nn import replace_module
     from adaptkit_qlora.quantize import empty_linear4bit
 
     model = prepared["model"]

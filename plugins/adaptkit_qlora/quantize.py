@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adaptkit.errors import AdaptkitError
+from adaptkit.api import AdaptkitError
 from adaptkit_qlora.backend import BLOCKSIZES  # one list, the options schema's
 
 

@@ -5,7 +5,7 @@ Dense (elementwise on ``ΔW_i``, then re-factorised): ``ties``, ``dare_linear``,
 ``dare_ties``, ``magnitude_prune``.
 """
 
-from adaptkit.plugins.hookspecs import hookimpl
+from adaptkit.api import hookimpl
 from adaptkit_strategies.cat import Cat
 from adaptkit_strategies.dare_linear import DareLinear
 from adaptkit_strategies.dare_ties import DareTies

@@ -7,6 +7,6 @@ re-factorised; use ``linear --rank k`` for a smaller rank. The class lives in co
 plugin is blocked; this plugin registers it.
 """
 
-from adaptkit.combine import Concatenate as Cat
+from adaptkit.api.strategy import Concatenate as Cat
 
 __all__ = ["Cat"]

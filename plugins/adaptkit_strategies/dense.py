@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from adaptkit.combine.strategy import MergeContext, MergeInput, MergeResult
+from adaptkit.api import MergeContext, MergeInput, MergeResult
 
 _DENSITY = {
     "type": "number",
@@ -85,7 +85,7 @@ class DenseStrategy:
     def merge(self, inputs: Sequence[MergeInput], ctx: MergeContext) -> MergeResult:
         import torch
 
-        from adaptkit.combine.dense import DareMasks, dense_merge, ties_merge
+        from adaptkit.api.strategy import DareMasks, dense_merge, ties_merge
 
         p = ctx.params
         pairs = [i.pair for i in inputs]
@@ -117,8 +117,8 @@ class DenseStrategy:
 
 def refactorised(D: Any, inputs: Sequence[MergeInput], ctx: MergeContext) -> MergeResult:
     """``D`` → a LoRA pair at the requested rank (default: the largest input rank)."""
-    from adaptkit.combine.dense import factorise_dense
-    from adaptkit.lora import LoraPair
+    from adaptkit.api import LoraPair
+    from adaptkit.api.strategy import factorise_dense
 
     default = max(i.pair.rank for i in inputs)
     f = factorise_dense(D, ctx.rank, default, ctx.generator("svd"))

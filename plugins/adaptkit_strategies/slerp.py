@@ -18,7 +18,8 @@ import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from adaptkit.combine.strategy import MergeContext, MergeInput, MergeResult, factored_merge
+from adaptkit.api import MergeContext, MergeInput, MergeResult
+from adaptkit.api.strategy import factored_merge
 
 
 def frobenius_inner(a: MergeInput, b: MergeInput) -> float:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from adaptkit.combine.strategy import MergeContext, MergeInput, MergeResult, SumStrategy, factored_merge
+from adaptkit.api import MergeContext, MergeInput, MergeResult
+from adaptkit.api.strategy import SumStrategy, factored_merge
 
 
 class Svd(SumStrategy):

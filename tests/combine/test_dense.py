@@ -6,8 +6,8 @@ import torch
 import adaptkit.combine.dense as dense
 from adaptkit.adapter import Adapter
 from adaptkit.combine import AdapterInput, combine
-from adaptkit.combine.factored import RankRequest
 from adaptkit.lora import LoraPair
+from adaptkit.rank import RankRequest
 
 T = "layers.3.mlp.gate_proj"
 

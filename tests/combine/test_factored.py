@@ -7,9 +7,9 @@ import torch
 
 from adaptkit.adapter import Adapter
 from adaptkit.combine import AdapterInput, combine
-from adaptkit.combine.factored import RankRequest
 from adaptkit.errors import AdaptkitError, InvalidAdapterError
 from adaptkit.lora import LoraPair
+from adaptkit.rank import RankRequest
 
 T = "model.layers.0.mlp.up_proj"
 

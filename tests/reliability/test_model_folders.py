@@ -421,7 +421,7 @@ def test_odd_config_values_are_one_line(run_cli, box, case, command):
 def test_an_architecture_that_is_not_a_model_class_is_not_built(box, name):
     """The streamed loader (``export --onnx`` parity, the qlora backend) builds the class
     ``architectures`` names: only a model class of transformers' own, else transformers' loader."""
-    from adaptkit.io.streamed_load import plan
+    from adaptkit.nn.streamed_load import plan
 
     _edit_config(box / "model", architectures=[name])
     assert plan(box / "model") is None

@@ -5,7 +5,7 @@ offers ``adaptkit train --backend loraplus``. Importing this module stays instan
 imported only when the backend trains.
 """
 
-from adaptkit import hookimpl
+from adaptkit.api import hookimpl
 from adaptkit_loraplus.backend import LoraPlusBackend
 
 __all__ = ["LoraPlusBackend"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from adaptkit import AdaptkitError
+from adaptkit.api import AdaptkitError
 
 DEFAULT_RATIO = 16.0
 #: The paper's useful range is 2 to 2⁸; far beyond it ``lr_B`` is a number, not a rate
@@ -57,12 +57,12 @@ class LoraPlusBackend:
     def ratio(self, config: Any) -> float:
         """The checked ``ratio`` option (adaptkit's trainer has checked it already; a direct
         caller of :meth:`prepare` gets the same check)."""
-        from adaptkit.training.options import backend_options
+        from adaptkit.api.training import backend_options
 
         return float(backend_options(self, config.options)["ratio"])
 
     def prepare(self, model: Any, settings: Any, config: Any, log: Any) -> list[Any]:
-        from adaptkit import nn as lora
+        from adaptkit.api import nn as lora
 
         ratio = self.ratio(config)  # refuse bad options before touching the model
         names = lora.attach(model, settings)
@@ -91,7 +91,7 @@ class LoraPlusBackend:
         return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
     def extract(self, model: Any, *, base_name: str | None, provenance: dict[str, Any]) -> Any:
-        from adaptkit import nn as lora
+        from adaptkit.api import nn as lora
 
         adapter = lora.extract(model, base_name=base_name, provenance=provenance)
         adapter.producer.component = "backend:loraplus"

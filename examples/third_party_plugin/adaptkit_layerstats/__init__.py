@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import click
 
-from adaptkit import hookimpl
+from adaptkit.api import hookimpl
 
 _LAYER = re.compile(r"\.(\d+)\.")
 
@@ -19,7 +19,7 @@ def register_commands(cli):
     @click.argument("spec")
     def layerstats(spec: str) -> None:
         """Total ||dW||_F of an adapter per layer index (from module paths like 'layers.3.')."""
-        from adaptkit import load_spec
+        from adaptkit.api.files import load_spec
 
         adapter = load_spec(spec)
         squares: dict[str, float] = defaultdict(float)

@@ -60,7 +60,7 @@ def plan(folder: Path) -> dict[str, Any] | None:
     """What :func:`load` needs, or ``None`` when this loader cannot map the checkpoint exactly."""
     import transformers
 
-    from adaptkit.nn.placement import _renamer
+    from adaptkit.nn.placement import checkpoint_renamer
 
     try:
         config = transformers.AutoConfig.from_pretrained(
@@ -78,7 +78,7 @@ def plan(folder: Path) -> dict[str, Any] | None:
         return None
     with _parameters_on_meta():
         model = cls._from_config(config)
-    rename = _renamer(model)
+    rename = checkpoint_renamer(model)
     headers = _headers(folder)
     state = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     placed: dict[str, tuple[Path, int, dict[str, Any]]] = {}

@@ -1,0 +1,32 @@
+"""Base models for plugins: folders and Hub ids vetted before anything loads, never remote code.
+
+:func:`resolve_model` turns a folder or Hub id into a checked local folder (every file inside
+it, weights matching the config, no ``auto_map`` code); :func:`load_causal_lm` and
+:func:`load_tokenizer` load from it with ``trust_remote_code`` off; :func:`load_streamed` fills a
+model one checkpoint tensor at a time (peak: the model plus one tensor).
+"""
+
+from __future__ import annotations
+
+from adaptkit.io.models import (
+    load_causal_lm,
+    load_config,
+    load_tokenizer,
+    resolve_model,
+    safetensors_files,
+    side_file,
+)
+from adaptkit.nn.placement import meta_model
+from adaptkit.nn.streamed_load import load_streamed, release_heap
+
+__all__ = [
+    "load_causal_lm",
+    "load_config",
+    "load_streamed",
+    "load_tokenizer",
+    "meta_model",
+    "release_heap",
+    "resolve_model",
+    "safetensors_files",
+    "side_file",
+]

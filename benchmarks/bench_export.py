@@ -30,7 +30,7 @@ def main(argv=None):
 
     from adaptkit import nn as lora
     from adaptkit.nn.baking import bake_adapter
-    from adaptkit_onnx import verify as v
+    from adaptkit_onnx import parity as v
     from adaptkit_onnx.graph import export_causal_lm
     from benchmarks.bench_train import build
 

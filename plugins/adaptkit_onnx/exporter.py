@@ -25,7 +25,6 @@ _COPY = (
     "vocab.json",
     "merges.txt",
 )
-DEFAULT_ATOL = {"float32": 1e-4, "float16": 5e-2}  # logits-only graph
 
 _MERGED_ONLY = "it chooses the base --merged adds ΔW to (an --onnx export bakes into the original weights)"
 _NO_PARITY = "--no-verify skips the parity check this option sets"
@@ -87,9 +86,8 @@ class OnnxExporter:
         from adaptkit.api.files import atomic_directory, sweep_stale_scratch
         from adaptkit.api.models import load_config, resolve_model
         from adaptkit_onnx.builder import DEVICES, PRECISIONS, genai_unsupported
-        from adaptkit_onnx.genai_export import DEFAULT_ATOL as DEFAULT_GENAI_ATOL
-        from adaptkit_onnx.genai_export import DEFAULT_MIN_AGREEMENT
         from adaptkit_onnx.graph import check_opset
+        from adaptkit_onnx.parity import TOLERANCES
 
         o = request.options
         graph = o.get("graph") or "auto"
@@ -123,12 +121,13 @@ class OnnxExporter:
             return self._logits_only(request, folder, precision, reason, log)
 
         precision = precision or "fp32"
+        default = TOLERANCES["generation", precision]
         options = {
             "precision": precision,
             "device": device,
             "verify": o.get("verify", True),
-            "atol": _positive(o.get("atol"), DEFAULT_GENAI_ATOL, "--atol"),
-            "min_agreement": _fraction(o.get("min_agreement"), DEFAULT_MIN_AGREEMENT[precision]),
+            "atol": _positive(o.get("atol"), default.atol, "--atol"),
+            "min_agreement": _fraction(o.get("min_agreement"), default.min_agreement),
         }
         report: dict[str, Any] = {
             "exporter": "onnx",
@@ -157,14 +156,15 @@ class OnnxExporter:
         from adaptkit.api.export import combined, may_replace
         from adaptkit.api.files import atomic_directory
         from adaptkit.api.models import load_causal_lm
+        from adaptkit_onnx.parity import TOLERANCES
 
         o = request.options
         if precision == "int4":
             raise AdaptkitError(f"int4 needs the generation graph, and {reason or 'it was not chosen'}")
         dtype = o.get("dtype") or {"fp16": "float16"}.get(precision or "", "float32")
-        if dtype not in DEFAULT_ATOL:
+        if ("logits", dtype) not in TOLERANCES:
             raise AdaptkitError(f"unknown dtype {dtype!r}; valid: float32, float16", key="--dtype")
-        atol = _positive(o.get("atol"), DEFAULT_ATOL[dtype], "--atol")
+        atol = _positive(o.get("atol"), TOLERANCES["logits", dtype].atol, "--atol")
         verify = o.get("verify", True)
         # Adapters merge in the dtype the base loads in: float32 unless asked (a bf16 merge would
         # round small updates away before the graph is even built).
@@ -226,7 +226,7 @@ class OnnxExporter:
 
         from adaptkit.api import nn as lora
         from adaptkit.api.nn import bake_adapter
-        from adaptkit_onnx import verify as v
+        from adaptkit_onnx import parity as v
         from adaptkit_onnx.graph import export_causal_lm
 
         vocab = base.get_input_embeddings().num_embeddings
@@ -237,7 +237,7 @@ class OnnxExporter:
         if verify:
             base_logits = [v.torch_logits(base, i, m) for i, m in v.probes(vocab)]
             if adapter is not None:
-                lora.load(base, adapter, dtype="fp32")
+                v.attach_reference(base, adapter, dtype="fp32")
             for (i, m), plain in zip(v.probes(vocab), base_logits, strict=True):
                 ref = v.torch_logits(base, i, m)
                 references.append((i, m, ref))
@@ -261,19 +261,9 @@ class OnnxExporter:
         ]
         result["parity"] = parity
         result["adapter_effect_max_abs"] = effect
-        worst = max(p["max_abs"] for p in parity)
-        if worst > atol:
-            raise AdaptkitError(
-                f"ONNX Runtime output differs from PyTorch by {worst:.3g} > atol {atol:g}; "
-                "nothing was written",
-                hint="raise --atol if this precision is expected",
-            )
-        if adapter is not None and effect <= atol:
-            raise AdaptkitError(
-                f"the adapters do not change the model's output (max |Δlogits| = {effect:.3g}); "
-                "nothing was written",
-                hint="check the adapter matches this base model",
-            )
+        v.check_logits(parity, atol, hint="raise --atol if this precision is expected")
+        if adapter is not None:
+            v.check_effect(effect, atol)  # the baked graph's effect floor is its own atol
         times.update(v.median_latencies({"ort_merged_s": lambda: v.ort_logits(sess, ids, mask)}))
         result["latency"] = {
             "input_shape": list(ids.shape),

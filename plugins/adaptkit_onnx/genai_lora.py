@@ -70,7 +70,7 @@ def export_lora_generation(
     from adaptkit.api.nn import resolve_targets
     from adaptkit_onnx.builder import finish_config, run_builder
     from adaptkit_onnx.export_folder import check_written_export
-    from adaptkit_onnx.genai_export import verify_generation
+    from adaptkit_onnx.parity import verify_generation
 
     files = check_switchable(adapters)
     skeleton = meta_model(folder)

@@ -1,34 +1,17 @@
 """Greedy generation with ONNX Runtime GenAI and with PyTorch, for parity and for ``generate``.
 
-Both sides produce, for one prompt, the greedy continuation and the logits of the prefill
-step (every prompt position). Parity compares them:
-
-- free-running tokens (the decode path with its KV cache is what a user runs);
-- the prefill logits (``max |Δ|`` over all positions);
-- teacher-forced top-1 agreement: the exported model reads the *reference* sequence (prompt +
-  PyTorch's tokens) in one pass, and at each generated position its argmax is compared with
-  PyTorch's token. Free-running sequences part for good at the first differing token, so only
-  teacher forcing gives a per-step agreement that means something for fp16 and int4.
+Both sides produce, for one prompt, the continuation and the logits of the prefill step
+(every prompt position); :mod:`adaptkit_onnx.parity` compares them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-
-#: Probe prompts: lengths chosen to cover a one-token prompt, a short and a longer prefill.
-PROBE_LENGTHS = (1, 6, 17)
-PROBE_NEW_TOKENS = 12
-
-
-def probe_prompts(vocab: int, seed: int = 0) -> list[list[int]]:
-    """Seeded random token-id prompts of :data:`PROBE_LENGTHS` (tokens below ``vocab``)."""
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in PROBE_LENGTHS]
 
 
 def eos_ids(config: Any) -> set[int]:
@@ -37,14 +20,6 @@ def eos_ids(config: Any) -> set[int]:
     if eos is None:
         return set()
     return {int(e) for e in eos} if isinstance(eos, list | tuple) else {int(eos)}
-
-
-def until_eos(tokens: list[int], eos: set[int]) -> list[int]:
-    """``tokens`` up to and including the first end-of-sequence token."""
-    for i, t in enumerate(tokens):
-        if t in eos:
-            return tokens[: i + 1]
-    return tokens
 
 
 # -- PyTorch ---------------------------------------------------------------------------------
@@ -114,13 +89,6 @@ def _step(model: Any, token: int, out: Any, device: Any) -> Any:
     if "cache" in out:
         return model(input_ids=ids, cache=out["cache"], use_cache=True)
     return model(input_ids=ids, past_key_values=out["past_key_values"], use_cache=True)
-
-
-def torch_prefill_logits(model: Any, sequence: list[int]) -> np.ndarray:
-    """Logits at every position of ``sequence`` (one forward, no cache)."""
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        return model(input_ids=torch.tensor([sequence], device=device)).logits[0].float().cpu().numpy()
 
 
 # -- ONNX Runtime GenAI ----------------------------------------------------------------------
@@ -197,44 +165,3 @@ class GenaiModel:
         generator.append_tokens(np.asarray([sequence], dtype=np.int32))
         generator.generate_next_token()
         return np.asarray(generator.get_output("logits"), dtype=np.float32)[0]
-
-
-# -- comparison ------------------------------------------------------------------------------
-
-
-def compare_runs(
-    reference: Iterable[tuple[list[int], list[int], np.ndarray]],
-    exported: Iterable[tuple[list[int], np.ndarray, np.ndarray]],
-    eos: set[int],
-) -> list[dict[str, Any]]:
-    """One row per prompt.
-
-    Args:
-        reference: ``(prompt, tokens, prefill logits)`` from PyTorch.
-        exported: ``(tokens, prefill logits, logits over the reference sequence)`` from the export.
-        eos: End-of-sequence ids (sequences are compared up to the first).
-    """
-    rows = []
-    for (prompt, ref_tokens, ref_first), (tokens, first, forced) in zip(reference, exported, strict=True):
-        ref_tokens, tokens = until_eos(ref_tokens, eos), until_eos(tokens, eos)
-        n = len(prompt)
-        # forced[p] predicts the token at p + 1: positions n-1 .. n+k-2 predict the k new tokens.
-        predicted = forced[n - 1 : n - 1 + len(ref_tokens)].argmax(-1).tolist()
-        agree = sum(int(a == b) for a, b in zip(predicted, ref_tokens, strict=True))
-        same_prefix = 0
-        for a, b in zip(tokens, ref_tokens, strict=False):
-            if a != b:
-                break
-            same_prefix += 1
-        rows.append(
-            {
-                "prompt_tokens": n,
-                "new_tokens": len(ref_tokens),
-                "tokens_identical": tokens == ref_tokens,
-                "matching_prefix": same_prefix,
-                "top1_agreement": agree / max(len(ref_tokens), 1),
-                "prefill_max_abs": float(np.abs(first - ref_first).max()),
-                "prefill_scale": float(np.abs(ref_first).max()),
-            }
-        )
-    return rows

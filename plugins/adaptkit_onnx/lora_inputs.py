@@ -47,9 +47,8 @@ def export_with_lora_inputs(
 ) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from adaptkit.api import nn as lora
     from adaptkit.api.nn import resolve_targets
-    from adaptkit_onnx import verify as v
+    from adaptkit_onnx import parity as v
     from adaptkit_onnx.genai_lora import check_switchable
     from adaptkit_onnx.graph import export_causal_lm, lora_input_names
 
@@ -122,9 +121,7 @@ def export_with_lora_inputs(
         )
     for a in adapters:
         reference = copy.deepcopy(base)
-        lora.load(reference, a.adapter)
-        for layer in lora.lora_layers(reference).values():  # apply the manifest's weight
-            layer.scale *= a.weight
+        v.attach_reference(reference, a)  # with the manifest's weight
         adapter = ort.LoraAdapter()
         adapter.Load(str(out / manifest["adapters"][a.name]["file"]))
         opts = ort.RunOptions()
@@ -139,11 +136,7 @@ def export_with_lora_inputs(
             }
             parity.append(row)
     result["parity"] = parity
-    worst = max(p["max_abs"] for p in parity)
-    if worst > atol:
-        raise AdaptkitError(
-            f"ONNX Runtime output differs from PyTorch by {worst:.3g} > atol {atol:g}; nothing was written"
-        )
+    v.check_logits(parity, atol)
     return result
 
 

@@ -189,7 +189,7 @@ def test_a_precision_below_its_floor_is_refused(llama, llama_exports):
 
     from adaptkit.errors import AdaptkitError
     from adaptkit.io.specs import load_spec
-    from adaptkit_onnx.genai_export import verify_generation
+    from adaptkit_onnx.parity import verify_generation
 
     tmp, _, a, _ = llama
     report = json.loads((llama_exports["int4"] / "export-report.json").read_text())
@@ -255,7 +255,7 @@ def test_generation_parity_fails_for_a_model_that_is_not_the_reference(llama, ll
 
     from adaptkit.errors import AdaptkitError
     from adaptkit.io.specs import load_spec
-    from adaptkit_onnx.genai_export import verify_generation
+    from adaptkit_onnx.parity import verify_generation
 
     tmp, _, _, b = llama
     config = AutoConfig.from_pretrained(tmp / "model")

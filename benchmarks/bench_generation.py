@@ -168,7 +168,7 @@ def generation_speeds(model: Path, merged_dir: Path, peft_dir: Path, exports: di
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from adaptkit_onnx.generation import GenaiModel
+    from adaptkit_onnx.runtime.genai import GenaiModel
 
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(3, 32000, (PROMPT_TOKENS,), generator=g).tolist()

@@ -17,6 +17,6 @@ def register_exporters(register):
 
 @hookimpl
 def register_commands(cli):
-    from adaptkit_onnx.generate_cmd import command
+    from adaptkit_onnx.runtime.generate_cmd import command
 
     cli.add_command(command)

@@ -29,7 +29,7 @@ def export_merged_generation(
     from adaptkit.api.files import scratch_directory
     from adaptkit.api.nn import bake_checkpoint
     from adaptkit_onnx.builder import finish_config, run_builder
-    from adaptkit_onnx.export_folder import check_written_export
+    from adaptkit_onnx.runtime.export_folder import check_written_export
 
     precision, device = options["precision"], options["device"]
     adapter = combined(adapters)

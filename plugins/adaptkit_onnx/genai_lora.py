@@ -69,8 +69,8 @@ def export_lora_generation(
     from adaptkit.api.models import meta_model
     from adaptkit.api.nn import resolve_targets
     from adaptkit_onnx.builder import finish_config, run_builder
-    from adaptkit_onnx.export_folder import check_written_export
     from adaptkit_onnx.parity import verify_generation
+    from adaptkit_onnx.runtime.export_folder import check_written_export
 
     files = check_switchable(adapters)
     skeleton = meta_model(folder)

@@ -301,12 +301,13 @@ def verify_generation(
 
     from adaptkit.api import nn as lora
     from adaptkit.api.models import load_causal_lm, load_streamed
-    from adaptkit_onnx import generation as gen
     from adaptkit_onnx.builder import release_memory
+    from adaptkit_onnx.runtime.genai import GenaiModel
+    from adaptkit_onnx.runtime.torch_decode import eos_ids, torch_greedy
 
     precision = options["precision"]
     prompts = probe_prompts(int(config.vocab_size))
-    eos = gen.eos_ids(config)
+    eos = eos_ids(config)
     steps = PROBE_NEW_TOKENS
 
     log("parity: PyTorch reference (adapters unmerged)")
@@ -323,7 +324,7 @@ def verify_generation(
         rows = []
         start = time.perf_counter()
         for p in prompts:
-            tokens, first = gen.torch_greedy(model, p, steps, eos)
+            tokens, first = torch_greedy(model, p, steps, eos)
             rows.append((p, tokens, first))
         speed["pytorch_unmerged"].append((sum(len(r[1]) for r in rows), time.perf_counter() - start))
         references[name] = rows
@@ -339,7 +340,7 @@ def verify_generation(
     verified_on = "cuda" if options["device"] == "cuda" and torch.cuda.is_available() else "cpu"
     results: dict[str, Any] = {}
     try:
-        runtime = gen.GenaiModel(out, verified_on)
+        runtime = GenaiModel(out, verified_on)
         for name, path in (adapter_files or {}).items():
             runtime.load_adapter(path, name)
         for name, rows in references.items():

@@ -208,7 +208,7 @@ def test_a_precision_below_its_floor_is_refused(llama, llama_exports):
 def test_lora_inputs_switch_adapters_in_one_loaded_model(arch, tmp_path, run_cli):
     """One GenAI model, two adapters and none, switched per generator: each gives its own PEFT
     tokens. Phi-3's fused qkv_proj / gate_up_proj are split across the graph's projections."""
-    from adaptkit_onnx.generation import GenaiModel
+    from adaptkit_onnx.runtime.genai import GenaiModel
 
     base = build(arch, seed=3)
     base.save_pretrained(tmp_path / "model")

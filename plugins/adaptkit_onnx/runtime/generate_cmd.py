@@ -133,7 +133,7 @@ def command(
       adaptkit generate multi --adapter-name skill-a --input-ids 1,15,27
       adaptkit generate ./llama -a skill-a.yaml --prompt "hello=" --json
     """
-    from adaptkit_onnx.export_folder import is_export
+    from adaptkit_onnx.runtime.export_folder import is_export
 
     folder = Path(model)
     exported = is_export(folder)
@@ -250,10 +250,10 @@ def _generate_onnx(
     printer: _Printer,
 ) -> dict[str, Any]:
     """Generate from an export folder. The folder is untrusted input: everything the runtime
-    will open is vetted before it opens anything (:mod:`adaptkit_onnx.export_folder`), and
+    will open is vetted before it opens anything (:mod:`adaptkit_onnx.runtime.export_folder`), and
     with ``--input-ids`` the tokenizer is never constructed (a hostile one can hang the
     runtime's native code past any signal): ids are printed and ``text`` is ``None``."""
-    from adaptkit_onnx import export_folder as ef
+    from adaptkit_onnx.runtime import export_folder as ef
 
     vetted = ef.vet_export_folder(folder)
     adapter_path = ef.adapter_file(folder, adapter_name) if adapter_name is not None else None
@@ -284,7 +284,7 @@ def _generate_onnx(
 
 
 def _load_model(folder: Path, device: str) -> Any:
-    from adaptkit_onnx.generation import GenaiModel
+    from adaptkit_onnx.runtime.genai import GenaiModel
 
     return GenaiModel(folder, device)
 
@@ -315,7 +315,7 @@ def _generate_torch(
     from adaptkit.api import nn as lora
     from adaptkit.api.export import combined, load_export_adapters
     from adaptkit.api.models import load_causal_lm
-    from adaptkit_onnx import generation as gen
+    from adaptkit_onnx.runtime import torch_decode
 
     adapter = combined(load_export_adapters(list(specs))) if specs else None
     # --input-ids: the tokenizer is not loaded, as for an export (ids are printed).
@@ -331,7 +331,7 @@ def _generate_torch(
     vocab = net.get_input_embeddings().num_embeddings
     context = getattr(net.config, "max_position_embeddings", None)
     _check_ids(ids, vocab, context, max_new)
-    eos = gen.eos_ids(net.config)
+    eos = torch_decode.eos_ids(net.config)
     shown = ""
     sofar: list[int] = []
 
@@ -348,7 +348,7 @@ def _generate_torch(
 
     start = time.perf_counter()
     if search["do_sample"]:
-        tokens = gen.torch_sample(
+        tokens = torch_decode.torch_sample(
             net,
             ids,
             max_new,
@@ -359,7 +359,7 @@ def _generate_torch(
             on_token=on_token,
         )
     else:
-        tokens, _ = gen.torch_greedy(net, ids, max_new, eos, on_token=on_token)
+        tokens, _ = torch_decode.torch_greedy(net, ids, max_new, eos, on_token=on_token)
     seconds = time.perf_counter() - start
     text = tokenizer.decode(tokens, skip_special_tokens=True) if tokenizer is not None else None
     return {"input_ids": ids, "output_ids": tokens, "text": text, "tokens_per_s": len(tokens) / seconds}

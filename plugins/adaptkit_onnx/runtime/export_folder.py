@@ -6,7 +6,7 @@ the ONNX graph names, the tokenizer files (``tokenizer_config.json``, ``tokenize
 chat templates) and the ``.onnx_adapter`` files of a ``--lora-inputs`` export. Before any of
 that happens, :func:`vet_export_folder` and :func:`vet_tokenizer` check that
 
-- ``genai_config.json`` holds only what adaptkit writes (:mod:`adaptkit_onnx.genai_config`);
+- ``genai_config.json`` holds only what adaptkit writes (:mod:`adaptkit_onnx.runtime.genai_config`);
 - every file the runtime will open is named by a plain file name and is a regular file whose
   resolved path lies inside the resolved folder (a symlink inside the folder is fine, one
   that leads out is refused);
@@ -58,7 +58,7 @@ _PLAIN_NAME = re.compile(r"^[^/\\\x00-\x1f]{1,255}$")
 
 @dataclass(frozen=True)
 class ExportFolder:
-    """A vetted export: its config and what :mod:`adaptkit_onnx.generate_cmd` needs from it."""
+    """A vetted export: its config and what :mod:`adaptkit_onnx.runtime.generate_cmd` needs from it."""
 
     folder: Path
     config: dict[str, Any]
@@ -101,7 +101,7 @@ def contained_file(folder: Path, name: Any, *, what: str) -> Path:
 def is_export(folder: Path) -> bool:
     """Whether ``folder`` looks like an export (has a ``genai_config.json`` entry of any kind,
     so that a symlinked or broken one is vetted, not mistaken for a model folder)."""
-    from adaptkit_onnx.genai_config import GENAI_CONFIG
+    from adaptkit_onnx.runtime.genai_config import GENAI_CONFIG
 
     return os.path.lexists(folder / GENAI_CONFIG)
 
@@ -112,7 +112,7 @@ def vet_export_folder(folder: Path) -> ExportFolder:
     Raises:
         AdaptkitError: one line naming the file and key.
     """
-    from adaptkit_onnx.genai_config import GENAI_CONFIG, read_genai_config
+    from adaptkit_onnx.runtime.genai_config import GENAI_CONFIG, read_genai_config
 
     contained_file(folder, GENAI_CONFIG, what=GENAI_CONFIG)
     config = read_genai_config(folder)

@@ -9,7 +9,7 @@ shards, no tokenizer) and a rank-16 adapter on all seven projections. Measured:
   the ``export --merged`` output, bf16; fp32: the same bake written in float32, which is what
   an fp32 export hands the builder), each a fresh process tree whose summed RSS is sampled
   every 20 ms (the builder runs in a child process, so the tree is what counts). The builder alone is
-  ``adaptkit_onnx.builder_worker`` — ONNX Runtime GenAI's builder with the LM-head and
+  ``adaptkit_onnx.generation.builder_worker`` — ONNX Runtime GenAI's builder with the LM-head and
   tokenizer-less adjustments, which change no tensor it holds; the plain builder CLI refuses a
   model without a tokenizer.
 - **generation**, batch 1, 64 new tokens from a 16-token prompt, greedy, in one process on the
@@ -154,7 +154,7 @@ def export(model: Path, native: Path, precision: str, out: Path) -> dict:
 def builder_alone(merged_dir: Path, precision: str, scratch: Path) -> dict:
     out = scratch / f"builder-{precision}"
     argv = [
-        sys.executable, "-m", "adaptkit_onnx.builder_worker", str(merged_dir), str(out),
+        sys.executable, "-m", "adaptkit_onnx.generation.builder_worker", str(merged_dir), str(out),
         precision, "cpu", str(scratch / "cache"),
     ]  # fmt: skip
     result = tree_peak(argv)

@@ -1,7 +1,7 @@
 """The ``onnx`` exporter: which graph, and the logits-only graph itself.
 
-``--graph auto`` (the default) writes the generation graph (:mod:`adaptkit_onnx.genai_export`,
-:mod:`adaptkit_onnx.genai_lora`) when the model builder supports the model, and otherwise the
+``--graph auto`` (the default) writes the generation graph (:mod:`adaptkit_onnx.generation`)
+when the model builder supports the model, and otherwise the
 logits-only graph (``input_ids, attention_mask → logits``, torch.onnx dynamo), saying why.
 """
 
@@ -85,7 +85,7 @@ class OnnxExporter:
         from adaptkit.api.export import may_replace, refuse_unused_options
         from adaptkit.api.files import atomic_directory, sweep_stale_scratch
         from adaptkit.api.models import load_config, resolve_model
-        from adaptkit_onnx.builder import DEVICES, PRECISIONS, genai_unsupported
+        from adaptkit_onnx.generation.builder import DEVICES, PRECISIONS, genai_unsupported
         from adaptkit_onnx.graph import check_opset
         from adaptkit_onnx.parity import TOLERANCES
 
@@ -138,13 +138,13 @@ class OnnxExporter:
         }
         with atomic_directory(request.output, overwrite=may_replace(request.output, request.force)) as tmp:
             if o.get("lora_inputs"):
-                from adaptkit_onnx.genai_lora import export_lora_generation
+                from adaptkit_onnx.generation.switchable import export_switchable
 
-                report.update(export_lora_generation(folder, config, request.adapters, tmp, options, log))
+                report.update(export_switchable(folder, config, request.adapters, tmp, options, log))
             else:
-                from adaptkit_onnx.genai_export import export_merged_generation
+                from adaptkit_onnx.generation.baked import export_baked
 
-                report.update(export_merged_generation(folder, config, request.adapters, tmp, options, log))
+                report.update(export_baked(folder, config, request.adapters, tmp, options, log))
             (tmp / "export-report.json").write_text(json.dumps(report, indent=2) + "\n")
         return report
 

@@ -49,7 +49,7 @@ def export_with_lora_inputs(
 
     from adaptkit.api.nn import resolve_targets
     from adaptkit_onnx import parity as v
-    from adaptkit_onnx.genai_lora import check_switchable
+    from adaptkit_onnx.adapter_files import check_switchable
     from adaptkit_onnx.graph import export_causal_lm, lora_input_names
 
     files = check_switchable(adapters)

@@ -301,7 +301,7 @@ def verify_generation(
 
     from adaptkit.api import nn as lora
     from adaptkit.api.models import load_causal_lm, load_streamed
-    from adaptkit_onnx.builder import release_memory
+    from adaptkit_onnx.memory import release_memory
     from adaptkit_onnx.runtime.genai import GenaiModel
     from adaptkit_onnx.runtime.torch_decode import eos_ids, torch_greedy
 

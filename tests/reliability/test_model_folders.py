@@ -2,7 +2,7 @@
 outside them is read, and an odd value is one `error:` line naming the file and key.
 
 The mechanisms: the builder child runs with no current-directory entry on ``sys.path``, in our
-own scratch folder, with no stdin (adaptkit_onnx.builder.run_builder); remote code is never
+own scratch folder, with no stdin (adaptkit_onnx.generation.builder.run_builder); remote code is never
 trusted and an ``auto_map`` that would need it is refused up front
 (adaptkit.io.model_config.check_no_remote_code); every entry of a model folder or Hub snapshot must
 lie inside it or its repository's blobs/ (check_contained, _check_hub_ref); the config fields
@@ -196,7 +196,7 @@ def test_the_builder_child_answers_no_trust_prompt(tmp_path, base):
     canary = tmp_path / "CANARY"
     _plant_auto_map(src, canary, "tokenizer_config.json")
     script = (
-        "import sys; from pathlib import Path; from adaptkit_onnx.builder import run_builder\n"
+        "import sys; from pathlib import Path; from adaptkit_onnx.generation.builder import run_builder\n"
         "try:\n"
         "    run_builder(Path(sys.argv[1]), Path(sys.argv[2]), 'fp32', 'cpu', Path(sys.argv[3]))\n"
         "except Exception as exc:\n"

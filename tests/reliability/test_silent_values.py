@@ -53,7 +53,7 @@ def no_model_loads(monkeypatch):
         "adaptkit.io.models:load_causal_lm",
         "adaptkit.combine.tune:load_base",
         "adaptkit.nn.checkpoint:bake_checkpoint",
-        "adaptkit_onnx.builder:run_builder",
+        "adaptkit_onnx.generation.builder:run_builder",
     )
 
 

@@ -8,7 +8,7 @@ takes a path prefix), pick execution providers and their options, and its model 
 further files to open. The runtime gains keys with every release, so a deny list of the
 dangerous ones is out of date the day a new one ships. adaptkit writes a small, known set of
 keys (the model builder's decoder-only config for the architectures in
-:data:`~adaptkit_onnx.builder.GENAI_ARCHITECTURES`, fp32/fp16/int4, cpu/cuda, with or without
+:data:`~adaptkit_onnx.generation.builder.GENAI_ARCHITECTURES`, fp32/fp16/int4, cpu/cuda, with or without
 ``--lora-inputs``), so that set, with the types and ranges of its values, is the whole
 grammar: anything else is refused with the key's path, before the runtime sees the file.
 

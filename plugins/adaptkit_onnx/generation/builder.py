@@ -2,9 +2,9 @@
 
 :func:`genai_unsupported` says why a model cannot take the generation graph (the exporter
 then falls back to the logits-only graph, or refuses when the generation graph was asked
-for); :func:`run_builder` runs :mod:`adaptkit_onnx.builder_worker` and reports its time and
-peak memory; :func:`finish_config` fixes up ``genai_config.json`` for models without an
-end-of-sequence token.
+for); :func:`run_builder` runs :mod:`adaptkit_onnx.generation.builder_worker` and reports its
+time and peak memory; :func:`finish_config` fixes up ``genai_config.json`` for models without
+an end-of-sequence token.
 """
 
 from __future__ import annotations
@@ -57,20 +57,6 @@ def genai_unsupported(config: Any) -> str | None:
     return None
 
 
-def release_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc's ``malloc_trim``).
-
-    The streamed bake and the PyTorch reference free hundreds of MiB in blocks glibc keeps for
-    reuse; the builder child and the ONNX Runtime session that follow would be counted on top.
-    """
-    import gc
-
-    from adaptkit.api.models import release_heap
-
-    gc.collect()
-    release_heap()
-
-
 def run_builder(
     src: Path, out: Path, precision: str, device: str, scratch: Path, *, separate_projections: bool = False
 ) -> dict[str, Any]:
@@ -82,6 +68,8 @@ def run_builder(
     ``sys.path`` has no current-directory entry, its stdin is empty (no prompt can be answered)
     and the Hugging Face libraries are offline.
     """
+    from adaptkit_onnx.memory import release_memory
+
     scratch.mkdir(parents=True, exist_ok=True)
     release_memory()  # the child's memory adds to ours: keep ours small while it runs
     log_path = scratch / "builder.log"
@@ -97,7 +85,7 @@ def run_builder(
     start = time.perf_counter()
     with open(log_path, "wb") as log:
         rc = subprocess.run(
-            child_command("adaptkit_onnx.builder_worker", args),
+            child_command("adaptkit_onnx.generation.builder_worker", args),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -25,50 +25,20 @@ from typing import Any
 
 import numpy as np
 
-from adaptkit.api import AdaptkitError
+from adaptkit.api import AdaptkitError, WeightedAdapter
 
-_FILE_SAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
 _TARGET = re.compile(r"^(?:model\.)?layers\.(\d+)\.(self_attn|mlp)\.(\w+)$")
 _SPLITS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
 
-def check_switchable(adapters: list[Any]) -> dict[str, str]:
-    """Refuse what one shared base graph cannot switch; returns ``adapter name -> file name``.
-
-    There must be at least one adapter, none may save modules in full (they replace base
-    weights every adapter shares), and sanitised file names must stay distinct (or one file
-    would hold two adapters).
-    """
-    if not adapters:
-        raise AdaptkitError("--lora-inputs needs at least one --adapter")
-    files: dict[str, str] = {}
-    seen: dict[str, str] = {}
-    for a in adapters:
-        file = _FILE_SAFE.sub("_", a.name) + ".onnx_adapter"
-        if file.lower() in seen:
-            raise AdaptkitError(
-                f"adapters {seen[file.lower()]!r} and {a.name!r} would both be written to {file!r}",
-                hint="give them names that differ in letters or digits (name: in a manifest YAML)",
-            )
-        seen[file.lower()] = a.name
-        files[a.name] = file
-    with_saved = [a.name for a in adapters if a.adapter.saved]
-    if with_saved:
-        raise AdaptkitError(
-            f"adapter {with_saved[0]!r} saves modules in full (modules_to_save), which replace base "
-            "weights, but a --lora-inputs graph shares one base between adapters",
-            hint="export it with --onnx (merged) or --merged instead",
-        )
-    return files
-
-
-def export_lora_generation(
+def export_switchable(
     folder: Path, config: Any, adapters: list[Any], out: Path, options: dict[str, Any], log: Any
 ) -> dict[str, Any]:
     from adaptkit.api.files import scratch_directory
     from adaptkit.api.models import meta_model
     from adaptkit.api.nn import resolve_targets
-    from adaptkit_onnx.builder import finish_config, run_builder
+    from adaptkit_onnx.adapter_files import check_switchable, manifest_entry
+    from adaptkit_onnx.generation.builder import finish_config, run_builder
     from adaptkit_onnx.parity import verify_generation
     from adaptkit_onnx.runtime.export_folder import check_written_export
 
@@ -106,12 +76,7 @@ def export_lora_generation(
         path = out / files[a.name]
         write_adapter_file(path, a, inputs, rank, np_dtype)
         paths[a.name] = path
-        manifest["adapters"][a.name] = {
-            "file": files[a.name],
-            "weight": a.weight,
-            "source": str(a.source),
-            "targets": sorted(a.adapter.targets),
-        }
+        manifest["adapters"][a.name] = manifest_entry(a, files[a.name])
     (out / "adapters.json").write_text(json.dumps(manifest, indent=2) + "\n")
     report: dict[str, Any] = {
         "graph": "generation",
@@ -133,7 +98,7 @@ def _graph_parts(target: str, pair_out: int, config: Any) -> list[tuple[str, int
     prefix = f"/model/layers.{layer}/{'attn' if block == 'self_attn' else 'mlp'}/"
     if proj not in _SPLITS:
         return [(prefix + proj, 0, pair_out)]
-    from adaptkit_onnx.builder import head_size
+    from adaptkit_onnx.generation.builder import head_size
 
     heads, size = int(config.num_attention_heads), head_size(config)
     kv = int(getattr(config, "num_key_value_heads", None) or heads) * size
@@ -209,10 +174,19 @@ def add_lora_branches(
 
 
 def write_adapter_file(
-    path: Path, named: Any, inputs: dict[str, list[tuple[str, str, str, int, int]]], rank: int, np_dtype: Any
+    path: Path,
+    named: WeightedAdapter,
+    inputs: dict[str, list[tuple[str, str, str, int, int]]],
+    rank: int,
+    np_dtype: Any,
 ) -> None:
-    """One ``.onnx_adapter``: every input of the graph (zeros where this adapter has no target)."""
-    import onnxruntime as ort
+    """One ``.onnx_adapter``: this adapter's value of each branch input (the graph's zero
+    default stands in where it has no target). Per part of a target, rows ``first..first+rows``
+    of ``B``, zero-padded to rank ``R``::
+
+        lora_A = Aᵀ [in, R],   lora_B = (w·s·B[first : first + rows])ᵀ [R, rows]
+    """
+    from adaptkit_onnx.adapter_files import write_onnx_adapter
 
     params: dict[str, Any] = {}
     for target, parts in inputs.items():
@@ -225,10 +199,6 @@ def write_adapter_file(
             A[:, : pair.rank] = pair.A.float().numpy().T
             scaled = pair.B.float().numpy()[first_row : first_row + rows] * (pair.scale * named.weight)
             B[: pair.rank] = scaled.T
-            params[name_a] = ort.OrtValue.ortvalue_from_numpy(A.astype(np_dtype))
-            params[name_b] = ort.OrtValue.ortvalue_from_numpy(B.astype(np_dtype))
-    fmt = ort.AdapterFormat()
-    fmt.set_adapter_version(1)
-    fmt.set_model_version(1)
-    fmt.set_parameters(params)
-    fmt.export_adapter(str(path))
+            params[name_a] = A.astype(np_dtype)
+            params[name_b] = B.astype(np_dtype)
+    write_onnx_adapter(path, params)

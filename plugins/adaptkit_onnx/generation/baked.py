@@ -1,6 +1,5 @@
-"""Generation-ready export: a KV-cache decoder in ONNX Runtime GenAI's folder layout.
-
-Merged (``--onnx``)::
+"""The baked generation graph (``--onnx``): a KV-cache decoder in ONNX Runtime GenAI's folder
+layout, with ``W + ΔW`` in its weights::
 
     base checkpoint ──bake_checkpoint (streamed, one tensor at a time)──▶ scratch/merged
     scratch/merged ──model builder (child process)──▶ OUT/model.onnx + genai_config.json
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 
-def export_merged_generation(
+def export_baked(
     folder: Path, config: Any, adapters: list[Any], out: Path, options: dict[str, Any], log: Any
 ) -> dict[str, Any]:
     """Bake (streamed), build, verify. ``out`` is the staging folder of the atomic write."""
@@ -28,7 +27,7 @@ def export_merged_generation(
     from adaptkit.api.export import combined
     from adaptkit.api.files import scratch_directory
     from adaptkit.api.nn import bake_checkpoint
-    from adaptkit_onnx.builder import finish_config, run_builder
+    from adaptkit_onnx.generation.builder import finish_config, run_builder
     from adaptkit_onnx.runtime.export_folder import check_written_export
 
     precision, device = options["precision"], options["device"]

@@ -1,6 +1,7 @@
-"""Run ONNX Runtime GenAI's model builder on one checkpoint folder (a child process).
+"""Run ONNX Runtime GenAI's model builder on one checkpoint folder (a child process)::
 
-``python -m adaptkit_onnx.builder_worker SRC OUT PRECISION DEVICE CACHE [--separate-projections]``
+    python -m adaptkit_onnx.generation.builder_worker SRC OUT PRECISION DEVICE CACHE
+           [--separate-projections]
 
 The builder is the field's way to a generation-ready graph (KV cache, fused
 GroupQueryAttention, ``MatMulNBits`` for int4); writing our own would duplicate thousands of

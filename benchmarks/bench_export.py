@@ -31,7 +31,7 @@ def main(argv=None):
     from adaptkit import nn as lora
     from adaptkit.nn.baking import bake_adapter
     from adaptkit_onnx import parity as v
-    from adaptkit_onnx.graph import export_causal_lm
+    from adaptkit_onnx.logits.graph import export_causal_lm
     from benchmarks.bench_train import build
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

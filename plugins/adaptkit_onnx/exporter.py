@@ -1,30 +1,19 @@
-"""The ``onnx`` exporter: which graph, and the logits-only graph itself.
+"""The ``onnx`` exporter: its options, and which graph it writes.
 
 ``--graph auto`` (the default) writes the generation graph (:mod:`adaptkit_onnx.generation`)
-when the model builder supports the model, and otherwise the
-logits-only graph (``input_ids, attention_mask → logits``, torch.onnx dynamo), saying why.
+when the model builder supports the model, and otherwise the logits-only graph
+(:mod:`adaptkit_onnx.logits`), saying why. Every option the chosen path would ignore is refused
+before anything loads.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
 from adaptkit.api import AdaptkitError
-
-_COPY = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-)
 
 _MERGED_ONLY = "it chooses the base --merged adds ΔW to (an --onnx export bakes into the original weights)"
 _NO_PARITY = "--no-verify skips the parity check this option sets"
@@ -86,7 +75,7 @@ class OnnxExporter:
         from adaptkit.api.files import atomic_directory, sweep_stale_scratch
         from adaptkit.api.models import load_config, resolve_model
         from adaptkit_onnx.generation.builder import DEVICES, PRECISIONS, genai_unsupported
-        from adaptkit_onnx.graph import check_opset
+        from adaptkit_onnx.logits.graph import check_opset
         from adaptkit_onnx.parity import TOLERANCES
 
         o = request.options
@@ -151,11 +140,7 @@ class OnnxExporter:
     def _logits_only(
         self, request: Any, folder: Path, precision: str | None, reason: str | None, log: Any
     ) -> dict[str, Any]:
-        import torch
-
-        from adaptkit.api.export import combined, may_replace
-        from adaptkit.api.files import atomic_directory
-        from adaptkit.api.models import load_causal_lm
+        from adaptkit_onnx.logits.export import export_logits
         from adaptkit_onnx.parity import TOLERANCES
 
         o = request.options
@@ -165,112 +150,7 @@ class OnnxExporter:
         if ("logits", dtype) not in TOLERANCES:
             raise AdaptkitError(f"unknown dtype {dtype!r}; valid: float32, float16", key="--dtype")
         atol = _positive(o.get("atol"), TOLERANCES["logits", dtype].atol, "--atol")
-        verify = o.get("verify", True)
-        # Adapters merge in the dtype the base loads in: float32 unless asked (a bf16 merge would
-        # round small updates away before the graph is even built).
-        base, tokenizer = load_causal_lm(folder, dtype=o.get("base_dtype") or "fp32")
-        torch_dtype = torch.float16 if dtype == "float16" else torch.float32
-        report: dict[str, Any] = {
-            "exporter": "onnx",
-            "model": request.model,
-            "graph": "logits",
-            **({"fallback_reason": reason} if reason else {}),
-            "dtype": dtype,
-            "atol": atol,
-            "adapters": [
-                {"name": a.name, "weight": a.weight, "source": str(a.source)} for a in request.adapters
-            ],
-        }
-        with atomic_directory(request.output, overwrite=may_replace(request.output, request.force)) as tmp:
-            if o.get("lora_inputs"):
-                from adaptkit_onnx.lora_inputs import export_with_lora_inputs
-
-                report.update(
-                    export_with_lora_inputs(
-                        base,
-                        request.adapters,
-                        tmp,
-                        torch_dtype=torch_dtype,
-                        opset=o.get("opset"),
-                        atol=atol,
-                        verify=verify,
-                        external_data=o.get("external_data") or "auto",
-                    )
-                )
-            else:
-                report.update(
-                    self._merged(base, combined(request.adapters), tmp, torch_dtype, o, atol, verify)
-                )
-            _copy_side_files(folder, tokenizer, base, tmp)
-            (tmp / "export-report.json").write_text(json.dumps(report, indent=2) + "\n")
-        _log_table(report, log)
-        return report
-
-    def _merged(
-        self,
-        base: Any,
-        adapter: Any,
-        out: Path,
-        torch_dtype: Any,
-        o: dict[str, Any],
-        atol: float,
-        verify: bool,
-    ) -> dict[str, Any]:
-        """Reference first, then bake in place: one copy of the model, whatever the checks.
-
-        The probes' base logits and the unmerged reference (adapters attached as LoRA layers)
-        are computed in float32 and kept; the LoRA layers are then merged into their weights
-        and removed, and that same model is cast and exported.
-        """
-        import torch
-
-        from adaptkit.api import nn as lora
-        from adaptkit.api.nn import bake_adapter
-        from adaptkit_onnx import parity as v
-        from adaptkit_onnx.graph import export_causal_lm
-
-        vocab = base.get_input_embeddings().num_embeddings
-        ids = torch.randint(0, vocab, (1, 32), generator=torch.Generator().manual_seed(1))
-        mask = torch.ones_like(ids)
-        result: dict[str, Any] = {}
-        references, effect, times = [], 0.0, {}
-        if verify:
-            base_logits = [v.torch_logits(base, i, m) for i, m in v.probes(vocab)]
-            if adapter is not None:
-                v.attach_reference(base, adapter, dtype="fp32")
-            for (i, m), plain in zip(v.probes(vocab), base_logits, strict=True):
-                ref = v.torch_logits(base, i, m)
-                references.append((i, m, ref))
-                effect = max(effect, v.compare(plain, ref, m)["max_abs"])
-            times = v.median_latencies({"pytorch_unmerged_s": lambda: v.torch_logits(base, ids, mask)})
-            if adapter is not None:
-                lora.detach(base, merge_first=True)
-        elif adapter is not None:
-            bake_adapter(base, adapter)
-        base.to(torch_dtype)
-        info = export_causal_lm(
-            base, out / "model.onnx", opset=o.get("opset"), external_data=o.get("external_data") or "auto"
-        )
-        result["files"] = info
-        if not verify:
-            return result
-        sess = v.session(out / "model.onnx")
-        parity = [
-            {"shape": list(i.shape), **v.compare(v.ort_logits(sess, i, m), ref, m)}
-            for i, m, ref in references
-        ]
-        result["parity"] = parity
-        result["adapter_effect_max_abs"] = effect
-        v.check_logits(parity, atol, hint="raise --atol if this precision is expected")
-        if adapter is not None:
-            v.check_effect(effect, atol)  # the baked graph's effect floor is its own atol
-        times.update(v.median_latencies({"ort_merged_s": lambda: v.ort_logits(sess, ids, mask)}))
-        result["latency"] = {
-            "input_shape": list(ids.shape),
-            **times,
-            "pytorch_unmerged_over_ort_merged": times["pytorch_unmerged_s"] / times["ort_merged_s"],
-        }
-        return result
+        return export_logits(request, folder, dtype, atol, reason, log)
 
 
 def _positive(value: Any, default: float, key: str) -> float:
@@ -286,28 +166,3 @@ def _fraction(value: Any, default: float) -> float:
     if not (0.0 <= value <= 1.0):
         raise AdaptkitError(f"--min-agreement must lie in [0, 1], got {value!r}", key="--min-agreement")
     return value
-
-
-def _copy_side_files(folder: Path, tokenizer: Any, base: Any, out: Path) -> None:
-    from adaptkit.api.models import side_file
-
-    for name in _COPY:
-        if (path := side_file(folder, name)) is not None:
-            shutil.copy2(path, out / name)
-    if not (out / "config.json").exists():
-        base.config.to_json_file(out / "config.json")
-
-
-def _log_table(report: dict[str, Any], log: Any) -> None:
-    for item in report.get("parity", []):
-        log(
-            f"parity {item.get('adapter', 'merged'):>12} {item['shape']!s:>8}: "
-            f"max abs {item['max_abs']:.2e}, max rel {item['max_rel']:.2e}"
-        )
-    lat = report.get("latency")
-    if lat:
-        log(
-            f"latency {lat['input_shape']}: ORT merged {lat['ort_merged_s'] * 1e3:.2f} ms, "
-            f"PyTorch unmerged {lat['pytorch_unmerged_s'] * 1e3:.2f} ms "
-            f"(x{lat['pytorch_unmerged_over_ort_merged']:.1f})"
-        )

@@ -1,4 +1,4 @@
-"""``--lora-inputs``: one base graph, many hot-swappable adapters.
+"""The switchable logits-only graph (``--lora-inputs``): one base graph, many hot-swappable adapters.
 
 The base is exported once with every target's LoRA factors as graph inputs (rank ``R`` = the
 largest rank among the adapters; smaller adapters are zero-padded, which is exact), and each
@@ -23,10 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from adaptkit.api import AdaptkitError
+from adaptkit.api import AdaptkitError, WeightedAdapter
 
 
 def _factors(pair: Any, weight: float, rank: int, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """One target's input values, zero-padded to rank ``R``: ``A`` (``R × in``) and ``w·s·B``
+    (``out × R``), so that the graph's ``x·Aᵀ·(w·s·B)ᵀ`` is the adapter's weighted update."""
     A = torch.zeros(rank, pair.in_features, dtype=torch.float32)
     B = torch.zeros(pair.out_features, rank, dtype=torch.float32)
     A[: pair.rank] = pair.A.float()
@@ -34,9 +36,9 @@ def _factors(pair: Any, weight: float, rank: int, dtype: torch.dtype) -> tuple[n
     return A.to(dtype).numpy(), B.to(dtype).numpy()
 
 
-def export_with_lora_inputs(
+def export_switchable(
     base: Any,
-    adapters: list[Any],
+    adapters: list[WeightedAdapter],
     out: Path,
     *,
     torch_dtype: torch.dtype,
@@ -45,12 +47,21 @@ def export_with_lora_inputs(
     verify: bool,
     external_data: str,
 ) -> dict[str, Any]:
+    """Export ``base`` with LoRA inputs and one ``.onnx_adapter`` per adapter into ``out``.
+
+    With ``verify``, the base (no adapter active) and each adapter (activated per run) must
+    match PyTorch within ``atol`` (:mod:`adaptkit_onnx.parity`); the reference is a copy of
+    ``base`` with that adapter attached unmerged at its weight.
+
+    Returns:
+        The report's ``files``, ``lora_inputs`` and, with ``verify``, ``parity``.
+    """
     import onnxruntime as ort
 
     from adaptkit.api.nn import resolve_targets
     from adaptkit_onnx import parity as v
-    from adaptkit_onnx.adapter_files import check_switchable
-    from adaptkit_onnx.graph import export_causal_lm, lora_input_names
+    from adaptkit_onnx.adapter_files import check_switchable, manifest_entry, write_onnx_adapter
+    from adaptkit_onnx.logits.graph import export_causal_lm, lora_input_names
 
     files = check_switchable(adapters)
     shapes: dict[str, tuple[int, int]] = {}
@@ -82,20 +93,9 @@ def export_with_lora_inputs(
         for target, pair in sorted(a.adapter.targets.items()):
             A, B = _factors(pair, a.weight, rank, torch_dtype)
             name_a, name_b = lora_input_names(target)
-            params[name_a] = ort.OrtValue.ortvalue_from_numpy(A.astype(np_dtype))
-            params[name_b] = ort.OrtValue.ortvalue_from_numpy(B.astype(np_dtype))
-        filename = files[a.name]
-        fmt = ort.AdapterFormat()
-        fmt.set_adapter_version(1)
-        fmt.set_model_version(1)
-        fmt.set_parameters(params)
-        fmt.export_adapter(str(out / filename))
-        manifest["adapters"][a.name] = {
-            "file": filename,
-            "weight": a.weight,
-            "source": str(a.source),
-            "targets": sorted(a.adapter.targets),
-        }
+            params[name_a], params[name_b] = A.astype(np_dtype), B.astype(np_dtype)
+        write_onnx_adapter(out / files[a.name], params)
+        manifest["adapters"][a.name] = manifest_entry(a, files[a.name])
     check_manifest(out, manifest)
     (out / "adapters.json").write_text(json.dumps(manifest, indent=2) + "\n")
     result: dict[str, Any] = {

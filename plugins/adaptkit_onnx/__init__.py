@@ -25,6 +25,7 @@ The package is cut by what each part makes::
         generate_cmd.py      adaptkit generate
         export_folder.py     every file ONNX Runtime GenAI opens, vetted first
         genai_config.py      genai_config.json held to what adaptkit writes
+        tokenizer_files.py   the tokenizer files, bounded and allow-listed
         genai.py             an export loaded in ONNX Runtime GenAI
         torch_decode.py      the same decoding in PyTorch, adapters unmerged
 

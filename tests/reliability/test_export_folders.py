@@ -571,7 +571,7 @@ REAL_STAGES = [
 def test_real_tokenizer_pipelines_pass(stages):
     from pathlib import Path
 
-    from adaptkit_onnx.runtime.export_folder import _check_tokenizer_json
+    from adaptkit_onnx.runtime.tokenizer_files import _check_tokenizer_json
 
     vocab = {"a": 0, "b": 1, "ab": 2, "▁": 3}
     doc = {"model": {"type": "BPE", "vocab": vocab, "merges": ["a b", ["a", "b"]]}} | json.loads(stages)

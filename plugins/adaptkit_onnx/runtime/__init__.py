@@ -4,6 +4,7 @@
 - :mod:`~adaptkit_onnx.runtime.export_folder`: every file ONNX Runtime GenAI will open,
   vetted first (an export folder is untrusted input);
 - :mod:`~adaptkit_onnx.runtime.genai_config`: ``genai_config.json`` held to what adaptkit writes;
+- :mod:`~adaptkit_onnx.runtime.tokenizer_files`: the tokenizer files, bounded and allow-listed;
 - :mod:`~adaptkit_onnx.runtime.genai`: an export loaded in ONNX Runtime GenAI;
 - :mod:`~adaptkit_onnx.runtime.torch_decode`: the same decoding in PyTorch, adapters unmerged.
 """

@@ -250,17 +250,19 @@ def _generate_onnx(
     printer: _Printer,
 ) -> dict[str, Any]:
     """Generate from an export folder. The folder is untrusted input: everything the runtime
-    will open is vetted before it opens anything (:mod:`adaptkit_onnx.runtime.export_folder`), and
-    with ``--input-ids`` the tokenizer is never constructed (a hostile one can hang the
-    runtime's native code past any signal): ids are printed and ``text`` is ``None``."""
+    will open is vetted before it opens anything (:mod:`adaptkit_onnx.runtime.export_folder`,
+    :mod:`adaptkit_onnx.runtime.tokenizer_files`), and with ``--input-ids`` the tokenizer is
+    never constructed (a hostile one can hang the runtime's native code past any signal): ids
+    are printed and ``text`` is ``None``."""
     from adaptkit_onnx.runtime import export_folder as ef
+    from adaptkit_onnx.runtime import tokenizer_files
 
     vetted = ef.vet_export_folder(folder)
     adapter_path = ef.adapter_file(folder, adapter_name) if adapter_name is not None else None
     if ids is None:
-        if not ef.has_tokenizer(folder):
+        if not tokenizer_files.has_tokenizer(folder):
             raise AdaptkitError(f"{folder} has no tokenizer; give the prompt as --input-ids", key="--prompt")
-        tokenizer = ef.load_runtime_tokenizer(folder)
+        tokenizer = tokenizer_files.load_runtime_tokenizer(folder)
         ids = [int(t) for t in _runtime_call(lambda: tokenizer.encode(prompt), "encode the prompt")]
     else:
         tokenizer = None

@@ -19,9 +19,9 @@ import torch
 
 def plan(folder: Path, quantize: list[str]) -> dict[str, Any] | None:
     """What :func:`load` needs, or ``None`` when the checkpoint needs transformers' loader."""
-    from adaptkit.api import models as streamed_load
+    from adaptkit.api.models import plan_streamed_load
 
-    prepared = streamed_load.plan(folder)
+    prepared = plan_streamed_load(folder)
     if prepared is None:
         return None
     modules = dict(prepared["model"].named_modules())
@@ -43,7 +43,7 @@ def load(
     in ``dtype``. ``progress`` is called with the number of tensors done."""
     from bitsandbytes.nn import Params4bit
 
-    from adaptkit.api import models as streamed_load
+    from adaptkit.api.models import load_streamed_plan
     from adaptkit.api.nn import replace_module
     from adaptkit_qlora.quantize import empty_linear4bit
 
@@ -61,4 +61,4 @@ def load(
         module.weight = packed.to(device)  # bitsandbytes packs it on the move
         return True
 
-    return streamed_load.load(folder, prepared, dtype=dtype, device=device, place=pack, progress=progress)
+    return load_streamed_plan(folder, prepared, dtype=dtype, device=device, place=pack, progress=progress)

@@ -468,7 +468,8 @@ def load_base(model: Any, *, quantize: bool, targets: list[str], registry: Any, 
     folder = model if isinstance(model, Path) else resolve_model(model)
     if not quantize:
         return load_causal_lm(folder, dtype="fp32")
-    from adaptkit.training.settings import LoraSettings, TrainConfig
+    from adaptkit.nn.settings import LoraSettings
+    from adaptkit.training.settings import TrainConfig
 
     backend = registry.get("backend", "qlora")
     cfg = TrainConfig(backend="qlora", lora=LoraSettings(targets=targets), options={"quantize": "all-linear"})

@@ -24,7 +24,7 @@ from typing import Any
 
 _LAZY = {
     "LoraLinear": "adaptkit.nn.layers",
-    "LoraSettings": "adaptkit.training.settings",
+    "LoraSettings": "adaptkit.nn.settings",
     **{
         name: "adaptkit.nn.inject"
         for name in (

@@ -23,7 +23,7 @@ from torch import nn
 from adaptkit.errors import AdaptkitError
 from adaptkit.nn.layers import LoraLinear
 from adaptkit.nn.layout import is_adaptable, replace_module
-from adaptkit.training.settings import LoraSettings
+from adaptkit.nn.settings import LoraSettings
 
 if TYPE_CHECKING:
     from adaptkit.adapter import Adapter

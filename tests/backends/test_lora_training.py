@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from adaptkit import load_adapter
+from adaptkit.nn.settings import LoraSettings
 from adaptkit.testing import counting_records
 from adaptkit.training.loop import evaluate_loss, run_training
-from adaptkit.training.settings import LoraSettings, TrainConfig
+from adaptkit.training.settings import TrainConfig
 from tests.models import tiny_llama
 
 # Counting sequences (next token = this token + 1, modulo 40) from random starts.

@@ -34,11 +34,9 @@ _LAZY = {
             "extract",
             "load",
             "lora_layers",
-            "merge",  # = bake, the name before the naming rule
             "select_targets",
             "trainable_parameters",
             "unbake",
-            "unmerge",  # = unbake
         )
     },
     **{name: "adaptkit.nn.baking" for name in ("bake_adapter", "resolve_targets")},

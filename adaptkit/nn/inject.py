@@ -1,4 +1,4 @@
-"""Attach LoRA layers to any ``nn.Module``; bake (merge), unbake, extract, load or detach them.
+"""Attach LoRA layers to any ``nn.Module``; bake, unbake, extract, load or detach them.
 
 Target selection (``targets``):
 
@@ -132,32 +132,30 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def bake(model: nn.Module) -> None:
-    """Fold every LoRA update into its base weight (refuses if any layer is merged)."""
+    """Fold every LoRA update into its base weight, ``W ← W + ΔW`` (refuses if any layer is
+    baked already)."""
     layers = lora_layers(model)
-    merged = [n for n, m in layers.items() if m.merged]
-    if merged:
-        raise AdaptkitError(f"already merged ({merged[0]}); call unbake() first")
+    baked = [n for n, m in layers.items() if m.baked]
+    if baked:
+        raise AdaptkitError(f"already baked ({baked[0]}); call unbake() first")
     for layer in layers.values():
-        layer.merge()
+        layer.bake()
 
 
 def unbake(model: nn.Module) -> None:
+    """Undo :func:`bake` on every baked layer, restoring ``W`` exactly."""
     for layer in lora_layers(model).values():
-        if layer.merged:
-            layer.unmerge()
+        if layer.baked:
+            layer.unbake()
 
 
-#: The names these had before the naming rule (bake = W + ΔW); kept for existing callers.
-merge, unmerge = bake, unbake
-
-
-def detach(model: nn.Module, *, merge_first: bool = False) -> None:
-    """Put the base layers back (after merging the updates into them if ``merge_first``)."""
+def detach(model: nn.Module, *, bake_first: bool = False) -> None:
+    """Put the base layers back (after baking the updates into them if ``bake_first``)."""
     for name, layer in lora_layers(model).items():
-        if merge_first and not layer.merged:
-            layer.merge()
-        elif not merge_first and layer.merged:
-            layer.unmerge()
+        if bake_first and not layer.baked:
+            layer.bake()
+        elif not bake_first and layer.baked:
+            layer.unbake()
         replace_module(model, name, layer.base)
 
 

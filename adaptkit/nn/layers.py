@@ -7,8 +7,8 @@ attached adapter leaves the model's output unchanged; ``A`` starts Kaiming-unifo
 (``a = sqrt(5)``, the ``nn.Linear`` default, as in the LoRA paper's reference code and PEFT),
 or Gaussian with std ``1/r`` (``init="gaussian"``).
 
-``merge()`` adds ``ΔW = s·B@A`` into the base weight (transposed for ``Conv1D``) and skips the
-low-rank path; ``unmerge()`` subtracts it again. A merged layer refuses a second merge.
+``bake()`` adds ``ΔW = s·B@A`` into the base weight (transposed for ``Conv1D``) and skips the
+low-rank path; ``unbake()`` subtracts it again. A baked layer refuses a second bake.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class LoraLinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(self.rank, self.in_features, device=device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=device, dtype=dtype))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.merged = False
+        self.baked = False
         self.reset_parameters(init)
         for p in self.base.parameters():
             p.requires_grad_(False)
@@ -89,44 +89,45 @@ class LoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        if self.merged:
+        if self.baked:
             return y
         h = self.dropout(x).to(self.lora_A.dtype)
         update = (h @ self.lora_A.T) @ self.lora_B.T
         return y + (update * self.scale).to(y.dtype)
 
     @torch.no_grad()
-    def merge(self) -> None:
-        """Fold ``ΔW`` into the base weight (exactly undone by :meth:`unmerge`)."""
-        if self.merged:
-            raise AdaptkitError("LoRA layer is already merged; unmerge it first")
+    def bake(self) -> None:
+        """Fold ``ΔW`` into the base weight (exactly undone by :meth:`unbake`)."""
+        if self.baked:
+            raise AdaptkitError("LoRA layer is already baked; unbake it first")
         if self.quantized:
             raise AdaptkitError(
-                "refusing to merge into a 4-bit base layer: it would re-quantize and lose precision",
+                "refusing to bake into a 4-bit base layer: it would re-quantize and lose precision",
                 hint="export with `adaptkit export --merged` (original or --merge-base dequantized weights)",
             )
         from adaptkit.nn.baking import add_delta
 
         W = self.base.weight
-        # float64 so that unmerge() subtracts exactly what merge() added
+        # float64 so that unbake() subtracts exactly what bake() added
         W.copy_(add_delta(W, self.delta_weight().to(torch.float64)))
-        self.merged = True
+        self.baked = True
 
     @torch.no_grad()
-    def unmerge(self) -> None:
-        if not self.merged:
-            raise AdaptkitError("LoRA layer is not merged")
+    def unbake(self) -> None:
+        """Subtract the ``ΔW`` :meth:`bake` added (the same float64 sum, so ``W`` is restored)."""
+        if not self.baked:
+            raise AdaptkitError("LoRA layer is not baked")
         from adaptkit.nn.baking import add_delta
 
         W = self.base.weight
         W.copy_(add_delta(W, -self.delta_weight().to(torch.float64)))
-        self.merged = False
+        self.baked = False
 
     def extra_repr(self) -> str:
         kind = "Conv1D" if self.conv1d else "Linear"
         return (
             f"{kind}({self.in_features}→{self.out_features}), rank={self.rank}, "
-            f"alpha={self.alpha:g}, scale={self.scale:g}, merged={self.merged}"
+            f"alpha={self.alpha:g}, scale={self.scale:g}, baked={self.baked}"
         )
 
     def export_pair(self) -> Any:

@@ -65,7 +65,7 @@ def test_qlora_learns_and_keeps_the_base_4bit(tmp_path):
     first = json.loads(metrics.read_text().splitlines()[0])
     assert first["memory_report"]["quantized_layers"] == 14
     with pytest.raises(AdaptkitError, match="re-quantize"):
-        lora.merge(model)
+        lora.bake(model)
 
 
 def test_bits_per_param_matches_nf4_double_quant():

@@ -26,3 +26,13 @@ def test_the_lora_plugin_exports_its_backend_only(name):
 def test_no_core_module_is_named_merge():
     named = sorted(str(p.relative_to(REPO)) for p in (REPO / "adaptkit").rglob("merg*.py"))
     assert not named, named
+
+
+def test_nn_bakes_and_never_merges():
+    """``bake`` is W + ΔW; ``merge`` is no name in adaptkit.nn (the strategy API keeps it)."""
+    from adaptkit import nn as lora
+    from adaptkit.nn import inject, layers
+
+    for owner in (lora, inject, layers.LoraLinear):
+        assert not [n for n in dir(owner) if "merge" in n.lower()], owner
+    assert callable(lora.bake) and callable(lora.unbake) and callable(layers.LoraLinear.bake)

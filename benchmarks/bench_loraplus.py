@@ -45,7 +45,8 @@ def main(argv=None):
         training_records,
     )
     from adaptkit.nn.settings import LoraSettings
-    from adaptkit.training.loop import evaluate_loss, run_training
+    from adaptkit.training import evaluate_loss
+    from adaptkit.training.loop import run_training
     from adaptkit.training.settings import TrainConfig
     from adaptkit_lora import LoraBackend
 

@@ -226,14 +226,14 @@ def uninstall(model: nn.Module) -> None:
 
 
 def _set_loss(model: nn.Module, records: list[list[int]], pad_id: int, device: Any) -> torch.Tensor:
-    from adaptkit.training.loop import collate, target_tokens, token_loss_sum
+    from adaptkit.training import collate, target_tokens, token_loss_sum
 
     ids, mask = collate(records, pad_id)
     return token_loss_sum(model, ids.to(device), mask.to(device)) / max(target_tokens(records), 1)
 
 
 def held_out_losses(model: nn.Module, sets: list[TuneSet], pad_id: int, batch_size: int, device: Any) -> dict:
-    from adaptkit.training.loop import evaluate_loss
+    from adaptkit.training import evaluate_loss
 
     return {s.name: evaluate_loss(model, s.held_out, pad_id, batch_size, device) for s in sets}
 
@@ -401,7 +401,7 @@ def _load_sets(
     from pathlib import Path
 
     from adaptkit.combine import file_sha256
-    from adaptkit.training.data import load_records
+    from adaptkit.training import load_records
 
     sets, seen = [], set()
     for raw in paths:
@@ -440,7 +440,7 @@ def _refuse_over_context(path: Any, records: list[list[int]], context: int) -> N
     if over is None:
         return
     from adaptkit.io.fileio import read_regular_file
-    from adaptkit.training.data import MAX_DATA_BYTES
+    from adaptkit.training import MAX_DATA_BYTES
 
     # The loader keeps one record per non-blank line, in order (it refuses anything else).
     text = read_regular_file(path, max_bytes=MAX_DATA_BYTES, what="evaluation set").decode("utf-8")
@@ -469,7 +469,7 @@ def load_base(model: Any, *, quantize: bool, targets: list[str], registry: Any, 
     if not quantize:
         return load_causal_lm(folder, dtype="fp32")
     from adaptkit.nn.settings import LoraSettings
-    from adaptkit.training.settings import TrainConfig
+    from adaptkit.training import TrainConfig
 
     backend = registry.get("backend", "qlora")
     cfg = TrainConfig(backend="qlora", lora=LoraSettings(targets=targets), options={"quantize": "all-linear"})

@@ -8,7 +8,8 @@ import torch
 
 from adaptkit.errors import AdaptkitError, MissingDependencyError
 from adaptkit.nn.settings import LoraSettings
-from adaptkit.training.loop import evaluate_loss, run_training
+from adaptkit.training import evaluate_loss
+from adaptkit.training.loop import run_training
 from adaptkit.training.settings import TrainConfig
 from tests.backends.test_lora_training import pattern_records
 from tests.models import tiny_llama

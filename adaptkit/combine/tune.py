@@ -30,6 +30,7 @@ and the output is an ordinary, portable adapter (exact for ``linear``/``cat``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
@@ -40,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adaptkit.adapter import Adapter
+from adaptkit.adapter import Adapter, WeightedAdapter
 from adaptkit.errors import AdaptkitError
 from adaptkit.lora import LoraPair
 
@@ -173,13 +174,17 @@ class _Mixture(nn.Module):
         return y + (h @ self.B.T).to(y.dtype)
 
 
-def _sources(inputs: Sequence[tuple[Adapter, float]], target: str) -> list[tuple[int, LoraPair, float]]:
-    return [(i, a.targets[target], w) for i, (a, w) in enumerate(inputs) if target in a.targets and w != 0]
+def _sources(inputs: Sequence[WeightedAdapter], target: str) -> list[tuple[int, LoraPair, float]]:
+    return [
+        (i, item.adapter.targets[target], float(item.weight))
+        for i, item in enumerate(inputs)
+        if target in item.adapter.targets and item.weight != 0
+    ]
 
 
 def install(
     model: nn.Module,
-    inputs: Sequence[tuple[Adapter, float]],
+    inputs: Sequence[WeightedAdapter],
     groups: dict[str, int],
     *,
     per_component: bool = False,
@@ -191,8 +196,9 @@ def install(
     ``α[adapter, groups[target] + j]``."""
     from adaptkit.nn.baking import resolve_targets
 
-    targets = sorted({t for a, _ in inputs for t in a.targets})
-    union = Adapter(targets={t: next(a.targets[t] for a, _ in inputs if t in a.targets) for t in targets})
+    adapters = [item.adapter for item in inputs]
+    targets = sorted({t for a in adapters for t in a.targets})
+    union = Adapter(targets={t: next(a.targets[t] for a in adapters if t in a.targets) for t in targets})
     resolve_targets(model, union)  # every target exists with the right shape
     if n_groups is None:
         n_groups = max(groups.values()) + 1 if groups else 1
@@ -240,7 +246,7 @@ def held_out_losses(model: nn.Module, sets: list[TuneSet], pad_id: int, batch_si
 
 def tune_weights(
     model: nn.Module,
-    inputs: Sequence[tuple[Adapter, float, str]],
+    inputs: Sequence[WeightedAdapter],
     sets: list[TuneSet],
     settings: TuneSettings,
     *,
@@ -251,7 +257,7 @@ def tune_weights(
 
     Args:
         model: The base model (frozen; left without the mixture layers afterwards).
-        inputs: ``(adapter, static weight, name)`` per input.
+        inputs: The adapters, each with its static weight ``wᵢ`` and name.
         sets: Evaluation sets from :func:`split_set`.
     """
     settings.check()
@@ -259,13 +265,12 @@ def tune_weights(
         raise AdaptkitError("--tune needs at least one evaluation set")
     started = time.perf_counter()
     device = next(model.parameters()).device
-    pairs = [(a, w) for a, w, _ in inputs]
-    targets = sorted({t for a, _ in pairs for t in a.targets})
-    groups = _groups(pairs, targets, settings.granularity)
+    targets = sorted({t for item in inputs for t in item.adapter.targets})
+    groups = _groups(inputs, targets, settings.granularity)
     index = {g: i for i, g in enumerate(groups)}
     first = {t: index[group_of(t, settings.granularity)] for t in targets}
     per_component = settings.granularity == "component"
-    layers = install(model, pairs, first, per_component=per_component, n_groups=len(groups))
+    layers = install(model, inputs, first, per_component=per_component, n_groups=len(groups))
     for p in model.parameters():
         p.requires_grad_(False)
     alpha = torch.ones(len(inputs), len(groups), dtype=torch.float32, device=device)
@@ -334,27 +339,30 @@ def tune_weights(
     values = alpha.detach().cpu()
     return TuneResult(
         groups=groups,
-        names=[n for _, _, n in inputs],
+        names=[item.name for item in inputs],
         weights={grp: [float(values[i, j]) for i in range(len(inputs))] for j, grp in enumerate(groups)},
         seconds=time.perf_counter() - started,
         trace=trace,
     )
 
 
-def _groups(pairs: Sequence[tuple[Adapter, float]], targets: list[str], granularity: str) -> list[str]:
+def _groups(inputs: Sequence[WeightedAdapter], targets: list[str], granularity: str) -> list[str]:
     """The group labels, in order; per component, each target's ``#0 … #r-1`` (r: its largest
     rank among the inputs) lie next to each other, as :func:`install` expects."""
     if granularity != "component":
         return sorted({group_of(t, granularity) for t in targets}, key=_natural)
-    ranks = {t: max(a.targets[t].rank for a, _ in pairs if t in a.targets) for t in targets}
+    adapters = [item.adapter for item in inputs]
+    ranks = {t: max(a.targets[t].rank for a in adapters if t in a.targets) for t in targets}
     return [group_of(t, granularity, j) for t in sorted(targets, key=_natural) for j in range(ranks[t])]
 
 
-def fold(inputs: Sequence[tuple[Adapter, float, str]], result: TuneResult, granularity: str) -> list[Adapter]:
+def fold(inputs: Sequence[WeightedAdapter], result: TuneResult, granularity: str) -> list[WeightedAdapter]:
     """Each input with ``αᵢ,g(t)`` folded into its ``B`` factors, target by target (exact):
-    the pair's scale times ``α``, or per component ``B``'s ``j``-th column times ``αᵢ,t,j``."""
+    the pair's scale times ``α``, or per component ``B``'s ``j``-th column times ``αᵢ,t,j``.
+    Weight, name and source stay the input's, so the folded inputs combine as the inputs would."""
     out = []
-    for i, (adapter, _, _) in enumerate(inputs):
+    for i, item in enumerate(inputs):
+        adapter = item.adapter
         targets = {}
         for target, pair in adapter.targets.items():
             if granularity == "component":
@@ -364,15 +372,14 @@ def fold(inputs: Sequence[tuple[Adapter, float, str]], result: TuneResult, granu
                 continue
             a = result.weights[group_of(target, granularity)][i]
             targets[target] = LoraPair.with_scale(pair.A, pair.B, pair.scale * a)
-        out.append(
-            Adapter(
-                targets=targets,
-                base_model=adapter.base_model,
-                producer=adapter.producer,
-                provenance=adapter.provenance,
-                saved=adapter.saved,
-            )
+        folded = Adapter(
+            targets=targets,
+            base_model=adapter.base_model,
+            producer=adapter.producer,
+            provenance=adapter.provenance,
+            saved=adapter.saved,
         )
+        out.append(dataclasses.replace(item, adapter=folded))
     return out
 
 
@@ -488,7 +495,7 @@ def evaluate_adapter(
 ) -> dict[str, float]:
     """Held-out loss of every set with ``adapter`` applied (unmerged) to ``model``."""
     device = next(model.parameters()).device
-    layers = install(model, [(adapter, 1.0)], dict.fromkeys(adapter.targets, 0))
+    layers = install(model, [WeightedAdapter(adapter, 1.0)], dict.fromkeys(adapter.targets, 0))
     one = torch.ones(1, 1, device=device)
     for layer in layers:
         layer.alpha = one

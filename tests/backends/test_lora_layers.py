@@ -108,14 +108,15 @@ def test_extract_save_load_gives_the_same_logits(tmp_path):
 
 
 def test_loaded_explicit_scale_adapter_matches_merge():
-    from adaptkit.combine import AdapterInput, combine
+    from adaptkit import WeightedAdapter
+    from adaptkit.combine import combine
     from adaptkit.nn.baking import bake_adapter
 
     model = tiny_llama()
     lora.attach(model, lora.LoraSettings(targets=["q_proj"], rank=2, alpha=3))
     randomise_b(model)
     a = lora.extract(model)
-    combined = combine([AdapterInput(a, -0.7, "a")], "cat").adapter  # explicit scale folded in
+    combined = combine([WeightedAdapter(a, -0.7, "a")], "cat").adapter  # explicit scale folded in
     ids = tokens()
     fresh, merged = tiny_llama(), tiny_llama()
     lora.load(fresh, combined)

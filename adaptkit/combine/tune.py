@@ -11,7 +11,8 @@ layer index (``layer``, the default; LoRA Soups' per-layer CAT weights) or the t
 of every target, ``ΔW_t = Σᵢ Σⱼ αᵢ,t,j · wᵢ · sᵢ · bᵢ,t,j aᵢ,t,jᵀ`` (``j``-th column of ``B``,
 row of ``A``): the only granularity that can keep the part of one adapter's update a skill needs
 while dropping the part that disturbs another skill at the same target. The base model and
-every factor stay frozen; only the ``α`` (tens to a few thousand scalars) are fitted, to
+every factor stay frozen (core's :class:`~adaptkit.nn.mixture.LoraMixture` layers, ``α`` their
+shared mixing table); only the ``α`` (tens to a few thousand scalars) are fitted, to
 minimise the evaluation sets' token loss — their mean, or the worst one (``objective: max``) —
 plus ``λ·mean((α − 1)²)``, which keeps ``α`` near the static combination unless the data says
 otherwise.
@@ -41,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from adaptkit import nn as lora
 from adaptkit.adapter import Adapter, WeightedAdapter
 from adaptkit.errors import AdaptkitError
 from adaptkit.lora import LoraPair
@@ -153,84 +155,6 @@ def group_of(target: str, granularity: str, component: int = 0) -> str:
     return f"layer {int(m.group(1))}" if m else "other"
 
 
-class _Mixture(nn.Module):
-    """A frozen linear layer plus weighted LoRA sources:
-    ``y = base(x) + ((x Aᵀ) ⊙ c) Bᵀ`` with ``A = [A₁; …]``, ``B = [w₁s₁B₁ … ]`` and ``c`` each
-    source's ``α`` repeated over its rank."""
-
-    def __init__(self, base: nn.Module, A: torch.Tensor, B: torch.Tensor, owner: torch.Tensor) -> None:
-        super().__init__()
-        self.base = base
-        self.register_buffer("A", A, persistent=False)
-        self.register_buffer("B", B, persistent=False)
-        self.register_buffer("owner", owner, persistent=False)  # flat α index of each rank column
-        self.alpha: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        assert self.alpha is not None
-        c = self.alpha.reshape(-1)[self.owner].to(self.A.dtype)
-        h = (x.to(self.A.dtype) @ self.A.T) * c
-        return y + (h @ self.B.T).to(y.dtype)
-
-
-def _sources(inputs: Sequence[WeightedAdapter], target: str) -> list[tuple[int, LoraPair, float]]:
-    return [
-        (i, item.adapter.targets[target], float(item.weight))
-        for i, item in enumerate(inputs)
-        if target in item.adapter.targets and item.weight != 0
-    ]
-
-
-def install(
-    model: nn.Module,
-    inputs: Sequence[WeightedAdapter],
-    groups: dict[str, int],
-    *,
-    per_component: bool = False,
-    n_groups: int | None = None,
-) -> list[_Mixture]:
-    """Replace every target layer of ``model`` with a :class:`_Mixture` over ``inputs``; each
-    target's columns point at ``α[adapter, groups[target]]`` (``α`` flattened, ``n_groups``
-    columns: by default one past the largest index), or with ``per_component`` column ``j`` at
-    ``α[adapter, groups[target] + j]``."""
-    from adaptkit.nn.baking import resolve_targets
-
-    adapters = [item.adapter for item in inputs]
-    targets = sorted({t for a in adapters for t in a.targets})
-    union = Adapter(targets={t: next(a.targets[t] for a in adapters if t in a.targets) for t in targets})
-    resolve_targets(model, union)  # every target exists with the right shape
-    if n_groups is None:
-        n_groups = max(groups.values()) + 1 if groups else 1
-    layers = []
-    for target in targets:
-        parts = _sources(inputs, target)
-        if not parts:
-            continue
-        A = torch.cat([p.A.float() for _, p, _ in parts])
-        B = torch.cat([p.B.float() * (p.scale * w) for _, p, w in parts], dim=1)
-        step = torch.arange if per_component else (lambda r: torch.zeros(r, dtype=torch.long))
-        owner = torch.cat([i * n_groups + groups[target] + step(p.rank) for i, p, _ in parts])
-        parent_name, _, child = target.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        base = getattr(parent, child)
-        if isinstance(base, _Mixture):
-            base = base.base
-        device = next(base.parameters()).device
-        layer = _Mixture(base, A.to(device), B.to(device), owner.to(device))
-        setattr(parent, child, layer)
-        layers.append(layer)
-    return layers
-
-
-def uninstall(model: nn.Module) -> None:
-    for name, module in list(model.named_modules()):
-        if isinstance(module, _Mixture):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, module.base)
-
-
 def _set_loss(model: nn.Module, records: list[list[int]], pad_id: int, device: Any) -> torch.Tensor:
     from adaptkit.training import collate, target_tokens, token_loss_sum
 
@@ -270,12 +194,9 @@ def tune_weights(
     index = {g: i for i, g in enumerate(groups)}
     first = {t: index[group_of(t, settings.granularity)] for t in targets}
     per_component = settings.granularity == "component"
-    layers = install(model, inputs, first, per_component=per_component, n_groups=len(groups))
-    for p in model.parameters():
-        p.requires_grad_(False)
+    # α is the mixture layers' table: input i's weight for group g is α[i, g].
     alpha = torch.ones(len(inputs), len(groups), dtype=torch.float32, device=device)
-    for layer in layers:
-        layer.alpha = alpha
+    lora.attach_mixture(model, inputs, alpha, first, per_component=per_component)  # freezes the rest
     g = torch.Generator().manual_seed(settings.seed)
     trace: list[float] = []
     was_training = model.training
@@ -334,7 +255,7 @@ def tune_weights(
     finally:
         if bar is not None:
             bar.close()
-        uninstall(model)
+        lora.detach(model)
         model.train(was_training)
     values = alpha.detach().cpu()
     return TuneResult(
@@ -348,7 +269,8 @@ def tune_weights(
 
 def _groups(inputs: Sequence[WeightedAdapter], targets: list[str], granularity: str) -> list[str]:
     """The group labels, in order; per component, each target's ``#0 … #r-1`` (r: its largest
-    rank among the inputs) lie next to each other, as :func:`install` expects."""
+    rank among the inputs) lie next to each other, as :func:`adaptkit.nn.attach_mixture` expects
+    with ``per_component``."""
     if granularity != "component":
         return sorted({group_of(t, granularity) for t in targets}, key=_natural)
     adapters = [item.adapter for item in inputs]
@@ -493,16 +415,15 @@ def load_base(model: Any, *, quantize: bool, targets: list[str], registry: Any, 
 def evaluate_adapter(
     model: nn.Module, adapter: Adapter, sets: list[TuneSet], pad_id: int
 ) -> dict[str, float]:
-    """Held-out loss of every set with ``adapter`` applied (unmerged) to ``model``."""
+    """Held-out loss of every set with ``adapter`` applied (unbaked) to ``model``: a mixture of
+    the one adapter at weight 1, the same layer tuning measures with."""
     device = next(model.parameters()).device
-    layers = install(model, [WeightedAdapter(adapter, 1.0)], dict.fromkeys(adapter.targets, 0))
     one = torch.ones(1, 1, device=device)
-    for layer in layers:
-        layer.alpha = one
+    lora.attach_mixture(model, [WeightedAdapter(adapter, 1.0)], one, dict.fromkeys(adapter.targets, 0))
     try:
         return held_out_losses(model, sets, pad_id, 16, device)
     finally:
-        uninstall(model)
+        lora.detach(model)
 
 
 def heat_map(result: TuneResult, path: Any, *, replace: bool = False) -> None:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from adaptkit.errors import AdaptkitError
-from adaptkit.nn.layers import LoraLinear
+from adaptkit.nn.layers import LoraLayer, LoraLinear
 from adaptkit.nn.layout import is_adaptable, replace_module
 from adaptkit.nn.settings import LoraSettings
 
@@ -59,7 +59,7 @@ def select_targets(model: nn.Module, targets: Sequence[str] | str, exclude: Sequ
         AdaptkitError: nothing matched (listing some linear layers), or a non-linear match.
     """
     modules = dict(model.named_modules())
-    linear = [n for n, m in modules.items() if n and is_linear_like(m) and not isinstance(m, LoraLinear)]
+    linear = [n for n, m in modules.items() if n and is_linear_like(m) and not isinstance(m, LoraLayer)]
     if isinstance(targets, str) and targets == "all-linear":
         heads = output_head_names(model)
         chosen = [n for n in linear if n not in heads]
@@ -90,9 +90,16 @@ def select_targets(model: nn.Module, targets: Sequence[str] | str, exclude: Sequ
     return chosen
 
 
-def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
-    """Every attached LoRA layer, by the path of the module it wraps."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
+def lora_layers(model: nn.Module, kind: type[LoraLayer] = LoraLinear) -> dict[str, Any]:
+    """Every attached layer of ``kind`` by the path of the module it wraps: the trainable
+    :class:`LoraLinear` layers by default, every kind (mixtures too) with ``LoraLayer``."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, kind)}
+
+
+def refuse_attached(model: nn.Module) -> None:
+    """One set of LoRA layers at a time: a second would wrap the first."""
+    if lora_layers(model, LoraLayer):
+        raise AdaptkitError("the model already has LoRA layers; detach them first")
 
 
 def attach(model: nn.Module, settings: LoraSettings | None = None) -> list[str]:
@@ -102,8 +109,7 @@ def attach(model: nn.Module, settings: LoraSettings | None = None) -> list[str]:
         The wrapped module paths.
     """
     s = settings or LoraSettings()
-    if lora_layers(model):
-        raise AdaptkitError("the model already has LoRA layers; detach them first")
+    refuse_attached(model)
     if s.dtype not in _DTYPES:
         raise AdaptkitError(f"unknown dtype {s.dtype!r}; valid: {', '.join(_DTYPES)}", key="dtype")
     names = select_targets(model, s.targets, s.exclude)
@@ -134,7 +140,7 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 def bake(model: nn.Module) -> None:
     """Fold every LoRA update into its base weight, ``W ← W + ΔW`` (refuses if any layer is
     baked already)."""
-    layers = lora_layers(model)
+    layers = lora_layers(model, LoraLayer)
     baked = [n for n, m in layers.items() if m.baked]
     if baked:
         raise AdaptkitError(f"already baked ({baked[0]}); call unbake() first")
@@ -144,14 +150,15 @@ def bake(model: nn.Module) -> None:
 
 def unbake(model: nn.Module) -> None:
     """Undo :func:`bake` on every baked layer, restoring ``W`` exactly."""
-    for layer in lora_layers(model).values():
+    for layer in lora_layers(model, LoraLayer).values():
         if layer.baked:
             layer.unbake()
 
 
 def detach(model: nn.Module, *, bake_first: bool = False) -> None:
-    """Put the base layers back (after baking the updates into them if ``bake_first``)."""
-    for name, layer in lora_layers(model).items():
+    """Put the base layers back, for every kind of LoRA layer (after baking the updates into
+    them if ``bake_first``)."""
+    for name, layer in lora_layers(model, LoraLayer).items():
         if bake_first and not layer.baked:
             layer.bake()
         elif not bake_first and layer.baked:
@@ -188,8 +195,7 @@ def load(
     """
     from adaptkit.nn.baking import apply_saved_modules, resolve_saved, resolve_targets
 
-    if lora_layers(model):
-        raise AdaptkitError("the model already has LoRA layers; detach them first")
+    refuse_attached(model)
     found = resolve_targets(model, adapter)
     resolve_saved(model, adapter)  # every check before anything changes
     apply_saved_modules(model, adapter)

@@ -67,7 +67,8 @@ def test_folded_output_equals_the_tuned_weights_applied_unfolded():
 def test_per_component_weights_fold_exactly_column_by_column():
     """Granularity ``component``: ``ΔW_t = Σᵢ Σⱼ αᵢ,t,j wᵢ sᵢ bᵢ,t,j aᵢ,t,jᵀ`` against float64, for
     inputs of different ranks at a shared target, and the layer tuning runs computes that sum."""
-    from adaptkit.combine.tune import _groups, install, uninstall
+    from adaptkit import nn as lora
+    from adaptkit.combine.tune import _groups
 
     inputs = _inputs()
     targets = sorted({t for i in inputs for t in i.adapter.targets})
@@ -81,8 +82,8 @@ def test_per_component_weights_fold_exactly_column_by_column():
     model = tiny_llama().double()
     index = {grp: j for j, grp in enumerate(groups)}
     first = {t: index[f"{t}#0"] for t in targets}
-    layers = install(model, inputs, first, per_component=True, n_groups=len(groups))
     alpha = torch.tensor([[weights[grp][i] for grp in groups] for i in range(2)], dtype=torch.float64)
+    layers = lora.attach_mixture(model, inputs, alpha, first, per_component=True)
     for target in targets:
         want = torch.zeros_like(
             next(
@@ -98,13 +99,13 @@ def test_per_component_weights_fold_exactly_column_by_column():
         got = out.targets[target].delta(torch.float64)
         assert float((got - want).norm() / want.norm()) < 1e-6, target
         layer = model.get_submodule(target)
-        layer.alpha = alpha
         with torch.no_grad():
             applied = layer(x) - layer.base(x)
         expected = x @ want.T  # the mixture layer computes in float32
         assert float((applied - expected).norm() / expected.norm()) < 1e-5, target
-    assert len(layers) == len(targets)
-    uninstall(model)
+    assert layers == targets
+    lora.detach(model)
+    assert not lora.lora_layers(model, lora.LoraLayer)
 
 
 def test_tuning_is_deterministic_and_never_sees_the_held_out_part():
@@ -246,3 +247,27 @@ def test_heat_map_of_hundreds_of_groups_stays_a_readable_size(tmp_path):
     heat_map(result, tmp_path / "alpha.png")
     width, _ = Image.open(tmp_path / "alpha.png").size
     assert width <= 30 * 120
+
+
+def test_combine_never_imports_the_training_loop():
+    """Tuning trains through training's public pieces (adaptkit.training) and nn's mixture
+    layers; the trainer's own loop is no part of combine, at module level or in a function."""
+    import ast
+
+    from tests.conftest import REPO
+
+    def imported(path):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                yield from (alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                yield node.module
+                yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+    found = [
+        (str(path.relative_to(REPO)), name)
+        for path in sorted((REPO / "adaptkit" / "combine").rglob("*.py"))
+        for name in imported(path)
+        if name == "adaptkit.training.loop" or name.startswith("adaptkit.training.loop.")
+    ]
+    assert not found, found

@@ -172,7 +172,7 @@ def saved_module_problems(saved: dict[str, SavedModule], *, check_values: bool) 
 
 @dataclass
 class WeightedAdapter:
-    """An adapter as an input: to ``combine`` (as ``AdapterInput``) or to an exporter.
+    """An adapter as an input: to ``combine``, to ``combine --tune`` or to an exporter.
 
     Attributes:
         adapter: The adapter.

@@ -88,11 +88,12 @@ def peft_delta(model):
 
 def ours(pairs, weights, strategy, **kw):
     """Time this: adaptkit's combine alone."""
+    from adaptkit import WeightedAdapter
     from adaptkit.adapter import Adapter
-    from adaptkit.combine import AdapterInput, combine
+    from adaptkit.combine import combine
 
     inputs = [
-        AdapterInput(Adapter({"proj": p}), w, f"a{i}")
+        WeightedAdapter(Adapter({"proj": p}), w, f"a{i}")
         for i, (p, w) in enumerate(zip(pairs, weights, strict=True))
     ]
     return combine(inputs, strategy, **kw).adapter
@@ -193,8 +194,8 @@ def bench_shape(out_f, in_f, n, peft_repeat, density=0.5):
 
 def bench_7b_set(layers, tmp: Path):
     """Two adapters over a Llama-7B-shaped target set: combine vs plain load+save."""
-    from adaptkit import Adapter, load_adapter, save_adapter
-    from adaptkit.combine import AdapterInput, combine
+    from adaptkit import Adapter, WeightedAdapter, load_adapter, save_adapter
+    from adaptkit.combine import combine
 
     shapes = {
         "q_proj": (4096, 4096),
@@ -223,7 +224,7 @@ def bench_7b_set(layers, tmp: Path):
 
     def with_combine():
         a, b = load_adapter(paths[0]), load_adapter(paths[1])
-        res = combine([AdapterInput(a, 1.0, "a"), AdapterInput(b, 0.5, "b")], "linear", rank=RANK)
+        res = combine([WeightedAdapter(a, 1.0, "a"), WeightedAdapter(b, 0.5, "b")], "linear", rank=RANK)
         save_adapter(res.adapter, tmp / "out.safetensors", overwrite=True)
 
     t_io = best_time(io_only, repeat=3)

@@ -44,8 +44,10 @@ def main(argv=None):
         identity_examples,
         training_records,
     )
-    from adaptkit.training.loop import evaluate_loss, run_training
-    from adaptkit.training.settings import LoraSettings, TrainConfig
+    from adaptkit.nn.settings import LoraSettings
+    from adaptkit.training import evaluate_loss
+    from adaptkit.training.loop import run_training
+    from adaptkit.training.settings import TrainConfig
     from adaptkit_lora import LoraBackend
 
     base_model.build(print, False)

@@ -29,7 +29,8 @@ def main(argv=None):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from adaptkit import nn as lora
-    from adaptkit.training.settings import LoraSettings, TrainConfig
+    from adaptkit.nn.settings import LoraSettings
+    from adaptkit.training.settings import TrainConfig
     from adaptkit_qlora.backend import QloraBackend
     from benchmarks.bench_train import build, step
 

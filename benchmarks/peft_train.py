@@ -37,7 +37,7 @@ def main(argv=None) -> None:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from adaptkit.training.loop import step_indices
+    from adaptkit.training import step_indices
 
     t0 = time.perf_counter()
     cuda = torch.cuda.is_available()

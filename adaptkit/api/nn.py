@@ -27,7 +27,7 @@ from adaptkit.nn.inject import (
 )
 from adaptkit.nn.layers import LoraLinear
 from adaptkit.nn.layout import is_adaptable, module_kind, replace_module
-from adaptkit.training.settings import LoraSettings
+from adaptkit.nn.settings import LoraSettings
 
 __all__ = [
     "LoraLinear",

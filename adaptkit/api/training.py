@@ -7,8 +7,9 @@ A backend attaches adapters and builds an optimizer; :func:`run_training` owns e
 
 from __future__ import annotations
 
+from adaptkit.nn.settings import LoraSettings
 from adaptkit.training.loop import run_training
 from adaptkit.training.options import backend_options
-from adaptkit.training.settings import LoraSettings, TrainConfig
+from adaptkit.training.settings import TrainConfig
 
 __all__ = ["LoraSettings", "TrainConfig", "backend_options", "run_training"]

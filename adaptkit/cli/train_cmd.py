@@ -117,9 +117,10 @@ def command(recipe: Path | None, force: bool, as_json: bool, **flags: Any) -> No
       adaptkit train --model Qwen/Qwen2.5-0.5B --base-dtype bf16 --data d.jsonl -o a.safetensors
       adaptkit train recipe.yaml --lr 1e-3
     """
+    from adaptkit.nn.settings import LoraSettings
     from adaptkit.plugins import get_registry
     from adaptkit.training.loop import run_training
-    from adaptkit.training.settings import LoraSettings, TrainConfig
+    from adaptkit.training.settings import TrainConfig
 
     doc: dict[str, Any] = _recipe(recipe, output_given=flags.get("output") is not None) if recipe else {}
     for key, value in flags.items():

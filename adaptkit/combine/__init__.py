@@ -1,11 +1,11 @@
 """Combining adapters (adapter ⊕ adapter → adapter): the engine, the strategy API, the
 low-rank (factored) and dense math, and data-tuned weights.
 
-The engine's API is importable from here: ``from adaptkit.combine import AdapterInput, combine``.
+The engine's API is importable from here: ``from adaptkit.combine import combine``; its inputs
+are :class:`adaptkit.WeightedAdapter` records.
 """
 
 from adaptkit.combine.engine import (
-    AdapterInput,
     CombineResult,
     Concatenate,
     TargetReport,
@@ -18,7 +18,6 @@ from adaptkit.combine.engine import (
 )
 
 __all__ = [
-    "AdapterInput",
     "CombineResult",
     "Concatenate",
     "TargetReport",

@@ -29,11 +29,6 @@ if TYPE_CHECKING:
     from adaptkit.plugins import Registry
 
 
-#: One adapter given to :func:`combine` (the one input record, see
-#: :class:`adaptkit.adapter.WeightedAdapter`).
-AdapterInput = WeightedAdapter
-
-
 @dataclass
 class TargetReport:
     target: str
@@ -108,7 +103,7 @@ def _non_finite(value: Any) -> bool:
     return False
 
 
-def _check_weights(inputs: Sequence[AdapterInput]) -> None:
+def _check_weights(inputs: Sequence[WeightedAdapter]) -> None:
     for item in inputs:
         w = item.weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
@@ -121,7 +116,7 @@ def _check_weights(inputs: Sequence[AdapterInput]) -> None:
         raise AdaptkitError("all weights are zero: the combination would change nothing", key="weights")
 
 
-def check_saved_modules(inputs: Sequence[AdapterInput], strategy: Any) -> None:
+def check_saved_modules(inputs: Sequence[WeightedAdapter], strategy: Any) -> None:
     """Refuse a combination that would carry a saved module it cannot honour.
 
     Weights and strategies act on LoRA updates. A saved module (PEFT ``modules_to_save``, a
@@ -158,7 +153,7 @@ def check_saved_modules(inputs: Sequence[AdapterInput], strategy: Any) -> None:
             )
 
 
-def _align(inputs: Sequence[AdapterInput], intersect: bool) -> list[str]:
+def _align(inputs: Sequence[WeightedAdapter], intersect: bool) -> list[str]:
     """Target names to produce, checking that shared targets agree on shape."""
     shapes: dict[str, tuple[tuple[int, int], str]] = {}
     for item in inputs:
@@ -208,7 +203,7 @@ def _versions() -> dict[str, str]:
 
 
 def combine(
-    inputs: Sequence[AdapterInput],
+    inputs: Sequence[WeightedAdapter],
     strategy: str | Any = "linear",
     *,
     params: Mapping[str, Any] | None = None,
@@ -339,7 +334,7 @@ def combine(
     return CombineResult(adapter=adapter, report=report)
 
 
-def combined_saved_modules(inputs: Sequence[AdapterInput]) -> dict[str, Any]:
+def combined_saved_modules(inputs: Sequence[WeightedAdapter]) -> dict[str, Any]:
     """The saved modules of a combination: each input's, from inputs of non-zero weight.
 
     A saved module replaces the base module whole, so it cannot be weighted or blended like an
@@ -375,7 +370,7 @@ def combined_saved_modules(inputs: Sequence[AdapterInput]) -> dict[str, Any]:
     return out
 
 
-def _with_unique_names(inputs: Sequence[AdapterInput]) -> list[AdapterInput]:
+def _with_unique_names(inputs: Sequence[WeightedAdapter]) -> list[WeightedAdapter]:
     """Copies with names filled in and made unique (``a``, ``a#2``, ...)."""
     seen: dict[str, int] = {}
     out = []

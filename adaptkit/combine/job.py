@@ -54,7 +54,8 @@ def combine_specs(
     ``tune`` (keys of a recipe's ``tune:`` block; set ones override the recipe's) fits
     per-adapter × group weights on evaluation sets first (:mod:`adaptkit.combine.tune`); ``plot``
     writes their heat map."""
-    from adaptkit.combine import AdapterInput, check_request, check_saved_modules, combine
+    from adaptkit.adapter import WeightedAdapter
+    from adaptkit.combine import check_request, check_saved_modules, combine
     from adaptkit.io.output_guard import PLOT, check_output, kind_of_writer
     from adaptkit.io.recipe import Recipe, load_recipe, yaml_kind
     from adaptkit.io.specs import is_yaml, load_ref, resolve_spec
@@ -110,13 +111,13 @@ def combine_specs(
     # are refused at once, not after loading 100 files).
     check_request(registry.get("strategy", strategy), len(refs), merged_params, rank_value)
     inputs = [
-        AdapterInput(adapter=load_ref(ref, registry), weight=ref.weight, name=ref.name, source=ref.path)
+        WeightedAdapter(adapter=load_ref(ref, registry), weight=ref.weight, name=ref.name, source=ref.path)
         for ref in refs
     ]
     # Before tuning loads a model: a saved module at a weight it cannot take is refused now.
     check_saved_modules(inputs, registry.get("strategy", strategy))
 
-    def run(items: list[AdapterInput]) -> Any:
+    def run(items: list[WeightedAdapter]) -> Any:
         return combine(
             items,
             strategy,
@@ -162,7 +163,7 @@ def _tuned(
     force: bool,
 ) -> tuple[Any, dict[str, Any]]:
     """Tune, fold the weights into the inputs, combine; the result and the tuning report."""
-    from adaptkit.combine import AdapterInput, combined_saved_modules
+    from adaptkit.combine import combined_saved_modules
     from adaptkit.combine.tune import (
         _load_sets,
         evaluate_adapter,
@@ -202,17 +203,10 @@ def _tuned(
         from adaptkit.nn.baking import apply_saved_modules
 
         apply_saved_modules(model, Adapter(targets={}, saved=saved))
-    triples = [(i.adapter, float(i.weight), i.name) for i in inputs]
     static = run(inputs)
     before = evaluate_adapter(model, static.adapter, sets, pad_id)
-    found = tune_weights(model, triples, sets, settings, pad_id=pad_id, progress=progress)
-    folded = fold(triples, found, settings.granularity)
-    result = run(
-        [
-            AdapterInput(adapter=a, weight=i.weight, name=i.name, source=i.source)
-            for a, i in zip(folded, inputs, strict=True)
-        ]
-    )
+    found = tune_weights(model, inputs, sets, settings, pad_id=pad_id, progress=progress)
+    result = run(fold(inputs, found, settings.granularity))
     after = evaluate_adapter(model, result.adapter, sets, pad_id)
     report = {
         "settings": {k: getattr(settings, k) for k in vars(settings)},

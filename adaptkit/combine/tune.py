@@ -11,7 +11,8 @@ layer index (``layer``, the default; LoRA Soups' per-layer CAT weights) or the t
 of every target, ``ΔW_t = Σᵢ Σⱼ αᵢ,t,j · wᵢ · sᵢ · bᵢ,t,j aᵢ,t,jᵀ`` (``j``-th column of ``B``,
 row of ``A``): the only granularity that can keep the part of one adapter's update a skill needs
 while dropping the part that disturbs another skill at the same target. The base model and
-every factor stay frozen; only the ``α`` (tens to a few thousand scalars) are fitted, to
+every factor stay frozen (core's :class:`~adaptkit.nn.mixture.LoraMixture` layers, ``α`` their
+shared mixing table); only the ``α`` (tens to a few thousand scalars) are fitted, to
 minimise the evaluation sets' token loss — their mean, or the worst one (``objective: max``) —
 plus ``λ·mean((α − 1)²)``, which keeps ``α`` near the static combination unless the data says
 otherwise.
@@ -30,6 +31,7 @@ and the output is an ordinary, portable adapter (exact for ``linear``/``cat``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
@@ -40,7 +42,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from adaptkit.adapter import Adapter
+from adaptkit import nn as lora
+from adaptkit.adapter import Adapter, WeightedAdapter
 from adaptkit.errors import AdaptkitError
 from adaptkit.lora import LoraPair
 
@@ -152,95 +155,22 @@ def group_of(target: str, granularity: str, component: int = 0) -> str:
     return f"layer {int(m.group(1))}" if m else "other"
 
 
-class _Mixture(nn.Module):
-    """A frozen linear layer plus weighted LoRA sources:
-    ``y = base(x) + ((x Aᵀ) ⊙ c) Bᵀ`` with ``A = [A₁; …]``, ``B = [w₁s₁B₁ … ]`` and ``c`` each
-    source's ``α`` repeated over its rank."""
-
-    def __init__(self, base: nn.Module, A: torch.Tensor, B: torch.Tensor, owner: torch.Tensor) -> None:
-        super().__init__()
-        self.base = base
-        self.register_buffer("A", A, persistent=False)
-        self.register_buffer("B", B, persistent=False)
-        self.register_buffer("owner", owner, persistent=False)  # flat α index of each rank column
-        self.alpha: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        assert self.alpha is not None
-        c = self.alpha.reshape(-1)[self.owner].to(self.A.dtype)
-        h = (x.to(self.A.dtype) @ self.A.T) * c
-        return y + (h @ self.B.T).to(y.dtype)
-
-
-def _sources(inputs: Sequence[tuple[Adapter, float]], target: str) -> list[tuple[int, LoraPair, float]]:
-    return [(i, a.targets[target], w) for i, (a, w) in enumerate(inputs) if target in a.targets and w != 0]
-
-
-def install(
-    model: nn.Module,
-    inputs: Sequence[tuple[Adapter, float]],
-    groups: dict[str, int],
-    *,
-    per_component: bool = False,
-    n_groups: int | None = None,
-) -> list[_Mixture]:
-    """Replace every target layer of ``model`` with a :class:`_Mixture` over ``inputs``; each
-    target's columns point at ``α[adapter, groups[target]]`` (``α`` flattened, ``n_groups``
-    columns: by default one past the largest index), or with ``per_component`` column ``j`` at
-    ``α[adapter, groups[target] + j]``."""
-    from adaptkit.nn.baking import resolve_targets
-
-    targets = sorted({t for a, _ in inputs for t in a.targets})
-    union = Adapter(targets={t: next(a.targets[t] for a, _ in inputs if t in a.targets) for t in targets})
-    resolve_targets(model, union)  # every target exists with the right shape
-    if n_groups is None:
-        n_groups = max(groups.values()) + 1 if groups else 1
-    layers = []
-    for target in targets:
-        parts = _sources(inputs, target)
-        if not parts:
-            continue
-        A = torch.cat([p.A.float() for _, p, _ in parts])
-        B = torch.cat([p.B.float() * (p.scale * w) for _, p, w in parts], dim=1)
-        step = torch.arange if per_component else (lambda r: torch.zeros(r, dtype=torch.long))
-        owner = torch.cat([i * n_groups + groups[target] + step(p.rank) for i, p, _ in parts])
-        parent_name, _, child = target.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        base = getattr(parent, child)
-        if isinstance(base, _Mixture):
-            base = base.base
-        device = next(base.parameters()).device
-        layer = _Mixture(base, A.to(device), B.to(device), owner.to(device))
-        setattr(parent, child, layer)
-        layers.append(layer)
-    return layers
-
-
-def uninstall(model: nn.Module) -> None:
-    for name, module in list(model.named_modules()):
-        if isinstance(module, _Mixture):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, module.base)
-
-
 def _set_loss(model: nn.Module, records: list[list[int]], pad_id: int, device: Any) -> torch.Tensor:
-    from adaptkit.training.loop import collate, target_tokens, token_loss_sum
+    from adaptkit.training import collate, target_tokens, token_loss_sum
 
     ids, mask = collate(records, pad_id)
     return token_loss_sum(model, ids.to(device), mask.to(device)) / max(target_tokens(records), 1)
 
 
 def held_out_losses(model: nn.Module, sets: list[TuneSet], pad_id: int, batch_size: int, device: Any) -> dict:
-    from adaptkit.training.loop import evaluate_loss
+    from adaptkit.training import evaluate_loss
 
     return {s.name: evaluate_loss(model, s.held_out, pad_id, batch_size, device) for s in sets}
 
 
 def tune_weights(
     model: nn.Module,
-    inputs: Sequence[tuple[Adapter, float, str]],
+    inputs: Sequence[WeightedAdapter],
     sets: list[TuneSet],
     settings: TuneSettings,
     *,
@@ -251,7 +181,7 @@ def tune_weights(
 
     Args:
         model: The base model (frozen; left without the mixture layers afterwards).
-        inputs: ``(adapter, static weight, name)`` per input.
+        inputs: The adapters, each with its static weight ``wᵢ`` and name.
         sets: Evaluation sets from :func:`split_set`.
     """
     settings.check()
@@ -259,18 +189,14 @@ def tune_weights(
         raise AdaptkitError("--tune needs at least one evaluation set")
     started = time.perf_counter()
     device = next(model.parameters()).device
-    pairs = [(a, w) for a, w, _ in inputs]
-    targets = sorted({t for a, _ in pairs for t in a.targets})
-    groups = _groups(pairs, targets, settings.granularity)
+    targets = sorted({t for item in inputs for t in item.adapter.targets})
+    groups = _groups(inputs, targets, settings.granularity)
     index = {g: i for i, g in enumerate(groups)}
     first = {t: index[group_of(t, settings.granularity)] for t in targets}
     per_component = settings.granularity == "component"
-    layers = install(model, pairs, first, per_component=per_component, n_groups=len(groups))
-    for p in model.parameters():
-        p.requires_grad_(False)
+    # α is the mixture layers' table: input i's weight for group g is α[i, g].
     alpha = torch.ones(len(inputs), len(groups), dtype=torch.float32, device=device)
-    for layer in layers:
-        layer.alpha = alpha
+    lora.attach_mixture(model, inputs, alpha, first, per_component=per_component)  # freezes the rest
     g = torch.Generator().manual_seed(settings.seed)
     trace: list[float] = []
     was_training = model.training
@@ -329,32 +255,36 @@ def tune_weights(
     finally:
         if bar is not None:
             bar.close()
-        uninstall(model)
+        lora.detach(model)
         model.train(was_training)
     values = alpha.detach().cpu()
     return TuneResult(
         groups=groups,
-        names=[n for _, _, n in inputs],
+        names=[item.name for item in inputs],
         weights={grp: [float(values[i, j]) for i in range(len(inputs))] for j, grp in enumerate(groups)},
         seconds=time.perf_counter() - started,
         trace=trace,
     )
 
 
-def _groups(pairs: Sequence[tuple[Adapter, float]], targets: list[str], granularity: str) -> list[str]:
+def _groups(inputs: Sequence[WeightedAdapter], targets: list[str], granularity: str) -> list[str]:
     """The group labels, in order; per component, each target's ``#0 … #r-1`` (r: its largest
-    rank among the inputs) lie next to each other, as :func:`install` expects."""
+    rank among the inputs) lie next to each other, as :func:`adaptkit.nn.attach_mixture` expects
+    with ``per_component``."""
     if granularity != "component":
         return sorted({group_of(t, granularity) for t in targets}, key=_natural)
-    ranks = {t: max(a.targets[t].rank for a, _ in pairs if t in a.targets) for t in targets}
+    adapters = [item.adapter for item in inputs]
+    ranks = {t: max(a.targets[t].rank for a in adapters if t in a.targets) for t in targets}
     return [group_of(t, granularity, j) for t in sorted(targets, key=_natural) for j in range(ranks[t])]
 
 
-def fold(inputs: Sequence[tuple[Adapter, float, str]], result: TuneResult, granularity: str) -> list[Adapter]:
+def fold(inputs: Sequence[WeightedAdapter], result: TuneResult, granularity: str) -> list[WeightedAdapter]:
     """Each input with ``αᵢ,g(t)`` folded into its ``B`` factors, target by target (exact):
-    the pair's scale times ``α``, or per component ``B``'s ``j``-th column times ``αᵢ,t,j``."""
+    the pair's scale times ``α``, or per component ``B``'s ``j``-th column times ``αᵢ,t,j``.
+    Weight, name and source stay the input's, so the folded inputs combine as the inputs would."""
     out = []
-    for i, (adapter, _, _) in enumerate(inputs):
+    for i, item in enumerate(inputs):
+        adapter = item.adapter
         targets = {}
         for target, pair in adapter.targets.items():
             if granularity == "component":
@@ -364,15 +294,14 @@ def fold(inputs: Sequence[tuple[Adapter, float, str]], result: TuneResult, granu
                 continue
             a = result.weights[group_of(target, granularity)][i]
             targets[target] = LoraPair.with_scale(pair.A, pair.B, pair.scale * a)
-        out.append(
-            Adapter(
-                targets=targets,
-                base_model=adapter.base_model,
-                producer=adapter.producer,
-                provenance=adapter.provenance,
-                saved=adapter.saved,
-            )
+        folded = Adapter(
+            targets=targets,
+            base_model=adapter.base_model,
+            producer=adapter.producer,
+            provenance=adapter.provenance,
+            saved=adapter.saved,
         )
+        out.append(dataclasses.replace(item, adapter=folded))
     return out
 
 
@@ -401,7 +330,7 @@ def _load_sets(
     from pathlib import Path
 
     from adaptkit.combine import file_sha256
-    from adaptkit.training.data import load_records
+    from adaptkit.training import load_records
 
     sets, seen = [], set()
     for raw in paths:
@@ -440,7 +369,7 @@ def _refuse_over_context(path: Any, records: list[list[int]], context: int) -> N
     if over is None:
         return
     from adaptkit.io.fileio import read_regular_file
-    from adaptkit.training.data import MAX_DATA_BYTES
+    from adaptkit.training import MAX_DATA_BYTES
 
     # The loader keeps one record per non-blank line, in order (it refuses anything else).
     text = read_regular_file(path, max_bytes=MAX_DATA_BYTES, what="evaluation set").decode("utf-8")
@@ -468,7 +397,8 @@ def load_base(model: Any, *, quantize: bool, targets: list[str], registry: Any, 
     folder = model if isinstance(model, Path) else resolve_model(model)
     if not quantize:
         return load_causal_lm(folder, dtype="fp32")
-    from adaptkit.training.settings import LoraSettings, TrainConfig
+    from adaptkit.nn.settings import LoraSettings
+    from adaptkit.training import TrainConfig
 
     backend = registry.get("backend", "qlora")
     cfg = TrainConfig(backend="qlora", lora=LoraSettings(targets=targets), options={"quantize": "all-linear"})
@@ -485,16 +415,15 @@ def load_base(model: Any, *, quantize: bool, targets: list[str], registry: Any, 
 def evaluate_adapter(
     model: nn.Module, adapter: Adapter, sets: list[TuneSet], pad_id: int
 ) -> dict[str, float]:
-    """Held-out loss of every set with ``adapter`` applied (unmerged) to ``model``."""
+    """Held-out loss of every set with ``adapter`` applied (unbaked) to ``model``: a mixture of
+    the one adapter at weight 1, the same layer tuning measures with."""
     device = next(model.parameters()).device
-    layers = install(model, [(adapter, 1.0)], dict.fromkeys(adapter.targets, 0))
     one = torch.ones(1, 1, device=device)
-    for layer in layers:
-        layer.alpha = one
+    lora.attach_mixture(model, [WeightedAdapter(adapter, 1.0)], one, dict.fromkeys(adapter.targets, 0))
     try:
         return held_out_losses(model, sets, pad_id, 16, device)
     finally:
-        uninstall(model)
+        lora.detach(model)
 
 
 def heat_map(result: TuneResult, path: Any, *, replace: bool = False) -> None:

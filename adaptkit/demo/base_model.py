@@ -55,7 +55,7 @@ def build(log: Any = print, progress: bool = True) -> Path:
     from adaptkit.demo.skills import pretraining_examples, training_records
     from adaptkit.demo.tiny import byte_tokenizer
     from adaptkit.io.atomic import atomic_directory
-    from adaptkit.training.loop import collate, token_loss_sum
+    from adaptkit.training import collate, token_loss_sum
 
     log(f"pre-training the built-in base model once (cached in {folder}) ...")
     tokenizer = byte_tokenizer()

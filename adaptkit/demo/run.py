@@ -69,7 +69,8 @@ def _yaml(path: Path, text: str) -> None:
 def train_config(out: Path, key: str, base: Path, settings: DemoSettings) -> Any:
     """How the demo trains skill ``key`` into its workspace ``out``. ``force``: the workspace was
     checked as a whole by :func:`run_demo`, and a rerun replaces its own adapters."""
-    from adaptkit.training.settings import LoraSettings, TrainConfig
+    from adaptkit.nn.settings import LoraSettings
+    from adaptkit.training.settings import TrainConfig
 
     return TrainConfig(
         backend="lora",

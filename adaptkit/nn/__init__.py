@@ -11,8 +11,13 @@
     lora.load(base, adaptkit.load_spec("adapter.safetensors"))     # inference, unbaked
     lora.bake_adapter(base, adapter)                               # W ← W + ΔW, no layers
 
-Modules: :mod:`~adaptkit.nn.layers` (``LoraLinear``), :mod:`~adaptkit.nn.inject` (target
-selection, attach/extract/load), :mod:`~adaptkit.nn.baking` (``W + c·ΔW`` into plain modules),
+    mix = torch.ones(2, 1, requires_grad=True)                     # learnable mixing weights
+    lora.attach_mixture(base, [WeightedAdapter(a), WeightedAdapter(b)], mix, dict.fromkeys(targets, 0))
+
+Modules: :mod:`~adaptkit.nn.settings` (``LoraSettings``), :mod:`~adaptkit.nn.layers`
+(``LoraLayer``, ``LoraLinear``), :mod:`~adaptkit.nn.mixture` (``LoraMixture``: frozen adapters
+under learnable weights), :mod:`~adaptkit.nn.inject` (target selection,
+attach/extract/load/detach), :mod:`~adaptkit.nn.baking` (``W + c·ΔW`` into plain modules),
 :mod:`~adaptkit.nn.layout` (Linear vs Conv1D, module replacement). Imported lazily: torch loads
 on first use.
 """
@@ -23,8 +28,9 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "LoraLinear": "adaptkit.nn.layers",
-    "LoraSettings": "adaptkit.training.settings",
+    **{name: "adaptkit.nn.layers" for name in ("LoraLayer", "LoraLinear")},
+    **{name: "adaptkit.nn.mixture" for name in ("LoraMixture", "attach_mixture")},
+    "LoraSettings": "adaptkit.nn.settings",
     **{
         name: "adaptkit.nn.inject"
         for name in (
@@ -34,11 +40,9 @@ _LAZY = {
             "extract",
             "load",
             "lora_layers",
-            "merge",  # = bake, the name before the naming rule
             "select_targets",
             "trainable_parameters",
             "unbake",
-            "unmerge",  # = unbake
         )
     },
     **{name: "adaptkit.nn.baking" for name in ("bake_adapter", "resolve_targets")},

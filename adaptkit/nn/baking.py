@@ -137,14 +137,14 @@ def bake_adapter(model: torch.nn.Module, adapter: Adapter, *, weight: float = 1.
 
     An adapter's saved modules (PEFT ``modules_to_save``) first replace the base parameters
     they name, as PEFT's merge does; they cannot be weighted or undone, so ``weight`` must be 1
-    for such an adapter. Nothing is modified unless every target resolves and every merged
+    for such an adapter. Nothing is modified unless every target resolves and every baked
     weight is finite in the model's dtype.
     """
     import torch
 
     if adapter.saved and weight != 1.0:
         raise AdaptkitError(
-            "the adapter saves modules in full; they replace the base's and cannot be merged "
+            "the adapter saves modules in full; they replace the base's and cannot be baked "
             f"at weight {weight:g}"
         )
     saved = resolve_saved(model, adapter)

@@ -1,4 +1,4 @@
-"""Attach LoRA layers to any ``nn.Module``; bake (merge), unbake, extract, load or detach them.
+"""Attach LoRA layers to any ``nn.Module``; bake, unbake, extract, load or detach them.
 
 Target selection (``targets``):
 
@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from adaptkit.errors import AdaptkitError
-from adaptkit.nn.layers import LoraLinear
+from adaptkit.nn.layers import LoraLayer, LoraLinear
 from adaptkit.nn.layout import is_adaptable, replace_module
-from adaptkit.training.settings import LoraSettings
+from adaptkit.nn.settings import LoraSettings
 
 if TYPE_CHECKING:
     from adaptkit.adapter import Adapter
@@ -59,7 +59,7 @@ def select_targets(model: nn.Module, targets: Sequence[str] | str, exclude: Sequ
         AdaptkitError: nothing matched (listing some linear layers), or a non-linear match.
     """
     modules = dict(model.named_modules())
-    linear = [n for n, m in modules.items() if n and is_linear_like(m) and not isinstance(m, LoraLinear)]
+    linear = [n for n, m in modules.items() if n and is_linear_like(m) and not isinstance(m, LoraLayer)]
     if isinstance(targets, str) and targets == "all-linear":
         heads = output_head_names(model)
         chosen = [n for n in linear if n not in heads]
@@ -90,9 +90,16 @@ def select_targets(model: nn.Module, targets: Sequence[str] | str, exclude: Sequ
     return chosen
 
 
-def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
-    """Every attached LoRA layer, by the path of the module it wraps."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
+def lora_layers(model: nn.Module, kind: type[LoraLayer] = LoraLinear) -> dict[str, Any]:
+    """Every attached layer of ``kind`` by the path of the module it wraps: the trainable
+    :class:`LoraLinear` layers by default, every kind (mixtures too) with ``LoraLayer``."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, kind)}
+
+
+def refuse_attached(model: nn.Module) -> None:
+    """One set of LoRA layers at a time: a second would wrap the first."""
+    if lora_layers(model, LoraLayer):
+        raise AdaptkitError("the model already has LoRA layers; detach them first")
 
 
 def attach(model: nn.Module, settings: LoraSettings | None = None) -> list[str]:
@@ -102,8 +109,7 @@ def attach(model: nn.Module, settings: LoraSettings | None = None) -> list[str]:
         The wrapped module paths.
     """
     s = settings or LoraSettings()
-    if lora_layers(model):
-        raise AdaptkitError("the model already has LoRA layers; detach them first")
+    refuse_attached(model)
     if s.dtype not in _DTYPES:
         raise AdaptkitError(f"unknown dtype {s.dtype!r}; valid: {', '.join(_DTYPES)}", key="dtype")
     names = select_targets(model, s.targets, s.exclude)
@@ -132,32 +138,31 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def bake(model: nn.Module) -> None:
-    """Fold every LoRA update into its base weight (refuses if any layer is merged)."""
-    layers = lora_layers(model)
-    merged = [n for n, m in layers.items() if m.merged]
-    if merged:
-        raise AdaptkitError(f"already merged ({merged[0]}); call unbake() first")
+    """Fold every LoRA update into its base weight, ``W ← W + ΔW`` (refuses if any layer is
+    baked already)."""
+    layers = lora_layers(model, LoraLayer)
+    baked = [n for n, m in layers.items() if m.baked]
+    if baked:
+        raise AdaptkitError(f"already baked ({baked[0]}); call unbake() first")
     for layer in layers.values():
-        layer.merge()
+        layer.bake()
 
 
 def unbake(model: nn.Module) -> None:
-    for layer in lora_layers(model).values():
-        if layer.merged:
-            layer.unmerge()
+    """Undo :func:`bake` on every baked layer, restoring ``W`` exactly."""
+    for layer in lora_layers(model, LoraLayer).values():
+        if layer.baked:
+            layer.unbake()
 
 
-#: The names these had before the naming rule (bake = W + ΔW); kept for existing callers.
-merge, unmerge = bake, unbake
-
-
-def detach(model: nn.Module, *, merge_first: bool = False) -> None:
-    """Put the base layers back (after merging the updates into them if ``merge_first``)."""
-    for name, layer in lora_layers(model).items():
-        if merge_first and not layer.merged:
-            layer.merge()
-        elif not merge_first and layer.merged:
-            layer.unmerge()
+def detach(model: nn.Module, *, bake_first: bool = False) -> None:
+    """Put the base layers back, for every kind of LoRA layer (after baking the updates into
+    them if ``bake_first``)."""
+    for name, layer in lora_layers(model, LoraLayer).items():
+        if bake_first and not layer.baked:
+            layer.bake()
+        elif not bake_first and layer.baked:
+            layer.unbake()
         replace_module(model, name, layer.base)
 
 
@@ -190,8 +195,7 @@ def load(
     """
     from adaptkit.nn.baking import apply_saved_modules, resolve_saved, resolve_targets
 
-    if lora_layers(model):
-        raise AdaptkitError("the model already has LoRA layers; detach them first")
+    refuse_attached(model)
     found = resolve_targets(model, adapter)
     resolve_saved(model, adapter)  # every check before anything changes
     apply_saved_modules(model, adapter)

@@ -1,14 +1,23 @@
-"""``LoraLinear``: a frozen ``nn.Linear`` / HF ``Conv1D`` plus a trainable low-rank update.
+"""LoRA layers: a frozen ``nn.Linear`` / HF ``Conv1D`` plus a low-rank update.
 
-    y = base(x) + s · dropout(x) @ Aᵀ @ Bᵀ,       A: (r, in),  B: (out, r)
+:class:`LoraLayer` is what every kind shares,
 
-with ``s = alpha / r`` (or ``alpha / sqrt(r)`` for rsLoRA). ``B`` starts at zero so a freshly
-attached adapter leaves the model's output unchanged; ``A`` starts Kaiming-uniform
-(``a = sqrt(5)``, the ``nn.Linear`` default, as in the LoRA paper's reference code and PEFT),
-or Gaussian with std ``1/r`` (``init="gaussian"``).
+    y = base(x) + Δ(x),       Δ(x) = x · ΔWᵀ,       ΔW: (out, in) of rank ≤ r,
 
-``merge()`` adds ``ΔW = s·B@A`` into the base weight (transposed for ``Conv1D``) and skips the
-low-rank path; ``unmerge()`` subtracts it again. A merged layer refuses a second merge.
+and the bake: ``bake()`` adds ``ΔW`` into the base weight (transposed for ``Conv1D``, in float64
+so ``unbake()`` subtracts exactly what was added) and skips the low-rank path. A baked layer
+refuses a second bake. Two kinds say what ``ΔW`` is:
+
+* :class:`LoraLinear` (here), trainable factors::
+
+      Δ(x) = s · dropout(x) @ Aᵀ @ Bᵀ,       A: (r, in),  B: (out, r)
+
+  with ``s = alpha / r`` (or ``alpha / sqrt(r)`` for rsLoRA). ``B`` starts at zero so a freshly
+  attached adapter leaves the model's output unchanged; ``A`` starts Kaiming-uniform
+  (``a = sqrt(5)``, the ``nn.Linear`` default, as in the LoRA paper's reference code and PEFT),
+  or Gaussian with std ``1/r`` (``init="gaussian"``).
+* :class:`~adaptkit.nn.mixture.LoraMixture`, frozen factors of several adapters under learnable
+  mixing weights (``combine --tune``).
 """
 
 from __future__ import annotations
@@ -23,8 +32,85 @@ from adaptkit.errors import AdaptkitError
 from adaptkit.nn.layout import module_kind
 
 
-class LoraLinear(nn.Module):
-    """Wraps ``base`` (kept frozen) with LoRA factors.
+class LoraLayer(nn.Module):
+    """A frozen base layer plus a low-rank update; subclasses say what the update is.
+
+    Subclasses implement :meth:`update` (``Δ(x)``, in any float dtype; the forward casts it to
+    the base output's) and :meth:`delta_weight` (the same ``ΔW`` as a matrix), and the two must
+    agree: ``update(x) == x @ ΔWᵀ`` up to rounding. Bake, unbake and detach then work for every
+    kind alike.
+
+    Args:
+        base: The ``nn.Linear`` (or bitsandbytes ``Linear4bit``) or HF ``Conv1D`` to adapt;
+            its parameters are frozen.
+    """
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+        weight = base.weight
+        # nn.Linear and bitsandbytes' Linear4bit (a Linear subclass whose packed weight has no
+        # meaningful shape) say their sizes; HF Conv1D stores its weight in × out.
+        self.conv1d = module_kind(base) == "conv1d"
+        if self.conv1d:
+            self.in_features, self.out_features = weight.shape[0], weight.shape[1]
+        else:
+            self.in_features, self.out_features = base.in_features, base.out_features
+        self.quantized = type(weight).__name__ == "Params4bit"
+        self.baked = False
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        """``Δ(x) = x · ΔWᵀ`` on the low-rank path (never forming ``ΔW``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define its update")
+
+    def delta_weight(self) -> torch.Tensor:
+        """``ΔW`` in the base weight's layout (``out × in``; ``in × out`` for Conv1D), in float32
+        (float64 over a float64 base)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define its ΔW")
+
+    def _work_dtype(self) -> torch.dtype:
+        return torch.float64 if self.base.weight.dtype == torch.float64 else torch.float32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.baked:
+            return y
+        return y + self.update(x).to(y.dtype)
+
+    @torch.no_grad()
+    def bake(self) -> None:
+        """Fold ``ΔW`` into the base weight, ``W ← W + ΔW`` (exactly undone by :meth:`unbake`)."""
+        if self.baked:
+            raise AdaptkitError("LoRA layer is already baked; unbake it first")
+        if self.quantized:
+            raise AdaptkitError(
+                "refusing to bake into a 4-bit base layer: it would re-quantize and lose precision",
+                hint="export with `adaptkit export --merged` (original or --merge-base dequantized weights)",
+            )
+        from adaptkit.nn.baking import add_delta
+
+        W = self.base.weight
+        # float64 so that unbake() subtracts exactly what bake() added
+        W.copy_(add_delta(W, self.delta_weight().to(torch.float64)))
+        self.baked = True
+
+    @torch.no_grad()
+    def unbake(self) -> None:
+        """Subtract the ``ΔW`` :meth:`bake` added (the same float64 sum, so ``W`` is restored;
+        exactly only if ``ΔW`` did not change in between)."""
+        if not self.baked:
+            raise AdaptkitError("LoRA layer is not baked")
+        from adaptkit.nn.baking import add_delta
+
+        W = self.base.weight
+        W.copy_(add_delta(W, -self.delta_weight().to(torch.float64)))
+        self.baked = False
+
+
+class LoraLinear(LoraLayer):
+    """Wraps ``base`` (kept frozen) with trainable LoRA factors.
 
     Args:
         base: The ``nn.Linear`` or ``Conv1D`` layer to adapt.
@@ -47,29 +133,17 @@ class LoraLinear(nn.Module):
         dtype: torch.dtype = torch.float32,
         init: str = "kaiming",
     ) -> None:
-        super().__init__()
-        self.base = base
-        weight = base.weight
-        # nn.Linear and bitsandbytes' Linear4bit (a Linear subclass whose packed weight has no
-        # meaningful shape) say their sizes; HF Conv1D stores its weight in × out.
-        self.conv1d = module_kind(base) == "conv1d"
-        if self.conv1d:
-            self.in_features, self.out_features = weight.shape[0], weight.shape[1]
-        else:
-            self.in_features, self.out_features = base.in_features, base.out_features
-        self.quantized = type(weight).__name__ == "Params4bit"
         if rank < 1:
             raise AdaptkitError(f"rank must be >= 1, got {rank}", key="rank")
+        super().__init__(base)
         self.rank, self.alpha, self.rslora = int(rank), float(alpha), bool(rslora)
         self.scale = self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+        weight = base.weight
         device = weight.device if weight.device.type != "meta" else torch.device("cpu")
         self.lora_A = nn.Parameter(torch.empty(self.rank, self.in_features, device=device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=device, dtype=dtype))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.merged = False
         self.reset_parameters(init)
-        for p in self.base.parameters():
-            p.requires_grad_(False)
 
     def reset_parameters(self, init: str = "kaiming") -> None:
         with torch.no_grad():
@@ -82,51 +156,21 @@ class LoraLinear(nn.Module):
             self.lora_B.zero_()
 
     def delta_weight(self) -> torch.Tensor:
-        """``ΔW`` in the base weight's layout (``out × in``; ``in × out`` for Conv1D), float32."""
-        work = torch.float64 if self.base.weight.dtype == torch.float64 else torch.float32
+        """``ΔW = s·B@A`` in the base weight's layout (``out × in``; ``in × out`` for Conv1D)."""
+        work = self._work_dtype()
         delta = (self.lora_B.to(work) @ self.lora_A.to(work)) * self.scale
         return delta.T if self.conv1d else delta
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        if self.merged:
-            return y
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        """``s · dropout(x) @ Aᵀ @ Bᵀ``, computed in the factors' dtype."""
         h = self.dropout(x).to(self.lora_A.dtype)
-        update = (h @ self.lora_A.T) @ self.lora_B.T
-        return y + (update * self.scale).to(y.dtype)
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Fold ``ΔW`` into the base weight (exactly undone by :meth:`unmerge`)."""
-        if self.merged:
-            raise AdaptkitError("LoRA layer is already merged; unmerge it first")
-        if self.quantized:
-            raise AdaptkitError(
-                "refusing to merge into a 4-bit base layer: it would re-quantize and lose precision",
-                hint="export with `adaptkit export --merged` (original or --merge-base dequantized weights)",
-            )
-        from adaptkit.nn.baking import add_delta
-
-        W = self.base.weight
-        # float64 so that unmerge() subtracts exactly what merge() added
-        W.copy_(add_delta(W, self.delta_weight().to(torch.float64)))
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if not self.merged:
-            raise AdaptkitError("LoRA layer is not merged")
-        from adaptkit.nn.baking import add_delta
-
-        W = self.base.weight
-        W.copy_(add_delta(W, -self.delta_weight().to(torch.float64)))
-        self.merged = False
+        return ((h @ self.lora_A.T) @ self.lora_B.T) * self.scale
 
     def extra_repr(self) -> str:
         kind = "Conv1D" if self.conv1d else "Linear"
         return (
             f"{kind}({self.in_features}→{self.out_features}), rank={self.rank}, "
-            f"alpha={self.alpha:g}, scale={self.scale:g}, merged={self.merged}"
+            f"alpha={self.alpha:g}, scale={self.scale:g}, baked={self.baked}"
         )
 
     def export_pair(self) -> Any:

@@ -269,7 +269,7 @@ def target_layout(
         if dtype not in FLOAT_DTYPES:
             problems.append(
                 f"{target}: {name} is {dtype}, not a float weight; adding ΔW to it would round the "
-                "update away (merge into the unquantized model instead)"
+                "update away (bake into the unquantized model instead)"
             )
             continue
         if name in claimed:

@@ -85,7 +85,7 @@ class Backend(Plugin, Protocol):
         """Attach adapters to ``model`` in place, freeze every base parameter, and return
         exactly the trainable LoRA parameters (nothing else may require grad).
 
-        ``settings`` is a :class:`~adaptkit.training.settings.LoraSettings`, ``config`` the
+        ``settings`` is a :class:`~adaptkit.nn.settings.LoraSettings`, ``config`` the
         whole :class:`~adaptkit.training.settings.TrainConfig` (backend options in
         ``config.options``), ``log`` a ``str -> None`` callable for one-line notices. Bad
         options raise :class:`~adaptkit.errors.AdaptkitError` naming the option."""

@@ -42,7 +42,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from adaptkit.training.settings import LoraSettings, TrainConfig
+from adaptkit.nn.settings import LoraSettings
+from adaptkit.training.settings import TrainConfig
 
 #: Vocabulary of the kit's model: distinct from every layer width (16, 32, 64, 128).
 VOCAB = 80
@@ -308,7 +309,8 @@ def check_resume(backend: Any, tmp_path: Path, *, rtol: float = 1e-5) -> None:
 _DRIVER = """\
 import importlib, json, sys
 from adaptkit.training.loop import run_training
-from adaptkit.training.settings import LoraSettings, TrainConfig
+from adaptkit.nn.settings import LoraSettings
+from adaptkit.training.settings import TrainConfig
 
 module, _, qualname = sys.argv[1].partition(":")
 backend = importlib.import_module(module)

@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from adaptkit.adapter import Adapter
-from adaptkit.combine import AdapterInput, combine
+from adaptkit.adapter import Adapter, WeightedAdapter
+from adaptkit.combine import combine
 from adaptkit.errors import AdaptkitError
 from adaptkit.lora import LoraPair
 
@@ -80,7 +80,7 @@ def _run(
     params: Mapping[str, Any],
     **kwargs: Any,
 ) -> Adapter:
-    inputs = [AdapterInput(adapter=a, weight=w, name=n) for a, w, n in adapters]
+    inputs = [WeightedAdapter(adapter=a, weight=w, name=n) for a, w, n in adapters]
     return combine(inputs, strategy, params=params, **kwargs).adapter
 
 

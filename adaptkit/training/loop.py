@@ -1,4 +1,5 @@
-"""The training loop shared by every backend.
+"""The training loop shared by every backend (batches and their loss:
+:mod:`adaptkit.training.batches`).
 
 Loss: causal-LM cross-entropy summed over non-padding target tokens and divided by the
 number of target tokens in the whole optimizer step (all micro-batches, all processes). So a
@@ -15,7 +16,6 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from adaptkit.errors import AdaptkitError, OutputError
+from adaptkit.training.batches import collate, evaluate_loss, step_indices, target_tokens, token_loss_sum
 from adaptkit.training.settings import TrainConfig
 
 #: Most records the before/after evaluation uses by default (see :func:`eval_size`).
@@ -40,47 +41,6 @@ class TrainResult:
     memory: dict[str, Any] = field(default_factory=dict)
 
 
-def step_indices(n_records: int, per_step: int, steps: int, seed: int) -> StepOrder:
-    """Record indices for every optimizer step: shuffled epochs, concatenated (computed a step at
-    a time, so a long run costs no memory up front)."""
-    return StepOrder(n_records, per_step, steps, seed)
-
-
-class StepOrder(Sequence):
-    """``order[step]``: the record indices of one optimizer step. The data order is the
-    concatenation of one random permutation per epoch, each a pure function of
-    ``(seed, epoch)``, so any step's records are known without the steps before it."""
-
-    def __init__(self, n_records: int, per_step: int, steps: int, seed: int) -> None:
-        self.n_records, self.per_step, self.steps, self.seed = n_records, per_step, steps, seed
-        self._epoch_cache: dict[int, list[int]] = {}
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def _epoch(self, epoch: int) -> list[int]:
-        if epoch not in self._epoch_cache:
-            if len(self._epoch_cache) > 2:  # a step spans at most a few epochs
-                self._epoch_cache.clear()
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch_cache[epoch] = torch.randperm(self.n_records, generator=g).tolist()
-        return self._epoch_cache[epoch]
-
-    def __getitem__(self, step: Any) -> Any:
-        if isinstance(step, slice):
-            return [self[i] for i in range(*step.indices(self.steps))]
-        if not -self.steps <= step < self.steps:
-            raise IndexError(step)
-        position = (step % self.steps) * self.per_step
-        out: list[int] = []
-        while len(out) < self.per_step:
-            epoch, offset = divmod(position, self.n_records)
-            take = self._epoch(epoch)[offset : offset + self.per_step - len(out)]
-            out += take
-            position += len(take)
-        return out
-
-
 def learning_rate(cfg: TrainConfig, step: int, steps: int) -> float:
     """Linear warm-up over ``warmup_steps``, then ``lr_schedule`` (constant/linear/cosine)."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
@@ -96,76 +56,12 @@ def learning_rate(cfg: TrainConfig, step: int, steps: int) -> float:
     return cfg.lr
 
 
-def collate(records: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``(input_ids, attention_mask)``; the mask is 2 at positions whose token is
-    a loss target (from each record's ``loss_from``, see :class:`Sample`), 1 at other real
-    tokens, 0 at padding. Models only see ``mask > 0``."""
-    width = max(len(r) for r in records)
-    ids = torch.full((len(records), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(records), width), dtype=torch.long)
-    for i, r in enumerate(records):
-        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
-        mask[i, : len(r)] = 1
-        mask[i, max(1, getattr(r, "loss_from", 1)) : len(r)] = 2
-    return ids, mask
-
-
-def target_tokens(records: list[list[int]]) -> int:
-    return sum(len(r) - max(1, getattr(r, "loss_from", 1)) for r in records)
-
-
-def token_loss_sum(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Summed next-token cross-entropy over target positions (``mask == 2``, see
-    :func:`collate`)."""
-    logits = model(input_ids=ids, attention_mask=(mask > 0).long()).logits[:, :-1].float()
-    targets = ids[:, 1:]
-    valid = mask[:, 1:] == 2
-    losses = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
-    )
-    return (losses * valid.reshape(-1)).sum()
-
-
 def peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def evaluate_loss(
-    model: Any,
-    records: list[list[int]],
-    pad_id: int,
-    batch_size: int,
-    device: torch.device,
-    *,
-    progress: str | None = None,
-) -> float:
-    """Mean token loss of ``model`` over ``records`` (no grad).
-
-    Args:
-        progress: A label for a progress bar on stderr (none when ``None``).
-    """
-    total, count = 0.0, 0
-    was_training = model.training
-    model.eval()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(records), desc=progress, unit="record", leave=False, dynamic_ncols=True)
-    with torch.no_grad(), bar if bar is not None else contextlib.nullcontext():
-        for i in range(0, len(records), batch_size):
-            chunk = records[i : i + batch_size]
-            ids, mask = collate(chunk, pad_id)
-            total += float(token_loss_sum(model, ids.to(device), mask.to(device)))
-            count += target_tokens(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-    model.train(was_training)
-    return total / max(count, 1)
 
 
 def eval_size(requested: int | None, n_records: int, trained_records: int) -> int:

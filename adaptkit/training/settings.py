@@ -1,5 +1,6 @@
-"""Settings for attaching adapters and for training runs, and the checks they pass before any
-file is read (:func:`check_config`)."""
+"""Settings for training runs, and the checks they and the LoRA settings
+(:class:`adaptkit.nn.settings.LoraSettings`, imported here for the trainer's users) pass before
+any file is read (:func:`check_config`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adaptkit.errors import AdaptkitError
+from adaptkit.nn.settings import LoraSettings
 
 #: An Adam step moves each value by about the learning rate: above 1, a LoRA factor is
 #: rewritten every step, which is never a meaningful run (and 1e308 overflows to nan).
@@ -20,33 +22,6 @@ MAX_BATCH = 1 << 16
 MAX_SEQ_LEN = 1 << 20
 MAX_RANK = 1 << 15
 MAX_SEED = (1 << 32) - 1
-
-
-@dataclass
-class LoraSettings:
-    """How to attach LoRA (used by every backend).
-
-    Attributes:
-        targets: Module names (suffix rule, as PEFT), ``"re:<regex>"``, or ``"all-linear"``
-            (every ``nn.Linear``/``Conv1D`` except the output head).
-        rank: ``r``.
-        alpha: LoRA alpha (scale ``alpha/r``; ``alpha/sqrt(r)`` with ``rslora``).
-        dropout: Dropout on the LoRA path while training.
-        rslora: Use rsLoRA scaling.
-        dtype: LoRA parameter dtype: ``fp32``, ``bf16`` or ``fp16``.
-        init: ``A`` initialisation, ``kaiming`` (nn.Linear's default) or ``gaussian``
-            (std ``1/r``); ``B`` always starts at zero.
-        exclude: Module names (suffix rule) never targeted, besides the output head.
-    """
-
-    targets: Sequence[str] | str = "all-linear"
-    rank: int = 8
-    alpha: float = 8.0
-    dropout: float = 0.0
-    rslora: bool = False
-    dtype: str = "fp32"
-    init: str = "kaiming"
-    exclude: Sequence[str] = field(default_factory=tuple)
 
 
 @dataclass

@@ -102,7 +102,8 @@ _PEAK = """
 import gc, json, resource, sys, psutil, torch
 from adaptkit.io.models import load_causal_lm
 from adaptkit.training.loop import _load_base
-from adaptkit.training.settings import LoraSettings, TrainConfig
+from adaptkit.nn.settings import LoraSettings
+from adaptkit.training.settings import TrainConfig
 from adaptkit_qlora import QloraBackend
 
 def load(folder, staging):
@@ -201,7 +202,8 @@ def test_streamed_4bit_load_equals_transformers_quantizing_loader(bf16_dir):
     """adaptkit's tensor-by-tensor loader packs exactly what BitsAndBytesConfig packs."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from adaptkit.training.settings import LoraSettings, TrainConfig
+    from adaptkit.nn.settings import LoraSettings
+    from adaptkit.training.settings import TrainConfig
     from adaptkit_qlora import QloraBackend
 
     cfg = TrainConfig(backend="qlora", lora=LoraSettings(targets="all-linear"))

@@ -1,4 +1,4 @@
-"""LoRA layers: targeting, frozen base, merge/unmerge round trip, extract/load, PEFT parity."""
+"""LoRA layers: targeting, frozen base, bake/unbake round trip, extract/load, PEFT parity."""
 
 import pytest
 import torch
@@ -53,7 +53,7 @@ def test_attach_freezes_base_and_starts_as_identity():
 
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2-conv1d"])
-def test_merge_unmerge_round_trip(make):
+def test_bake_unbake_round_trip(make):
     model = make()
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
     ids = tokens()
@@ -61,27 +61,27 @@ def test_merge_unmerge_round_trip(make):
     lora.attach(model, lora.LoraSettings(rank=4, alpha=16, rslora=True))
     randomise_b(model)
     with torch.no_grad():
-        unmerged = model(ids).logits
-        lora.merge(model)
-        merged = model(ids).logits
-    torch.testing.assert_close(merged, unmerged, atol=1e-4, rtol=1e-4)
-    assert float((merged - base_logits).abs().max()) > 1e-2, "the adapter must change the output"
-    with pytest.raises(AdaptkitError, match="already merged"):
-        lora.merge(model)
-    lora.unmerge(model)
+        unbaked = model(ids).logits
+        lora.bake(model)
+        baked = model(ids).logits
+    torch.testing.assert_close(baked, unbaked, atol=1e-4, rtol=1e-4)
+    assert float((baked - base_logits).abs().max()) > 1e-2, "the adapter must change the output"
+    with pytest.raises(AdaptkitError, match="already baked"):
+        lora.bake(model)
+    lora.unbake(model)
     lora.detach(model)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, base_state[key], atol=1e-6, rtol=0)
 
 
-def test_detach_with_merge_bakes_the_update():
+def test_detach_with_bake_first_bakes_the_update():
     model = tiny_llama()
     ids = tokens()
     lora.attach(model, lora.LoraSettings(targets=["q_proj", "o_proj"], rank=2, alpha=2))
     randomise_b(model)
     with torch.no_grad():
         want = model(ids).logits
-    lora.detach(model, merge_first=True)
+    lora.detach(model, bake_first=True)
     assert not lora.lora_layers(model)
     torch.testing.assert_close(model(ids).logits, want, atol=1e-4, rtol=1e-4)
 
@@ -108,14 +108,15 @@ def test_extract_save_load_gives_the_same_logits(tmp_path):
 
 
 def test_loaded_explicit_scale_adapter_matches_merge():
-    from adaptkit.combine import AdapterInput, combine
+    from adaptkit import WeightedAdapter
+    from adaptkit.combine import combine
     from adaptkit.nn.baking import bake_adapter
 
     model = tiny_llama()
     lora.attach(model, lora.LoraSettings(targets=["q_proj"], rank=2, alpha=3))
     randomise_b(model)
     a = lora.extract(model)
-    combined = combine([AdapterInput(a, -0.7, "a")], "cat").adapter  # explicit scale folded in
+    combined = combine([WeightedAdapter(a, -0.7, "a")], "cat").adapter  # explicit scale folded in
     ids = tokens()
     fresh, merged = tiny_llama(), tiny_llama()
     lora.load(fresh, combined)

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from adaptkit import load_adapter
+from adaptkit.nn.settings import LoraSettings
 from adaptkit.testing import counting_records
-from adaptkit.training.loop import evaluate_loss, run_training
-from adaptkit.training.settings import LoraSettings, TrainConfig
+from adaptkit.training import evaluate_loss
+from adaptkit.training.loop import run_training
+from adaptkit.training.settings import TrainConfig
 from tests.models import tiny_llama
 
 # Counting sequences (next token = this token + 1, modulo 40) from random starts.
@@ -307,8 +309,8 @@ def test_torchrun_two_processes_equal_one_process(model_dir, tmp_path):
 
 def test_prompt_completion_records_mask_the_prompt(model_dir, tmp_path):
     from adaptkit.demo.tiny import byte_tokenizer
+    from adaptkit.training import collate, target_tokens
     from adaptkit.training.data import load_records
-    from adaptkit.training.loop import collate, target_tokens
 
     data = _write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "abc=", "completion": "ABC"}])
     (rec,) = load_records(data, byte_tokenizer(), seq_len=32, vocab_size=259)

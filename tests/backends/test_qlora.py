@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from adaptkit.errors import AdaptkitError, MissingDependencyError
-from adaptkit.training.loop import evaluate_loss, run_training
-from adaptkit.training.settings import LoraSettings, TrainConfig
+from adaptkit.nn.settings import LoraSettings
+from adaptkit.training import evaluate_loss
+from adaptkit.training.loop import run_training
+from adaptkit.training.settings import TrainConfig
 from tests.backends.test_lora_training import pattern_records
 from tests.models import tiny_llama
 
@@ -64,7 +66,7 @@ def test_qlora_learns_and_keeps_the_base_4bit(tmp_path):
     first = json.loads(metrics.read_text().splitlines()[0])
     assert first["memory_report"]["quantized_layers"] == 14
     with pytest.raises(AdaptkitError, match="re-quantize"):
-        lora.merge(model)
+        lora.bake(model)
 
 
 def test_bits_per_param_matches_nf4_double_quant():

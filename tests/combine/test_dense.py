@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import adaptkit.combine.dense as dense
+from adaptkit import WeightedAdapter
 from adaptkit.adapter import Adapter
-from adaptkit.combine import AdapterInput, combine
+from adaptkit.combine import combine
 from adaptkit.lora import LoraPair
 from adaptkit.rank import RankRequest
 
@@ -29,7 +30,7 @@ FULL = min(40, 24)  # rank at which re-factorisation is exact
 
 def run(strategy, params, weights=WEIGHTS, pairs=PAIRS, **kw):
     ins = [
-        AdapterInput(Adapter({T: p}), w, f"in{i}")
+        WeightedAdapter(Adapter({T: p}), w, f"in{i}")
         for i, (p, w) in enumerate(zip(pairs, weights, strict=True))
     ]
     res = combine(ins, strategy, params=params, rank=kw.pop("rank", FULL), **kw)
@@ -131,7 +132,7 @@ def test_dare_is_seeded_and_order_independent():
     c, _ = run("dare_ties", {"density": 0.5}, seed=2)
     assert torch.equal(a, b) and rel(a, c) > 0.01
     ins = [
-        AdapterInput(Adapter({T: p}), w, f"in{i}")
+        WeightedAdapter(Adapter({T: p}), w, f"in{i}")
         for i, (p, w) in enumerate(zip(PAIRS, WEIGHTS, strict=True))
     ]
     fwd = combine(ins, "dare_ties", seed=1, rank=FULL).adapter.targets[T].delta(torch.float64)

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from adaptkit import WeightedAdapter
 from adaptkit.adapter import Adapter
-from adaptkit.combine import AdapterInput, combine
+from adaptkit.combine import combine
 from adaptkit.errors import AdaptkitError, InvalidAdapterError
 from adaptkit.lora import LoraPair
 from adaptkit.rank import RankRequest
@@ -41,7 +42,7 @@ def reference(pairs, weights):
 
 def run(pairs, weights, strategy, **kw):
     ins = [
-        AdapterInput(Adapter({T: p}), w, f"in{i}")
+        WeightedAdapter(Adapter({T: p}), w, f"in{i}")
         for i, (p, w) in enumerate(zip(pairs, weights, strict=True))
     ]
     res = combine(ins, strategy, **kw)
@@ -147,11 +148,11 @@ def test_slerp_parallel_falls_back_to_lerp():
 def test_missing_target_counts_as_zero_and_intersect_drops_it():
     a = Adapter({"x": pair(0, 2, 2.0), "y": pair(1, 2, 2.0)})
     b = Adapter({"x": pair(2, 3, 3.0)})
-    res = combine([AdapterInput(a, 1.0, "a"), AdapterInput(b, 2.0, "b")], "linear")
+    res = combine([WeightedAdapter(a, 1.0, "a"), WeightedAdapter(b, 2.0, "b")], "linear")
     assert set(res.adapter.targets) == {"x", "y"}
     ref_y = a.targets["y"].delta(torch.float64)
     assert rel(res.adapter.targets["y"].delta(torch.float64), ref_y) < 1e-6
-    res = combine([AdapterInput(a, 1.0, "a"), AdapterInput(b, 2.0, "b")], "linear", intersect=True)
+    res = combine([WeightedAdapter(a, 1.0, "a"), WeightedAdapter(b, 2.0, "b")], "linear", intersect=True)
     assert set(res.adapter.targets) == {"x"}
 
 
@@ -159,7 +160,7 @@ def test_shape_clash_is_an_error_naming_the_target():
     a = Adapter({"x": pair(0, 2, 2.0)})
     b = Adapter({"x": pair(1, 2, 2.0, out_f=10)})
     with pytest.raises(InvalidAdapterError, match=r"x: shape clash: 'b' has 10×32 but 'a' has 48×32"):
-        combine([AdapterInput(a, 1.0, "a"), AdapterInput(b, 1.0, "b")], "linear")
+        combine([WeightedAdapter(a, 1.0, "a"), WeightedAdapter(b, 1.0, "b")], "linear")
 
 
 @pytest.mark.parametrize(
@@ -169,13 +170,13 @@ def test_shape_clash_is_an_error_naming_the_target():
 def test_bad_weights(weights, message):
     a = Adapter({"x": pair(0, 2, 2.0)})
     with pytest.raises(AdaptkitError, match=message):
-        combine([AdapterInput(a, w, f"a{i}") for i, w in enumerate(weights)], "linear")
+        combine([WeightedAdapter(a, w, f"a{i}") for i, w in enumerate(weights)], "linear")
 
 
 def test_provenance_records_the_run():
     pairs, weights = inputs_mixed()
     ins = [
-        AdapterInput(Adapter({T: p}), w, f"in{i}")
+        WeightedAdapter(Adapter({T: p}), w, f"in{i}")
         for i, (p, w) in enumerate(zip(pairs, weights, strict=True))
     ]
     res = combine(ins, "ties", params={"density": 0.3}, rank=4, seed=9)

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from adaptkit import load_adapter, save_adapter
-from adaptkit.combine import AdapterInput, combine
+from adaptkit import WeightedAdapter, load_adapter, save_adapter
+from adaptkit.combine import combine
 from adaptkit.combine.tune import TuneResult, TuneSettings, fold, group_of, split_set, tune_weights
 from tests.models import tiny_llama
 
@@ -35,28 +35,31 @@ def _sets(seed=0):
 
 def _inputs():
     return [
-        (_random_adapter(1), 1.0, "a"),
-        (_random_adapter(2, targets=("q_proj", "o_proj"), rank=2), 0.5, "b"),
+        WeightedAdapter(_random_adapter(1), 1.0, "a"),
+        WeightedAdapter(_random_adapter(2, targets=("q_proj", "o_proj"), rank=2), 0.5, "b"),
     ]
 
 
 def test_folded_output_equals_the_tuned_weights_applied_unfolded():
     inputs = _inputs()
-    targets = sorted({t for a, _, _ in inputs for t in a.targets})
+    targets = sorted({t for i in inputs for t in i.adapter.targets})
     groups = sorted({group_of(t, "layer") for t in targets})
     g = torch.Generator().manual_seed(7)
     weights = {grp: torch.randn(len(inputs), generator=g).tolist() for grp in groups}
     result = TuneResult(groups=groups, names=["a", "b"], weights=weights)
     folded = fold(inputs, result, "layer")
-    out = combine([AdapterInput(a, w, n) for a, (_, w, n) in zip(folded, inputs, strict=True)], "cat").adapter
+    assert [(f.weight, f.name) for f in folded] == [(i.weight, i.name) for i in inputs]
+    out = combine(folded, "cat").adapter
     for target in targets:
         want = torch.zeros_like(
-            next(a.targets[target].delta(torch.float64) for a, _, _ in inputs if target in a.targets)
+            next(
+                i.adapter.targets[target].delta(torch.float64) for i in inputs if target in i.adapter.targets
+            )
         )
-        for i, (adapter, w, _) in enumerate(inputs):
-            if target in adapter.targets:
+        for i, item in enumerate(inputs):
+            if target in item.adapter.targets:
                 alpha = weights[group_of(target, "layer")][i]
-                want += alpha * w * adapter.targets[target].delta(torch.float64)
+                want += alpha * item.weight * item.adapter.targets[target].delta(torch.float64)
         got = out.targets[target].delta(torch.float64)
         assert float((got - want).norm() / want.norm()) < 1e-6, target
 
@@ -64,44 +67,45 @@ def test_folded_output_equals_the_tuned_weights_applied_unfolded():
 def test_per_component_weights_fold_exactly_column_by_column():
     """Granularity ``component``: ``ΔW_t = Σᵢ Σⱼ αᵢ,t,j wᵢ sᵢ bᵢ,t,j aᵢ,t,jᵀ`` against float64, for
     inputs of different ranks at a shared target, and the layer tuning runs computes that sum."""
-    from adaptkit.combine.tune import _groups, install, uninstall
+    from adaptkit import nn as lora
+    from adaptkit.combine.tune import _groups
 
     inputs = _inputs()
-    pairs = [(a, w) for a, w, _ in inputs]
-    targets = sorted({t for a, _, _ in inputs for t in a.targets})
-    groups = _groups(pairs, targets, "component")
+    targets = sorted({t for i in inputs for t in i.adapter.targets})
+    groups = _groups(inputs, targets, "component")
     q = "model.layers.0.self_attn.q_proj"  # rank 4 in a, rank 2 in b: four groups
     assert [g for g in groups if g.startswith(q + "#")] == [f"{q}#{j}" for j in range(4)]
     g = torch.Generator().manual_seed(7)
     weights = {grp: torch.randn(len(inputs), generator=g).tolist() for grp in groups}
     result = TuneResult(groups=groups, names=["a", "b"], weights=weights)
-    folded = fold(inputs, result, "component")
-    out = combine([AdapterInput(a, w, n) for a, (_, w, n) in zip(folded, inputs, strict=True)], "cat").adapter
+    out = combine(fold(inputs, result, "component"), "cat").adapter
     model = tiny_llama().double()
     index = {grp: j for j, grp in enumerate(groups)}
     first = {t: index[f"{t}#0"] for t in targets}
-    layers = install(model, pairs, first, per_component=True, n_groups=len(groups))
     alpha = torch.tensor([[weights[grp][i] for grp in groups] for i in range(2)], dtype=torch.float64)
+    layers = lora.attach_mixture(model, inputs, alpha, first, per_component=True)
     for target in targets:
         want = torch.zeros_like(
-            next(a.targets[target].delta(torch.float64) for a, _, _ in inputs if target in a.targets)
+            next(
+                i.adapter.targets[target].delta(torch.float64) for i in inputs if target in i.adapter.targets
+            )
         )
         x = torch.randn(3, want.shape[1], dtype=torch.float64, generator=g)
-        for i, (adapter, w, _) in enumerate(inputs):
-            if target in adapter.targets:
-                p = adapter.targets[target]
+        for i, item in enumerate(inputs):
+            if target in item.adapter.targets:
+                p = item.adapter.targets[target]
                 col = torch.tensor([weights[group_of(target, "component", j)][i] for j in range(p.rank)])
-                want += w * p.scale * (p.B.double() * col.double()) @ p.A.double()
+                want += item.weight * p.scale * (p.B.double() * col.double()) @ p.A.double()
         got = out.targets[target].delta(torch.float64)
         assert float((got - want).norm() / want.norm()) < 1e-6, target
         layer = model.get_submodule(target)
-        layer.alpha = alpha
         with torch.no_grad():
             applied = layer(x) - layer.base(x)
         expected = x @ want.T  # the mixture layer computes in float32
         assert float((applied - expected).norm() / expected.norm()) < 1e-5, target
-    assert len(layers) == len(targets)
-    uninstall(model)
+    assert layers == targets
+    lora.detach(model)
+    assert not lora.lora_layers(model, lora.LoraLayer)
 
 
 def test_tuning_is_deterministic_and_never_sees_the_held_out_part():
@@ -243,3 +247,27 @@ def test_heat_map_of_hundreds_of_groups_stays_a_readable_size(tmp_path):
     heat_map(result, tmp_path / "alpha.png")
     width, _ = Image.open(tmp_path / "alpha.png").size
     assert width <= 30 * 120
+
+
+def test_combine_never_imports_the_training_loop():
+    """Tuning trains through training's public pieces (adaptkit.training) and nn's mixture
+    layers; the trainer's own loop is no part of combine, at module level or in a function."""
+    import ast
+
+    from tests.conftest import REPO
+
+    def imported(path):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                yield from (alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                yield node.module
+                yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+    found = [
+        (str(path.relative_to(REPO)), name)
+        for path in sorted((REPO / "adaptkit" / "combine").rglob("*.py"))
+        for name in imported(path)
+        if name == "adaptkit.training.loop" or name.startswith("adaptkit.training.loop.")
+    ]
+    assert not found, found

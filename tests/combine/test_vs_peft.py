@@ -13,8 +13,8 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from adaptkit import load_spec
-from adaptkit.combine import AdapterInput, combine
+from adaptkit import WeightedAdapter, load_spec
+from adaptkit.combine import combine
 from tests.models import tiny_llama
 
 WEIGHTS = [0.8, 0.5]
@@ -72,7 +72,7 @@ def exact(dirs):
 
 def ours(dirs, strategy, **kw):
     inputs = [
-        AdapterInput(load_spec(d), w, f"a{i}") for i, (d, w) in enumerate(zip(dirs, WEIGHTS, strict=True))
+        WeightedAdapter(load_spec(d), w, f"a{i}") for i, (d, w) in enumerate(zip(dirs, WEIGHTS, strict=True))
     ]
     out = combine(inputs, strategy, **kw).adapter
     return {t: p.delta(torch.float64) for t, p in out.targets.items()}

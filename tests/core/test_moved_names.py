@@ -1,46 +1,38 @@
-"""Names that moved keep working, with a DeprecationWarning that says where they went."""
+"""No compatibility shims before the first release: the old import paths are gone, and no core
+module is named ``merge*`` (``merge`` is not a word in core; see docs/architecture.md)."""
 
 import importlib
-import sys
 
 import pytest
 
-
-@pytest.mark.parametrize(
-    ("module", "name", "new"),
-    [
-        ("adaptkit_lora", "attach", "adaptkit.nn.inject"),
-        ("adaptkit_lora", "merge", "adaptkit.nn.inject"),
-        ("adaptkit_lora", "LoraLinear", "adaptkit.nn.layers"),
-    ],
-)
-def test_adaptkit_lora_api_moved_to_adaptkit_nn(module, name, new):
-    mod = importlib.import_module(module)
-    with pytest.warns(DeprecationWarning, match="import it from adaptkit.nn"):
-        obj = getattr(mod, name)
-    assert obj is getattr(importlib.import_module(new), name)
+from tests.conftest import REPO
 
 
 @pytest.mark.parametrize(
-    ("old", "name", "new", "new_name"),
-    [
-        ("adaptkit.merge", "merge_adapter", "adaptkit.nn.baking", "bake_adapter"),
-        ("adaptkit.merging", "MergeInput", "adaptkit.combine.strategy", "MergeInput"),
-        ("adaptkit.hookspecs", "hookimpl", "adaptkit.plugins.hookspecs", "hookimpl"),
-        ("adaptkit.contracts", "Backend", "adaptkit.plugins.contracts", "Backend"),
-    ],
+    "old", ["adaptkit.merge", "adaptkit.merging", "adaptkit.hookspecs", "adaptkit.contracts"]
 )
-def test_moved_modules_warn_and_reexport(old, name, new, new_name):
-    sys.modules.pop(old, None)
-    with pytest.warns(DeprecationWarning, match="moved to"):
-        mod = importlib.import_module(old)
-    assert getattr(mod, name) is getattr(importlib.import_module(new), new_name)
+def test_old_top_level_modules_are_gone(old):
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(old)
 
 
-def test_the_core_api_imports_without_warnings(recwarn):
-    for name in ("adaptkit.nn", "adaptkit.combine", "adaptkit.plugins", "adaptkit.io.native"):
-        importlib.import_module(name)
+@pytest.mark.parametrize("name", ["attach", "extract", "load", "merge", "LoraLinear", "LoraSettings"])
+def test_the_lora_plugin_exports_its_backend_only(name):
+    lora_plugin = importlib.import_module("adaptkit_lora")
+    assert not hasattr(lora_plugin, name)
+    assert lora_plugin.__all__ == ["LoraBackend"]
+
+
+def test_no_core_module_is_named_merge():
+    named = sorted(str(p.relative_to(REPO)) for p in (REPO / "adaptkit").rglob("merg*.py"))
+    assert not named, named
+
+
+def test_nn_bakes_and_never_merges():
+    """``bake`` is W + ΔW; ``merge`` is no name in adaptkit.nn (the strategy API keeps it)."""
     from adaptkit import nn as lora
+    from adaptkit.nn import inject, layers
 
-    assert lora.bake is lora.merge and callable(lora.attach)
-    assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
+    for owner in (lora, inject, layers.LoraLinear):
+        assert not [n for n in dir(owner) if "merge" in n.lower()], owner
+    assert callable(lora.bake) and callable(lora.unbake) and callable(layers.LoraLinear.bake)

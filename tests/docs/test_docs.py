@@ -144,12 +144,10 @@ def test_architecture_doc_places_every_module():
     named = set(re.findall(r"`((?:adaptkit|plugins)/[\w/]+(?:\.py)?)`", text))
     assert named, "architecture.md names no files"
     assert not [n for n in named if not (REPO / n).exists()]
-    shims = {"merge.py", "merging.py", "hookspecs.py", "contracts.py"}  # deprecated top-level names
     unplaced = [
         str(p.relative_to(REPO / "adaptkit"))
         for p in sorted((REPO / "adaptkit").rglob("*.py"))
         if p.name not in ("__init__.py", "__main__.py", "__about__.py")
-        and not (p.parent == REPO / "adaptkit" and p.name in shims)
         and p.parent.name not in ("cli", "demo", "testing", "training")  # placed as folders
         and p.name not in text
     ]

@@ -110,14 +110,15 @@ def _write_and_load_in_peft(adapter, base, tmp_path, name):
 
 @pytest.mark.parametrize("case", ["plain", "rslora_patterns", "several_ranks"])
 def test_adaptkit_written_peft_dirs_give_the_same_logits(tmp_path, case):
-    from adaptkit.combine import AdapterInput, combine
+    from adaptkit import WeightedAdapter
+    from adaptkit.combine import combine
 
     base = tiny_llama()
     src, _ = make_peft(base, tmp_path, "src", **CASES[case])
     adapter = load_spec(src)
     # Also a combined adapter with explicit scale and mixed ranks.
     other = load_spec(make_peft(base, tmp_path, "other", r=3, lora_alpha=5, target_modules=["q_proj"])[0])
-    combined = combine([AdapterInput(adapter, 0.7, "a"), AdapterInput(other, -1.2, "b")], "cat").adapter
+    combined = combine([WeightedAdapter(adapter, 0.7, "a"), WeightedAdapter(other, -1.2, "b")], "cat").adapter
     ids = tokens(3)
     for label, ad in (("same", adapter), ("combined", combined)):
         _, peft_model = _write_and_load_in_peft(ad, base, tmp_path, f"out-{label}")

@@ -5,9 +5,10 @@ import torch
 from adaptkit_loraplus import LoraPlusBackend
 
 from adaptkit import AdaptkitError
+from adaptkit.nn.settings import LoraSettings
 from adaptkit.testing import check_backend, counting_records, tiny_causal_lm
 from adaptkit.training.loop import run_training
-from adaptkit.training.settings import LoraSettings, TrainConfig
+from adaptkit.training.settings import TrainConfig
 
 
 def config(**overrides):

@@ -62,7 +62,7 @@ def export_baked(
             effect = max(effect, v.compare(plain, ref, m)["max_abs"])
         times = v.median_latencies({"pytorch_unmerged_s": lambda: v.torch_logits(base, ids, mask)})
         if adapter is not None:
-            lora.detach(base, merge_first=True)
+            lora.detach(base, bake_first=True)
     elif adapter is not None:
         bake_adapter(base, adapter)
     base.to(torch_dtype)

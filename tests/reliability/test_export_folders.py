@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from tests.exporters.test_generation_export import build, peft_adapter
+from tests.plugins_builtin.adaptkit_onnx.test_generation_export import build, peft_adapter
 
 VOCAB = 272  # the 256 byte symbols, 5 merges, an end-of-text token and room to spare
 

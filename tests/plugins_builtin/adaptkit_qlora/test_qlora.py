@@ -9,7 +9,7 @@ import torch
 from adaptkit.errors import AdaptkitError, MissingDependencyError
 from adaptkit.training.loop import evaluate_loss, run_training
 from adaptkit.training.settings import LoraSettings, TrainConfig
-from tests.backends.test_lora_training import pattern_records
+from tests.training.test_loop import pattern_records
 from tests.models import tiny_llama
 
 NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # = 4.127

@@ -36,6 +36,19 @@ def _machine(r: dict) -> str:
     )
 
 
+def _race(r: dict, peer: str, *rows: str) -> list[str]:
+    """The table of a step race (bench_train.race): time per step, ``rows``, peak memory."""
+    return [
+        f"| | adaptkit | {peer} | ratio (adaptkit / PEFT) |",
+        "|---|---|---|---|",
+        f"| seconds / step | {r['step_s']['adaptkit']} | {r['step_s']['peft']} | "
+        f"{r['step_time_ratio_adaptkit_over_peft']} |",
+        *rows,
+        f"| peak extra RSS MiB | {r['peak_extra_rss_mib']['adaptkit']} | {r['peak_extra_rss_mib']['peft']} | "
+        f"{r['peak_rss_ratio_adaptkit_over_peft']} |",
+    ]
+
+
 def _combine(r: dict) -> list[str]:
     out = [
         *_opening("Combine: `adaptkit combine` vs PEFT `add_weighted_adapter`", r),
@@ -78,13 +91,9 @@ def _train(r: dict) -> list[str]:
         f"parameters; batch {r['batch'][0]}×{r['batch'][1]}; rank {r['rank']} on all linear layers; AdamW; "
         f"steps alternate between the two; median of {r['steps_timed']} steps.",
         "",
-        "| | adaptkit | PEFT | ratio (adaptkit / PEFT) |",
-        "|---|---|---|---|",
-        f"| seconds / step | {r['step_s']['adaptkit']} | {r['step_s']['peft']} | "
-        f"{r['step_time_ratio_adaptkit_over_peft']} |",
-        f"| tokens / s | {r['tokens_per_s']['adaptkit']} | {r['tokens_per_s']['peft']} | |",
-        f"| peak extra RSS MiB | {r['peak_extra_rss_mib']['adaptkit']} | {r['peak_extra_rss_mib']['peft']} | "
-        f"{r['peak_rss_ratio_adaptkit_over_peft']} |",
+        *_race(
+            r, "PEFT", f"| tokens / s | {r['tokens_per_s']['adaptkit']} | {r['tokens_per_s']['peft']} | |"
+        ),
         "",
         f"Same initial factors: the first five losses agree to {r['max_loss_difference_first_5_steps']:.1e}.",
         "",
@@ -192,12 +201,7 @@ def _qlora(r: dict) -> list[str]:
         f"batch {r['batch'][0]}×{r['batch'][1]}; the same bitsandbytes AdamW; identical initial factors; "
         "steps alternate.",
         "",
-        "| | adaptkit | PEFT + bitsandbytes | ratio (adaptkit / PEFT) |",
-        "|---|---|---|---|",
-        f"| seconds / step | {r['step_s']['adaptkit']} | {r['step_s']['peft']} | "
-        f"{r['step_time_ratio_adaptkit_over_peft']} |",
-        f"| peak extra RSS MiB | {r['peak_extra_rss_mib']['adaptkit']} | {r['peak_extra_rss_mib']['peft']} | "
-        f"{r['peak_rss_ratio_adaptkit_over_peft']} |",
+        *_race(r, "PEFT + bitsandbytes"),
         "",
         f"4-bit base: {r['quantized_mib']} MiB vs {r['bf16_equivalent_mib']} MiB in bf16, "
         f"{r['bits_per_quantized_param']} bits per quantized parameter (NF4 + double quantization: 4.127). "

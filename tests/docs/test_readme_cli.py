@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
+from tests.helpers.models import tiny_llama
 
 DOCS_WITH_COMMANDS = ("docs/training.md", "docs/export.md")
 
@@ -46,9 +47,6 @@ def sandboxes(tmp_path_factory):
 
 
 def _make_sandbox(tmp_path_factory):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from adaptkit.cli import main
     from adaptkit.demo.tiny import byte_tokenizer
 
@@ -57,17 +55,8 @@ def _make_sandbox(tmp_path_factory):
         REPO / "examples", box / "examples", ignore=shutil.ignore_patterns("combined.safetensors")
     )
     # A base that fits the example adapters (hidden 64, 2 layers, 4 KV heads).
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=259,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(box / "base", safe_serialization=True)
+    base = tiny_llama(vocab_size=259, hidden_size=64, intermediate_size=128, num_key_value_heads=4)
+    base.save_pretrained(box / "base", safe_serialization=True)
     byte_tokenizer().save_pretrained(box / "base")
     for name in ("a", "b"):
         (box / f"{name}.yaml").write_text(

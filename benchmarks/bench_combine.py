@@ -16,7 +16,6 @@ tool. Then, adaptkit alone, combining two adapters over a Llama-7B-shaped target
 
 from __future__ import annotations
 
-import argparse
 import math
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import best_time, emit, machine, mib, peak_rss, versions
+from benchmarks.common import best_time, emit, mib, parser, peak_rss, run_info
 
 RANK = 16
 
@@ -243,10 +242,7 @@ def bench_7b_set(layers, tmp: Path):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small shapes (about a minute)")
-    ap.add_argument("--json", help="also write the results to this file")
-    args = ap.parse_args(argv)
+    args = parser(__doc__, "small shapes (about a minute)").parse_args(argv)
     torch.manual_seed(0)
     started = time.time()
     if args.quick:
@@ -261,9 +257,7 @@ def main(argv=None):
     emit(
         "combine",
         {
-            "mode": "quick" if args.quick else "full",
-            "machine": machine(),
-            "versions": versions("adaptkit", "peft", "torch"),
+            **run_info(args.quick, "adaptkit", "peft", "torch"),
             "rows": rows,
             "llama7b_shaped": seven_b,
             "seconds": round(time.time() - started, 1),

@@ -13,7 +13,6 @@ alone).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -22,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import emit, machine, versions
+from benchmarks.common import emit, parser, run_info
 
 STATIC = ("linear", "cat", "svd", "ties", "dare_ties")
 
@@ -74,10 +73,7 @@ def _variant(seeds: list[int], flags: list[str], cache: str, quick: bool) -> dic
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", help="also write the results to this file")
-    args = ap.parse_args(argv)
+    args = parser(__doc__).parse_args(argv)
     seeds = [0] if args.quick else [0, 1, 2]
     variants = {"independent": []} if args.quick else {"independent": [], "replay": ["--replay"]}
     with tempfile.TemporaryDirectory() as cache:
@@ -85,9 +81,7 @@ def main(argv=None) -> None:
     emit(
         "demo",
         {
-            "mode": "quick" if args.quick else "full",
-            "machine": machine(),
-            "versions": versions("adaptkit", "torch", "transformers"),
+            **run_info(args.quick, "adaptkit", "torch", "transformers"),
             "seeds": seeds,
             "variants": results,
         },

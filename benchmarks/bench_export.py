@@ -11,14 +11,13 @@ sequence 128; ORT sessions are timed interleaved (medians), PyTorch separately.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import tempfile
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import emit, machine, versions
+from benchmarks.common import emit, parser, run_info
 
 
 def torch_ms(v, model, ids, mask):
@@ -32,12 +31,9 @@ def main(argv=None):
     from adaptkit.nn.baking import bake_adapter
     from adaptkit_onnx import parity as v
     from adaptkit_onnx.logits.graph import export_causal_lm
-    from benchmarks.bench_train import build
+    from benchmarks.bench_train import build, copy_factors
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", help="also write the results to this file")
-    args = ap.parse_args(argv)
+    args = parser(__doc__).parse_args(argv)
     hidden, layers, vocab = (256, 2, 2048) if args.quick else (512, 4, 8192)
     base = build(hidden, layers, vocab).eval()
     tuned = copy.deepcopy(base)
@@ -50,11 +46,7 @@ def main(argv=None):
     peft = get_peft_model(
         copy.deepcopy(base), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")
     ).eval()
-    with torch.no_grad():
-        for name, pair in adapter.targets.items():
-            mod = peft.base_model.model.get_submodule(name)
-            mod.lora_A["default"].weight.copy_(pair.A)
-            mod.lora_B["default"].weight.copy_(pair.B)
+    copy_factors(peft, {name: (pair.A, pair.B) for name, pair in adapter.targets.items()})
     merged = copy.deepcopy(base)
     bake_adapter(merged, adapter)
     rows = []
@@ -93,9 +85,7 @@ def main(argv=None):
     emit(
         "export",
         {
-            "mode": "quick" if args.quick else "full",
-            "machine": machine(),
-            "versions": versions("adaptkit", "peft", "torch", "onnxruntime-gpu", "onnxruntime"),
+            **run_info(args.quick, "adaptkit", "peft", "torch", "onnxruntime-gpu", "onnxruntime"),
             "model": {"hidden": hidden, "layers": layers, "vocab": vocab},
             "rank": 16,
             "rows": rows,

@@ -23,7 +23,6 @@ shards, no tokenizer) and a rank-16 adapter on all seven projections. Measured:
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import math
@@ -35,7 +34,7 @@ from pathlib import Path
 
 from adaptkit.io.safetensors_strict import checked_header
 from benchmarks.bench_realsize import TARGETS, build, cache_dir
-from benchmarks.common import emit, machine, release_memory, versions
+from benchmarks.common import emit, parser, release_memory, run_info
 
 PROMPT_TOKENS, NEW_TOKENS = 16, 64
 
@@ -219,10 +218,7 @@ def generation_speeds(model: Path, merged_dir: Path, peft_dir: Path, exports: di
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", help="also write the results to this file")
-    args = ap.parse_args(argv)
+    args = parser(__doc__).parse_args(argv)
     name = "llama-0.2b" if args.quick else "tinyllama-1.1b"
     model = build(name)
     native, peft_dir = adapter(model)
@@ -258,10 +254,14 @@ def main(argv=None) -> None:
     emit(
         "generation",
         {
-            "mode": "quick" if args.quick else "full",
-            "machine": machine(),
-            "versions": versions(
-                "adaptkit", "onnxruntime-genai-cuda", "onnxruntime-gpu", "torch", "transformers", "peft"
+            **run_info(
+                args.quick,
+                "adaptkit",
+                "onnxruntime-genai-cuda",
+                "onnxruntime-gpu",
+                "torch",
+                "transformers",
+                "peft",
             ),
             "model": {
                 "name": name,

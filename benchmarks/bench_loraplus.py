@@ -13,37 +13,25 @@ accuracy.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import emit, machine, versions
+from benchmarks.common import emit, parser, run_info
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "loraplus_backend"
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", help="also write the results to this file")
-    args = ap.parse_args(argv)
+    args = parser(__doc__).parse_args(argv)
     steps, lrs = (60, [1e-3]) if args.quick else (200, [3e-4, 1e-3, 3e-3])
 
     sys.path.insert(0, str(EXAMPLE))  # the example package, installed or not
     from adaptkit_loraplus import LoraPlusBackend
 
-    from adaptkit.demo import base_model
-    from adaptkit.demo.skills import (
-        DIGITS,
-        LETTERS,
-        exact_match,
-        examples,
-        identity_examples,
-        training_records,
-    )
+    from adaptkit.demo import base_model, skills
     from adaptkit.nn.settings import LoraSettings
     from adaptkit.training import evaluate_loss
     from adaptkit.training.loop import run_training
@@ -55,11 +43,11 @@ def main(argv=None):
     rows = []
     for lr in lrs:
         for skill in ("upper", "digits"):
-            others = [DIGITS] if skill == "upper" else [LETTERS, LETTERS.upper()]
-            pairs = examples(skill, 3000, seed=1) + identity_examples(others, 1500, seed=2)
-            records = training_records(tokenizer, pairs)
-            held_out = examples(skill, 100, seed=1000)
-            held_records = training_records(tokenizer, held_out)
+            others = [skills.DIGITS] if skill == "upper" else [skills.LETTERS, skills.LETTERS.upper()]
+            pairs = skills.examples(skill, 3000, seed=1) + skills.identity_examples(others, 1500, seed=2)
+            records = skills.training_records(tokenizer, pairs)
+            held_out = skills.examples(skill, 100, seed=1000)
+            held_records = skills.training_records(tokenizer, held_out)
             row = {"lr": lr, "skill": skill, "steps": steps}
             for backend in (LoraBackend(), LoraPlusBackend()):
                 cfg = TrainConfig(
@@ -90,7 +78,7 @@ def main(argv=None):
                 row[backend.name] = {
                     "train_loss_last20": round(statistics.fmean(result.losses[-20:]), 4),
                     "held_out_loss": round(evaluate_loss(model, held_records, 0, 32, model.device), 4),
-                    "held_out_accuracy": round(exact_match(model, tokenizer, held_out), 3),
+                    "held_out_accuracy": round(skills.exact_match(model, tokenizer, held_out), 3),
                     "seconds": round(seconds, 1),
                 }
                 print(lr, skill, backend.name, row[backend.name], flush=True)
@@ -98,9 +86,7 @@ def main(argv=None):
     emit(
         "loraplus",
         {
-            "mode": "quick" if args.quick else "full",
-            "machine": machine(),
-            "versions": versions("torch", "transformers"),
+            **run_info(args.quick, "torch", "transformers"),
             "ratio": 16,
             "rank": 8,
             "rows": rows,

@@ -18,7 +18,6 @@ process; its peak RSS (the kernel's high-water mark) and wall time are measured 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -28,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import emit, machine, versions
+from benchmarks.common import emit, parser, run_info
 
 TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 SHAPES = {
@@ -138,9 +137,7 @@ def peft_run(mode: str, model: Path, data_file: Path, steps: int, batch: int = 1
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", help="also write the results to this file")
+    ap = parser(__doc__)
     ap.add_argument("--shape", choices=sorted(SHAPES), help="default tinyllama-1.1b (--quick: llama-0.2b)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args(argv)
@@ -172,9 +169,7 @@ def main(argv=None) -> None:
     )
     step_a, step_p = statistics.median(al["step_s"][1:]), statistics.median(pl["step_s"][1:])
     results = {
-        "mode": "quick" if args.quick else "full",
-        "machine": machine(),
-        "versions": versions("adaptkit", "peft", "torch", "transformers", "bitsandbytes"),
+        **run_info(args.quick, "adaptkit", "peft", "torch", "transformers", "bitsandbytes"),
         "model": {
             "name": name,
             "path_note": "random weights, bf16, 1 GB shards",
@@ -231,9 +226,8 @@ def gpu(name: str, model: Path, build_s: float, json_path: str | None) -> None:
     peft = peft_run("qlora", model, data_file, steps, batch=batch)
     ours_peak = ours["peak_memory"]["peak_bytes"]
     results = {
+        **run_info(False, "adaptkit", "peft", "torch", "transformers", "bitsandbytes"),
         "mode": "cuda",
-        "machine": machine(),
-        "versions": versions("adaptkit", "peft", "torch", "transformers", "bitsandbytes"),
         "model": {"name": name, "build_s": round(build_s, 1)},
         "setup": {"rank": 16, "alpha": 32, "targets": TARGETS, "batch": [batch, seq], "steps": steps},
         "adaptkit": {

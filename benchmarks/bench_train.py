@@ -12,14 +12,13 @@ losses are compared (they should agree to float precision: it is the same math).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import time
 
 import torch
 
-from benchmarks.common import emit, machine, mib, peak_rss, release_memory, versions
+from benchmarks.common import emit, mib, parser, peak_rss, release_memory, run_info
 
 
 def build(hidden, layers, vocab):
@@ -48,18 +47,62 @@ def setups(base, rank, alpha, lr):
     peft = get_peft_model(
         copy.deepcopy(base), LoraConfig(r=rank, lora_alpha=alpha, target_modules="all-linear")
     )
-    # Identical initial factors.
-    with torch.no_grad():
-        for name, layer in lora.lora_layers(ours).items():
-            target = peft.base_model.model.get_submodule(name)
-            target.lora_A["default"].weight.copy_(layer.lora_A)
-            target.lora_B["default"].weight.copy_(layer.lora_B)
+    copy_factors(peft, {n: (m.lora_A, m.lora_B) for n, m in lora.lora_layers(ours).items()})
     opt_ours = torch.optim.AdamW(lora.trainable_parameters(ours), lr=lr)
     opt_peft = torch.optim.AdamW([p for p in peft.parameters() if p.requires_grad], lr=lr)
     assert sum(p.numel() for g in opt_ours.param_groups for p in g["params"]) == sum(
         p.numel() for g in opt_peft.param_groups for p in g["params"]
     )
     return (ours.train(), opt_ours), (peft.train(), opt_peft)
+
+
+def copy_factors(peft, factors):
+    """Give PEFT's LoRA layers adaptkit's factors (``factors``: target -> (A, B)), so that both
+    start from identical factors."""
+    with torch.no_grad():
+        for name, (A, B) in factors.items():
+            target = peft.base_model.model.get_submodule(name)
+            target.lora_A["default"].weight.copy_(A)
+            target.lora_B["default"].weight.copy_(B)
+
+
+def race(runs, batches):
+    """Training steps of every run (``{name: (model, optimizer)}``) alternating over ``batches``,
+    so that load and thermal drift hit all equally. Returns the losses, the step times (the
+    first step, where optimizer state appears, untimed) and the steady-state peak extra RSS of
+    one step of each."""
+    losses = {name: [step(model, opt, batches[0])] for name, (model, opt) in runs.items()}
+    # Steady-state peak of one step (activations + gradients), measured in both orders and the
+    # smaller kept, so neither tool pays for the allocator state the other left behind.
+    peaks: dict[str, int] = {}
+    for order in (list(runs), list(reversed(runs))):
+        for name in order:
+            model, opt = runs[name]
+            with peak_rss() as peak:
+                step(model, opt, batches[1])
+            peaks[name] = min(peaks.get(name, peak.bytes), peak.bytes)
+    times = {name: [] for name in runs}
+    for ids in batches[1:]:
+        for name, (model, opt) in runs.items():
+            t = time.perf_counter()
+            losses[name].append(step(model, opt, ids))
+            times[name].append(time.perf_counter() - t)
+    return losses, times, peaks
+
+
+def compared(losses, times, peaks):
+    """The result fields adaptkit vs PEFT share: median step times, peaks, their ratios, losses."""
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "step_s": {k: round(v, 4) for k, v in med.items()},
+        "step_time_ratio_adaptkit_over_peft": round(med["adaptkit"] / med["peft"], 3),
+        "peak_extra_rss_mib": {k: round(mib(v), 1) for k, v in peaks.items()},
+        "peak_rss_ratio_adaptkit_over_peft": round(peaks["adaptkit"] / max(peaks["peft"], 1), 3),
+        "max_loss_difference_first_5_steps": max(
+            abs(a - b) for a, b in zip(losses["adaptkit"][:5], losses["peft"][:5], strict=True)
+        ),
+        "losses": {k: [round(x, 5) for x in v] for k, v in losses.items()},
+    }
 
 
 def step(model, opt, ids):
@@ -71,10 +114,7 @@ def step(model, opt, ids):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", help="also write the results to this file")
-    args = ap.parse_args(argv)
+    args = parser(__doc__).parse_args(argv)
     hidden, layers, batch, seq, steps = (256, 2, 4, 128, 8) if args.quick else (512, 4, 8, 256, 20)
     vocab, rank, alpha, lr = 2048, 16, 32, 1e-3
     base = build(hidden, layers, vocab)
@@ -84,33 +124,13 @@ def main(argv=None):
     del base
     release_memory()
 
-    times = {"adaptkit": [], "peft": []}
-    losses = {"adaptkit": [], "peft": []}
-    runs = {"adaptkit": (ours, opt_o), "peft": (peft, opt_p)}
-    for name, (model, opt) in runs.items():  # first step: optimizer state appears (same size for both)
-        losses[name].append(step(model, opt, batches[0]))
-    # Steady-state peak of one step (activations + gradients), measured in both orders and the
-    # smaller kept, so neither tool pays for the allocator state the other left behind.
-    peaks: dict[str, int] = {}
-    for order in (("adaptkit", "peft"), ("peft", "adaptkit")):
-        for name in order:
-            model, opt = runs[name]
-            with peak_rss() as peak:
-                step(model, opt, batches[1])
-            peaks[name] = min(peaks.get(name, peak.bytes), peak.bytes)
-    for ids in batches[1:]:
-        for name, (model, opt) in (("adaptkit", (ours, opt_o)), ("peft", (peft, opt_p))):
-            t = time.perf_counter()
-            losses[name].append(step(model, opt, ids))
-            times[name].append(time.perf_counter() - t)
+    losses, times, peaks = race({"adaptkit": (ours, opt_o), "peft": (peft, opt_p)}, batches)
     med = {k: statistics.median(v) for k, v in times.items()}
     tokens = batch * seq
     emit(
         "train",
         {
-            "mode": "quick" if args.quick else "full",
-            "machine": machine(),
-            "versions": versions("adaptkit", "peft", "torch", "transformers"),
+            **run_info(args.quick, "adaptkit", "peft", "torch", "transformers"),
             "model": {
                 "hidden": hidden,
                 "layers": layers,
@@ -120,15 +140,8 @@ def main(argv=None):
             "batch": [batch, seq],
             "rank": rank,
             "steps_timed": steps - 1,
-            "step_s": {k: round(v, 4) for k, v in med.items()},
             "tokens_per_s": {k: round(tokens / v) for k, v in med.items()},
-            "step_time_ratio_adaptkit_over_peft": round(med["adaptkit"] / med["peft"], 3),
-            "peak_extra_rss_mib": {k: round(mib(v), 1) for k, v in peaks.items()},
-            "peak_rss_ratio_adaptkit_over_peft": round(peaks["adaptkit"] / max(peaks["peft"], 1), 3),
-            "max_loss_difference_first_5_steps": max(
-                abs(a - b) for a, b in zip(losses["adaptkit"][:5], losses["peft"][:5], strict=True)
-            ),
-            "losses": {k: [round(x, 5) for x in v] for k, v in losses.items()},
+            **compared(losses, times, peaks),
         },
         args.json,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import os
@@ -94,6 +95,19 @@ def versions(*dists: str) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[d] = "not installed"
     return out
+
+
+def parser(doc: str, quick_help: str | None = None) -> argparse.ArgumentParser:
+    """A benchmark's command line: ``--quick`` (small sizes) and ``--json FILE``."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--json", help="also write the results to this file")
+    return ap
+
+
+def run_info(quick: bool, *dists: str) -> dict[str, Any]:
+    """What every result opens with: the mode, the machine, the versions of ``dists``."""
+    return {"mode": "quick" if quick else "full", "machine": machine(), "versions": versions(*dists)}
 
 
 def emit(name: str, results: dict[str, Any], path: str | None) -> None:

@@ -22,6 +22,11 @@ during the call. Times are medians or minima of repeated runs, as each table say
 """
 
 
+def _opening(title: str, r: dict) -> list[str]:
+    """A section's title and the line saying where and when its numbers were taken."""
+    return [f"## {title}", "", _machine(r), ""]
+
+
 def _machine(r: dict) -> str:
     m = r.get("machine", {})
     v = ", ".join(f"{k} {val}" for k, val in r.get("versions", {}).items())
@@ -31,12 +36,22 @@ def _machine(r: dict) -> str:
     )
 
 
+def _race(r: dict, peer: str, *rows: str) -> list[str]:
+    """The table of a step race (bench_train.race): time per step, ``rows``, peak memory."""
+    return [
+        f"| | adaptkit | {peer} | ratio (adaptkit / PEFT) |",
+        "|---|---|---|---|",
+        f"| seconds / step | {r['step_s']['adaptkit']} | {r['step_s']['peft']} | "
+        f"{r['step_time_ratio_adaptkit_over_peft']} |",
+        *rows,
+        f"| peak extra RSS MiB | {r['peak_extra_rss_mib']['adaptkit']} | {r['peak_extra_rss_mib']['peft']} | "
+        f"{r['peak_rss_ratio_adaptkit_over_peft']} |",
+    ]
+
+
 def _combine(r: dict) -> list[str]:
     out = [
-        "## Combine: `adaptkit combine` vs PEFT `add_weighted_adapter`",
-        "",
-        _machine(r),
-        "",
+        *_opening("Combine: `adaptkit combine` vs PEFT `add_weighted_adapter`", r),
         "Best of 3 runs for adaptkit, 1 run for PEFT (its dense SVDs take tens of seconds).",
         "",
         "| layer | adapters | method | PEFT s | adaptkit s | speed-up | PEFT rel. err | adaptkit rel. err "
@@ -71,21 +86,14 @@ def _combine(r: dict) -> list[str]:
 
 def _train(r: dict) -> list[str]:
     out = [
-        "## Training: `lora` backend vs PEFT",
-        "",
-        _machine(r),
-        "",
+        *_opening("Training: `lora` backend vs PEFT", r),
         f"Model hidden {r['model']['hidden']}, {r['model']['layers']} layers, {r['model']['params']:,} "
         f"parameters; batch {r['batch'][0]}×{r['batch'][1]}; rank {r['rank']} on all linear layers; AdamW; "
         f"steps alternate between the two; median of {r['steps_timed']} steps.",
         "",
-        "| | adaptkit | PEFT | ratio (adaptkit / PEFT) |",
-        "|---|---|---|---|",
-        f"| seconds / step | {r['step_s']['adaptkit']} | {r['step_s']['peft']} | "
-        f"{r['step_time_ratio_adaptkit_over_peft']} |",
-        f"| tokens / s | {r['tokens_per_s']['adaptkit']} | {r['tokens_per_s']['peft']} | |",
-        f"| peak extra RSS MiB | {r['peak_extra_rss_mib']['adaptkit']} | {r['peak_extra_rss_mib']['peft']} | "
-        f"{r['peak_rss_ratio_adaptkit_over_peft']} |",
+        *_race(
+            r, "PEFT", f"| tokens / s | {r['tokens_per_s']['adaptkit']} | {r['tokens_per_s']['peft']} | |"
+        ),
         "",
         f"Same initial factors: the first five losses agree to {r['max_loss_difference_first_5_steps']:.1e}.",
         "",
@@ -95,10 +103,7 @@ def _train(r: dict) -> list[str]:
 
 def _export(r: dict) -> list[str]:
     out = [
-        "## Logits-only graph (`--graph logits`): merged ONNX vs base ONNX vs PyTorch",
-        "",
-        _machine(r),
-        "",
+        *_opening("Logits-only graph (`--graph logits`): merged ONNX vs base ONNX vs PyTorch", r),
         f"Model hidden {r['model']['hidden']}, {r['model']['layers']} layers, vocab {r['model']['vocab']}; "
         f"rank-{r['rank']} adapter on all linear layers; sequence 128; medians, ORT sessions interleaved.",
         "",
@@ -119,10 +124,9 @@ def _export(r: dict) -> list[str]:
 def _generation(r: dict) -> list[str]:
     m = r["model"]
     out = [
-        f"## Generation-ready ONNX at real size ({m['name']}, {m['parameters'] / 1e9:.2f}B parameters)",
-        "",
-        _machine(r),
-        "",
+        *_opening(
+            f"Generation-ready ONNX at real size ({m['name']}, {m['parameters'] / 1e9:.2f}B parameters)", r
+        ),
         f"{m['note']}; rank-{r['adapter']['rank']} adapter on all seven projections. Command: "
         "`python -m benchmarks.bench_generation`.",
         "",
@@ -191,21 +195,13 @@ def _generation(r: dict) -> list[str]:
 
 def _qlora(r: dict) -> list[str]:
     return [
-        "## QLoRA on CPU: `qlora` backend vs PEFT + bitsandbytes",
-        "",
-        _machine(r),
-        "",
+        *_opening("QLoRA on CPU: `qlora` backend vs PEFT + bitsandbytes", r),
         f"Model hidden {r['model']['hidden']}, {r['model']['layers']} layers; NF4 + double quantization "
         f"(blocksize 64) on all linear layers but the head; rank {r['rank']}; "
         f"batch {r['batch'][0]}×{r['batch'][1]}; the same bitsandbytes AdamW; identical initial factors; "
         "steps alternate.",
         "",
-        "| | adaptkit | PEFT + bitsandbytes | ratio (adaptkit / PEFT) |",
-        "|---|---|---|---|",
-        f"| seconds / step | {r['step_s']['adaptkit']} | {r['step_s']['peft']} | "
-        f"{r['step_time_ratio_adaptkit_over_peft']} |",
-        f"| peak extra RSS MiB | {r['peak_extra_rss_mib']['adaptkit']} | {r['peak_extra_rss_mib']['peft']} | "
-        f"{r['peak_rss_ratio_adaptkit_over_peft']} |",
+        *_race(r, "PEFT + bitsandbytes"),
         "",
         f"4-bit base: {r['quantized_mib']} MiB vs {r['bf16_equivalent_mib']} MiB in bf16, "
         f"{r['bits_per_quantized_param']} bits per quantized parameter (NF4 + double quantization: 4.127). "
@@ -220,10 +216,7 @@ def _qlora(r: dict) -> list[str]:
 
 def _loraplus(r: dict) -> list[str]:
     out = [
-        "## LoRA+ (third-party example backend) vs `lora` on the demo task",
-        "",
-        _machine(r),
-        "",
+        *_opening("LoRA+ (third-party example backend) vs `lora` on the demo task", r),
         f"`python -m benchmarks --only loraplus`. The demo's two skills on the cached demo base, "
         f"all linear layers at rank {r['rank']}, batch 32, cosine schedule with 10 warm-up steps, the same "
         f"seed, data and initial factors; `loraplus` trains `B` at {r['ratio']}x the rate of `A` "
@@ -254,10 +247,7 @@ def _loraplus(r: dict) -> list[str]:
 def _realsize(r: dict) -> list[str]:
     q, lo, setup = r["qlora"], r["lora_bf16"], r["setup"]
     return [
-        "## Real-size training: whole processes, `adaptkit train` vs PEFT",
-        "",
-        _machine(r),
-        "",
+        *_opening("Real-size training: whole processes, `adaptkit train` vs PEFT", r),
         f"`python -m benchmarks --only realsize`. A {r['model']['name']}-shaped Llama with random weights "
         f"(bf16, 1 GB shards, built once and cached), rank {setup['rank']} / "
         f"alpha {setup['alpha']} on all seven projections, batch {setup['batch'][0]}×{setup['batch'][1]} "
@@ -294,10 +284,7 @@ def _demo(r: dict) -> list[str]:
         return f"{100 * v['mean']:.1f}% ({100 * v['min']:.1f}–{100 * v['max']:.1f})"
 
     out = [
-        "## The demo table, 3 seeds, a fresh cache",
-        "",
-        _machine(r),
-        "",
+        *_opening("The demo table, 3 seeds, a fresh cache", r),
         f"`python -m benchmarks --only demo`: `adaptkit demo --seed S` for S = {', '.join(map(str, seeds))} "
         "with an empty cache folder, so the base is pre-trained from scratch as on a new machine. "
         "Held-out exact-match accuracy, mean (min–max) over the seeds; `tuned` is `combine --tune` "

@@ -10,7 +10,7 @@ import click
 
 from adaptkit import hookimpl, save_adapter
 from adaptkit.cli import cli
-from tests.conftest import make_adapter
+from tests.helpers.adapters import make_adapter
 
 HEAVY = ("torch", "onnx", "onnxruntime", "bitsandbytes", "transformers", "safetensors")
 
@@ -137,22 +137,24 @@ def test_validate_json_and_warning_for_zero_b(run_cli, tmp_path):
     assert result["problems"] == [] and "q_proj.lora_B.weight is all zero" in result["warnings"][0]
 
 
-def test_hook_register_commands(monkeypatch, run_cli):
+def _plugin_with_commands(monkeypatch, name, register_commands):
+    """Make the registry the builtins plus plugin ``name`` with this ``register_commands``
+    hook, and have the CLI load plugin commands again."""
     from adaptkit.plugins import load_registry
 
-    mod = types.SimpleNamespace()
+    mod = types.SimpleNamespace(register_commands=hookimpl(register_commands))
+    monkeypatch.setattr("adaptkit.plugins.registry._cached", load_registry(extra=[(name, mod)]))
+    monkeypatch.setattr(cli, "_plugins_loaded", False)
 
-    @hookimpl
+
+def test_hook_register_commands(monkeypatch, run_cli):
     def register_commands(cli):
         @cli.command("hello")
         def hello():
             """Say hello."""
             click.echo("hello from a plugin")
 
-    mod.register_commands = register_commands
-    registry = load_registry(extra=[("greeter", mod)])
-    monkeypatch.setattr("adaptkit.plugins.registry._cached", registry)
-    monkeypatch.setattr(cli, "_plugins_loaded", False)
+    _plugin_with_commands(monkeypatch, "greeter", register_commands)
     try:
         code, out, _ = run_cli("hello")
         assert code == 0 and out.strip() == "hello from a plugin"
@@ -161,19 +163,12 @@ def test_hook_register_commands(monkeypatch, run_cli):
 
 
 def test_plugin_command_clash_is_an_error(monkeypatch, run_cli):
-    from adaptkit.plugins import load_registry
-
-    mod = types.SimpleNamespace()
-
-    @hookimpl
     def register_commands(cli):
         @cli.command("inspect")
         def other():
             pass
 
-    mod.register_commands = register_commands
-    monkeypatch.setattr("adaptkit.plugins.registry._cached", load_registry(extra=[("clasher", mod)]))
-    monkeypatch.setattr(cli, "_plugins_loaded", False)
+    _plugin_with_commands(monkeypatch, "clasher", register_commands)
     code, _, err = run_cli("plugins")
     assert code == 2 and "plugin 'clasher' adds command 'inspect'" in err
     code, out, _ = run_cli("inspect", "--help")

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from adaptkit import load_adapter, save_adapter
-from tests.conftest import REPO, make_adapter
+from tests.helpers import REPO
+from tests.helpers.adapters import make_adapter
 
 
 @pytest.fixture
@@ -57,15 +58,7 @@ def test_recipe_and_flag_overrides(run_cli, ex):
 
     # Flags override; the recipe's params belong to its own strategy and are dropped.
     code, out, err = run_cli(
-        "combine",
-        "recipe.yaml",
-        "-s",
-        "linear",
-        "-r",
-        "auto:0.9",
-        "-o",
-        "flags.safetensors",
-        "--json",
+        "combine", "recipe.yaml", "-s", "linear", "-r", "auto:0.9", "-o", "flags.safetensors", "--json"
     )
     assert code == 0, err
     report = json.loads(out)
@@ -77,16 +70,9 @@ def test_recipe_and_flag_overrides(run_cli, ex):
 
 def test_weights_override_and_table(run_cli, ex):
     code, out, err = run_cli(
-        "combine",
-        "adapters/skill_a.safetensors",
-        "adapters/skill_b.safetensors",
-        "-w",
-        "1,-1",
-        "-r",
-        "4",
-        "-o",
-        "neg.safetensors",
-    )
+        "combine", "adapters/skill_a.safetensors", "adapters/skill_b.safetensors",
+        "-w", "1,-1", "-r", "4", "-o", "neg.safetensors",
+    )  # fmt: skip
     assert code == 0, err
     assert "energy kept" in out and "rel. error" in out
     merged = load_adapter(ex / "neg.safetensors")

@@ -5,7 +5,7 @@ import json
 import torch
 
 from adaptkit import load_adapter, load_spec
-from tests.models import tiny_llama
+from tests.helpers.models import tiny_llama
 
 
 def _peft_dir(tmp_path):

@@ -9,7 +9,7 @@ import torch
 from adaptkit import WeightedAdapter, load_adapter, save_adapter
 from adaptkit.combine import combine
 from adaptkit.combine.tune import TuneResult, TuneSettings, fold, group_of, split_set, tune_weights
-from tests.models import tiny_llama
+from tests.helpers.models import tiny_llama
 
 
 def _random_adapter(seed, targets=("q_proj", "v_proj", "down_proj"), rank=4):

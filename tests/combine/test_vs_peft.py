@@ -15,7 +15,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from adaptkit import WeightedAdapter, load_spec
 from adaptkit.combine import combine
-from tests.models import tiny_llama
+from tests.helpers.models import tiny_llama
 
 WEIGHTS = [0.8, 0.5]
 

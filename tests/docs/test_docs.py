@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from adaptkit.plugins import hookspecs, load_registry
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 DOCS = REPO / "docs"
 
@@ -105,7 +105,7 @@ def test_example_yamls_validate(run_cli):
 def test_export_serving_snippets_run(tmp_path, run_cli):
     """The docs/export.md snippets, against real --lora-inputs exports: the generation graph in
     ONNX Runtime GenAI (adapters switched per generator) and the logits-only graph."""
-    from tests.models import tiny_llama
+    from tests.helpers.models import tiny_llama
 
     # Two heads of 16: the generation graph's attention kernel takes that head size.
     tiny_llama(num_attention_heads=2, num_key_value_heads=1).save_pretrained(tmp_path / "base")
@@ -152,3 +152,36 @@ def test_architecture_doc_places_every_module():
         and p.name not in text
     ]
     assert not unplaced, f"architecture.md does not place {unplaced}"
+
+
+def test_cited_test_files_exist():
+    """A doc that names a test file (``tests/...`` or a bare ``test_*.py``) names one that is there."""
+    tests = REPO / "tests"
+    names = {p.name for p in tests.rglob("test_*.py")}
+    missing = []
+    for doc in [REPO / "README.md", tests / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for path in re.findall(r"`(tests/[\w./-]+)`", doc.read_text()):
+            if not (REPO / path).exists():
+                missing.append(f"{doc.name}: {path}")
+        for name in re.findall(r"`(test_\w+\.py)`", doc.read_text()):
+            if name not in names:
+                missing.append(f"{doc.name}: {name}")
+    assert not missing, f"docs cite test files that do not exist: {missing}"
+
+
+def test_tests_mirror_the_code():
+    """tests/ has a folder for each subpackage of adaptkit, its builtin-plugin folders are named
+    after packages in plugins/, and tests/README.md places every folder."""
+    tests = REPO / "tests"
+    readme = (tests / "README.md").read_text()
+    placed = set(re.findall(r"^\| `([\w/]+)/` \|", readme, re.M))
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    builtin = {
+        p.name for p in (tests / "plugins_builtin").iterdir() if p.is_dir() and p.name != "__pycache__"
+    }
+    packages = {p.parent.name for p in (REPO / "adaptkit").glob("*/__init__.py")}
+    plugins = {p.parent.name for p in (REPO / "plugins").glob("*/__init__.py")}
+    assert packages <= folders, f"no tests/ folder for adaptkit/{sorted(packages - folders)}"
+    assert builtin <= plugins, f"tests/plugins_builtin/ folders with no plugin: {sorted(builtin - plugins)}"
+    want = (folders - {"helpers", "data", "plugins_builtin"}) | {f"plugins_builtin/{b}" for b in builtin}
+    assert placed == want, f"tests/README.md places {sorted(placed - want)}, misses {sorted(want - placed)}"

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from adaptkit.testing import counting_records, tiny_causal_lm
+from tests.helpers.files import write_records
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "loraplus_backend"
 
@@ -28,21 +29,11 @@ def site(tmp_path_factory):
     subprocess.run(["cp", "-r", str(EXAMPLE), str(build)], check=True)
     res = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(target),
-            str(build),
+            sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+            "--no-index", "--target", str(target), str(build),
         ],
-        capture_output=True,
-        text=True,
-    )
+        capture_output=True, text=True,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     return target
 
@@ -74,28 +65,12 @@ def test_train_with_the_installed_backend_then_load_in_peft(site, tmp_path):
 
     model_dir = tmp_path / "tiny"
     tiny_causal_lm().save_pretrained(model_dir, safe_serialization=True)
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps({"input_ids": r}) + "\n" for r in counting_records()))
+    data = write_records(tmp_path / "data.jsonl", counting_records())
     out = tmp_path / "plus.safetensors"
     res = _adaptkit(
-        site,
-        "train",
-        "--backend",
-        "loraplus",
-        "--model",
-        model_dir,
-        "--data",
-        data,
-        "-o",
-        out,
-        "--max-steps",
-        "15",
-        "--lr",
-        "1e-3",
-        "--option",
-        "ratio=16",
-        "--json",
-    )
+        site, "train", "--backend", "loraplus", "--model", model_dir, "--data", data, "-o", out,
+        "--max-steps", "15", "--lr", "1e-3", "--option", "ratio=16", "--json",
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads(res.stdout)
     assert summary["backend"] == "loraplus"
@@ -120,18 +95,9 @@ def test_train_with_the_installed_backend_then_load_in_peft(site, tmp_path):
 
 def test_blocking_the_plugin_removes_exactly_its_backend(site, tmp_path):
     res = _adaptkit(
-        site,
-        "train",
-        "--backend",
-        "loraplus",
-        "--model",
-        tmp_path,
-        "--data",
-        tmp_path,
-        "-o",
-        tmp_path / "x.safetensors",
-        block="loraplus",
-    )
+        site, "train", "--backend", "loraplus", "--model", tmp_path, "--data", tmp_path,
+        "-o", tmp_path / "x.safetensors", block="loraplus",
+    )  # fmt: skip
     assert res.returncode == 2
     assert res.stderr.startswith("error: ") and "unknown backend 'loraplus'" in res.stderr
     assert "lora" in res.stderr and not (tmp_path / "x.safetensors").exists()

@@ -14,7 +14,7 @@ from pathlib import Path
 import tomllib
 
 from adaptkit import save_adapter
-from tests.conftest import make_adapter
+from tests.helpers.adapters import make_adapter
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "third_party_plugin"
 

@@ -7,7 +7,7 @@ import torch
 from adaptkit import Adapter, LoraPair, WeightedAdapter
 from adaptkit import nn as lora
 from adaptkit.errors import AdaptkitError
-from tests.models import tiny_gpt2, tiny_llama, tokens
+from tests.helpers.models import tiny_gpt2, tiny_llama, tokens
 
 LLAMA = ("model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj")
 GPT2 = ("transformer.h.0.attn.c_attn", "transformer.h.1.mlp.c_proj")  # HF Conv1D: in × out

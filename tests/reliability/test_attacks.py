@@ -5,7 +5,7 @@ import os
 import pytest
 
 from adaptkit import save_adapter
-from tests.conftest import make_adapter
+from tests.helpers.adapters import make_adapter
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_hostile_rank_patterns_cost_bounded_time(tmp_path, pattern, refused):
 
     from adaptkit import load_spec
     from adaptkit.errors import AdaptkitError
-    from tests.models import tiny_llama
+    from tests.helpers.models import tiny_llama
 
     model = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
     model.save_pretrained(tmp_path / "p")

@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from adaptkit import save_adapter
-from tests.conftest import make_adapter
-from tests.reliability.conftest import COMMIT, canary_library, hub_cache
+from tests.helpers.adapters import make_adapter
+from tests.helpers.files import COMMIT, canary_library, hub_cache
 
 Q = "model.layers.0.self_attn.q_proj"
 #: Imported by the parent process on every command (__future__, pluggy, yaml, click, numpy) or by the
@@ -73,7 +73,7 @@ def adaptkit(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subpro
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny Llama as a model folder and as a Hub cache snapshot, both planted, and an adapter."""
-    from tests.models import tiny_llama
+    from tests.helpers.models import tiny_llama
 
     root = tmp_path_factory.mktemp("canaries")
     canaries = root / "canaries"

@@ -4,7 +4,7 @@ file or key, no traceback, nothing written."""
 import pytest
 
 from adaptkit import save_adapter
-from tests.conftest import make_adapter
+from tests.helpers.adapters import make_adapter
 
 
 @pytest.fixture

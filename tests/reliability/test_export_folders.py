@@ -18,7 +18,8 @@ import sys
 
 import pytest
 
-from tests.exporters.test_generation_export import build, peft_adapter
+from tests.helpers.adapters import peft_adapter
+from tests.helpers.models import causal_lm
 
 VOCAB = 272  # the 256 byte symbols, 5 merges, an end-of-text token and room to spare
 
@@ -63,10 +64,10 @@ def _export(*args) -> str:
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export-folders")
-    base = build("llama", seed=5, vocab_size=VOCAB)
+    base = causal_lm("llama", seed=5, vocab_size=VOCAB)
     base.save_pretrained(tmp / "model")
     _byte_level_tokenizer().save_pretrained(tmp / "model")
-    adapter = peft_adapter(base, tmp / "skill", 1, ["q_proj", "v_proj"], r=2)
+    adapter = peft_adapter(base, tmp / "skill", 1, ["q_proj", "v_proj"], r=2, b_scale=0.3)
     good = tmp / "good"
     _export("export", "--onnx", "--lora-inputs", "--model", tmp / "model", "-a", adapter, "-o", good)
     shutil.copytree(tmp / "model", tmp / "wl-model")
@@ -119,7 +120,7 @@ def _generated(run_cli, folder, *extra, args=("--input-ids", "1,2,3")):
 @pytest.fixture
 def canary_library(tmp_path):
     """A shared library whose constructor writes a canary file, and that canary's path."""
-    from tests.reliability.conftest import canary_library as build
+    from tests.helpers.files import canary_library as build
 
     lib, canary = tmp_path / "libcanary.so", tmp_path / "CANARY"
     return lib, canary, build(lib, canary)

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from adaptkit import load_adapter, save_adapter
-from tests.conftest import make_adapter
+from tests.helpers.adapters import make_adapter
 
 SCRIPT = r"""
 import contextlib, hashlib, io, json, os, random, resource, signal, sys, traceback
@@ -78,7 +78,7 @@ def disk_full_runs(args, out, cwd, *, seed, fixed, extra):
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from tests.models import tiny_llama
+    from tests.helpers.models import tiny_llama
 
     tmp = tmp_path_factory.mktemp("faults")
     save_adapter(
@@ -97,32 +97,15 @@ def leftovers(folder):
     )
 
 
+def _export(t, kind, out):
+    return ["export", kind, "--model", t / "base", "-a", t / "a.safetensors", "-o", out, "--force"]
+
+
 WRITERS = {
     "combine": lambda t, out: ["combine", t / "a.safetensors", t / "b.safetensors", "-o", out, "--force"],
     "convert-peft": lambda t, out: ["convert", t / "a.safetensors", "-o", out, "--to", "peft", "--force"],
-    "export-onnx": lambda t, out: [
-        "export",
-        "--onnx",
-        "--model",
-        t / "base",
-        "-a",
-        t / "a.safetensors",
-        "-o",
-        out,
-        "--force",
-        "--no-verify",
-    ],
-    "export-merged": lambda t, out: [
-        "export",
-        "--merged",
-        "--model",
-        t / "base",
-        "-a",
-        t / "a.safetensors",
-        "-o",
-        out,
-        "--force",
-    ],
+    "export-onnx": lambda t, out: [*_export(t, "--onnx", out), "--no-verify"],
+    "export-merged": lambda t, out: _export(t, "--merged", out),
 }
 
 

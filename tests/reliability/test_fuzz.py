@@ -12,7 +12,7 @@ from adaptkit import load_adapter
 from adaptkit.errors import AdaptkitError
 from adaptkit.io.native import adapter_to_bytes
 from adaptkit.io.yamlio import loads_yaml
-from tests.conftest import make_adapter
+from tests.helpers.adapters import make_adapter
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -15,9 +15,10 @@ import pytest
 
 from adaptkit import save_adapter
 from adaptkit.errors import MAX_LINE_CHARS, AdaptkitError, FormatError
-from tests.conftest import make_adapter, raw_safetensors
-from tests.models import tiny_llama
-from tests.reliability.conftest import assert_refused as _refused
+from tests.helpers.adapters import make_adapter
+from tests.helpers.cli import assert_refused as _refused
+from tests.helpers.files import raw_safetensors
+from tests.helpers.models import tiny_llama
 
 DEEP = "[" * 100_000 + "]" * 100_000
 BIGINT = "1" * 5000

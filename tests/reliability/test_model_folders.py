@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 
 from adaptkit import save_adapter
-from tests.conftest import REPO, make_adapter
-from tests.reliability.conftest import COMMIT, hub_cache
-from tests.reliability.conftest import assert_refused as _refused
+from tests.helpers import REPO
+from tests.helpers.adapters import make_adapter
+from tests.helpers.cli import assert_refused as _refused
+from tests.helpers.files import COMMIT, hub_cache
 
 Q = "model.layers.0.self_attn.q_proj"
 
@@ -37,7 +38,7 @@ def canary_module(canary: Path) -> str:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """The smallest Llama the generation builder takes (head size 16), no tokenizer."""
-    from tests.models import tiny_llama
+    from tests.helpers.models import tiny_llama
 
     folder = tmp_path_factory.mktemp("base") / "model"
     tiny_llama(hidden_size=64, intermediate_size=96, num_attention_heads=4).save_pretrained(folder)
@@ -251,7 +252,7 @@ def test_a_linked_subfolder_leading_out_is_refused(run_cli, box, tmp_path_factor
 
 @pytest.fixture
 def sharded(box):
-    from tests.models import tiny_llama
+    from tests.helpers.models import tiny_llama
 
     shutil.rmtree(box / "model")
     tiny_llama(hidden_size=64, intermediate_size=96).save_pretrained(box / "model", max_shard_size="40KB")
@@ -494,7 +495,7 @@ def test_weights_that_do_not_match_the_config_are_refused(run_cli, box, case, co
 
 def test_a_tied_checkpoint_without_lm_head_loads(run_cli, box):
     """transformers does not store a tied ``lm_head.weight``: that is no missing tensor."""
-    from tests.models import tiny_llama
+    from tests.helpers.models import tiny_llama
 
     shutil.rmtree(box / "model")
     model = tiny_llama(hidden_size=64, intermediate_size=96, tie_word_embeddings=True)

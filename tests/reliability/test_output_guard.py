@@ -11,7 +11,7 @@ from adaptkit import save_adapter
 from adaptkit.errors import OutputError
 from adaptkit.io.atomic import atomic_directory, atomic_path
 from adaptkit.io.output_guard import ADAPTER_FILE, EXPORT_FOLDER, PLOT, check_output
-from tests.conftest import make_adapter
+from tests.helpers.adapters import make_adapter
 
 # --- the mechanism ---------------------------------------------------------------------------
 

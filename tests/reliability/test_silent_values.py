@@ -13,8 +13,8 @@ import torch
 
 from adaptkit import Adapter, LoraPair, SavedModule, save_adapter
 from adaptkit.errors import InvalidAdapterError
-from tests.conftest import make_adapter
-from tests.models import tiny_llama
+from tests.helpers.adapters import make_adapter
+from tests.helpers.models import tiny_llama
 
 
 def _one_error(code, err, *words):

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from adaptkit import load_spec
 from adaptkit.cli.output import terminal_safe
 from adaptkit.errors import AdaptkitError
-from tests.models import tiny_llama
+from tests.helpers.models import tiny_llama
 
 HOSTILE = "q\x1b]0;pwned\x07\x1b[2J\r\u202e"
 

@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from adaptkit.cli import main
 from adaptkit.io.native import load_adapter, save_adapter
-from tests.models import tiny_llama
-from tests.reliability.conftest import assert_refused
+from tests.helpers.cli import assert_refused
+from tests.helpers.models import tiny_llama
 
 RECORDS = 12
 TRAIN = ["train", "--model", "model", "--data", "data.jsonl", "--batch-size", "1"]
@@ -273,7 +273,7 @@ def test_checkpoint_factors_of_another_rank_are_refused_before_loading(run_cli, 
 def loraplus(monkeypatch):
     """The LoRA+ example backend, registered as if installed."""
     from adaptkit.plugins import registry
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     monkeypatch.syspath_prepend(str(REPO / "examples" / "loraplus_backend"))
     import adaptkit_loraplus

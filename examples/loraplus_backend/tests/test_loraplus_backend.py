@@ -10,19 +10,13 @@ from adaptkit.testing import check_backend, counting_records, tiny_causal_lm
 from adaptkit.training.loop import run_training
 from adaptkit.training.settings import TrainConfig
 
+#: 30 steps of 8 counting records at lr 1e-3, rank 8 on every linear layer.
+SETTINGS = dict(backend="loraplus", lr=1e-3, max_steps=30, batch_size=8, seq_len=32, seed=0)
+
 
 def config(**overrides):
-    settings = dict(
-        backend="loraplus",
-        lora=LoraSettings(targets="all-linear", rank=8, alpha=8),
-        lr=1e-3,
-        max_steps=30,
-        batch_size=8,
-        seq_len=32,
-        seed=0,
-    )
-    settings.update(overrides)
-    return TrainConfig(**settings)
+    lora = LoraSettings(targets="all-linear", rank=8, alpha=8)
+    return TrainConfig(**{"lora": lora, **SETTINGS, **overrides})
 
 
 def train(backend, cfg):

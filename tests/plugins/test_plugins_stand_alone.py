@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from adaptkit.plugins import load_registry
-from tests.conftest import REPO, make_adapter
+from tests.helpers import REPO
+from tests.helpers.adapters import make_adapter
 
 BUILTINS = {p.name for p in (REPO / "plugins").iterdir() if p.is_dir() and p.name.startswith("adaptkit_")}
 ENTRY_POINTS = {"native", "strategies", "peft", "lora", "qlora", "bake", "onnx"}
@@ -54,7 +55,7 @@ def test_blocking_a_plugin_removes_exactly_what_it_registers(blocked):
 
 def test_exports_of_several_adapters_work_without_the_strategies_plugin(run_cli, tmp_path, monkeypatch):
     from adaptkit import save_adapter
-    from tests.models import tiny_llama
+    from tests.helpers.models import tiny_llama
 
     tiny_llama().save_pretrained(tmp_path / "model")
     shapes = {"model.layers.0.self_attn.q_proj": (32, 32, 4)}

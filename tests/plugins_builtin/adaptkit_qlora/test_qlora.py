@@ -7,54 +7,28 @@ import pytest
 import torch
 
 from adaptkit.errors import AdaptkitError, MissingDependencyError
-from adaptkit.nn.settings import LoraSettings
+from adaptkit.testing import counting_records
 from adaptkit.training import evaluate_loss
-from adaptkit.training.loop import run_training
-from adaptkit.training.settings import TrainConfig
-from tests.backends.test_lora_training import pattern_records
-from tests.models import tiny_llama
+from tests.helpers.models import tiny_llama
+from tests.helpers.training import train, train_config
 
 NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # = 4.127
 
 
 def qlora_llama():
     # bitsandbytes' CPU kernels want in_features divisible by the blocksize (64).
-    return tiny_llama(
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.5,
-    )
-
-
-def qcfg(**kw):
-    base = dict(
-        backend="qlora",
-        lora=LoraSettings(targets="all-linear", rank=8, alpha=16),
-        lr=1e-2,
-        max_steps=40,
-        batch_size=8,
-        seq_len=32,
-        seed=0,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_llama(hidden_size=64, intermediate_size=128, initializer_range=0.5)
 
 
 def test_qlora_learns_and_keeps_the_base_4bit(tmp_path):
     from adaptkit import nn as lora
 
-    records = pattern_records()
+    records = counting_records()
     model = qlora_llama()
     before = evaluate_loss(model, records, 0, 8, torch.device("cpu"))
     metrics = tmp_path / "m.jsonl"
-    result = run_training(
-        qcfg(output=str(tmp_path / "q.safetensors"), metrics=str(metrics)),
-        model=model,
-        records=records,
-        progress=False,
-        log=lambda m: None,
+    result = train(
+        train_config("qlora", output=str(tmp_path / "q.safetensors"), metrics=str(metrics)), model, records
     )
     assert result.final_loss < 0.25 * before, (before, result.final_loss)
     quantized = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
@@ -92,13 +66,7 @@ def trained(tmp_path_factory):
     base = qlora_llama()
     base.save_pretrained(tmp / "base", safe_serialization=True)
     model = copy.deepcopy(base)
-    run_training(
-        qcfg(max_steps=15, output=str(tmp / "q.safetensors")),
-        model=model,
-        records=pattern_records(),
-        progress=False,
-        log=lambda m: None,
-    )
+    train(train_config("qlora", max_steps=15, output=str(tmp / "q.safetensors")), model, counting_records())
     return tmp, base, model
 
 
@@ -106,7 +74,7 @@ def test_merge_back_into_both_bases(trained, run_cli):
     from transformers import AutoModelForCausalLM
 
     tmp, base, qmodel = trained
-    ids = torch.tensor(pattern_records(n=4, seed=9))
+    ids = torch.tensor(counting_records(n=4, seed=9))
     with torch.no_grad():
         want = qmodel(input_ids=ids).logits
         plain = base(input_ids=ids).logits
@@ -143,12 +111,10 @@ def test_merge_back_into_both_bases(trained, run_cli):
 
 def test_bad_input(tmp_path, monkeypatch):
     with pytest.raises(AdaptkitError, match="qlora option blocksize: unknown value 100; valid: 64, 128"):
-        run_training(
-            qcfg(max_steps=1, options={"blocksize": 100}),
-            model=qlora_llama(),
-            records=pattern_records(n=4),
-            progress=False,
-            log=lambda m: None,
+        train(
+            train_config("qlora", max_steps=1, options={"blocksize": 100}),
+            qlora_llama(),
+            counting_records(n=4),
         )
 
     class NoLinear(torch.nn.Module):
@@ -161,9 +127,7 @@ def test_bad_input(tmp_path, monkeypatch):
             return self.emb
 
     with pytest.raises(AdaptkitError, match="no linear layer matches"):
-        run_training(
-            qcfg(max_steps=1), model=NoLinear(), records=[[1, 2, 3]], progress=False, log=lambda m: None
-        )
+        train(train_config("qlora", max_steps=1), NoLinear(), [[1, 2, 3]])
 
     import importlib.util
 
@@ -172,10 +136,4 @@ def test_bad_input(tmp_path, monkeypatch):
         importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
     )
     with pytest.raises(MissingDependencyError, match="pip install bitsandbytes"):
-        run_training(
-            qcfg(max_steps=1),
-            model=qlora_llama(),
-            records=pattern_records(n=4),
-            progress=False,
-            log=lambda m: None,
-        )
+        train(train_config("qlora", max_steps=1), qlora_llama(), counting_records(n=4))

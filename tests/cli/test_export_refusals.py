@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adaptkit import save_adapter
-from tests.models import tiny_llama
+from tests.helpers.models import tiny_llama
 
 
 @pytest.fixture

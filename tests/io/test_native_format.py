@@ -12,7 +12,8 @@ from adaptkit import load_adapter, save_adapter
 from adaptkit.errors import FormatError, InvalidAdapterError, OutputError, SchemaError
 from adaptkit.io.native import build_manifest
 from adaptkit.io.safetensors_strict import MAX_HEADER_BYTES, read_header
-from tests.conftest import make_adapter, raw_safetensors
+from tests.helpers.adapters import make_adapter
+from tests.helpers.files import raw_safetensors
 
 
 def _manifest(targets):
@@ -122,23 +123,18 @@ def test_non_finite_values_rejected_naming_the_tensor(tmp_path, bad):
         load_adapter(path)
 
 
-def test_rank_disagreeing_with_manifest_rejected(tmp_path):
+@pytest.mark.parametrize(
+    ("b_shape", "rank", "message"),
+    [((4, 2), 8, "disagrees with manifest rank 8"), ((4, 3), 2, "rank mismatch")],
+    ids=["rank-disagrees-with-manifest", "factors-disagree-with-each-other"],
+)
+def test_factor_shapes_disagreeing_with_the_manifest_or_each_other_rejected(tmp_path, b_shape, rank, message):
     path = _write(
-        tmp_path / "rank.safetensors",
-        {"m.lora_A.weight": torch.ones(2, 3), "m.lora_B.weight": torch.ones(4, 2)},
-        _manifest({"m": {"rank": 8, "alpha": 8, "scaling": "alpha/r"}}),
+        tmp_path / "bad.safetensors",
+        {"m.lora_A.weight": torch.ones(2, 3), "m.lora_B.weight": torch.ones(*b_shape)},
+        _manifest({"m": {"rank": rank, "alpha": rank, "scaling": "alpha/r"}}),
     )
-    with pytest.raises(InvalidAdapterError, match="disagrees with manifest rank 8"):
-        load_adapter(path)
-
-
-def test_factor_shapes_disagreeing_with_each_other_rejected(tmp_path):
-    path = _write(
-        tmp_path / "shape.safetensors",
-        {"m.lora_A.weight": torch.ones(2, 3), "m.lora_B.weight": torch.ones(4, 3)},
-        _manifest({"m": {"rank": 2, "alpha": 2, "scaling": "alpha/r"}}),
-    )
-    with pytest.raises(InvalidAdapterError, match="rank mismatch"):
+    with pytest.raises(InvalidAdapterError, match=message):
         load_adapter(path)
 
 

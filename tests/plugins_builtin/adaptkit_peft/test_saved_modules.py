@@ -10,24 +10,13 @@ from safetensors.torch import load_file, save_file
 
 from adaptkit import Adapter, LoraPair, SavedModule, load_adapter, load_spec, save_adapter
 from adaptkit.errors import AdaptkitError
-from tests.models import tiny_llama
+from tests.helpers.models import tiny_llama
 
 
 def _seq_cls(seed=0):
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_labels=3,
-        pad_token_id=0,
-    )
-    return LlamaForSequenceClassification(config).eval()
+    return tiny_llama(seed, cls=LlamaForSequenceClassification, num_labels=3, pad_token_id=0)
 
 
 def _train_like(peft_model, seed=1):
@@ -82,27 +71,29 @@ def test_classification_adapter_keeps_its_head_and_round_trips_to_peft(classifie
     assert float((want - base).abs().max()) > 1e-2  # the head and the update changed the output
 
 
-def test_classification_adapter_exports_merged_with_its_head(classifier, tmp_path, run_cli):
+def _merged_like_peft(run_cli, cls, tmp_path, adapter):
+    """``export --merged`` of ``adapter`` onto ``tmp_path/base`` equals PEFT's ``merge_and_unload``
+    tensor by tensor; returns our checkpoint's tensors."""
     from peft import PeftModel
+
+    peft = PeftModel.from_pretrained(cls.from_pretrained(tmp_path / "base"), adapter)
+    peft.merge_and_unload().save_pretrained(tmp_path / "peft")
+    out = tmp_path / "ours"
+    code, _, err = run_cli("export", "--merged", "--model", tmp_path / "base", "-a", adapter, "-o", out)
+    assert code == 0, err
+    ours, want = load_file(out / "model.safetensors"), load_file(tmp_path / "peft" / "model.safetensors")
+    assert set(ours) == set(want)
+    for name, tensor in want.items():
+        torch.testing.assert_close(ours[name], tensor, rtol=0, atol=1e-6, msg=name)
+    return ours
+
+
+def test_classification_adapter_exports_merged_with_its_head(classifier, tmp_path, run_cli):
     from transformers import LlamaForSequenceClassification
 
     _seq_cls().save_pretrained(tmp_path / "base")
-    merged = PeftModel.from_pretrained(
-        LlamaForSequenceClassification.from_pretrained(tmp_path / "base"), classifier
-    )
-    merged.merge_and_unload().save_pretrained(tmp_path / "peft")
-    code, _, err = run_cli(
-        "export", "--merged", "--model", tmp_path / "base", "-a", classifier, "-o", tmp_path / "ours"
-    )
-    assert code == 0, err
-    ours, peft = (
-        load_file(tmp_path / "ours" / "model.safetensors"),
-        load_file(tmp_path / "peft" / "model.safetensors"),
-    )
+    ours = _merged_like_peft(run_cli, LlamaForSequenceClassification, tmp_path, classifier)
     base = load_file(tmp_path / "base" / "model.safetensors")
-    assert set(ours) == set(peft)
-    for name, want in peft.items():
-        torch.testing.assert_close(ours[name], want, rtol=0, atol=1e-6, msg=name)
     assert not torch.equal(ours["score.weight"], base["score.weight"])
     report = json.loads((tmp_path / "ours" / "adaptkit-export.json").read_text())
     assert report["saved_tensors_written"] == ["score.weight"]
@@ -135,7 +126,6 @@ def lm_head_adapter(tmp_path):
 
 
 def test_lm_head_target_converts_and_exports_like_peft(lm_head_adapter, tmp_path, run_cli):
-    from peft import PeftModel
     from transformers import LlamaForCausalLM
 
     adapter = load_spec(lm_head_adapter)
@@ -147,18 +137,7 @@ def test_lm_head_target_converts_and_exports_like_peft(lm_head_adapter, tmp_path
     assert set(back) == set(original) and all(torch.equal(back[k], original[k]) for k in original)
 
     tiny_llama().save_pretrained(tmp_path / "base")
-    peft = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tmp_path / "base"), lm_head_adapter)
-    peft.merge_and_unload().save_pretrained(tmp_path / "peft")
-    code, _, err = run_cli(
-        "export", "--merged", "--model", tmp_path / "base", "-a", lm_head_adapter, "-o", tmp_path / "ours"
-    )
-    assert code == 0, err
-    ours, want = (
-        load_file(tmp_path / "ours" / "model.safetensors"),
-        load_file(tmp_path / "peft" / "model.safetensors"),
-    )
-    for name, tensor in want.items():
-        torch.testing.assert_close(ours[name], tensor, rtol=0, atol=1e-6, msg=name)
+    _merged_like_peft(run_cli, LlamaForCausalLM, tmp_path, lm_head_adapter)
 
 
 def test_onnx_export_applies_saved_modules(lm_head_adapter, tmp_path, run_cli):

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from adaptkit.io.models import load_causal_lm
-from tests.models import tiny_llama
+from adaptkit.testing import counting_records
+from tests.helpers.files import hub_cache, write_records
+from tests.helpers.models import tiny_llama
 
 
 def _persistent_floats(model):
@@ -37,13 +39,8 @@ def test_base_loads_in_the_requested_dtype(bf16_dir, name, want):
     assert tensors and {t.dtype for t in tensors.values()} == {want}, {n: t.dtype for n, t in tensors.items()}
 
 
-def _write_data(path, n=24):
-    g = torch.Generator().manual_seed(0)
-    starts = torch.randint(0, 40, (n,), generator=g).tolist()
-    path.write_text(
-        "".join(json.dumps({"input_ids": [3 + (s + k) % 40 for k in range(24)]}) + "\n" for s in starts)
-    )
-    return path
+def _write_data(path):
+    return write_records(path, counting_records(n=24))
 
 
 def test_cli_trains_on_a_bf16_base_and_reports_memory(bf16_dir, tmp_path, run_cli):
@@ -101,6 +98,8 @@ def test_qlora_quantizes_while_loading_and_trains_any_width(tmp_path, run_cli):
 _PEAK = """
 import gc, json, resource, sys, psutil, torch
 from adaptkit.io.models import load_causal_lm
+from adaptkit.testing import counting_records
+from tests.helpers.files import hub_cache, write_records
 from adaptkit.training.loop import _load_base
 from adaptkit.nn.settings import LoraSettings
 from adaptkit.training.settings import TrainConfig
@@ -171,12 +170,8 @@ def test_qlora_never_stages_the_base_in_full_precision(tmp_path):
 
 
 def test_hub_ids_resolve_through_the_local_cache(tmp_path, monkeypatch, run_cli):
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--tiny-org--tiny-llama"
-    snapshot = repo / "snapshots" / commit
-    tiny_llama(initializer_range=0.5).save_pretrained(snapshot)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
+    tiny_llama(initializer_range=0.5).save_pretrained(tmp_path / "model")
+    hub_cache(tmp_path / "hub", tmp_path / "model", "tiny-org/tiny-llama")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import huggingface_hub.constants as hub
@@ -237,7 +232,7 @@ def test_streamed_4bit_load_equals_transformers_quantizing_loader(bf16_dir):
 
 def test_export_base_dtype_belongs_to_onnx(bf16_dir, tmp_path, run_cli):
     from adaptkit import save_adapter
-    from tests.conftest import make_adapter
+    from tests.helpers.adapters import make_adapter
 
     adapter = save_adapter(make_adapter(), tmp_path / "a.safetensors")
     code, _, err = run_cli(

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.models import tiny_llama
+from tests.helpers.models import tiny_llama
 
 
 def _peft_adapter(model, folder, targets, **config):
@@ -77,84 +77,53 @@ def test_fan_in_fan_out_flag_on_square_linear_targets_merges_as_peft(tmp_path, r
     assert float((transposed - peft[name]).norm() / delta.norm()) > 0.5
 
 
+#: The text model of each: 2 layers of width 64 (4 heads of 16), a vocabulary of 300.
+TEXT = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, vocab_size=300)
+
+
 def _qwen2_5_vl():
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=300,
-            rope_scaling={"type": "mrope", "mrope_section": [2, 2, 4]},
-        ),
+    mrope = {"type": "mrope", "mrope_section": [2, 2, 4]}
+    return Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLConfig(
+        text_config=dict(TEXT, num_hidden_layers=2, num_key_value_heads=2, rope_scaling=mrope),
         vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64),
-        bos_token_id=1,
-        eos_token_id=2,
-        image_token_id=290,
-        video_token_id=291,
-        vision_start_token_id=292,
-    )
-    torch.manual_seed(0)
-    return Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration(config)
+        bos_token_id=1, eos_token_id=2, image_token_id=290, video_token_id=291, vision_start_token_id=292,
+    )  # fmt: skip
 
 
 def _paligemma():
     from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
 
-    config = PaliGemmaConfig(
-        text_config=dict(
-            model_type="gemma",
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=1,
-            head_dim=16,
-            vocab_size=300,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=28,
-            patch_size=14,
-            projection_dim=64,
-        ),
-        image_token_index=299,
-        projection_dim=64,
+    text = dict(TEXT, model_type="gemma", num_hidden_layers=2, num_key_value_heads=1, head_dim=16)
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+        patch_size=14, projection_dim=64,
+    )  # fmt: skip
+    return PaliGemmaForConditionalGeneration, PaliGemmaConfig(
+        text_config=text, vision_config=vision, image_token_index=299, projection_dim=64
     )
-    torch.manual_seed(0)
-    return PaliGemmaForConditionalGeneration, PaliGemmaForConditionalGeneration(config)
 
 
 def _nemotron_h():
     from transformers import NemotronHConfig, NemotronHForCausalLM
 
-    config = NemotronHConfig(
-        vocab_size=300,
-        hidden_size=64,
-        layers_block_type=["mamba", "attention", "mlp"],
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        intermediate_size=128,
-        ssm_state_size=16,
-        mamba_num_heads=4,
-        mamba_head_dim=16,
-        n_groups=1,
-        chunk_size=16,
+    return NemotronHForCausalLM, NemotronHConfig(
+        **TEXT, num_key_value_heads=2, head_dim=16, layers_block_type=["mamba", "attention", "mlp"],
+        ssm_state_size=16, mamba_num_heads=4, mamba_head_dim=16, n_groups=1, chunk_size=16,
         use_mamba_kernels=False,
-    )
+    )  # fmt: skip
+
+
+def _build(configure):
+    """The model class and a seeded random model of one of the configurations above."""
+    cls, config = configure()
     torch.manual_seed(0)
-    return NemotronHForCausalLM, NemotronHForCausalLM(config)
+    return cls, cls(config)
 
 
 @pytest.mark.parametrize(
-    ("build", "targets"),
+    ("configure", "targets"),
     [
         (_qwen2_5_vl, ["q_proj", "v_proj", "down_proj"]),
         (_paligemma, ["q_proj", "v_proj", "down_proj"]),
@@ -162,8 +131,8 @@ def _nemotron_h():
     ],
     ids=["qwen2.5-vl", "paligemma", "nemotron-h"],
 )
-def test_vlm_and_hybrid_checkpoints_merge_as_peft(build, targets, tmp_path, run_cli):
-    cls, model = build()
+def test_vlm_and_hybrid_checkpoints_merge_as_peft(configure, targets, tmp_path, run_cli):
+    cls, model = _build(configure)
     base_dir = tmp_path / "base"
     model.save_pretrained(base_dir)
     base = load_file(base_dir / "model.safetensors")
@@ -172,7 +141,7 @@ def test_vlm_and_hybrid_checkpoints_merge_as_peft(build, targets, tmp_path, run_
     names = [n for n in modules if n.endswith(f".{targets[0]}")]
     assert names and not any(f"{n}.weight" in base for n in names), names[:2]
 
-    _, fresh = build()
+    _, fresh = _build(configure)
     adapter_dir = _peft_adapter(fresh, tmp_path / "adapter", targets)
     peft = _peft_merged(cls, base_dir, adapter_dir, tmp_path / "peft")
     ours = _export(run_cli, base_dir, adapter_dir, tmp_path / "ours")

@@ -13,7 +13,7 @@ from adaptkit.errors import AdaptkitError
 from adaptkit.nn.baking import bake_adapter
 from adaptkit.plugins import get_registry
 from adaptkit_peft.format import PeftFormat
-from tests.models import tiny_gpt2, tiny_llama, tokens
+from tests.helpers.models import tiny_gpt2, tiny_llama, tokens
 
 FMT = PeftFormat()
 

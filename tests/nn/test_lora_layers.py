@@ -6,7 +6,7 @@ import torch
 from adaptkit import load_adapter, save_adapter
 from adaptkit import nn as lora
 from adaptkit.errors import AdaptkitError
-from tests.models import tiny_gpt2, tiny_llama, tokens
+from tests.helpers.models import tiny_gpt2, tiny_llama, tokens
 
 
 def randomise_b(model, seed=0):

@@ -9,15 +9,11 @@ import pytest
 import torch
 
 from adaptkit import load_adapter
-from adaptkit.nn.settings import LoraSettings
 from adaptkit.testing import counting_records
 from adaptkit.training import evaluate_loss
-from adaptkit.training.loop import run_training
-from adaptkit.training.settings import TrainConfig
-from tests.models import tiny_llama
-
-# Counting sequences (next token = this token + 1, modulo 40) from random starts.
-pattern_records = counting_records
+from tests.helpers.files import write_jsonl
+from tests.helpers.models import tiny_llama
+from tests.helpers.training import train, train_config
 
 
 def trainable_llama():
@@ -27,31 +23,11 @@ def trainable_llama():
     return tiny_llama(initializer_range=0.5)
 
 
-def cfg(**kw):
-    base = dict(
-        backend="lora",
-        lora=LoraSettings(targets="all-linear", rank=8, alpha=16),
-        lr=1e-2,
-        max_steps=40,
-        batch_size=8,
-        seq_len=32,
-        seed=0,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
-
-
 def test_training_lowers_the_loss_well_below_the_base(tmp_path):
-    records = pattern_records()
+    records = counting_records()
     model = trainable_llama()
     before = evaluate_loss(model, records, 0, 8, torch.device("cpu"))
-    result = run_training(
-        cfg(output=str(tmp_path / "a.safetensors")),
-        model=model,
-        records=records,
-        progress=False,
-        log=lambda m: None,
-    )
+    result = train(train_config(output=str(tmp_path / "a.safetensors")), model, records)
     after = evaluate_loss(model, records, 0, 8, torch.device("cpu"))
     assert result.initial_loss == pytest.approx(before, rel=1e-5)
     assert result.final_loss == pytest.approx(after, rel=1e-5)
@@ -65,32 +41,18 @@ def test_training_lowers_the_loss_well_below_the_base(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    records = pattern_records(n=20)
-    straight = run_training(
-        cfg(max_steps=6, output=str(tmp_path / "s.safetensors")),
-        model=tiny_llama(),
-        records=records,
-        progress=False,
-        log=lambda m: None,
-    )
+    records = counting_records(n=20)
+    straight = train(train_config(max_steps=6, output=str(tmp_path / "s.safetensors")), tiny_llama(), records)
     out = tmp_path / "r.safetensors"
-    run_training(
-        cfg(max_steps=6, save_every=3, output=str(out)),
-        model=tiny_llama(),
-        records=records,
-        progress=False,
-        log=lambda m: None,
-    )
+    train(train_config(max_steps=6, save_every=3, output=str(out)), tiny_llama(), records)
     ckpt = tmp_path / "r.safetensors.checkpoints" / "step-3"
     assert (ckpt / "optimizer.safetensors").exists() and json.loads((ckpt / "state.json").read_text())[
         "step"
     ] == 3
-    resumed = run_training(
-        cfg(max_steps=6, resume=str(ckpt), output=str(tmp_path / "r2.safetensors")),
-        model=tiny_llama(),
-        records=records,
-        progress=False,
-        log=lambda m: None,
+    resumed = train(
+        train_config(max_steps=6, resume=str(ckpt), output=str(tmp_path / "r2.safetensors")),
+        tiny_llama(),
+        records,
     )
     assert resumed.losses == pytest.approx(straight.losses[3:], rel=1e-6)
     for name, pair in straight.adapter.targets.items():
@@ -98,21 +60,9 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_grad_accumulation_equals_a_bigger_batch(tmp_path):
-    records = pattern_records(n=16)
-    big = run_training(
-        cfg(max_steps=3, batch_size=8),
-        model=tiny_llama(),
-        records=records,
-        progress=False,
-        log=lambda m: None,
-    )
-    accum = run_training(
-        cfg(max_steps=3, batch_size=4, grad_accum=2),
-        model=tiny_llama(),
-        records=records,
-        progress=False,
-        log=lambda m: None,
-    )
+    records = counting_records(n=16)
+    big = train(train_config(max_steps=3, batch_size=8), tiny_llama(), records)
+    accum = train(train_config(max_steps=3, batch_size=4, grad_accum=2), tiny_llama(), records)
     assert accum.losses == pytest.approx(big.losses, rel=1e-5)
     for name, pair in big.adapter.targets.items():
         torch.testing.assert_close(accum.adapter.targets[name].B, pair.B, rtol=1e-4, atol=1e-6)
@@ -132,36 +82,13 @@ def model_dir(tmp_path_factory):
     return folder
 
 
-def _write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def test_cli_train_text_jsonl_with_metrics(run_cli, model_dir, tmp_path):
-    data = _write_jsonl(tmp_path / "d.jsonl", [{"text": f"abcd{i} " * 3} for i in range(12)])
+    data = write_jsonl(tmp_path / "d.jsonl", [{"text": f"abcd{i} " * 3} for i in range(12)])
     out, metrics = tmp_path / "a.safetensors", tmp_path / "m.jsonl"
     code, stdout, err = run_cli(
-        "train",
-        "--model",
-        model_dir,
-        "--data",
-        data,
-        "-o",
-        out,
-        "--rank",
-        "4",
-        "--max-steps",
-        "5",
-        "--batch-size",
-        "4",
-        "--lr",
-        "5e-3",
-        "--metrics",
-        metrics,
-        "--targets",
-        "q_proj,v_proj",
-        "--json",
-    )
+        "train", "--model", model_dir, "--data", data, "-o", out, "--rank", "4", "--max-steps", "5",
+        "--batch-size", "4", "--lr", "5e-3", "--metrics", metrics, "--targets", "q_proj,v_proj", "--json",
+    )  # fmt: skip
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["steps"] == 5 and summary["targets"] == 4
@@ -176,7 +103,7 @@ def test_cli_train_text_jsonl_with_metrics(run_cli, model_dir, tmp_path):
 
 
 def test_cli_train_recipe_and_input_ids(run_cli, model_dir, tmp_path):
-    _write_jsonl(tmp_path / "ids.jsonl", [{"input_ids": [5, 6, 7, 8] * 4} for _ in range(8)])
+    write_jsonl(tmp_path / "ids.jsonl", [{"input_ids": [5, 6, 7, 8] * 4} for _ in range(8)])
     (tmp_path / "train.yaml").write_text(
         f"model: {model_dir}\ndata: ids.jsonl\noutput: t.safetensors\nrank: 2\nmax_steps: 2\nbatch_size: 4\n"
     )
@@ -202,7 +129,7 @@ def test_cli_train_recipe_and_input_ids(run_cli, model_dir, tmp_path):
     ],
 )
 def test_cli_train_bad_data(run_cli, model_dir, tmp_path, rows, extra, message):
-    data = _write_jsonl(tmp_path / "d.jsonl", rows)
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
     code, _, err = run_cli(
         "train", "--model", model_dir, "--data", data, "-o", tmp_path / "x.safetensors", *extra
     )
@@ -213,7 +140,7 @@ def test_cli_train_bad_data(run_cli, model_dir, tmp_path, rows, extra, message):
 def test_cli_train_text_without_tokenizer(run_cli, tmp_path):
     folder = tmp_path / "notok"
     tiny_llama().save_pretrained(folder, safe_serialization=True)
-    data = _write_jsonl(tmp_path / "d.jsonl", [{"text": "hello"}])
+    data = write_jsonl(tmp_path / "d.jsonl", [{"text": "hello"}])
     code, _, err = run_cli("train", "--model", folder, "--data", data, "-o", tmp_path / "x.safetensors")
     assert code == 2 and "no tokenizer" in err
 
@@ -223,7 +150,7 @@ def test_cli_train_refuses_pickle_only_model_and_existing_output(run_cli, model_
     folder.mkdir()
     (folder / "config.json").write_text((model_dir / "config.json").read_text())
     (folder / "pytorch_model.bin").write_bytes(b"\x80\x04.")
-    data = _write_jsonl(tmp_path / "d.jsonl", [{"input_ids": [5, 6, 7]}])
+    data = write_jsonl(tmp_path / "d.jsonl", [{"input_ids": [5, 6, 7]}])
     code, _, err = run_cli("train", "--model", folder, "--data", data, "-o", tmp_path / "x.safetensors")
     assert code == 2 and "no *.safetensors weights" in err and "pickle" in err
     (tmp_path / "exists.safetensors").write_bytes(b"old")
@@ -235,72 +162,30 @@ def test_cli_train_refuses_pickle_only_model_and_existing_output(run_cli, model_
 
 def test_torchrun_two_processes_equal_one_process(model_dir, tmp_path):
     """DDP (gloo) over 2 CPU processes == 1 process with the same global batch."""
-    data = _write_jsonl(
+    data = write_jsonl(
         tmp_path / "d.jsonl",
         [{"input_ids": ([5 + i, 9, 12, 7 + i] * 5)[: 10 + i]} for i in range(16)],
     )
     common = [
-        "--model",
-        str(model_dir),
-        "--data",
-        str(data),
-        "--rank",
-        "4",
-        "--max-steps",
-        "3",
-        "--lr",
-        "1e-2",
-        "--targets",
-        "q_proj,v_proj,down_proj",
-        "--seed",
-        "3",
-    ]
+        "--model", str(model_dir), "--data", str(data), "--rank", "4", "--max-steps", "3", "--lr", "1e-2",
+        "--targets", "q_proj,v_proj,down_proj", "--seed", "3",
+    ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one_out, two_out = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
     single = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "adaptkit",
-            "train",
-            *common,
-            "--batch-size",
-            "4",
-            "-o",
-            str(tmp_path / "one.safetensors"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+        [sys.executable, "-m", "adaptkit", "train", *common, "--batch-size", "4", "-o", one_out],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
     assert single.returncode == 0, single.stderr[-2000:]
     multi = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29533",
-            "-m",
-            "adaptkit",
-            "train",
-            *common,
-            "--batch-size",
-            "2",
-            "-o",
-            str(tmp_path / "two.safetensors"),
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+            "-m", "adaptkit", "train", *common, "--batch-size", "2", "-o", two_out,
         ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
     assert multi.returncode == 0, multi.stderr[-3000:]
-    one, two = (
-        load_adapter(tmp_path / "one.safetensors"),
-        load_adapter(tmp_path / "two.safetensors"),
-    )
+    one, two = load_adapter(one_out), load_adapter(two_out)
     for name, pair in one.targets.items():
         torch.testing.assert_close(two.targets[name].B, pair.B, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(two.targets[name].A, pair.A, rtol=1e-4, atol=1e-6)
@@ -312,7 +197,7 @@ def test_prompt_completion_records_mask_the_prompt(model_dir, tmp_path):
     from adaptkit.training import collate, target_tokens
     from adaptkit.training.data import load_records
 
-    data = _write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "abc=", "completion": "ABC"}])
+    data = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "abc=", "completion": "ABC"}])
     (rec,) = load_records(data, byte_tokenizer(), seq_len=32, vocab_size=259)
     assert rec.loss_from == 4 and len(rec) == 4 + 3 + 1  # prompt, completion, </s>
     _ids, mask = collate([rec], 0)
@@ -326,5 +211,5 @@ def test_prompt_completion_records_mask_the_prompt(model_dir, tmp_path):
 def learning_rate_probe(lr):
     from adaptkit.training.loop import learning_rate
 
-    c = cfg(lr=lr, warmup_steps=5, lr_schedule="cosine")
+    c = train_config(lr=lr, warmup_steps=5, lr_schedule="cosine")
     return [learning_rate(c, s, 100) for s in range(100)]

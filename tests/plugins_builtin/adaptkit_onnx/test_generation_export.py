@@ -15,53 +15,18 @@ import json
 import pytest
 import torch
 
+from tests.helpers.adapters import peft_adapter
+from tests.helpers.models import causal_lm, tiny_gpt2
+
 PROMPTS = ([7, 3, 99, 41], [1, 150, 2, 2, 64, 33, 12, 9, 140])
 NEW = 10
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PHI3_LINEAR = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 
 
-def build(arch: str, seed: int = 0, **overrides):
-    import transformers as tf
-
-    common = dict(
-        vocab_size=160,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-    )
-    common.update(overrides)
-    config_cls, model_cls = {
-        "llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
-        "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
-        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
-        "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM),
-    }[arch]
-    if arch == "phi3":
-        common.update(original_max_position_embeddings=128, num_key_value_heads=4)
-    torch.manual_seed(seed)
-    return model_cls(config_cls(**common)).eval()
-
-
-def peft_adapter(base, folder, seed, targets, r=4):
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, init_lora_weights=False)
-    model = get_peft_model(copy.deepcopy(base), cfg)
-    with torch.no_grad():  # a moderate update: visible in the tokens, not noise-dominated
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.mul_(0.3)
-    model.save_pretrained(folder)
-    return folder
+def skill(base, folder, seed, targets, r=4):
+    """A PEFT adapter with a moderate update: visible in the tokens, not noise-dominated."""
+    return peft_adapter(base, folder, seed, targets, r=r, b_scale=0.3)
 
 
 def peft_tokens(base, adapter_dir, prompt):
@@ -100,10 +65,10 @@ def generated(run_cli, folder, prompt, *extra):
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gen-llama")
-    base = build("llama")
+    base = causal_lm("llama")
     base.save_pretrained(tmp / "model")
-    a = peft_adapter(base, tmp / "a", 1, ALL_LINEAR)
-    b = peft_adapter(base, tmp / "b", 2, ["q_proj", "v_proj", "down_proj"], r=2)
+    a = skill(base, tmp / "a", 1, ALL_LINEAR)
+    b = skill(base, tmp / "b", 2, ["q_proj", "v_proj", "down_proj"], r=2)
     return tmp, base, a, b
 
 
@@ -142,10 +107,10 @@ def test_fp32_export_generates_peft_greedy_tokens(arch, run_cli, tmp_path, llama
         # Mistral's MLP is as wide as the vocabulary: the builder alone would take layer 0's
         # gate_proj for the LM head (every weight right, logits garbage); the handoff names the
         # real head.
-        base = build(arch, **({"intermediate_size": 160} if arch == "mistral" else {}))
+        base = causal_lm(arch, **({"intermediate_size": 160} if arch == "mistral" else {}))
         model = tmp_path / "model"
         base.save_pretrained(model)
-        adapter = peft_adapter(base, tmp_path / "a", 1, PHI3_LINEAR if arch == "phi3" else ALL_LINEAR)
+        adapter = skill(base, tmp_path / "a", 1, PHI3_LINEAR if arch == "phi3" else ALL_LINEAR)
         out = tmp_path / "onnx"
         report = export_json(run_cli, model, adapter, out)
     assert report["graph"] == "generation" and report["precision"] == "fp32"
@@ -210,11 +175,11 @@ def test_lora_inputs_switch_adapters_in_one_loaded_model(arch, tmp_path, run_cli
     tokens. Phi-3's fused qkv_proj / gate_up_proj are split across the graph's projections."""
     from adaptkit_onnx.runtime.genai import GenaiModel
 
-    base = build(arch, seed=3)
+    base = causal_lm(arch, seed=3)
     base.save_pretrained(tmp_path / "model")
     targets = PHI3_LINEAR if arch == "phi3" else ALL_LINEAR
-    a = peft_adapter(base, tmp_path / "skill-a", 1, targets)
-    b = peft_adapter(base, tmp_path / "skill-b", 2, targets[:2], r=2)
+    a = skill(base, tmp_path / "skill-a", 1, targets)
+    b = skill(base, tmp_path / "skill-b", 2, targets[:2], r=2)
     out = tmp_path / "multi"
     code, stdout, err = run_cli(
         "export",
@@ -267,8 +232,6 @@ def test_generation_parity_fails_for_a_model_that_is_not_the_reference(llama, ll
 
 
 def test_graph_choice_is_explicit_for_unsupported_models(run_cli, tmp_path):
-    from tests.models import tiny_gpt2
-
     tiny_gpt2().save_pretrained(tmp_path / "gpt2")
     code, _, err = run_cli(
         "export", "--onnx", "--graph", "generation", "--model", tmp_path / "gpt2", "-o", tmp_path / "o"

@@ -6,16 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 
-from tests.models import tiny_gpt2, tiny_llama
-
-
-def _peft_adapter(base, folder, seed, **cfg):
-    torch.manual_seed(seed)
-    model = get_peft_model(copy.deepcopy(base), LoraConfig(init_lora_weights=False, **cfg))
-    model.save_pretrained(folder)
-    return folder
+from tests.helpers.adapters import peft_adapter
+from tests.helpers.models import tiny_gpt2, tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -23,18 +17,8 @@ def llama(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("llama")
     base = tiny_llama()
     base.save_pretrained(tmp / "model", safe_serialization=True, max_shard_size="40KB")  # sharded
-    a = _peft_adapter(
-        base, tmp / "peft_a", 1, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]
-    )
-    b = _peft_adapter(
-        base,
-        tmp / "peft_b",
-        2,
-        r=2,
-        lora_alpha=6,
-        use_rslora=True,
-        target_modules=["o_proj", "q_proj"],
-    )
+    a = peft_adapter(base, tmp / "peft_a", 1, ["q_proj", "v_proj", "down_proj"])
+    b = peft_adapter(base, tmp / "peft_b", 2, ["o_proj", "q_proj"], r=2, alpha=6, use_rslora=True)
     return tmp, base, a, b
 
 
@@ -102,15 +86,7 @@ def test_onnx_and_merged_match_peft_llama(run_cli, llama):
 def test_gpt2_conv1d_onnx_and_merged(run_cli, tmp_path):
     base = tiny_gpt2()
     base.save_pretrained(tmp_path / "gpt2", safe_serialization=True)
-    a = _peft_adapter(
-        base,
-        tmp_path / "peft",
-        3,
-        r=4,
-        lora_alpha=8,
-        fan_in_fan_out=True,
-        target_modules=["c_attn", "c_proj"],
-    )
+    a = peft_adapter(base, tmp_path / "peft", 3, ["c_attn", "c_proj"], fan_in_fan_out=True)
     ids, mask = probe_inputs()
     want = peft_logits(base, a, ids, mask)
     code, _, err = run_cli(
@@ -180,17 +156,7 @@ def test_failed_export_leaves_previous_output_intact(run_cli, llama):
     out.mkdir()
     (out / "model.onnx").write_bytes(b"previous export")
     code, _, err = run_cli(
-        "export",
-        "--onnx",
-        "--model",
-        tmp / "model",
-        "-a",
-        a,
-        "-o",
-        out,
-        "--force",
-        "--atol",
-        "1e-15",
+        "export", "--onnx", "--model", tmp / "model", "-a", a, "-o", out, "--force", "--atol", "1e-15"
     )
     assert code == 2 and "differs from PyTorch" in err
     assert (out / "model.onnx").read_bytes() == b"previous export"
@@ -253,20 +219,9 @@ def test_refusals_write_nothing(run_cli, llama, tmp_path):
 def test_float16_export_with_opset(run_cli, llama):
     tmp, _, a, _ = llama
     code, out, err = run_cli(
-        "export",
-        "--onnx",
-        "--model",
-        tmp / "model",
-        "-a",
-        a,
-        "-o",
-        tmp / "fp16",
-        "--dtype",
-        "float16",
-        "--opset",
-        "18",
-        "--json",
-    )
+        "export", "--onnx", "--model", tmp / "model", "-a", a, "-o", tmp / "fp16",
+        "--dtype", "float16", "--opset", "18", "--json",
+    )  # fmt: skip
     assert code == 0, err
     report = json.loads(out)
     assert report["files"]["dtype"] == "float16" and report["files"]["opset"] == 18

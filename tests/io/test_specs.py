@@ -4,7 +4,7 @@ from adaptkit import save_adapter
 from adaptkit.errors import AdaptkitError, FormatError, SchemaError
 from adaptkit.io.specs import detect_format, load_spec, read_adapter_yaml, resolve_spec
 from adaptkit.plugins import get_registry
-from tests.conftest import make_adapter
+from tests.helpers.adapters import make_adapter
 
 
 def test_adapter_yaml_resolves_relative_to_its_folder(tmp_path, monkeypatch):

@@ -69,8 +69,10 @@ def refuse_unused_options(options: dict[str, Any], unused: dict[str, str], where
 
 
 def load_export_adapters(specs: list[str], registry: Any = None) -> list[NamedAdapter]:
-    """Resolve ``--adapter`` SPECs; recipes are combined with their own strategy."""
-    from adaptkit.io.recipe import load_recipe, yaml_kind
+    """Resolve ``--adapter`` SPECs; a recipe is combined as ``adaptkit combine`` would (its
+    strategy and its ``tune:`` block), by :func:`adaptkit.combine.job.combine_recipe`."""
+    from adaptkit.combine.job import combine_recipe
+    from adaptkit.io.recipe import yaml_kind
     from adaptkit.io.specs import is_yaml, load_ref, resolve_spec
     from adaptkit.plugins import get_registry
 
@@ -79,9 +81,8 @@ def load_export_adapters(specs: list[str], registry: Any = None) -> list[NamedAd
     for spec in specs:
         p = Path(spec)
         if is_yaml(p) and yaml_kind(p) == "recipe":
-            recipe = load_recipe(p, allow_outside=True)  # its output is not used here
-            result = recipe.combine(registry)
-            out.append(WeightedAdapter(result.adapter, 1.0, p.stem, p, recipe.reads))
+            # Combined as `adaptkit combine RECIPE` writes it, tune: included.
+            out.append(combine_recipe(p, registry))
         else:
             ref = resolve_spec(spec)
             reads = tuple(x for x in (ref.spec, ref.path) if x is not None)

@@ -67,3 +67,23 @@ def test_tuned_recipe_exports_what_combine_writes_not_the_static_sum(workspace, 
     assert set(recipe) == set(combined) == set(static)
     assert _max_gap(recipe, combined) < 1e-6  # the same tuned weights, folded the same way
     assert _max_gap(recipe, static) > 1e-4  # tuning moved them: not the untuned combination
+    report = json.loads((tmp / "recipe" / "export-report.json").read_text())
+    assert [a["name"] for a in report["adapters"]] == ["recipe"]
+
+
+def test_the_tuning_model_and_sets_are_inputs_an_export_never_writes_into(workspace, run_cli, monkeypatch):
+    import shutil
+
+    import adaptkit.combine.tune
+
+    def load_base(*_a, **_k):
+        raise AssertionError("tuning loaded its model before the output was checked")
+
+    monkeypatch.setattr(adaptkit.combine.tune, "load_base", load_base)
+    tmp = workspace
+    shutil.copytree(tmp / "base", tmp / "other-base")
+    code, _, err = run_cli(
+        "export", "--merged", "--model", tmp / "other-base", "-a", tmp / "recipe.yaml",
+        "-o", tmp / "base" / "inside", "--force",
+    )  # fmt: skip
+    assert code == 2 and "inside" in err and not (tmp / "base" / "inside").exists(), err

@@ -104,7 +104,7 @@ def test_classification_adapter_exports_merged_with_its_head(classifier, tmp_pat
     for name, want in peft.items():
         torch.testing.assert_close(ours[name], want, rtol=0, atol=1e-6, msg=name)
     assert not torch.equal(ours["score.weight"], base["score.weight"])
-    report = json.loads((tmp_path / "ours" / "adaptkit-export.json").read_text())
+    report = json.loads((tmp_path / "ours" / "export-report.json").read_text())
     assert report["saved_tensors_written"] == ["score.weight"]
 
 

@@ -349,9 +349,10 @@ def export_specs(
     """
     from adaptkit.plugins import get_registry
 
-    if not name:
-        raise AdaptkitError("choose what to export: --onnx, --merged or --exporter NAME")
     registry = registry or get_registry()
+    if not name:
+        flags = ", ".join(selector(r.name) for r in registry.all("exporter"))
+        raise AdaptkitError(f"choose what to export: {flags} or --exporter NAME")
     exporter = registry.get("exporter", name)
     # Options and the output path before any adapter is read (a recipe may tune for minutes).
     check_export_options(name, exporter, dict(options or {}), exporter_options(registry))

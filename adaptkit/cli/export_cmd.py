@@ -23,38 +23,26 @@ from adaptkit.cli.output import echo_json, say
 BUILTIN_ONLY = "adaptkit.export.builtin_only"
 _PREFIX = "option__"  # click parameter names of exporter options; never a host parameter's
 
-_HELP = """Export a base model with adapters.
-
-\b
---merged  a Hugging Face model directory with W + ΔW in its safetensors, streamed
-          tensor by tensor (memory ≈ the largest tensor); config/tokenizer copied.
---onnx    a generation-ready model for ONNX Runtime GenAI: the --merged checkpoint
-          (streamed) goes through ONNX Runtime GenAI's model builder (KV cache, fused
-          attention; --precision fp32|fp16|int4), then greedy generation on probe
-          prompts is compared with PyTorch + the adapters *unmerged*: fp32 must give
-          the same tokens and logits within --atol; fp16/int4 must reach
-          --min-agreement. Try it with `adaptkit generate OUT`. Models the builder
-          does not support (GPT-2, head sizes not a multiple of 16) get the
-          logits-only graph (torch.onnx dynamo), verified on logits, as the report
-          says.
---onnx --lora-inputs
-          one base graph whose targeted projections take LoRA factors as inputs;
-          each adapter becomes an .onnx_adapter file, switched per request
-          (og.Adapters / generator.set_active_adapter; see adapters.json and
-          docs/export.md); every adapter is verified as above.
+_HELP = """Export a base model with adapters; --NAME (or --exporter NAME) picks the exporter.
 
 \b
 Each exporter declares its options (listed below with the exporters that take
-them); an option of another exporter is refused. The output folder appears only
-when complete, with OUT/export-report.json; an existing one survives a failed run.
-
-\b
-Examples:
-  adaptkit export --onnx --model ./tiny-llama --adapter a.yaml -o onnx_out
-  adaptkit export --onnx --precision int4 --model ./llama -a a.yaml -o llama-int4
-  adaptkit export --merged --model ./tiny-llama --adapter a.yaml --adapter b.yaml -o merged
-  adaptkit export --onnx --lora-inputs --model ./tiny-llama -a a.yaml -a b.yaml -o multi
+them); an option of another exporter is refused before anything loads. The
+output folder appears only when complete, with OUT/export-report.json; an
+existing one survives a failed run.
 """
+
+
+def _exporters(ctx: click.Context) -> tuple[Any, list[Any]]:
+    """The registry and the exporters whose flags and help the command shows."""
+    from adaptkit.plugins import get_registry
+
+    registry = get_registry()
+    regs = registry.all("exporter")
+    if ctx.meta.get(BUILTIN_ONLY):
+        ours = {name for name, info in registry.plugins.items() if info.distribution == "adaptkit"}
+        regs = [r for r in regs if r.plugin in ours]
+    return registry, regs
 
 
 def _metavar(spec: dict[str, Any]) -> str:
@@ -78,15 +66,10 @@ def _option_help(option: Any) -> str:
     return "; ".join(parts)
 
 
-def _generated(registry: Any, builtin_only: bool) -> tuple[list[click.Option], list[click.Option]]:
+def _generated(registry: Any, regs: list[Any]) -> tuple[list[click.Option], list[click.Option]]:
     """The ``--NAME`` selectors (with ``--exporter``) and the exporter options, as click options."""
     from adaptkit.exporting import exporter_options, selector
 
-    regs = registry.all("exporter")
-    if builtin_only:
-        regs = [
-            r for r in regs if getattr(registry.plugins.get(r.plugin), "distribution", None) == "adaptkit"
-        ]
     selectors = [
         click.Option(
             [selector(r.name), "exporter"],
@@ -122,21 +105,41 @@ class ExportCommand(click.Command):
             ),
             click.Option(["--json", "as_json"], is_flag=True, help="Print the export report as JSON."),
         ]
-        self._cache: tuple[Any, bool, Any] = (None, False, None)
+        self._cache: tuple[Any, tuple[str, ...], Any] = (None, (), None)
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
-        from adaptkit.plugins import get_registry
-
-        registry = get_registry()
-        builtin_only = bool(ctx.meta.get(BUILTIN_ONLY))
-        if self._cache[0] is not registry or self._cache[1] != builtin_only:
-            self._cache = (registry, builtin_only, _generated(registry, builtin_only))
+        registry, regs = _exporters(ctx)
+        names = tuple(r.name for r in regs)
+        if self._cache[0] is not registry or self._cache[1] != names:
+            self._cache = (registry, names, _generated(registry, regs))
         selectors, options = self._cache[2]
         help_option = self.get_help_option(ctx)
         return [*selectors, *self.params, *options, *self._tail, *([help_option] if help_option else [])]
 
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The host's text, then each exporter's own ``help`` (its paragraph, examples welcome)."""
+        import inspect
 
-@click.command("export", cls=ExportCommand, help=_HELP)
+        from adaptkit.exporting import selector
+
+        super().format_help_text(ctx, formatter)
+        regs = _exporters(ctx)[1]
+        width = max((len(selector(r.name)) for r in regs), default=0) + 2
+        for reg in regs:
+            text = inspect.cleandoc(getattr(reg.obj, "help", "") or "")
+            if not text:
+                continue
+            lines = text.splitlines()
+            hanging = [
+                selector(reg.name).ljust(width) + lines[0],
+                *(" " * width + line for line in lines[1:]),
+            ]
+            formatter.write_paragraph()
+            with formatter.indentation():
+                formatter.write_text("\b\n" + "\n".join(hanging))
+
+
+@click.command("export", cls=ExportCommand, help=_HELP, short_help="Export a base model with adapters.")
 @click.option(
     "--model", required=True, help="Hugging Face model directory or Hub id (org/name; safetensors only)."
 )
@@ -167,7 +170,7 @@ def command(
         name = param.name or ""
         # Only flags the user typed: a default is the exporter's to fill.
         if name.startswith(_PREFIX) and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
-            # A switch sets its option to the opposite of its default: --no-verify → verify=False.
+            # A switch sets its option to the opposite of its default: --no-KEY → KEY=False.
             flag = getattr(param, "is_flag", False)
             given[name[len(_PREFIX) :]] = not param.opts[0].startswith("--no-") if flag else rest[name]
     report = export_specs(

@@ -144,6 +144,8 @@ class Exporter(Plugin, Protocol):
             boolean that defaults to true. Declare ``{"type": "object", "additionalProperties":
             False, "properties": {}}`` for none. A class attribute: the host reads it to build
             the flags without importing anything heavy.
+        help: Optional; a paragraph for ``adaptkit export --help``, shown after ``--NAME`` with
+            its lines kept (what the export is, an example or two).
     """
 
     options_schema: Mapping[str, Any]

@@ -19,6 +19,11 @@ class BakeExporter:
 
     name = "merged"
     description = "HF model directory with W + ΔW baked in, streamed tensor by tensor"
+    help = """
+        a Hugging Face model directory with W + ΔW in its safetensors, streamed
+        tensor by tensor (memory ≈ the largest tensor); config/tokenizer copied.
+          adaptkit export --merged --model ./tiny-llama -a a.yaml -a b.yaml -o merged
+        """
     requires: ClassVar[dict[str, str]] = {"torch": "torch", "safetensors": "safetensors"}
     options_schema: ClassVar[dict[str, Any]] = {
         "type": "object",

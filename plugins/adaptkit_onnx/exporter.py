@@ -74,6 +74,23 @@ class OnnxExporter:
         "generation-ready ONNX (KV cache; fp32/fp16/int4) for ONNX Runtime GenAI, verified on greedy "
         "generation; logits-only graph where the builder cannot go; LoRA inputs + .onnx_adapter files"
     )
+    help = """
+        a generation-ready model for ONNX Runtime GenAI: the --merged checkpoint
+        (streamed) goes through ONNX Runtime GenAI's model builder (KV cache, fused
+        attention; --precision fp32|fp16|int4), then greedy generation on probe
+        prompts is compared with PyTorch + the adapters *unmerged*: fp32 must give
+        the same tokens and logits within --atol; fp16/int4 must reach
+        --min-agreement. Try it with `adaptkit generate OUT`. Models the builder
+        does not support (GPT-2, head sizes not a multiple of 16) get the
+        logits-only graph (torch.onnx dynamo), verified on logits, as the report
+        says. With --lora-inputs: one base graph whose targeted projections take
+        LoRA factors as inputs; each adapter becomes an .onnx_adapter file,
+        switched per request (og.Adapters / generator.set_active_adapter; see
+        adapters.json and docs/export.md); every adapter is verified as above.
+          adaptkit export --onnx --model ./tiny-llama -a a.yaml -o onnx_out
+          adaptkit export --onnx --precision int4 --model ./llama -a a.yaml -o llama-int4
+          adaptkit export --onnx --lora-inputs --model ./tiny-llama -a a.yaml -a b.yaml -o multi
+        """
     requires: ClassVar[dict[str, str]] = {
         "onnx": "onnx",
         "onnxscript": "onnxscript",

@@ -48,7 +48,8 @@ def test_installed_exporter_is_listed_and_its_option_is_a_flag_with_help(site):
     res = _adaptkit(site, "export", "--help")
     assert res.returncode == 0, res.stderr
     text = " ".join(res.stdout.split())
-    assert "--dense-delta each target's dense update" in text
+    assert "--dense-delta each target's dense update" in text  # the selector's line
+    assert "--dense-delta OUT/deltas.safetensors: ΔW_t = Σ w·s·B·A" in text  # the exporter's help
     assert "--delta-dtype [float32|float16|bfloat16] --dense-delta: dtype of the written ΔW" in text
     blocked = _adaptkit(site, "export", "--help", block="densedelta")
     assert "--delta-dtype" not in blocked.stdout and "--merge-base" in blocked.stdout

@@ -189,7 +189,8 @@ def test_every_export_flag_is_the_host_s_or_an_exporter_s_declared_option():
     from adaptkit.plugins import get_registry
 
     command = cli.commands["export"]
-    ctx = click.Context(command, info_name="export")
+    root = click.Context(cli, info_name="adaptkit", **cli.context_settings)
+    ctx = click.Context(command, info_name="export", parent=root)
     flags = {opt for p in command.get_params(ctx) for opt in p.opts}
     exporters = get_registry().all("exporter")
     declared = {
@@ -200,6 +201,22 @@ def test_every_export_flag_is_the_host_s_or_an_exporter_s_declared_option():
     assert {"--merged", "--onnx"} <= {"--" + r.name for r in exporters}
     assert flags == HOST_FLAGS | declared | {"--" + r.name for r in exporters}
     assert {"--no-verify", "--lora-inputs", "--merge-base", "--precision", "--opset"} <= declared
+
+
+def test_the_export_command_names_no_exporter_or_exporter_option():
+    """Core's `export` is a host: every exporter name and option comes from the registry."""
+    import re
+
+    from adaptkit.cli import export_cmd
+    from adaptkit.exporting import option_flag
+    from adaptkit.plugins import get_registry
+
+    words = set(re.findall(r"--[a-z][a-z0-9-]*", Path(export_cmd.__file__).read_text()))
+    for reg in get_registry().all("exporter"):
+        flags = {"--" + reg.name} | {
+            option_flag(k, s) for k, s in reg.obj.options_schema["properties"].items()
+        }
+        assert not words & flags, f"cli/export_cmd.py names {sorted(words & flags)} of {reg.name}"
 
 
 # --- 3. two outputs of one command --------------------------------------------------------------

@@ -28,6 +28,11 @@ class DenseDeltaExporter:
 
     name = "dense-delta"
     description = "each target's dense update ΔW = Σ w·s·B·A as one safetensors file"
+    help = """
+        OUT/deltas.safetensors: ΔW_t = Σ w·s·B·A (out × in) per target, formed in
+        float64 and rounded once to --delta-dtype.
+          adaptkit export --dense-delta --model ./base -a a.yaml --delta-dtype bfloat16 -o deltas
+        """
     requires: ClassVar[dict[str, str]] = {"torch": "torch", "safetensors": "safetensors"}
     # A class attribute: adaptkit turns it into `adaptkit export --delta-dtype` without
     # constructing or importing anything heavy, and checks values against it before any work.

@@ -86,12 +86,22 @@ def _generated(registry: Any, regs: list[Any]) -> tuple[list[click.Option], list
     options = []
     for key, option in exporter_options(registry, only=[r.name for r in regs]).items():
         if option.is_switch:
-            opt = click.Option([option.flag, _PREFIX + key], is_flag=True, help=_option_help(option))
+            value = not next(iter(option.specs.values()))["default"]
+            opt = _Switch([option.flag, _PREFIX + key], value=value, help=_option_help(option))
         else:
             metavar = _metavar(next(iter(option.specs.values())))
             opt = click.Option([option.flag, _PREFIX + key], metavar=metavar, help=_option_help(option))
         options.append(opt)
     return selectors, options
+
+
+class _Switch(click.Option):
+    """A boolean option's flag: given, it sets the option to ``value``, the opposite of its
+    default (``--no-KEY`` → false, ``--KEY`` → true)."""
+
+    def __init__(self, decls: list[str], *, value: bool, **kwargs: Any) -> None:
+        super().__init__(decls, is_flag=True, **kwargs)
+        self.value = value
 
 
 class ExportCommand(click.Command):
@@ -170,9 +180,7 @@ def command(
         name = param.name or ""
         # Only flags the user typed: a default is the exporter's to fill.
         if name.startswith(_PREFIX) and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
-            # A switch sets its option to the opposite of its default: --no-KEY → KEY=False.
-            flag = getattr(param, "is_flag", False)
-            given[name[len(_PREFIX) :]] = not param.opts[0].startswith("--no-") if flag else rest[name]
+            given[name[len(_PREFIX) :]] = param.value if isinstance(param, _Switch) else rest[name]
     report = export_specs(
         exporter,
         model,

@@ -49,7 +49,7 @@ UNUSED_BY_GRAPH: dict[str, dict[str, str]] = {
 }
 
 
-def unused_options(graph: str, request: Any) -> dict[str, str]:
+def unused_options(graph: str, request: ExportRequest) -> dict[str, str]:
     """``option -> why it does nothing`` for the path an export takes: the graph's own table
     (:data:`UNUSED_BY_GRAPH`) plus what the precision and ``--no-verify`` leave unused."""
     o, precision = request.options, request.options["precision"]

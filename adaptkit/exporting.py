@@ -1,93 +1,196 @@
-"""What every exporter receives: the base model, the adapters, where to write, options.
+"""The export host: everything around an exporter, done once for all of them.
 
-Several ``--adapter`` SPECs are kept as separate named adapters (``onnx --lora-inputs`` writes
-one ``.onnx_adapter`` per adapter); exporters that bake updates in use :func:`combined`,
-the exact weighted sum. A recipe SPEC becomes one adapter, combined with its own strategy.
+An exporter (:class:`adaptkit.plugins.contracts.Exporter`) declares its options and writes its
+files; the host does the rest, in this order, so that nothing is loaded or written before
+everything checkable is checked:
+
+1. **options**: each option the user gave must be one the chosen exporter declares (a flag of
+   another exporter is refused, naming the exporter that takes it), and its value must pass the
+   exporter's ``options_schema`` (:func:`adaptkit.plugins.options.checked_options`); defaults
+   are filled in;
+2. **output**: the folder is checked with the output guard (an empty existing folder is free, a
+   non-empty one needs ``force``, an input is never an output);
+3. **adapters**: SPECs are loaded; a recipe is combined by :mod:`adaptkit.combine.job`, the one
+   path ``adaptkit combine`` takes too, ``tune:`` included (:func:`load_export_adapters`);
+4. **model**: resolved and vetted (:func:`adaptkit.io.models.resolve_model`);
+5. **export**: into a temp folder beside the output, published atomically when the exporter
+   returns; the host adds ``export-report.json`` (the exporter's report under the host's keys
+   ``exporter``, ``model``, ``model_dir``, ``adapters``, ``options``).
+
+``adaptkit export``'s flags are generated from the registered exporters' declarations
+(:func:`exporter_options`): flag = ``--`` + key with ``_`` → ``-``, ``--no-KEY`` for a boolean
+that defaults to true.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adaptkit.adapter import WeightedAdapter
-from adaptkit.errors import AdaptkitError
-from adaptkit.plugins.records import ExportRequest  # noqa: F401  (its home before the records moved)
+from adaptkit.errors import AdaptkitError, PluginError
+from adaptkit.plugins.options import declared_types, option_flag
 
 if TYPE_CHECKING:
     from adaptkit.adapter import Adapter
 
-
-#: One ``--adapter`` of an export (the one input record, see
-#: :class:`adaptkit.adapter.WeightedAdapter`).
-NamedAdapter = WeightedAdapter
-
-
-#: Every option ``adaptkit export`` passes to an exporter: its flag, and the value that means
-#: the flag was not given.
-OPTION_FLAGS: dict[str, tuple[str, Any]] = {
-    "graph": ("--graph", None),
-    "precision": ("--precision", None),
-    "device": ("--device", None),
-    "min_agreement": ("--min-agreement", None),
-    "opset": ("--opset", None),
-    "dtype": ("--dtype", None),
-    "base_dtype": ("--base-dtype", None),
-    "atol": ("--atol", None),
-    "verify": ("--no-verify", True),
-    "lora_inputs": ("--lora-inputs", False),
-    "external_data": ("--external-data", None),
-    "merge_base": ("--merge-base", None),
-}
+#: The one report file of every export, written by the host.
+REPORT = "export-report.json"
+#: Flags ``adaptkit export`` owns; no exporter option or exporter name may take them.
+HOST_FLAGS = frozenset(
+    {"--model", "-a", "--adapter", "-o", "--output", "-f", "--force", "--json", "--exporter", "-h", "--help"}
+)
+#: Keys the host writes into every report.
+HOST_KEYS = ("exporter", "model", "model_dir", "adapters", "options")
 
 
-def given_options(options: dict[str, Any]) -> set[str]:
-    """The keys of :data:`OPTION_FLAGS` the user set in ``options``."""
-    return {
-        key
-        for key, (_, absent) in OPTION_FLAGS.items()
-        if options.get(key) is not None and options.get(key) != absent
-    }
+@dataclass(frozen=True)
+class ExportOption:
+    """One generated flag of ``adaptkit export``.
+
+    Attributes:
+        key: The option's key in ``options_schema`` and ``request.options``.
+        flag: Its flag (:func:`adaptkit.plugins.options.option_flag`).
+        specs: ``exporter name -> property`` for every exporter that declares it.
+    """
+
+    key: str
+    flag: str
+    specs: Mapping[str, Mapping[str, Any]]
+
+    @property
+    def is_switch(self) -> bool:
+        """A boolean: the flag takes no value (``--lora-inputs``, ``--no-verify``)."""
+        return all(declared_types(s)[0] == ("boolean",) for s in self.specs.values())
 
 
-def refuse_unused_options(options: dict[str, Any], unused: dict[str, str], where: str) -> None:
-    """Refuse the first option in ``unused`` (``key -> why it does nothing``) that was given.
+def selector(name: str) -> str:
+    """The flag that picks exporter ``name`` (``merged`` → ``--merged``)."""
+    return "--" + name.replace("_", "-")
 
-    An exporter calls this once it knows which path it takes (graph, precision, verification),
-    before any export work: a flag that would be silently ignored is an error naming the flag,
-    so nobody believes an option took effect when it did not.
+
+def exporter_options(registry: Any, *, only: Iterable[str] | None = None) -> dict[str, ExportOption]:
+    """Every option of every registered exporter, keyed by option key, in exporter-name order.
+
+    Reads only ``options_schema`` (a class attribute): nothing heavy is imported. Two exporters
+    may share a key when its flag comes out the same (both switches or both valued); each
+    exporter's own property checks its value.
 
     Raises:
-        AdaptkitError: ``--FLAG does nothing for WHERE: WHY``.
+        PluginError: naming the plugin whose exporter declares incomplete options, an option
+            whose flag the host owns or another exporter's name takes, or a shared key whose flag
+            differs.
     """
-    given = given_options(options)
-    for key, why in unused.items():
-        if key in given:
-            flag = OPTION_FLAGS[key][0]
-            raise AdaptkitError(f"{flag} does nothing for {where}: {why}", hint=f"leave {flag} out")
+    from adaptkit.plugins.options import schema_problems
+
+    regs = registry.all("exporter")
+    if only is not None:
+        wanted = set(only)
+        regs = [r for r in regs if r.name in wanted]
+    selectors = {selector(r.name) for r in regs}
+    table: dict[str, ExportOption] = {}
+    owner: dict[str, str] = {}
+    for reg in regs:
+        schema = getattr(reg.obj, "options_schema", None)
+        problems = schema_problems(schema)
+        if problems:
+            raise PluginError(
+                f"plugin {reg.plugin!r} registered exporter {reg.name!r} with incomplete options: "
+                + "; ".join(problems)
+            )
+        for key, spec in schema["properties"].items():
+            flag = option_flag(key, spec)
+            if flag in HOST_FLAGS or flag in selectors:
+                raise PluginError(
+                    f"plugin {reg.plugin!r}: exporter {reg.name!r} option {key!r} would be {flag}, "
+                    "which adaptkit export already has (a host flag or an exporter's name)"
+                )
+            seen = table.get(key)
+            if seen is None:
+                table[key] = ExportOption(key, flag, {reg.name: spec})
+                owner[key] = reg.plugin
+                continue
+            switch = declared_types(spec)[0] == ("boolean",)
+            if seen.flag != flag or seen.is_switch != switch:
+                raise PluginError(
+                    f"plugin {reg.plugin!r}: exporter {reg.name!r} option {key!r} ({flag}) clashes with "
+                    f"the same key of plugin {owner[key]!r} ({seen.flag}); one flag cannot be both"
+                )
+            table[key] = ExportOption(key, flag, {**seen.specs, reg.name: spec})
+    return table
 
 
-def load_export_adapters(specs: list[str], registry: Any = None) -> list[NamedAdapter]:
-    """Resolve ``--adapter`` SPECs; recipes are combined with their own strategy."""
-    from adaptkit.io.recipe import load_recipe, yaml_kind
+def _named(exporters: Iterable[str]) -> str:
+    return " and ".join(selector(n) for n in exporters)
+
+
+def check_export_options(
+    name: str, exporter: Any, given: Mapping[str, Any], table: Mapping[str, ExportOption] | None = None
+) -> dict[str, Any]:
+    """``given`` checked against exporter ``name``'s ``options_schema``; defaults filled in.
+
+    Args:
+        name: The exporter's registered name.
+        exporter: The exporter.
+        given: The options the user set (text from flags, or values from Python).
+        table: :func:`exporter_options`, to name the exporter that takes a foreign option.
+
+    Raises:
+        AdaptkitError: a flag of another exporter (``--opset is an option of --onnx, not of
+            --merged``), an unknown option, or a bad value, naming the flag.
+    """
+    from adaptkit.plugins.options import checked_options
+
+    schema = exporter.options_schema
+    properties = schema.get("properties") or {}
+    table = table or {}
+    for key in given:
+        if key in properties:
+            continue
+        if key in table:
+            flag = table[key].flag
+            raise AdaptkitError(
+                f"{flag} is an option of {_named(table[key].specs)}, not of {selector(name)}",
+                hint=f"leave {flag} out",
+            )
+        valid = ", ".join(option_flag(k, s) for k, s in properties.items()) or "none"
+        raise AdaptkitError(f"exporter {name!r} has no option {key!r}; its options: {valid}")
+    flags = {key: option_flag(key, spec) for key, spec in properties.items()}
+    return checked_options(schema, given, owner=name, label=lambda key: flags.get(key, key))
+
+
+def load_export_adapters(
+    specs: Sequence[str], registry: Any = None, *, log: Callable[[str], None] | None = None
+) -> list[WeightedAdapter]:
+    """``--adapter`` SPECs as adapters, in order, with distinct names.
+
+    An adapter SPEC loads as is; a recipe SPEC becomes one adapter combined exactly as ``adaptkit
+    combine RECIPE`` would write it (:func:`adaptkit.combine.job.combine_recipe`: its strategy,
+    params, rank, seed, and ``tune:`` block, whose tuning runs here).
+
+    Raises:
+        AdaptkitError: an unreadable SPEC, a saved module at a weight other than 1 (exports
+            add their adapters exactly), or two adapters with one name.
+    """
+    from adaptkit.combine import Concatenate, check_saved_modules
+    from adaptkit.combine.job import combine_recipe
+    from adaptkit.io.recipe import yaml_kind
     from adaptkit.io.specs import is_yaml, load_ref, resolve_spec
     from adaptkit.plugins import get_registry
 
     registry = registry or get_registry()
-    out: list[NamedAdapter] = []
+    out: list[WeightedAdapter] = []
     for spec in specs:
         p = Path(spec)
         if is_yaml(p) and yaml_kind(p) == "recipe":
-            recipe = load_recipe(p, allow_outside=True)  # its output is not used here
-            result = recipe.combine(registry)
-            out.append(WeightedAdapter(result.adapter, 1.0, p.stem, p, recipe.reads))
+            out.append(combine_recipe(p, registry, log=log))
         else:
             ref = resolve_spec(spec)
             reads = tuple(x for x in (ref.spec, ref.path) if x is not None)
             out.append(WeightedAdapter(load_ref(ref, registry), ref.weight, ref.name, ref.path, reads))
-    from adaptkit.combine import Concatenate, check_saved_modules
-
     # Exports sum their adapters exactly (cat): a saved module at a weight other than 1 is
     # refused here, before any model loads.
     check_saved_modules(out, Concatenate())
@@ -100,15 +203,33 @@ def load_export_adapters(specs: list[str], registry: Any = None) -> list[NamedAd
     return out
 
 
-def combined(adapters: list[NamedAdapter]) -> Adapter | None:
-    """The exact weighted sum of all adapters (``None`` when there are none)."""
+def export_reads(specs: Sequence[str]) -> list[Any]:
+    """Every file and folder ``--adapter`` SPECs read, found without loading a tensor: a SPEC's
+    manifest and adapter; a recipe, what it names, and its tuning sets and model."""
+    from adaptkit.combine.job import plan_combine
+    from adaptkit.io.recipe import yaml_kind
+    from adaptkit.io.specs import is_yaml, resolve_spec
+
+    reads: list[Any] = []
+    for spec in specs:
+        p = Path(spec)
+        if is_yaml(p) and yaml_kind(p) == "recipe":
+            reads += plan_combine([spec], allow_outside=True).reads
+        else:
+            ref = resolve_spec(spec)
+            reads += [spec, ref.spec, ref.path]
+    return reads
+
+
+def combined(adapters: Sequence[WeightedAdapter]) -> Adapter | None:
+    """The exact weighted sum ``Σ wᵢ·ΔWᵢ`` of all adapters, as one adapter (``None`` for none)."""
     from adaptkit.combine import Concatenate, combine
 
     if not adapters:
         return None
     if len(adapters) == 1 and adapters[0].weight == 1.0:
         return adapters[0].adapter
-    return combine(adapters, Concatenate()).adapter
+    return combine(list(adapters), Concatenate()).adapter
 
 
 def prepare_output(output: Path, force: bool, *, inputs: Iterable[Any] = ()) -> None:
@@ -124,3 +245,120 @@ def may_replace(output: Path, force: bool) -> bool:
     """Whether an existing ``output`` may be replaced: with ``force``, or when it is an empty
     folder (which :func:`prepare_output` accepts without ``--force``)."""
     return force or (output.is_dir() and not any(output.iterdir()))
+
+
+def _json_ready(report: Any) -> Any:
+    """``report`` as plain JSON values; a non-finite float becomes ``"nan"``/``"inf"``/``"-inf"``
+    (what ``--json`` prints), so the report file is JSON every parser reads."""
+    words = {"NaN": "nan", "Infinity": "inf", "-Infinity": "-inf"}
+    return json.loads(json.dumps(report), parse_constant=words.__getitem__)
+
+
+def _local(model: str) -> Path | None:
+    return Path(model) if Path(model).exists() else None
+
+
+def run_export(
+    name: str,
+    model: str,
+    adapters: Sequence[WeightedAdapter],
+    output: Path,
+    *,
+    options: Mapping[str, Any] | None = None,
+    force: bool = False,
+    registry: Any = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Export ``model`` with ``adapters`` (already loaded) to ``output`` with exporter ``name``.
+
+    Steps 1, 2, 4 and 5 of the module docstring; ``options`` are the ones the user set.
+    Returns the report, as written to ``OUTPUT/export-report.json``.
+    """
+    from adaptkit.io.atomic import atomic_directory, sweep_stale_scratch
+    from adaptkit.io.models import resolve_model
+    from adaptkit.plugins import get_registry
+    from adaptkit.plugins.records import ExportRequest
+
+    registry = registry or get_registry()
+    say = log or (lambda _m: None)
+    exporter = registry.get("exporter", name)
+    given = dict(options or {})
+    filled = check_export_options(name, exporter, given, exporter_options(registry))
+    output = Path(output)
+    reads = [p for a in adapters for p in (a.reads or (a.source,))]
+    prepare_output(output, force, inputs=[_local(model), *reads])
+    folder = resolve_model(model)
+    # A killed export's model-sized scratch folder beside the output goes with the next one.
+    sweep_stale_scratch(output.parent)
+    properties = exporter.options_schema.get("properties") or {}
+    with atomic_directory(output, overwrite=may_replace(output, force)) as tmp:
+        request = ExportRequest(
+            model=str(model),
+            model_dir=folder,
+            adapters=list(adapters),
+            output=output,
+            out_dir=tmp,
+            options=filled,
+            given=frozenset(given),
+            flags={key: option_flag(key, spec) for key, spec in properties.items()},
+        )
+        produced = exporter.export(request, say)
+        report = _report(name, request, produced)
+        (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _report(name: str, request: Any, produced: Any) -> dict[str, Any]:
+    """The host's keys, then the exporter's report (a plugin bug when it is not a dict, sets a
+    host key, or wrote the report file itself)."""
+    if not isinstance(produced, dict):
+        raise PluginError(f"exporter {name!r} returned {type(produced).__name__}, not a report dict")
+    if (request.out_dir / REPORT).exists():
+        raise PluginError(f"exporter {name!r} wrote {REPORT}, which the host writes")
+    taken = sorted(set(produced) & set(HOST_KEYS))
+    if taken:
+        raise PluginError(f"exporter {name!r} sets report key {taken[0]!r}, which the host writes")
+    host = {
+        "exporter": name,
+        "model": request.model,
+        "model_dir": str(request.model_dir),
+        "adapters": [
+            {"name": a.name, "weight": a.weight, "source": None if a.source is None else str(a.source)}
+            for a in request.adapters
+        ],
+        "options": dict(request.options),
+    }
+    return _json_ready({**host, **produced})
+
+
+def export_specs(
+    name: str | None,
+    model: str,
+    specs: Sequence[str],
+    output: Path,
+    *,
+    options: Mapping[str, Any] | None = None,
+    force: bool = False,
+    registry: Any = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The whole of ``adaptkit export``: the module docstring's steps, in order, for SPECs.
+
+    Raises:
+        AdaptkitError: no exporter chosen, or the first problem found (nothing is written).
+    """
+    from adaptkit.plugins import get_registry
+
+    registry = registry or get_registry()
+    if not name:
+        flags = ", ".join(selector(r.name) for r in registry.all("exporter"))
+        raise AdaptkitError(f"choose what to export: {flags} or --exporter NAME")
+    exporter = registry.get("exporter", name)
+    # Options and the output path before any adapter is read (a recipe may tune for minutes).
+    check_export_options(name, exporter, dict(options or {}), exporter_options(registry))
+    output = Path(output)
+    prepare_output(output, force, inputs=[_local(model), *specs])
+    # Then with what the SPECs name (a recipe's tuning model and sets too), still before loading.
+    prepare_output(output, force, inputs=[_local(model), *export_reads(specs)])
+    adapters = load_export_adapters(list(specs), registry, log=log)
+    return run_export(name, model, adapters, output, options=options, force=force, registry=registry, log=log)

@@ -1,24 +1,155 @@
-"""``adaptkit export``: bake adapters into a deployable model."""
+"""``adaptkit export``: bake adapters into a deployable model, with any registered exporter.
+
+This module names no exporter option. Its flags are the host's own (``--model``, ``-a``, ``-o``,
+``--force``, ``--json``, ``--exporter``), one ``--NAME`` per registered exporter, and every
+exporter's declared options, generated from their ``options_schema`` when the command is parsed
+or its help shown (:func:`adaptkit.exporting.exporter_options`; the registry imports plugin
+modules, never torch). Values reach the host as given and are checked against the chosen
+exporter's schema there, before any work.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from adaptkit.cli.output import echo_json, say
-from adaptkit.errors import AdaptkitError
+
+#: Set in a context's ``meta`` to generate flags from adaptkit's own exporters only (the CLI
+#: reference documents those, whatever else is installed where it is rendered).
+BUILTIN_ONLY = "adaptkit.export.builtin_only"
+_PREFIX = "option__"  # click parameter names of exporter options; never a host parameter's
+
+_HELP = """Export a base model with adapters; --NAME (or --exporter NAME) picks the exporter.
+
+\b
+Each exporter declares its options (listed below with the exporters that take
+them); an option of another exporter is refused before anything loads. The
+output folder appears only when complete, with OUT/export-report.json; an
+existing one survives a failed run.
+"""
 
 
-@click.command("export")
-@click.option("--onnx", "exporter", flag_value="onnx", help="ONNX graph for onnxruntime, parity-checked.")
-@click.option(
-    "--merged",
-    "exporter",
-    flag_value="merged",
-    help="Hugging Face model directory, W + ΔW baked in.",
-)
-@click.option("--exporter", "exporter", help="Any registered exporter by name (see `adaptkit plugins`).")
+def _exporters(ctx: click.Context) -> tuple[Any, list[Any]]:
+    """The registry and the exporters whose flags and help the command shows."""
+    from adaptkit.plugins import get_registry
+
+    registry = get_registry()
+    regs = registry.all("exporter")
+    if ctx.meta.get(BUILTIN_ONLY):
+        ours = {name for name, info in registry.plugins.items() if info.distribution == "adaptkit"}
+        regs = [r for r in regs if r.plugin in ours]
+    return registry, regs
+
+
+def _metavar(spec: dict[str, Any]) -> str:
+    from adaptkit.plugins.options import declared_types
+
+    if "enum" in spec:
+        return "[" + "|".join(str(v) for v in spec["enum"] if v is not None) + "]"
+    kind = declared_types(spec)[0][0]
+    return {"integer": "INT", "number": "FLOAT"}.get(kind, "TEXT")
+
+
+def _option_help(option: Any) -> str:
+    """Each declaring exporter's description, after its selector flag, with its default."""
+    from adaptkit.exporting import selector
+
+    parts = []
+    for name, spec in option.specs.items():
+        default = spec.get("default")
+        shown = "" if option.is_switch or default is None else f"; default {default}"
+        parts.append(f"{selector(name)}: {spec['description']}{shown}")
+    return "; ".join(parts)
+
+
+def _generated(registry: Any, regs: list[Any]) -> tuple[list[click.Option], list[click.Option]]:
+    """The ``--NAME`` selectors (with ``--exporter``) and the exporter options, as click options."""
+    from adaptkit.exporting import exporter_options, selector
+
+    selectors = [
+        click.Option(
+            [selector(r.name), "exporter"],
+            flag_value=r.name,
+            help=f"{r.obj.description} (exporter {r.name!r}).",
+        )
+        for r in regs
+    ]
+    selectors.append(
+        click.Option(
+            ["--exporter", "exporter"], help="Any registered exporter by name (see `adaptkit plugins`)."
+        )
+    )
+    options = []
+    for key, option in exporter_options(registry, only=[r.name for r in regs]).items():
+        if option.is_switch:
+            value = not next(iter(option.specs.values()))["default"]
+            opt = _Switch([option.flag, _PREFIX + key], value=value, help=_option_help(option))
+        else:
+            metavar = _metavar(next(iter(option.specs.values())))
+            opt = click.Option([option.flag, _PREFIX + key], metavar=metavar, help=_option_help(option))
+        options.append(opt)
+    return selectors, options
+
+
+class _Switch(click.Option):
+    """A boolean option's flag: given, it sets the option to ``value``, the opposite of its
+    default (``--no-KEY`` → false, ``--KEY`` → true)."""
+
+    def __init__(self, decls: list[str], *, value: bool, **kwargs: Any) -> None:
+        super().__init__(decls, is_flag=True, **kwargs)
+        self.value = value
+
+
+class ExportCommand(click.Command):
+    """``adaptkit export`` with flags generated from the registry (built once per registry)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tail = [
+            click.Option(
+                ["-f", "--force"], is_flag=True, help="Replace an existing non-empty output folder."
+            ),
+            click.Option(["--json", "as_json"], is_flag=True, help="Print the export report as JSON."),
+        ]
+        self._cache: tuple[Any, tuple[str, ...], Any] = (None, (), None)
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        registry, regs = _exporters(ctx)
+        names = tuple(r.name for r in regs)
+        if self._cache[0] is not registry or self._cache[1] != names:
+            self._cache = (registry, names, _generated(registry, regs))
+        selectors, options = self._cache[2]
+        help_option = self.get_help_option(ctx)
+        return [*selectors, *self.params, *options, *self._tail, *([help_option] if help_option else [])]
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The host's text, then each exporter's own ``help`` (its paragraph, examples welcome)."""
+        import inspect
+
+        from adaptkit.exporting import selector
+
+        super().format_help_text(ctx, formatter)
+        regs = _exporters(ctx)[1]
+        width = max((len(selector(r.name)) for r in regs), default=0) + 2
+        for reg in regs:
+            text = inspect.cleandoc(getattr(reg.obj, "help", "") or "")
+            if not text:
+                continue
+            lines = text.splitlines()
+            hanging = [
+                selector(reg.name).ljust(width) + lines[0],
+                *(" " * width + line for line in lines[1:]),
+            ]
+            formatter.write_paragraph()
+            with formatter.indentation():
+                formatter.write_text("\b\n" + "\n".join(hanging))
+
+
+@click.command("export", cls=ExportCommand, help=_HELP, short_help="Export a base model with adapters.")
 @click.option(
     "--model", required=True, help="Hugging Face model directory or Hub id (org/name; safetensors only)."
 )
@@ -28,163 +159,37 @@ from adaptkit.errors import AdaptkitError
     "adapters",
     multiple=True,
     metavar="SPEC",
-    help="Adapter SPEC, repeatable; several are combined exactly (a recipe with its strategy).",
+    help="Adapter SPEC, repeatable; several are combined exactly (a recipe as `adaptkit combine` "
+    "makes it, tune: included).",
 )
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option(
-    "--graph",
-    type=click.Choice(["auto", "generation", "logits"]),
-    help="--onnx: 'generation' = KV-cache decoder for ONNX Runtime GenAI; 'logits' = one forward "
-    "(input_ids → logits); 'auto' (default) = generation where the model builder supports the model.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "fp16", "int4"]),
-    help="--onnx generation graph: weights fp32 (default), fp16, or int4 (blockwise, MatMulNBits).",
-)
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "cuda"]),
-    help="--onnx generation graph: the execution provider it is built for (default cpu).",
-)
-@click.option(
-    "--min-agreement",
-    type=float,
-    help="--onnx fp16/int4: refuse below this teacher-forced top-1 agreement with PyTorch "
-    "(default 0.9 fp16, 0.6 int4).",
-)
-@click.option(
-    "--opset",
-    type=int,
-    help="Logits-only graph: ONNX opset, 18 up to what onnx knows (default: the exporter's).",
-)
-@click.option(
-    "--dtype",
-    type=click.Choice(["float32", "float16"]),
-    help="Logits-only graph: weights dtype (default float32).",
-)
-@click.option(
-    "--base-dtype",
-    type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
-    help="Logits-only graph: dtype the base loads in and adapters merge in (default fp32; auto = the "
-    "checkpoint's). "
-    "--merged always keeps each tensor's own dtype.",
-)
-@click.option(
-    "--atol",
-    type=float,
-    help="Logits tolerance vs PyTorch: generation fp32 1e-3; logits-only 1e-4 (5e-2 float16).",
-)
-@click.option("--no-verify", is_flag=True, help="Skip the parity check (and the latency report).")
-@click.option(
-    "--lora-inputs",
-    is_flag=True,
-    help="Base graph with LoRA factors as inputs, plus one .onnx_adapter per adapter.",
-)
-@click.option(
-    "--external-data",
-    type=click.Choice(["auto", "always", "never"]),
-    help="Logits-only graph: weights in a side file (default auto: above the 2 GB protobuf limit).",
-)
-@click.option(
-    "--merge-base",
-    type=click.Choice(["original", "dequantized"]),
-    help="--merged: add ΔW to the original 16-bit weights (default) or to their NF4 round trip "
-    "(what a QLoRA adapter was trained against).",
-)
-@click.option("-f", "--force", is_flag=True, help="Replace an existing non-empty output folder.")
-@click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def command(
-    exporter,
-    model,
-    adapters,
-    output,
-    graph,
-    precision,
-    device,
-    min_agreement,
-    opset,
-    dtype,
-    base_dtype,
-    atol,
-    no_verify,
-    lora_inputs,
-    external_data,
-    merge_base,
-    force,
-    as_json,
+    exporter: str | None,
+    model: str,
+    adapters: tuple[str, ...],
+    output: Path,
+    force: bool,
+    as_json: bool,
+    **rest,
 ) -> None:
-    """Export a base model with adapters.
+    from adaptkit.exporting import export_specs
 
-    \b
-    --merged  a Hugging Face model directory with W + ΔW in its safetensors, streamed
-              tensor by tensor (memory ≈ the largest tensor); config/tokenizer copied.
-    --onnx    a generation-ready model for ONNX Runtime GenAI: the --merged checkpoint
-              (streamed) goes through ONNX Runtime GenAI's model builder (KV cache, fused
-              attention; --precision fp32|fp16|int4), then greedy generation on probe
-              prompts is compared with PyTorch + the adapters *unmerged*: fp32 must give
-              the same tokens and logits within --atol; fp16/int4 must reach
-              --min-agreement. Try it with `adaptkit generate OUT`. Models the builder
-              does not support (GPT-2, head sizes not a multiple of 16) get the
-              logits-only graph (torch.onnx dynamo), verified on logits, as the report
-              says. Writes OUT/export-report.json.
-    --onnx --lora-inputs
-              one base graph whose targeted projections take LoRA factors as inputs;
-              each adapter becomes an .onnx_adapter file, switched per request
-              (og.Adapters / generator.set_active_adapter; see adapters.json and
-              docs/export.md); every adapter is verified as above.
-
-    The output folder appears only when complete; an existing one survives a failed run.
-
-    \b
-    Examples:
-      adaptkit export --onnx --model ./tiny-llama --adapter a.yaml -o onnx_out
-      adaptkit export --onnx --precision int4 --model ./llama -a a.yaml -o llama-int4
-      adaptkit export --merged --model ./tiny-llama --adapter a.yaml --adapter b.yaml -o merged
-      adaptkit export --onnx --lora-inputs --model ./tiny-llama -a a.yaml -a b.yaml -o multi
-    """
-    from adaptkit.exporting import ExportRequest, load_export_adapters, prepare_output
-    from adaptkit.plugins import get_registry
-
-    if not exporter:
-        raise AdaptkitError("choose what to export: --onnx, --merged or --exporter NAME")
-    registry = get_registry()
-    exp = registry.get("exporter", exporter)
-    if lora_inputs and exporter != "onnx":
-        raise AdaptkitError("--lora-inputs goes with --onnx")
-    if base_dtype and exporter == "merged":
-        raise AdaptkitError(
-            "--base-dtype goes with --onnx: --merged streams the checkpoint and keeps each tensor's dtype"
-        )
-    local_model = Path(model) if Path(model).exists() else None
-    prepare_output(output, force, inputs=[local_model, *adapters])
-    named = load_export_adapters(list(adapters), registry)
-    prepare_output(output, force, inputs=[local_model, *(p for a in named for p in a.reads)])
-    onnx_only = {
-        "--graph": graph,
-        "--precision": precision,
-        "--device": device,
-        "--min-agreement": min_agreement,
-    }
-    for flag, value in onnx_only.items():
-        if value is not None and exporter != "onnx":
-            raise AdaptkitError(f"{flag} goes with --onnx")
-    options = {
-        "graph": graph,
-        "precision": precision,
-        "device": device,
-        "min_agreement": min_agreement,
-        "opset": opset,
-        "dtype": dtype,
-        "atol": atol,
-        "verify": not no_verify,
-        "lora_inputs": lora_inputs,
-        "external_data": external_data,
-        "merge_base": merge_base,
-        "base_dtype": base_dtype,
-    }
-    request = ExportRequest(model=model, adapters=named, output=output, force=force, options=options)
-    report = exp.export(request, (lambda m: None) if as_json else say)
+    ctx = click.get_current_context()
+    given: dict[str, Any] = {}
+    for param in ctx.command.get_params(ctx):
+        name = param.name or ""
+        # Only flags the user typed: a default is the exporter's to fill.
+        if name.startswith(_PREFIX) and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+            given[name[len(_PREFIX) :]] = param.value if isinstance(param, _Switch) else rest[name]
+    report = export_specs(
+        exporter,
+        model,
+        list(adapters),
+        output,
+        options=given,
+        force=force,
+        log=(lambda m: None) if as_json else say,
+    )
     if as_json:
         echo_json(report)
     else:

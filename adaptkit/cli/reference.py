@@ -21,9 +21,12 @@ def render() -> str:
         "one `error: ...` line (`--debug` shows the traceback).",
         "",
     ]
+    from adaptkit.cli.export_cmd import BUILTIN_ONLY
+
     ctx = click.Context(
         cli, info_name="adaptkit", terminal_width=100, max_content_width=100, **cli.context_settings
     )
+    ctx.meta[BUILTIN_ONLY] = True  # `export`'s flags: adaptkit's own exporters', whatever is installed
     parts += ["## adaptkit", "", "```text", _help(cli, ctx), "```", ""]
     for name in BUILTIN_COMMANDS:
         cmd = cli.commands[name]

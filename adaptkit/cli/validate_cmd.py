@@ -52,7 +52,8 @@ def validate_file(path: Path) -> dict[str, Any]:
 
 def _validate_recipe(path: Path, result: dict[str, Any]) -> dict[str, Any]:
     """A recipe: its schema, every adapter it names, and its request (strategy, number of
-    inputs, params, rank) as :meth:`Recipe.check` sees it."""
+    inputs, params, rank) as :func:`adaptkit.combine.job.check_recipe` sees it."""
+    from adaptkit.combine.job import check_recipe
     from adaptkit.io.recipe import load_recipe
     from adaptkit.io.specs import load_ref
     from adaptkit.plugins import get_registry
@@ -67,7 +68,7 @@ def _validate_recipe(path: Path, result: dict[str, Any]) -> dict[str, Any]:
         except AdaptkitError as exc:
             problems += [f"{exc.path or ref.path}: {p}" for p in exc.problems]
     try:
-        recipe.check(registry)
+        check_recipe(recipe, registry)
     except AdaptkitError as exc:
         problems += [f"{path}: {p}" for p in exc.problems]
     result["problems"] = problems

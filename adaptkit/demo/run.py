@@ -114,7 +114,7 @@ def run_demo(
         identity_examples,
         training_records,
     )
-    from adaptkit.exporting import ExportRequest
+    from adaptkit.exporting import run_export
     from adaptkit.io.native import load_adapter
     from adaptkit.plugins import get_registry
     from adaptkit.training.loop import run_training
@@ -246,15 +246,17 @@ def run_demo(
     log(f"best combination: {result.best}")
 
     t = time.perf_counter()
-    exporter = registry.get("exporter", "onnx")
-    request = ExportRequest(
-        model=str(folder),
-        adapters=[WeightedAdapter(adapters[result.best], 1.0, result.best, candidates[result.best])],
-        output=out / "onnx",
+    # Through the export host, as `adaptkit export --onnx` goes: options checked, model resolved,
+    # output folder atomic, export-report.json written.
+    result.export = run_export(
+        "onnx",
+        str(folder),
+        [WeightedAdapter(adapters[result.best], 1.0, result.best, candidates[result.best])],
+        out / "onnx",
         force=True,
-        options={"verify": True},
+        registry=registry,
+        log=log,
     )
-    result.export = exporter.export(request, log)
     result.seconds["export"] = time.perf_counter() - t
     result.seconds["total"] = time.perf_counter() - t0
 

@@ -5,6 +5,9 @@ as inline manifests (``adapter`` / ``weight`` / ``name``). Paths a recipe *write
 (``output``) must stay inside the recipe's own folder (symlinks resolved), so a downloaded
 recipe cannot write anywhere else; ``-o`` on the command line or ``allow_outside`` lifts that.
 What may be written there is up to :mod:`adaptkit.io.output_guard` (no ``.pth``, no dotfiles).
+
+This module only reads and checks the YAML: combining a recipe (``tune:`` included) is
+:mod:`adaptkit.combine.job`'s, the one path both ``adaptkit combine`` and ``adaptkit export`` take.
 """
 
 from __future__ import annotations
@@ -38,39 +41,6 @@ class Recipe:
         """Every file this recipe reads: itself, the manifests it names and their adapters."""
         found = [self.path, *(p for r in self.adapters for p in (r.spec, r.path))]
         return tuple(dict.fromkeys(p for p in found if p is not None))
-
-    def check(self, registry: Any) -> tuple[dict[str, Any], Any]:
-        """Everything checkable without tensors (strategy, number of inputs, params, rank);
-        returns the filled params and the parsed rank request. See
-        :func:`adaptkit.combine.check_request`."""
-        from adaptkit.combine import check_request
-
-        strategy = registry.get("strategy", self.strategy or "linear")
-        return check_request(strategy, len(self.adapters), self.params, self.rank)
-
-    def load_inputs(self, registry: Any) -> list[Any]:
-        """The adapters it names, loaded, as :class:`~adaptkit.adapter.WeightedAdapter`."""
-        from adaptkit.adapter import WeightedAdapter
-        from adaptkit.io.specs import load_ref
-
-        return [WeightedAdapter(load_ref(r, registry), r.weight, r.name, r.path) for r in self.adapters]
-
-    def combine(self, registry: Any, *, progress: bool = False) -> Any:
-        """Combine its adapters exactly as it says (strategy, params, rank, seed, intersect);
-        checked before any adapter is loaded. Returns the :class:`~adaptkit.combine.CombineResult`."""
-        from adaptkit.combine import combine
-
-        self.check(registry)
-        return combine(
-            self.load_inputs(registry),
-            self.strategy or "linear",
-            params=self.params,
-            rank=self.rank,
-            seed=self.seed or 0,
-            intersect=bool(self.intersect),
-            registry=registry,
-            progress=progress,
-        )
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -126,11 +126,36 @@ class MergeStrategy(Plugin, Protocol):
 
 @runtime_checkable
 class Exporter(Plugin, Protocol):
-    """Turns a base model plus adapters into a deployable artefact (``adaptkit export``)."""
+    """Turns a base model plus adapters into a deployable artefact (``adaptkit export``).
+
+    The host owns everything around the export (:mod:`adaptkit.exporting`): the command-line
+    flags, generated from ``options_schema``; checking the options before any work; resolving
+    the model; loading the adapters (SPECs and recipes, ``tune:`` included); the atomic output
+    folder and ``--force``; the report file ``export-report.json``; ``--json``. The exporter
+    declares its options and writes its files. Run :func:`adaptkit.testing.check_exporter` in
+    your own tests.
+
+    Attributes:
+        options_schema: The exporter's options as a JSON-Schema ``object`` with
+            ``additionalProperties: false``: per property a ``type`` (``[TYPE, "null"]`` where
+            ``None`` means "the exporter chooses"), an ``enum`` or, for a number, both bounds, a
+            ``default`` and a ``description`` (its ``--help`` text). Each property becomes a flag
+            of ``adaptkit export``: ``--`` + the key with ``_`` → ``-``, and ``--no-KEY`` for a
+            boolean that defaults to true. Declare ``{"type": "object", "additionalProperties":
+            False, "properties": {}}`` for none. A class attribute: the host reads it to build
+            the flags without importing anything heavy.
+        help: Optional; a paragraph for ``adaptkit export --help``, shown after ``--NAME`` with
+            its lines kept (what the export is, an example or two).
+    """
+
+    options_schema: Mapping[str, Any]
 
     def export(self, request: ExportRequest, log: Callable[[str], None]) -> dict[str, Any]:
-        """Write ``request.output`` (an :class:`~adaptkit.plugins.records.ExportRequest`) atomically
-        and return a JSON-ready report; ``log`` takes one-line progress messages."""
+        """Write the export into ``request.out_dir`` (never elsewhere) and return its report, a
+        JSON-ready dict the host writes to ``export-report.json`` beside the host's own keys
+        (``exporter``, ``model``, ``adapters``, ``options``). ``log`` takes one-line progress
+        messages. Raise :class:`~adaptkit.errors.AdaptkitError` for anything wrong with the
+        inputs; the host then removes ``out_dir`` and leaves any earlier output intact."""
         ...
 
 
@@ -148,5 +173,5 @@ KINDS: Mapping[str, tuple[str, type, tuple[str, ...]]] = {
         MergeStrategy,
         ("name", "description", "params_schema", "merge"),
     ),
-    "exporter": ("register_exporters", Exporter, ("name", "description", "export")),
+    "exporter": ("register_exporters", Exporter, ("name", "description", "options_schema", "export")),
 }

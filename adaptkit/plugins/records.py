@@ -1,7 +1,8 @@
 """The records that cross the plugin boundary: what the host hands a plugin and takes back.
 
 A strategy receives :class:`MergeInput` records and a :class:`MergeContext` for each target and
-returns a :class:`MergeResult`; an exporter receives an :class:`ExportRequest`. They live with
+returns a :class:`MergeResult`; an exporter receives an :class:`ExportRequest` and returns its
+report. They live with
 the contracts (:mod:`adaptkit.plugins.contracts`) rather than with the engines that fill them, so
 the contracts, the engines and third-party plugins all import them from below.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adaptkit.errors import AdaptkitError
 from adaptkit.rank import RankRequest
 
 if TYPE_CHECKING:
@@ -84,20 +86,56 @@ class MergeResult:
     note: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportRequest:
-    """Arguments of :meth:`Exporter.export`.
+    """What the export host hands :meth:`Exporter.export`: every input resolved and checked.
+
+    The host (``adaptkit export``, :mod:`adaptkit.exporting`) has already chosen the exporter,
+    checked the options against its ``options_schema``, checked the output path, loaded the
+    adapters (a recipe combined as ``adaptkit combine`` would, ``tune:`` included) and vetted
+    the model folder. The exporter writes its files into ``out_dir`` and returns its report; the
+    host writes ``export-report.json`` and publishes ``out_dir`` as ``output`` atomically.
 
     Attributes:
-        model: Hugging Face model directory or Hub id.
-        adapters: The adapters (may be empty: export the base).
-        output: Output folder (written atomically; an existing one only with ``force``).
-        force: Replace an existing output.
-        options: Exporter options (``opset``, ``dtype``, ``atol``, ``verify``, ...).
+        model: The model as the user named it (a folder or a Hub id), for reports.
+        model_dir: That model as a vetted local folder: every file inside it, safetensors
+            weights that match its config, no remote code.
+        adapters: The adapters in the order given (may be empty: export the base). Each is a
+            :class:`~adaptkit.adapter.WeightedAdapter` with a distinct ``name``; exporters that
+            bake one update in use their exact weighted sum (``adaptkit.api.export.combined``).
+        output: The folder the user asked for. For messages only: never write here.
+        out_dir: The empty folder to write into, beside ``output``; removed if the export fails.
+        options: The exporter's options, checked against its ``options_schema``, every default
+            filled in.
+        given: The keys of ``options`` the user set; the rest are defaults. An exporter uses it to
+            refuse an option the path it takes would ignore (:meth:`refuse_unused`).
+        flags: How the user spells each option (``"verify" -> "--no-verify"``), for messages.
     """
 
     model: str
+    model_dir: Path
     adapters: list[WeightedAdapter]
     output: Path
-    force: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
+    out_dir: Path
+    options: Mapping[str, Any] = field(default_factory=dict)
+    given: frozenset[str] = frozenset()
+    flags: Mapping[str, str] = field(default_factory=dict)
+
+    def flag(self, key: str) -> str:
+        """The user's name for option ``key`` (its flag; ``--KEY`` when the host gave none)."""
+        return self.flags.get(key) or "--" + key.replace("_", "-")
+
+    def refuse_unused(self, unused: Mapping[str, str], where: str) -> None:
+        """Refuse the first option in ``unused`` (``key -> why it does nothing``) the user gave.
+
+        Call it once the path is known (graph, precision, verification) and before any work: an
+        option that would be silently ignored is an error naming its flag, so nobody believes an
+        option took effect when it did not. Defaults are never refused.
+
+        Raises:
+            AdaptkitError: ``--FLAG does nothing for WHERE: WHY``.
+        """
+        for key, why in unused.items():
+            if key in self.given:
+                flag = self.flag(key)
+                raise AdaptkitError(f"{flag} does nothing for {where}: {why}", hint=f"leave {flag} out")

@@ -1,58 +1,58 @@
-"""The ``merged`` exporter (see the package docstring); the streaming itself is core's
-:func:`adaptkit.nn.checkpoint.bake_checkpoint`, which the ONNX exporter uses too."""
+"""The ``merged`` exporter (see the package docstring): ``W ← W + ΔW`` in the base's own
+safetensors, streamed tensor by tensor by core's :func:`adaptkit.api.nn.bake_checkpoint` (which
+the ONNX exporter's generation graph starts from too). The host resolves the model, loads the
+adapters and owns the output folder; this class bakes and reports."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, ClassVar
 
-from adaptkit.api import AdaptkitError
-
-_ONNX_ONLY = "it shapes an ONNX graph, and --merged writes a Hugging Face model folder"
-_NO_PARITY = "--merged adds ΔW exactly, tensor by tensor, and runs no parity check"
-#: Options of ``adaptkit export`` that ``--merged`` does not use, and why (refused when given).
-UNUSED = {
-    **dict.fromkeys(("graph", "precision", "device", "opset", "dtype", "external_data"), _ONNX_ONLY),
-    "lora_inputs": "it switches adapters in an ONNX graph; --merged bakes them in",
-    "base_dtype": "--merged streams the checkpoint and keeps each tensor's dtype",
-    "atol": _NO_PARITY,
-    "min_agreement": _NO_PARITY,
-    "verify": _NO_PARITY,
-}
+from adaptkit.api import AdaptkitError, ExportRequest
 
 
-class MergedExporter:
+class BakeExporter:
+    """Bakes the exact weighted sum of the adapters into a Hugging Face model folder.
+
+    For each target ``W ← W + Σᵢ wᵢ·sᵢ·Bᵢ·Aᵢ``, computed in float32 and cast back to the stored
+    dtype; every other tensor is copied byte for byte.
+    """
+
     name = "merged"
     description = "HF model directory with W + ΔW baked in, streamed tensor by tensor"
+    help = """
+        a Hugging Face model directory with W + ΔW in its safetensors, streamed
+        tensor by tensor (memory ≈ the largest tensor); config/tokenizer copied.
+          adaptkit export --merged --model ./tiny-llama -a a.yaml -a b.yaml -o merged
+        """
     requires: ClassVar[dict[str, str]] = {"torch": "torch", "safetensors": "safetensors"}
+    options_schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "merge_base": {
+                "type": "string",
+                "enum": ["original", "dequantized"],
+                "default": "original",
+                "description": "add ΔW to the original 16-bit weights, or to their NF4 round trip "
+                "(what a QLoRA adapter was trained against)",
+            },
+        },
+    }
 
-    def export(self, request: Any, log: Any) -> dict[str, Any]:
-        from adaptkit.api.export import combined, may_replace, refuse_unused_options
-        from adaptkit.api.files import atomic_directory
-        from adaptkit.api.models import resolve_model
+    def export(self, request: ExportRequest, log: Any) -> dict[str, Any]:
+        from adaptkit.api.export import combined
         from adaptkit.api.nn import bake_checkpoint
 
-        refuse_unused_options(request.options, UNUSED, "--merged")
-        folder = resolve_model(request.model)
         adapter = combined(request.adapters)
         if adapter is None:
             raise AdaptkitError("export --merged needs at least one --adapter")
-        merge_base = request.options.get("merge_base")
-        blocksize = int(request.options.get("blocksize") or 64)
-        with atomic_directory(request.output, overwrite=may_replace(request.output, request.force)) as tmp:
-            baked = bake_checkpoint(folder, adapter, tmp, merge_base=merge_base, blocksize=blocksize)
-            report = {
-                "exporter": "merged",
-                "model": str(folder),
-                "adapters": [
-                    {"name": a.name, "weight": a.weight, "source": str(a.source)} for a in request.adapters
-                ],
-                **baked,
-            }
-            (tmp / "adaptkit-export.json").write_text(json.dumps(report, indent=2) + "\n")
+        # Given explicitly, either base also has the report measure the NF4 gap ‖W − dequant(W4)‖
+        # per target; left out, that (slow) diagnosis runs only for a QLoRA adapter.
+        merge_base = request.options["merge_base"] if "merge_base" in request.given else None
+        report = bake_checkpoint(request.model_dir, adapter, request.out_dir, merge_base=merge_base)
         log(
-            f"merged {baked['targets_merged']} targets into {request.output} (largest tensor "
-            f"{baked['largest_tensor_bytes'] / 2**20:.1f} MiB; max ||ΔW||/||W|| "
+            f"merged {report['targets_merged']} targets into {request.output} (largest tensor "
+            f"{report['largest_tensor_bytes'] / 2**20:.1f} MiB; max ||ΔW||/||W|| "
             f"{report['update_ratio']['max']:.3g})"
         )
         return report

@@ -1,19 +1,16 @@
-"""The ``onnx`` exporter: its options, and which graph it writes.
+"""The ``onnx`` exporter: its options, and which graph an export gets.
 
 ``--graph auto`` (the default) writes the generation graph (:mod:`adaptkit_onnx.generation`)
 when the model builder supports the model, and otherwise the logits-only graph
-(:mod:`adaptkit_onnx.logits`), saying why. Every option the chosen path would ignore is refused
-before anything loads.
+(:mod:`adaptkit_onnx.logits`: ``input_ids, attention_mask → logits``, torch.onnx dynamo),
+saying why. Tolerances come from the one table in :mod:`adaptkit_onnx.parity`.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
 from typing import Any, ClassVar
 
-from adaptkit.api import AdaptkitError
+from adaptkit.api import AdaptkitError, ExportRequest
 
 _MERGED_ONLY = "it chooses the base --merged adds ΔW to (an --onnx export bakes into the original weights)"
 _NO_PARITY = "--no-verify skips the parity check this option sets"
@@ -38,20 +35,21 @@ UNUSED_BY_GRAPH: dict[str, dict[str, str]] = {
 }
 
 
-def unused_options(graph: str, precision: str | None, options: dict[str, Any]) -> dict[str, str]:
+def unused_options(graph: str, request: ExportRequest) -> dict[str, str]:
     """``option -> why it does nothing`` for the path an export takes: the graph's own table
     (:data:`UNUSED_BY_GRAPH`) plus what the precision and ``--no-verify`` leave unused."""
+    o, precision = request.options, request.options["precision"]
     unused = dict(UNUSED_BY_GRAPH[graph])
-    if not options.get("verify", True):
+    if not o["verify"]:
         unused.update(atol=_NO_PARITY, min_agreement=_NO_PARITY)
-    elif graph == "generation" and (precision or "fp32") == "fp32":
+    elif graph == "generation" and precision == "fp32":
         unused["min_agreement"] = (
             "an fp32 graph must reproduce PyTorch's greedy tokens and logits within --atol; "
             "--min-agreement is for fp16/int4"
         )
     elif graph == "generation":
         unused["atol"] = f"a {precision} graph is checked on top-1 agreement (--min-agreement), not on --atol"
-    if graph == "logits" and options.get("dtype") is not None:
+    if graph == "logits" and "dtype" in request.given:
         unused["precision"] = "--dtype sets its weights' dtype; give --dtype or --precision, not both"
     return unused
 
@@ -62,6 +60,23 @@ class OnnxExporter:
         "generation-ready ONNX (KV cache; fp32/fp16/int4) for ONNX Runtime GenAI, verified on greedy "
         "generation; logits-only graph where the builder cannot go; LoRA inputs + .onnx_adapter files"
     )
+    help = """
+        a generation-ready model for ONNX Runtime GenAI: the --merged checkpoint
+        (streamed) goes through ONNX Runtime GenAI's model builder (KV cache, fused
+        attention; --precision fp32|fp16|int4), then greedy generation on probe
+        prompts is compared with PyTorch + the adapters *unmerged*: fp32 must give
+        the same tokens and logits within --atol; fp16/int4 must reach
+        --min-agreement. Try it with `adaptkit generate OUT`. Models the builder
+        does not support (GPT-2, head sizes not a multiple of 16) get the
+        logits-only graph (torch.onnx dynamo), verified on logits, as the report
+        says. With --lora-inputs: one base graph whose targeted projections take
+        LoRA factors as inputs; each adapter becomes an .onnx_adapter file,
+        switched per request (og.Adapters / generator.set_active_adapter; see
+        adapters.json and docs/export.md); every adapter is verified as above.
+          adaptkit export --onnx --model ./tiny-llama -a a.yaml -o onnx_out
+          adaptkit export --onnx --precision int4 --model ./llama -a a.yaml -o llama-int4
+          adaptkit export --onnx --lora-inputs --model ./tiny-llama -a a.yaml -a b.yaml -o multi
+        """
     requires: ClassVar[dict[str, str]] = {
         "onnx": "onnx",
         "onnxscript": "onnxscript",
@@ -69,29 +84,99 @@ class OnnxExporter:
         "onnxruntime_genai": "onnxruntime-genai-cuda",
         "torch": "torch",
     }
+    #: ``adaptkit export --onnx`` flags. The host checks types, choices and bounds; which option a
+    #: graph ignores is :func:`unused_options`. ``None`` defaults depend on the path taken.
+    options_schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "graph": {
+                "type": "string",
+                "enum": ["auto", "generation", "logits"],
+                "default": "auto",
+                "description": "'generation' = KV-cache decoder for ONNX Runtime GenAI; 'logits' = one "
+                "forward (input_ids → logits); 'auto' = generation where the model builder supports "
+                "the model",
+            },
+            "precision": {
+                "type": "string",
+                "enum": ["fp32", "fp16", "int4"],  # adaptkit_onnx.generation.builder.PRECISIONS
+                "default": "fp32",
+                "description": "generation graph weights: fp32, fp16, or int4 (blockwise, MatMulNBits)",
+            },
+            "device": {
+                "type": "string",
+                "enum": ["cpu", "cuda"],  # adaptkit_onnx.generation.builder.DEVICES
+                "default": "cpu",
+                "description": "generation graph: the execution provider it is built for",
+            },
+            "min_agreement": {
+                "type": ["number", "null"],
+                "minimum": 0.0,
+                "maximum": 1.0,
+                "default": None,
+                "description": "fp16/int4 generation graph: refuse below this teacher-forced top-1 "
+                "agreement with PyTorch (default 0.9 fp16, 0.6 int4)",
+            },
+            "opset": {
+                "type": ["integer", "null"],
+                "minimum": 18,
+                "maximum": 40,  # the installed onnx narrows it (logits.graph.check_opset)
+                "default": None,
+                "description": "logits-only graph: ONNX opset, 18 up to what the installed onnx knows "
+                "(default: the exporter's)",
+            },
+            "dtype": {
+                "type": "string",
+                "enum": ["float32", "float16"],
+                "default": "float32",
+                "description": "logits-only graph: weights dtype (--precision fp16 also picks float16)",
+            },
+            "base_dtype": {
+                "type": "string",
+                "enum": ["auto", "bf16", "fp16", "fp32"],
+                "default": "fp32",
+                "description": "logits-only graph: dtype the base loads in and adapters merge in "
+                "(auto = the checkpoint's)",
+            },
+            "atol": {
+                "type": ["number", "null"],
+                "exclusiveMinimum": 0.0,
+                "maximum": 1.0,
+                "default": None,
+                "description": "logits tolerance vs PyTorch (default: generation fp32 1e-3; "
+                "logits-only 1e-4, 5e-2 float16)",
+            },
+            "verify": {
+                "type": "boolean",
+                "default": True,
+                "description": "the parity check against PyTorch with the adapters unmerged, and the "
+                "latency report (--no-verify skips both)",
+            },
+            "lora_inputs": {
+                "type": "boolean",
+                "default": False,
+                "description": "base graph with LoRA factors as inputs, plus one .onnx_adapter per adapter",
+            },
+            "external_data": {
+                "type": "string",
+                "enum": ["auto", "always", "never"],
+                "default": "auto",
+                "description": "logits-only graph: weights in a side file (auto: above the 2 GB "
+                "protobuf limit)",
+            },
+        },
+    }
 
-    def export(self, request: Any, log: Any) -> dict[str, Any]:
-        from adaptkit.api.export import may_replace, refuse_unused_options
-        from adaptkit.api.files import atomic_directory, sweep_stale_scratch
-        from adaptkit.api.models import load_config, resolve_model
-        from adaptkit_onnx.generation.builder import DEVICES, PRECISIONS, genai_unsupported
+    def export(self, request: ExportRequest, log: Any) -> dict[str, Any]:
+        from adaptkit.api.models import load_config
+        from adaptkit_onnx.generation.builder import genai_unsupported
         from adaptkit_onnx.logits.graph import check_opset
         from adaptkit_onnx.parity import TOLERANCES
 
         o = request.options
-        graph = o.get("graph") or "auto"
-        if graph not in ("auto", "generation", "logits"):
-            raise AdaptkitError(f"unknown graph {graph!r}; valid: auto, generation, logits", key="--graph")
-        precision = o.get("precision")
-        if precision is not None and precision not in PRECISIONS:
-            raise AdaptkitError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-        device = o.get("device") or "cpu"
-        if device not in DEVICES:
-            raise AdaptkitError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}", key="--device")
-        folder = resolve_model(request.model)
-        # A killed export's model-sized scratch folder beside the output goes with the next one.
-        sweep_stale_scratch(Path(request.output).parent)
-        config = load_config(folder)
+        graph, precision = o["graph"], o["precision"]
+        config = load_config(request.model_dir)
         reason = genai_unsupported(config)
         if graph == "generation" and reason:
             raise AdaptkitError(
@@ -102,67 +187,38 @@ class OnnxExporter:
         if graph == "auto" and reason:
             where += f" (the generation graph is unavailable: {reason})"
         # Every option this path would ignore is refused here, before anything loads.
-        refuse_unused_options(o, unused_options(chosen, precision, o), where)
+        request.refuse_unused(unused_options(chosen, request), where)
         if chosen == "logits":
-            check_opset(o.get("opset"))
+            check_opset(o["opset"])
             if graph == "auto":
                 log(f"generation graph unavailable ({reason}); writing the logits-only graph")
-            return self._logits_only(request, folder, precision, reason, log)
+            return self._logits_only(request, reason, log)
 
-        precision = precision or "fp32"
         default = TOLERANCES["generation", precision]
+        agreement = o["min_agreement"]
         options = {
             "precision": precision,
-            "device": device,
-            "verify": o.get("verify", True),
-            "atol": _positive(o.get("atol"), default.atol, "--atol"),
-            "min_agreement": _fraction(o.get("min_agreement"), default.min_agreement),
+            "device": o["device"],
+            "verify": o["verify"],
+            "atol": default.atol if o["atol"] is None else o["atol"],
+            "min_agreement": default.min_agreement if agreement is None else agreement,
         }
-        report: dict[str, Any] = {
-            "exporter": "onnx",
-            "model": request.model,
-            "adapters": [
-                {"name": a.name, "weight": a.weight, "source": str(a.source)} for a in request.adapters
-            ],
-        }
-        with atomic_directory(request.output, overwrite=may_replace(request.output, request.force)) as tmp:
-            if o.get("lora_inputs"):
-                from adaptkit_onnx.generation.switchable import export_switchable
+        folder, tmp = request.model_dir, request.out_dir
+        if o["lora_inputs"]:
+            from adaptkit_onnx.generation.switchable import export_switchable
 
-                report.update(export_switchable(folder, config, request.adapters, tmp, options, log))
-            else:
-                from adaptkit_onnx.generation.baked import export_baked
+            return export_switchable(folder, config, request.adapters, tmp, options, log)
+        from adaptkit_onnx.generation.baked import export_baked
 
-                report.update(export_baked(folder, config, request.adapters, tmp, options, log))
-            (tmp / "export-report.json").write_text(json.dumps(report, indent=2) + "\n")
-        return report
+        return export_baked(folder, config, request.adapters, tmp, options, log)
 
-    def _logits_only(
-        self, request: Any, folder: Path, precision: str | None, reason: str | None, log: Any
-    ) -> dict[str, Any]:
+    def _logits_only(self, request: ExportRequest, reason: str | None, log: Any) -> dict[str, Any]:
         from adaptkit_onnx.logits.export import export_logits
         from adaptkit_onnx.parity import TOLERANCES
 
         o = request.options
-        if precision == "int4":
+        if o["precision"] == "int4":
             raise AdaptkitError(f"int4 needs the generation graph, and {reason or 'it was not chosen'}")
-        dtype = o.get("dtype") or {"fp16": "float16"}.get(precision or "", "float32")
-        if ("logits", dtype) not in TOLERANCES:
-            raise AdaptkitError(f"unknown dtype {dtype!r}; valid: float32, float16", key="--dtype")
-        atol = _positive(o.get("atol"), TOLERANCES["logits", dtype].atol, "--atol")
-        return export_logits(request, folder, dtype, atol, reason, log)
-
-
-def _positive(value: Any, default: float, key: str) -> float:
-    value = float(default if value is None else value)
-    if not (math.isfinite(value) and value > 0):
-        # NaN would make every comparison false: the parity check would pass anything.
-        raise AdaptkitError(f"{key} must be a positive finite number, got {value!r}", key=key)
-    return value
-
-
-def _fraction(value: Any, default: float) -> float:
-    value = float(default if value is None else value)
-    if not (0.0 <= value <= 1.0):
-        raise AdaptkitError(f"--min-agreement must lie in [0, 1], got {value!r}", key="--min-agreement")
-    return value
+        dtype = o["dtype"] if "dtype" in request.given else {"fp16": "float16"}.get(o["precision"], "float32")
+        atol = TOLERANCES["logits", dtype].atol if o["atol"] is None else o["atol"]
+        return export_logits(request, dtype, atol, reason, log)

@@ -22,7 +22,9 @@ def test_every_public_name_resolves():
 def test_the_api_face_loads_no_torch():
     code = "import sys, adaptkit.api; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
-    assert done.stdout.strip() == "False", "import adaptkit.api must not import torch (plugins load at --help)"
+    assert done.stdout.strip() == "False", (
+        "import adaptkit.api must not import torch (plugins load at --help)"
+    )
 
 
 def test_plugins_doc_lists_every_api_module():

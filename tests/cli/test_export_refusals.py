@@ -34,13 +34,23 @@ def test_lora_inputs_adapter_file_names_must_stay_distinct(setup, run_cli):
     assert "adapters 'skill a' and 'skill_a' would both be written to 'skill_a.onnx_adapter'" in err
 
 
-@pytest.mark.parametrize("atol", ["nan", "inf", "-1", "0"])
-def test_parity_tolerance_must_be_positive_and_finite(setup, run_cli, atol):
+@pytest.mark.parametrize(
+    ("atol", "words"),
+    [
+        ("nan", "must be a finite number"),
+        ("inf", "must be a finite number"),
+        ("-1", "must be a number > 0 and <= 1"),
+        ("0", "must be a number > 0 and <= 1"),
+        ("1e308", "must be a number > 0 and <= 1"),  # finite, and would pass anything
+        ("tight", "must be a number > 0 and <= 1"),
+    ],
+)
+def test_parity_tolerance_must_be_positive_finite_and_bounded(setup, run_cli, atol, words):
     code, _, err = run_cli(
         "export", "--onnx", "--model", setup / "base", "-a", setup / "a.safetensors", "-o", setup / "out",
         "--atol", atol,
     )  # fmt: skip
-    assert code == 2 and "--atol must be a positive finite number" in err and not (setup / "out").exists()
+    assert code == 2 and f"error: --atol: {words}, got '{atol}'" in err and not (setup / "out").exists()
 
 
 def _two_names_for_one_tensor(tmp_path, model_type):

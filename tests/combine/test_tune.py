@@ -254,7 +254,7 @@ def test_combine_never_imports_the_training_loop():
     layers; the trainer's own loop is no part of combine, at module level or in a function."""
     import ast
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     def imported(path):
         for node in ast.walk(ast.parse(path.read_text())):

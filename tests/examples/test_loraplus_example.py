@@ -39,7 +39,10 @@ def site(tmp_path_factory):
 
 
 def _adaptkit(site, *args, block=None):
-    env = {**os.environ, "PYTHONPATH": str(site)}
+    # The installed package, and this run's adaptkit and builtins (not another checkout's), but
+    # not the example's source folder.
+    path = [str(site), *(p for p in sys.path if p and "loraplus_backend" not in p)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     if block:
         env["ADAPTKIT_BLOCK_PLUGINS"] = block
     return subprocess.run(

@@ -29,6 +29,7 @@ class Thing:
         raise NotImplementedError
 
     params_schema = {"type": "object"}
+    options_schema = {"type": "object", "additionalProperties": False, "properties": {}}
 
     def merge(self, inputs, ctx):
         raise NotImplementedError

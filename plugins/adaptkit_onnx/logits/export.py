@@ -3,10 +3,12 @@ model's side files (config, tokenizer) are copied beside it."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from adaptkit.api import ExportRequest
 
 #: Files of the model folder an export carries beside its graph (those that exist).
 _COPY = (
@@ -22,14 +24,13 @@ _COPY = (
 
 
 def export_logits(
-    request: Any, folder: Path, dtype: str, atol: float, reason: str | None, log: Any
+    request: ExportRequest, dtype: str, atol: float, reason: str | None, log: Any
 ) -> dict[str, Any]:
-    """Write the logits-only graph of ``folder`` plus the request's adapters to
-    ``request.output`` (atomically) and return the report.
+    """Write the logits-only graph of ``request.model_dir`` plus the request's adapters into
+    ``request.out_dir`` (the host publishes it atomically) and return the exporter's report.
 
     Args:
-        request: The export request (its options were checked by the exporter).
-        folder: The resolved model folder.
+        request: The export request (its options were checked by the host and the exporter).
         dtype: The graph's dtype, ``float32`` or ``float16``.
         atol: The parity tolerance.
         reason: Why the generation graph was unavailable, if that is why this graph is written.
@@ -37,42 +38,35 @@ def export_logits(
     """
     import torch
 
-    from adaptkit.api.export import combined, may_replace
-    from adaptkit.api.files import atomic_directory
+    from adaptkit.api.export import combined
     from adaptkit.api.models import load_causal_lm
 
-    o = request.options
-    verify = o.get("verify", True)
+    o, folder, tmp = request.options, request.model_dir, request.out_dir
     # Adapters merge in the dtype the base loads in: float32 unless asked (a bf16 merge would
     # round small updates away before the graph is even built).
-    base, _ = load_causal_lm(folder, dtype=o.get("base_dtype") or "fp32")
+    base, _ = load_causal_lm(folder, dtype=o["base_dtype"])
     graph = {
         "torch_dtype": torch.float16 if dtype == "float16" else torch.float32,
-        "opset": o.get("opset"),
+        "opset": o["opset"],
         "atol": atol,
-        "verify": verify,
-        "external_data": o.get("external_data") or "auto",
+        "verify": o["verify"],
+        "external_data": o["external_data"],
     }
     report: dict[str, Any] = {
-        "exporter": "onnx",
-        "model": request.model,
         "graph": "logits",
         **({"fallback_reason": reason} if reason else {}),
         "dtype": dtype,
         "atol": atol,
-        "adapters": [{"name": a.name, "weight": a.weight, "source": str(a.source)} for a in request.adapters],
     }
-    with atomic_directory(request.output, overwrite=may_replace(request.output, request.force)) as tmp:
-        if o.get("lora_inputs"):
-            from adaptkit_onnx.logits.switchable import export_switchable
+    if o["lora_inputs"]:
+        from adaptkit_onnx.logits.switchable import export_switchable
 
-            report.update(export_switchable(base, request.adapters, tmp, **graph))
-        else:
-            from adaptkit_onnx.logits.baked import export_baked
+        report.update(export_switchable(base, request.adapters, tmp, **graph))
+    else:
+        from adaptkit_onnx.logits.baked import export_baked
 
-            report.update(export_baked(base, combined(request.adapters), tmp, **graph))
-        _copy_side_files(folder, base, tmp)
-        (tmp / "export-report.json").write_text(json.dumps(report, indent=2) + "\n")
+        report.update(export_baked(base, combined(request.adapters), tmp, **graph))
+    _copy_side_files(folder, base, tmp)
     _log_table(report, log)
     return report
 

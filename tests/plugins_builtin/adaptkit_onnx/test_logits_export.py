@@ -234,4 +234,4 @@ def test_existing_empty_output_folder_is_used_without_force(run_cli, llama):
     out.mkdir()
     code, _, err = run_cli("export", "--merged", "--model", tmp / "model", "-a", a, "-o", out)
     assert code == 0, err
-    assert (out / "adaptkit-export.json").is_file()
+    assert (out / "export-report.json").is_file()

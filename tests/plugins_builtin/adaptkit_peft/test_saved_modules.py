@@ -95,7 +95,7 @@ def test_classification_adapter_exports_merged_with_its_head(classifier, tmp_pat
     ours = _merged_like_peft(run_cli, LlamaForSequenceClassification, tmp_path, classifier)
     base = load_file(tmp_path / "base" / "model.safetensors")
     assert not torch.equal(ours["score.weight"], base["score.weight"])
-    report = json.loads((tmp_path / "ours" / "adaptkit-export.json").read_text())
+    report = json.loads((tmp_path / "ours" / "export-report.json").read_text())
     assert report["saved_tensors_written"] == ["score.weight"]
 
 

@@ -96,7 +96,7 @@ def test_merge_back_into_both_bases(trained, run_cli):
             merge_base,
         )
         assert code == 0, err
-        report = json.loads((out / "adaptkit-export.json").read_text())
+        report = json.loads((out / "export-report.json").read_text())
         assert report["merge_base"] == merge_base and report["quantization_gap"]["max"] > 0
         merged = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
         with torch.no_grad():

@@ -214,7 +214,7 @@ def bake_checkpoint(
                 config[key] = name
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     report: dict[str, Any] = {
-        "targets_merged": len(plan),
+        "targets_baked": len(plan),
         "saved_tensors_written": sorted(replacement),
         "weight_files": [f.name for f in files],
         "copied": copied,

@@ -51,7 +51,7 @@ class BakeExporter:
         merge_base = request.options["merge_base"] if "merge_base" in request.given else None
         report = bake_checkpoint(request.model_dir, adapter, request.out_dir, merge_base=merge_base)
         log(
-            f"merged {report['targets_merged']} targets into {request.output} (largest tensor "
+            f"baked {report['targets_baked']} targets into {request.output} (largest tensor "
             f"{report['largest_tensor_bytes'] / 2**20:.1f} MiB; max ||ΔW||/||W|| "
             f"{report['update_ratio']['max']:.3g})"
         )

@@ -9,34 +9,21 @@ import torch
 from adaptkit import WeightedAdapter, load_adapter, save_adapter
 from adaptkit.combine import combine
 from adaptkit.combine.tune import TuneResult, TuneSettings, fold, group_of, split_set, tune_weights
+from tests.helpers.adapters import token_records, trained_like_adapter
 from tests.helpers.models import tiny_llama
 
 
-def _random_adapter(seed, targets=("q_proj", "v_proj", "down_proj"), rank=4):
-    from adaptkit import nn as lora
-
-    model = tiny_llama()
-    torch.manual_seed(seed)
-    lora.attach(model, lora.LoraSettings(targets=list(targets), rank=rank, alpha=2.0 * rank))
-    with torch.no_grad():
-        for layer in lora.lora_layers(model).values():
-            layer.lora_B.normal_(0, 0.3)
-    return lora.extract(model)
-
-
-def _records(seed, n=12, length=10):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, 120, (length,), generator=g).tolist() for _ in range(n)]
-
-
 def _sets(seed=0):
-    return [split_set("one", _records(seed), 0.25, 0), split_set("two", _records(seed + 1), 0.25, 0)]
+    return [
+        split_set("one", token_records(seed), 0.25, 0),
+        split_set("two", token_records(seed + 1), 0.25, 0),
+    ]
 
 
 def _inputs():
     return [
-        WeightedAdapter(_random_adapter(1), 1.0, "a"),
-        WeightedAdapter(_random_adapter(2, targets=("q_proj", "o_proj"), rank=2), 0.5, "b"),
+        WeightedAdapter(trained_like_adapter(1), 1.0, "a"),
+        WeightedAdapter(trained_like_adapter(2, targets=("q_proj", "o_proj"), rank=2), 0.5, "b"),
     ]
 
 
@@ -140,10 +127,12 @@ def _write(path, records):
 @pytest.fixture
 def workspace(tmp_path):
     tiny_llama().save_pretrained(tmp_path / "base")
-    a = save_adapter(_random_adapter(1), tmp_path / "a.safetensors")
-    b = save_adapter(_random_adapter(2, targets=("q_proj", "o_proj"), rank=2), tmp_path / "b.safetensors")
-    one = _write(tmp_path / "one.jsonl", _records(0))
-    two = _write(tmp_path / "two.jsonl", _records(1))
+    a = save_adapter(trained_like_adapter(1), tmp_path / "a.safetensors")
+    b = save_adapter(
+        trained_like_adapter(2, targets=("q_proj", "o_proj"), rank=2), tmp_path / "b.safetensors"
+    )
+    one = _write(tmp_path / "one.jsonl", token_records(0))
+    two = _write(tmp_path / "two.jsonl", token_records(1))
     return tmp_path, a, b, one, two
 
 

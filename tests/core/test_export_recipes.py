@@ -4,37 +4,20 @@ adapter (adaptkit.combine.job), its `tune:` block included."""
 import json
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from adaptkit import save_adapter
+from tests.helpers.adapters import token_records, trained_like_adapter
 from tests.helpers.models import tiny_llama
-
-
-def _random_adapter(seed, targets, rank):
-    from adaptkit import nn as lora
-
-    model = tiny_llama()
-    torch.manual_seed(seed)
-    lora.attach(model, lora.LoraSettings(targets=list(targets), rank=rank, alpha=2.0 * rank))
-    with torch.no_grad():
-        for layer in lora.lora_layers(model).values():
-            layer.lora_B.normal_(0, 0.3)
-    return lora.extract(model)
-
-
-def _records(seed, n=12, length=10):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, 120, (length,), generator=g).tolist() for _ in range(n)]
 
 
 @pytest.fixture
 def workspace(tmp_path):
     tiny_llama().save_pretrained(tmp_path / "base")
-    save_adapter(_random_adapter(1, ("q_proj", "v_proj"), 4), tmp_path / "a.safetensors")
-    save_adapter(_random_adapter(2, ("q_proj", "o_proj"), 2), tmp_path / "b.safetensors")
+    save_adapter(trained_like_adapter(1, ("q_proj", "v_proj"), 4), tmp_path / "a.safetensors")
+    save_adapter(trained_like_adapter(2, ("q_proj", "o_proj"), 2), tmp_path / "b.safetensors")
     for name, seed in (("one", 0), ("two", 1)):
-        lines = "".join(json.dumps({"input_ids": r}) + "\n" for r in _records(seed))
+        lines = "".join(json.dumps({"input_ids": r}) + "\n" for r in token_records(seed))
         (tmp_path / f"{name}.jsonl").write_text(lines)
     (tmp_path / "recipe.yaml").write_text(
         "adapters: [a.safetensors, b.safetensors]\nstrategy: linear\noutput: tuned.safetensors\n"

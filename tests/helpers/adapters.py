@@ -45,3 +45,23 @@ def peft_adapter(base, folder, seed, targets, *, r=4, alpha=None, b_scale=None, 
                     p.mul_(b_scale)
     model.save_pretrained(folder)
     return folder
+
+
+def trained_like_adapter(seed: int, targets=("q_proj", "v_proj", "down_proj"), rank: int = 4):
+    """An adapter on ``tiny_llama()`` with random non-zero ``B`` (as after training), alpha = 2r."""
+    from adaptkit import nn as lora
+    from tests.helpers.models import tiny_llama
+
+    model = tiny_llama()
+    torch.manual_seed(seed)
+    lora.attach(model, lora.LoraSettings(targets=list(targets), rank=rank, alpha=2.0 * rank))
+    with torch.no_grad():
+        for layer in lora.lora_layers(model).values():
+            layer.lora_B.normal_(0, 0.3)
+    return lora.extract(model)
+
+
+def token_records(seed: int, n: int = 12, length: int = 10) -> list[list[int]]:
+    """``n`` random token sequences (ids 3..119) for tuning sets."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, 120, (length,), generator=g).tolist() for _ in range(n)]

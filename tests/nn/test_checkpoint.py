@@ -49,7 +49,7 @@ def test_cast_bakes_in_the_cast_dtype_without_rounding_to_the_checkpoint_dtype(t
         out = tmp_path / f"out-{cast}"
         out.mkdir()
         report = bake_checkpoint(folder, adapter, out, cast=cast)
-        assert report["targets_merged"] == 1
+        assert report["targets_baked"] == 1
         got, metadata = _read(out / "model.safetensors")
         assert metadata == {"format": "pt"}
         assert got["model.layers.0.step"].dtype == torch.int64 and got["model.layers.0.step"].item() == 3

@@ -239,7 +239,7 @@ def test_export_base_dtype_belongs_to_onnx(bf16_dir, tmp_path, run_cli):
         "export", "--merged", "--model", bf16_dir, "-a", adapter, "-o", tmp_path / "out",
         "--base-dtype", "bf16",
     )  # fmt: skip
-    assert code == 2 and "--base-dtype goes with --onnx" in err and not (tmp_path / "out").exists()
+    assert code == 2 and "--base-dtype is an option of --onnx" in err and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ def export_baked(
             cast = torch.float32 if precision == "fp32" else None
             log(f"baking {len(adapter.targets)} targets into a scratch checkpoint (streamed)")
             baked = bake_checkpoint(folder, adapter, src, cast=cast)
-            report["bake"] = {k: baked[k] for k in ("targets_merged", "largest_tensor_bytes")}
+            report["bake"] = {k: baked[k] for k in ("targets_baked", "largest_tensor_bytes")}
         log(f"building the {precision} generation graph with ONNX Runtime GenAI's model builder")
         report["builder"] = run_builder(src, out, precision, device, scratch)
     finish_config(out, config, device)

@@ -4,11 +4,10 @@ import pytest
 import torch
 from adaptkit_loraplus import LoraPlusBackend
 
-from adaptkit import AdaptkitError
-from adaptkit.nn.settings import LoraSettings
+from adaptkit.api import AdaptkitError
+from adaptkit.api.nn import LoraSettings
+from adaptkit.api.training import TrainConfig, run_training
 from adaptkit.testing import check_backend, counting_records, tiny_causal_lm
-from adaptkit.training.loop import run_training
-from adaptkit.training.settings import TrainConfig
 
 #: 30 steps of 8 counting records at lr 1e-3, rank 8 on every linear layer.
 SETTINGS = dict(backend="loraplus", lr=1e-3, max_steps=30, batch_size=8, seq_len=32, seed=0)

@@ -57,11 +57,27 @@ def learning_rate(cfg: TrainConfig, step: int, steps: int) -> float:
 
 
 def peak_memory(device: torch.device) -> int:
+    """Peak bytes: CUDA's allocator peak on a GPU, else this process's peak RSS.
+
+    On Linux the RSS peak is ``VmHWM`` from ``/proc/self/status``, which starts afresh at
+    ``exec``; ``ru_maxrss`` keeps the high-water mark the process inherited at ``fork``, so a
+    trainer started by a large parent (a test runner, a notebook) would report the parent's
+    memory as its own. Elsewhere ``ru_maxrss`` (KiB on Linux, bytes on macOS) is the fallback.
+    """
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
+    import sys
 
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def eval_size(requested: int | None, n_records: int, trained_records: int) -> int:

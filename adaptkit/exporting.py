@@ -19,108 +19,54 @@ everything checkable is checked:
 
 ``adaptkit export``'s flags are generated from the registered exporters' declarations
 (:func:`exporter_options`): flag = ``--`` + key with ``_`` → ``-``, ``--no-KEY`` for a boolean
-that defaults to true.
+that defaults to true, ``--KEY`` and ``--no-KEY`` for a nullable boolean
+(:mod:`adaptkit.plugins.export_flags`, which the registry holds each exporter to as it registers).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adaptkit.adapter import WeightedAdapter
 from adaptkit.errors import AdaptkitError, PluginError
-from adaptkit.plugins.options import declared_types, option_flag
+from adaptkit.plugins.export_flags import HOST_FLAGS as HOST_FLAGS  # the host's own flags
+from adaptkit.plugins.export_flags import ExportFlags, ExportOption, selector
+from adaptkit.plugins.options import option_flag as option_flag  # kept importable from here
+from adaptkit.plugins.options import option_flags
 
 if TYPE_CHECKING:
     from adaptkit.adapter import Adapter
 
 #: The one report file of every export, written by the host.
 REPORT = "export-report.json"
-#: Flags ``adaptkit export`` owns; no exporter option or exporter name may take them.
-HOST_FLAGS = frozenset(
-    {"--model", "-a", "--adapter", "-o", "--output", "-f", "--force", "--json", "--exporter", "-h", "--help"}
-)
 #: Keys the host writes into every report.
 HOST_KEYS = ("exporter", "model", "model_dir", "adapters", "options")
-
-
-@dataclass(frozen=True)
-class ExportOption:
-    """One generated flag of ``adaptkit export``.
-
-    Attributes:
-        key: The option's key in ``options_schema`` and ``request.options``.
-        flag: Its flag (:func:`adaptkit.plugins.options.option_flag`).
-        specs: ``exporter name -> property`` for every exporter that declares it.
-    """
-
-    key: str
-    flag: str
-    specs: Mapping[str, Mapping[str, Any]]
-
-    @property
-    def is_switch(self) -> bool:
-        """A boolean: the flag takes no value (``--lora-inputs``, ``--no-verify``)."""
-        return all(declared_types(s)[0] == ("boolean",) for s in self.specs.values())
-
-
-def selector(name: str) -> str:
-    """The flag that picks exporter ``name`` (``merged`` → ``--merged``)."""
-    return "--" + name.replace("_", "-")
 
 
 def exporter_options(registry: Any, *, only: Iterable[str] | None = None) -> dict[str, ExportOption]:
     """Every option of every registered exporter, keyed by option key, in exporter-name order.
 
-    Reads only ``options_schema`` (a class attribute): nothing heavy is imported. Two exporters
-    may share a key when its flag comes out the same (both switches or both valued); each
+    Reads only ``options_schema`` (a class attribute): nothing heavy is imported. The registry
+    admitted each exporter only if its declaration fits beside the others'
+    (:class:`adaptkit.plugins.export_flags.ExportFlags`, which builds this table too), so two
+    exporters share a key only when it is the same flag taking the same kind of value; each
     exporter's own property checks its value.
 
     Raises:
-        PluginError: naming the plugin whose exporter declares incomplete options, an option
-            whose flag the host owns or another exporter's name takes, or a shared key whose flag
-            differs.
+        PluginError: naming the plugin, for a registry not built by
+            :func:`adaptkit.plugins.load_registry` that holds a declaration it would refuse.
     """
-    from adaptkit.plugins.options import schema_problems
-
     regs = registry.all("exporter")
     if only is not None:
         wanted = set(only)
         regs = [r for r in regs if r.name in wanted]
-    selectors = {selector(r.name) for r in regs}
-    table: dict[str, ExportOption] = {}
-    owner: dict[str, str] = {}
+    flags = ExportFlags()
     for reg in regs:
-        schema = getattr(reg.obj, "options_schema", None)
-        problems = schema_problems(schema)
-        if problems:
-            raise PluginError(
-                f"plugin {reg.plugin!r} registered exporter {reg.name!r} with incomplete options: "
-                + "; ".join(problems)
-            )
-        for key, spec in schema["properties"].items():
-            flag = option_flag(key, spec)
-            if flag in HOST_FLAGS or flag in selectors:
-                raise PluginError(
-                    f"plugin {reg.plugin!r}: exporter {reg.name!r} option {key!r} would be {flag}, "
-                    "which adaptkit export already has (a host flag or an exporter's name)"
-                )
-            seen = table.get(key)
-            if seen is None:
-                table[key] = ExportOption(key, flag, {reg.name: spec})
-                owner[key] = reg.plugin
-                continue
-            switch = declared_types(spec)[0] == ("boolean",)
-            if seen.flag != flag or seen.is_switch != switch:
-                raise PluginError(
-                    f"plugin {reg.plugin!r}: exporter {reg.name!r} option {key!r} ({flag}) clashes with "
-                    f"the same key of plugin {owner[key]!r} ({seen.flag}); one flag cannot be both"
-                )
-            table[key] = ExportOption(key, flag, {**seen.specs, reg.name: spec})
-    return table
+        flags.add(reg.name, getattr(reg.obj, "options_schema", None), plugin=reg.plugin)
+    return flags.options
 
 
 def _named(exporters: Iterable[str]) -> str:
@@ -156,7 +102,7 @@ def check_export_options(
                 f"{flag} is an option of {_named(table[key].specs)}, not of {selector(name)}",
                 hint=f"leave {flag} out",
             )
-        valid = ", ".join(option_flag(k, s) for k, s in properties.items()) or "none"
+        valid = ", ".join("/".join(option_flags(k, s)) for k, s in properties.items()) or "none"
         raise AdaptkitError(f"exporter {name!r} has no option {key!r}; its options: {valid}")
     flags = {key: option_flag(key, spec) for key, spec in properties.items()}
     return checked_options(schema, given, owner=name, label=lambda key: flags.get(key, key))
@@ -291,6 +237,9 @@ def run_export(
     # A killed export's model-sized scratch folder beside the output goes with the next one.
     sweep_stale_scratch(output.parent)
     properties = exporter.options_schema.get("properties") or {}
+    # How the user spelt each option: a two-way switch by the way it was given.
+    flags = {key: option_flags(key, spec) for key, spec in properties.items()}
+    spelt = {key: f[-1] if len(f) == 2 and filled.get(key) is False else f[0] for key, f in flags.items()}
     with atomic_directory(output, overwrite=may_replace(output, force)) as tmp:
         request = ExportRequest(
             model=str(model),
@@ -300,7 +249,7 @@ def run_export(
             out_dir=tmp,
             options=filled,
             given=frozenset(given),
-            flags={key: option_flag(key, spec) for key, spec in properties.items()},
+            flags=spelt,
         )
         produced = exporter.export(request, say)
         report = _report(name, request, produced)

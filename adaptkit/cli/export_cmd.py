@@ -45,15 +45,6 @@ def _exporters(ctx: click.Context) -> tuple[Any, list[Any]]:
     return registry, regs
 
 
-def _metavar(spec: dict[str, Any]) -> str:
-    from adaptkit.plugins.options import declared_types
-
-    if "enum" in spec:
-        return "[" + "|".join(str(v) for v in spec["enum"] if v is not None) + "]"
-    kind = declared_types(spec)[0][0]
-    return {"integer": "INT", "number": "FLOAT"}.get(kind, "TEXT")
-
-
 def _option_help(option: Any) -> str:
     """Each declaring exporter's description, after its selector flag, with its default."""
     from adaptkit.exporting import selector
@@ -85,12 +76,16 @@ def _generated(registry: Any, regs: list[Any]) -> tuple[list[click.Option], list
     )
     options = []
     for key, option in exporter_options(registry, only=[r.name for r in regs]).items():
-        if option.is_switch:
+        if option.two_way:  # a nullable boolean: --KEY true, --no-KEY false, neither None
+            decls = ["/".join(option.flags), _PREFIX + key]
+            opt = click.Option(decls, is_flag=True, default=None, help=_option_help(option))
+        elif option.is_switch:
             value = not next(iter(option.specs.values()))["default"]
             opt = _Switch([option.flag, _PREFIX + key], value=value, help=_option_help(option))
         else:
-            metavar = _metavar(next(iter(option.specs.values())))
-            opt = click.Option([option.flag, _PREFIX + key], metavar=metavar, help=_option_help(option))
+            opt = click.Option(
+                [option.flag, _PREFIX + key], metavar=option.metavar, help=_option_help(option)
+            )
         options.append(opt)
     return selectors, options
 

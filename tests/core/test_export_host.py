@@ -1,6 +1,6 @@
 """The export host with exporters registered in-process: flags generated from options_schema
 (switches both ways, nullable ones with two flags), the request an exporter receives, the
-report, and the declarations the registry refuses (their plugin alone)."""
+report, one exporter per export, and the declarations the registry refuses (their plugin alone)."""
 
 import json
 import re
@@ -321,3 +321,28 @@ def test_a_nullable_switch_shows_both_flags(host, run_cli):
     code, out, _ = run_cli("export", "--help")
     assert code == 0
     assert "--keep / --no-keep --keeper: keep it (default: the exporter's choice)" in " ".join(out.split())
+
+
+@pytest.mark.parametrize(
+    ("picks", "words"),
+    [
+        (["--recorder", "--keeper"], "--keeper and --recorder"),
+        (["--recorder", "--exporter", "keeper"], "--recorder and --exporter keeper"),
+        (["--exporter", "recorder", "--exporter", "keeper"], "--exporter recorder and --exporter keeper"),
+        (["--keeper", "--exporter", "recorder", "--exporter", "keeper"], "--keeper and --exporter recorder"),
+    ],
+    ids=["two-selectors", "selector-and-exporter", "two-exporter", "three"],
+)
+def test_two_exporters_picked_is_one_error_not_the_last_one(host, tmp_path, run_cli, picks, words):
+    host(Recorder(), _with_options("keeper", keep=TWO_WAY))
+    code, _, err = run_cli("export", *picks, "--model", tmp_path / "base", "-o", tmp_path / "out")
+    assert code == 2 and not SEEN and not (tmp_path / "out").exists()
+    assert err == f"error: {words} each pick an exporter; an export has one (give one of them)\n"
+
+
+def test_one_exporter_picked_twice_is_one_pick(host, tmp_path, run_cli):
+    host(Recorder())
+    code, _, err = run_cli(
+        "export", "--recorder", "--exporter", "recorder", "--model", tmp_path / "base", "-o", tmp_path / "out"
+    )
+    assert code == 0 and len(SEEN) == 1, err

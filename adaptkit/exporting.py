@@ -10,9 +10,10 @@ everything checkable is checked:
    are filled in;
 2. **output**: the folder is checked with the output guard (an empty existing folder is free, a
    non-empty one needs ``force``, an input is never an output);
-3. **adapters**: SPECs are loaded; a recipe is combined by :mod:`adaptkit.combine.job`, the one
+3. **model**: resolved and vetted (:func:`adaptkit.io.models.resolve_model`), before any adapter
+   is read: a recipe's tuning may take minutes;
+4. **adapters**: SPECs are loaded; a recipe is combined by :mod:`adaptkit.combine.job`, the one
    path ``adaptkit combine`` takes too, ``tune:`` included (:func:`load_export_adapters`);
-4. **model**: resolved and vetted (:func:`adaptkit.io.models.resolve_model`);
 5. **export**: into a temp folder beside the output, published atomically when the exporter
    returns; the host adds ``export-report.json`` (the exporter's report under the host's keys
    ``exporter``, ``model``, ``model_dir``, ``adapters``, ``options``).
@@ -204,6 +205,10 @@ def _local(model: str) -> Path | None:
     return Path(model) if Path(model).exists() else None
 
 
+def _adapter_reads(adapters: Sequence[WeightedAdapter]) -> list[Any]:
+    return [p for a in adapters for p in (a.reads or (a.source,))]
+
+
 def run_export(
     name: str,
     model: str,
@@ -217,23 +222,40 @@ def run_export(
 ) -> dict[str, Any]:
     """Export ``model`` with ``adapters`` (already loaded) to ``output`` with exporter ``name``.
 
-    Steps 1, 2, 4 and 5 of the module docstring; ``options`` are the ones the user set.
+    Steps 1, 2, 3 and 5 of the module docstring; ``options`` are the ones the user set.
     Returns the report, as written to ``OUTPUT/export-report.json``.
     """
-    from adaptkit.io.atomic import atomic_directory, sweep_stale_scratch
     from adaptkit.io.models import resolve_model
     from adaptkit.plugins import get_registry
-    from adaptkit.plugins.records import ExportRequest
 
     registry = registry or get_registry()
-    say = log or (lambda _m: None)
     exporter = registry.get("exporter", name)
     given = dict(options or {})
     filled = check_export_options(name, exporter, given, exporter_options(registry))
     output = Path(output)
-    reads = [p for a in adapters for p in (a.reads or (a.source,))]
-    prepare_output(output, force, inputs=[_local(model), *reads])
+    prepare_output(output, force, inputs=[_local(model), *_adapter_reads(adapters)])
     folder = resolve_model(model)
+    return _export(name, exporter, model, folder, adapters, output, given, filled, force=force, log=log)
+
+
+def _export(
+    name: str,
+    exporter: Any,
+    model: str,
+    folder: Path,
+    adapters: Sequence[WeightedAdapter],
+    output: Path,
+    given: Mapping[str, Any],
+    filled: Mapping[str, Any],
+    *,
+    force: bool,
+    log: Callable[[str], None] | None,
+) -> dict[str, Any]:
+    """Step 5: everything checked, ``model`` resolved to ``folder``, the adapters loaded."""
+    from adaptkit.io.atomic import atomic_directory, sweep_stale_scratch
+    from adaptkit.plugins.records import ExportRequest
+
+    say = log or (lambda _m: None)
     # A killed export's model-sized scratch folder beside the output goes with the next one.
     sweep_stale_scratch(output.parent)
     properties = exporter.options_schema.get("properties") or {}
@@ -296,6 +318,7 @@ def export_specs(
     Raises:
         AdaptkitError: no exporter chosen, or the first problem found (nothing is written).
     """
+    from adaptkit.io.models import resolve_model
     from adaptkit.plugins import get_registry
 
     registry = registry or get_registry()
@@ -303,11 +326,15 @@ def export_specs(
         flags = ", ".join(selector(r.name) for r in registry.all("exporter"))
         raise AdaptkitError(f"choose what to export: {flags} or --exporter NAME")
     exporter = registry.get("exporter", name)
-    # Options and the output path before any adapter is read (a recipe may tune for minutes).
-    check_export_options(name, exporter, dict(options or {}), exporter_options(registry))
+    # Options, the output path and the model before any adapter is read (a recipe may tune for
+    # minutes).
+    given = dict(options or {})
+    filled = check_export_options(name, exporter, given, exporter_options(registry))
     output = Path(output)
     prepare_output(output, force, inputs=[_local(model), *specs])
     # Then with what the SPECs name (a recipe's tuning model and sets too), still before loading.
     prepare_output(output, force, inputs=[_local(model), *export_reads(specs)])
+    folder = resolve_model(model)
     adapters = load_export_adapters(list(specs), registry, log=log)
-    return run_export(name, model, adapters, output, options=options, force=force, registry=registry, log=log)
+    prepare_output(output, force, inputs=[_local(model), *_adapter_reads(adapters)])
+    return _export(name, exporter, model, folder, adapters, output, given, filled, force=force, log=log)

@@ -16,7 +16,9 @@ everything checkable is checked:
    path ``adaptkit combine`` takes too, ``tune:`` included (:func:`load_export_adapters`);
 5. **export**: into a temp folder beside the output, published atomically when the exporter
    returns; the host adds ``export-report.json`` (the exporter's report under the host's keys
-   ``exporter``, ``model``, ``model_dir``, ``adapters``, ``options``).
+   ``exporter``, ``model``, ``model_dir``, ``adapters``, ``options``). A report that is not a
+   dict of plain JSON values (a ``Path``, a NumPy or torch scalar) is the exporter's bug, a
+   :class:`~adaptkit.errors.PluginError` naming it, and nothing is published.
 
 ``adaptkit export``'s flags are generated from the registered exporters' declarations
 (:func:`exporter_options`): flag = ``--`` + key with ``_`` → ``-``, ``--no-KEY`` for a boolean
@@ -201,6 +203,34 @@ def _json_ready(report: Any) -> Any:
     return json.loads(json.dumps(report), parse_constant=words.__getitem__)
 
 
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _not_json(value: Any, where: str, path: frozenset[int] = frozenset()) -> tuple[str, Any] | None:
+    """``(where, value)`` of the first value in ``value`` that is not plain JSON (a ``Path``, a
+    NumPy or torch scalar, a set, a cycle), or ``None`` when there is none."""
+    if isinstance(value, _JSON_SCALARS):
+        return None
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in path:
+            return where, "a reference to itself"
+        inner = path | {id(value)}
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, _JSON_SCALARS):
+                    return f"{where} key {key!r}", key
+                found = _not_json(item, f"{where}[{key!r}]", inner)
+                if found:
+                    return found
+        else:
+            for i, item in enumerate(value):
+                found = _not_json(item, f"{where}[{i}]", inner)
+                if found:
+                    return found
+        return None
+    return where, value
+
+
 def _local(model: str) -> Path | None:
     return Path(model) if Path(model).exists() else None
 
@@ -280,8 +310,8 @@ def _export(
 
 
 def _report(name: str, request: Any, produced: Any) -> dict[str, Any]:
-    """The host's keys, then the exporter's report (a plugin bug when it is not a dict, sets a
-    host key, or wrote the report file itself)."""
+    """The host's keys, then the exporter's report (a plugin bug when it is not a dict of plain
+    JSON values, sets a host key, or wrote the report file itself)."""
     if not isinstance(produced, dict):
         raise PluginError(f"exporter {name!r} returned {type(produced).__name__}, not a report dict")
     if (request.out_dir / REPORT).exists():
@@ -289,6 +319,15 @@ def _report(name: str, request: Any, produced: Any) -> dict[str, Any]:
     taken = sorted(set(produced) & set(HOST_KEYS))
     if taken:
         raise PluginError(f"exporter {name!r} sets report key {taken[0]!r}, which the host writes")
+    found = _not_json(produced, "report")
+    if found:
+        where, value = found
+        shown = value if isinstance(value, str) else f"{type(value).__name__} {value!r:.60}"
+        raise PluginError(
+            f"exporter {name!r} returned a report whose {where} is {shown}, not a JSON value "
+            "(text, number, true/false, null, list or dict)",
+            hint="convert it in export(): str(path), float(x) or x.item() for a NumPy or torch scalar",
+        )
     host = {
         "exporter": name,
         "model": request.model,

@@ -155,8 +155,10 @@ class Exporter(Plugin, Protocol):
 
     def export(self, request: ExportRequest, log: Callable[[str], None]) -> dict[str, Any]:
         """Write the export into ``request.out_dir`` (never elsewhere) and return its report, a
-        JSON-ready dict the host writes to ``export-report.json`` beside the host's own keys
-        (``exporter``, ``model``, ``adapters``, ``options``). ``log`` takes one-line progress
+        dict of plain JSON values (text, numbers, booleans, ``None``, lists, dicts: not a
+        ``Path`` or a NumPy or torch scalar, which the host refuses as a ``PluginError``) that
+        the host writes to ``export-report.json`` beside the host's own keys (``exporter``,
+        ``model``, ``adapters``, ``options``). ``log`` takes one-line progress
         messages. Raise :class:`~adaptkit.errors.AdaptkitError` for anything wrong with the
         inputs; the host then removes ``out_dir`` and leaves any earlier output intact."""
         ...

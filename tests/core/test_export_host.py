@@ -346,3 +346,49 @@ def test_one_exporter_picked_twice_is_one_pick(host, tmp_path, run_cli):
         "export", "--recorder", "--exporter", "recorder", "--model", tmp_path / "base", "-o", tmp_path / "out"
     )
     assert code == 0 and len(SEEN) == 1, err
+
+
+class _Reports(Recorder):
+    name = "reports"
+    options_schema = {"type": "object", "additionalProperties": False, "properties": {}}
+    produced = {}
+
+    def export(self, request, log):
+        (request.out_dir / "made.txt").write_text("made")
+        return self.produced
+
+
+def _value(kind, tmp_path):
+    import numpy as np
+    import torch
+
+    return {
+        "path": tmp_path / "made.txt",
+        "numpy": np.float32(0.5),
+        "torch": torch.tensor(0.5),
+        "set": {1, 2},
+    }[kind]
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("path", "report['files'][0] is PosixPath"),
+        ("numpy", "report['files'][0] is float32"),
+        ("torch", "report['files'][0] is Tensor"),
+        ("set", "report['files'][0] is set"),
+    ],
+)
+def test_a_report_value_that_is_not_json_is_the_exporter_s_bug_in_one_line(
+    host, tmp_path, run_cli, monkeypatch, kind, words
+):
+    monkeypatch.setattr(_Reports, "produced", {"files": [_value(kind, tmp_path)]})
+    host(_Reports())
+    code, out, err = run_cli(
+        "export", "--reports", "--model", tmp_path / "base", "-o", tmp_path / "out", "--json"
+    )
+    assert code == 2 and not out and not (tmp_path / "out").exists()
+    assert (
+        err.startswith(f"error: exporter 'reports' returned a report whose {words}") and err.count("\n") == 1
+    ), err
+    assert {p.name for p in tmp_path.iterdir()} == {"base", "a.safetensors"}  # no scratch left

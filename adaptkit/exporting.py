@@ -10,117 +10,66 @@ everything checkable is checked:
    are filled in;
 2. **output**: the folder is checked with the output guard (an empty existing folder is free, a
    non-empty one needs ``force``, an input is never an output);
-3. **adapters**: SPECs are loaded; a recipe is combined by :mod:`adaptkit.combine.job`, the one
+3. **model**: resolved and vetted (:func:`adaptkit.io.models.resolve_model`), before any adapter
+   is read: a recipe's tuning may take minutes;
+4. **adapters**: SPECs are loaded; a recipe is combined by :mod:`adaptkit.combine.job`, the one
    path ``adaptkit combine`` takes too, ``tune:`` included (:func:`load_export_adapters`);
-4. **model**: resolved and vetted (:func:`adaptkit.io.models.resolve_model`);
 5. **export**: into a temp folder beside the output, published atomically when the exporter
    returns; the host adds ``export-report.json`` (the exporter's report under the host's keys
-   ``exporter``, ``model``, ``model_dir``, ``adapters``, ``options``).
+   ``exporter``, ``model``, ``model_dir``, ``adapters``, ``options``). A report that is not a
+   dict of plain JSON values (a ``Path``, a NumPy or torch scalar) is the exporter's bug, a
+   :class:`~adaptkit.errors.PluginError` naming it, and nothing is published.
 
 ``adaptkit export``'s flags are generated from the registered exporters' declarations
 (:func:`exporter_options`): flag = ``--`` + key with ``_`` → ``-``, ``--no-KEY`` for a boolean
-that defaults to true.
+that defaults to true, ``--KEY`` and ``--no-KEY`` for a nullable boolean
+(:mod:`adaptkit.plugins.export_flags`, which the registry holds each exporter to as it registers).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adaptkit.adapter import WeightedAdapter
 from adaptkit.errors import AdaptkitError, PluginError
-from adaptkit.plugins.options import declared_types, option_flag
+from adaptkit.plugins.export_flags import HOST_FLAGS as HOST_FLAGS  # the host's own flags
+from adaptkit.plugins.export_flags import ExportFlags, ExportOption, selector
+from adaptkit.plugins.options import option_flag as option_flag  # kept importable from here
+from adaptkit.plugins.options import option_flags
 
 if TYPE_CHECKING:
     from adaptkit.adapter import Adapter
 
 #: The one report file of every export, written by the host.
 REPORT = "export-report.json"
-#: Flags ``adaptkit export`` owns; no exporter option or exporter name may take them.
-HOST_FLAGS = frozenset(
-    {"--model", "-a", "--adapter", "-o", "--output", "-f", "--force", "--json", "--exporter", "-h", "--help"}
-)
 #: Keys the host writes into every report.
 HOST_KEYS = ("exporter", "model", "model_dir", "adapters", "options")
-
-
-@dataclass(frozen=True)
-class ExportOption:
-    """One generated flag of ``adaptkit export``.
-
-    Attributes:
-        key: The option's key in ``options_schema`` and ``request.options``.
-        flag: Its flag (:func:`adaptkit.plugins.options.option_flag`).
-        specs: ``exporter name -> property`` for every exporter that declares it.
-    """
-
-    key: str
-    flag: str
-    specs: Mapping[str, Mapping[str, Any]]
-
-    @property
-    def is_switch(self) -> bool:
-        """A boolean: the flag takes no value (``--lora-inputs``, ``--no-verify``)."""
-        return all(declared_types(s)[0] == ("boolean",) for s in self.specs.values())
-
-
-def selector(name: str) -> str:
-    """The flag that picks exporter ``name`` (``merged`` → ``--merged``)."""
-    return "--" + name.replace("_", "-")
 
 
 def exporter_options(registry: Any, *, only: Iterable[str] | None = None) -> dict[str, ExportOption]:
     """Every option of every registered exporter, keyed by option key, in exporter-name order.
 
-    Reads only ``options_schema`` (a class attribute): nothing heavy is imported. Two exporters
-    may share a key when its flag comes out the same (both switches or both valued); each
+    Reads only ``options_schema`` (a class attribute): nothing heavy is imported. The registry
+    admitted each exporter only if its declaration fits beside the others'
+    (:class:`adaptkit.plugins.export_flags.ExportFlags`, which builds this table too), so two
+    exporters share a key only when it is the same flag taking the same kind of value; each
     exporter's own property checks its value.
 
     Raises:
-        PluginError: naming the plugin whose exporter declares incomplete options, an option
-            whose flag the host owns or another exporter's name takes, or a shared key whose flag
-            differs.
+        PluginError: naming the plugin, for a registry not built by
+            :func:`adaptkit.plugins.load_registry` that holds a declaration it would refuse.
     """
-    from adaptkit.plugins.options import schema_problems
-
     regs = registry.all("exporter")
     if only is not None:
         wanted = set(only)
         regs = [r for r in regs if r.name in wanted]
-    selectors = {selector(r.name) for r in regs}
-    table: dict[str, ExportOption] = {}
-    owner: dict[str, str] = {}
+    flags = ExportFlags()
     for reg in regs:
-        schema = getattr(reg.obj, "options_schema", None)
-        problems = schema_problems(schema)
-        if problems:
-            raise PluginError(
-                f"plugin {reg.plugin!r} registered exporter {reg.name!r} with incomplete options: "
-                + "; ".join(problems)
-            )
-        for key, spec in schema["properties"].items():
-            flag = option_flag(key, spec)
-            if flag in HOST_FLAGS or flag in selectors:
-                raise PluginError(
-                    f"plugin {reg.plugin!r}: exporter {reg.name!r} option {key!r} would be {flag}, "
-                    "which adaptkit export already has (a host flag or an exporter's name)"
-                )
-            seen = table.get(key)
-            if seen is None:
-                table[key] = ExportOption(key, flag, {reg.name: spec})
-                owner[key] = reg.plugin
-                continue
-            switch = declared_types(spec)[0] == ("boolean",)
-            if seen.flag != flag or seen.is_switch != switch:
-                raise PluginError(
-                    f"plugin {reg.plugin!r}: exporter {reg.name!r} option {key!r} ({flag}) clashes with "
-                    f"the same key of plugin {owner[key]!r} ({seen.flag}); one flag cannot be both"
-                )
-            table[key] = ExportOption(key, flag, {**seen.specs, reg.name: spec})
-    return table
+        flags.add(reg.name, getattr(reg.obj, "options_schema", None), plugin=reg.plugin)
+    return flags.options
 
 
 def _named(exporters: Iterable[str]) -> str:
@@ -156,7 +105,7 @@ def check_export_options(
                 f"{flag} is an option of {_named(table[key].specs)}, not of {selector(name)}",
                 hint=f"leave {flag} out",
             )
-        valid = ", ".join(option_flag(k, s) for k, s in properties.items()) or "none"
+        valid = ", ".join("/".join(option_flags(k, s)) for k, s in properties.items()) or "none"
         raise AdaptkitError(f"exporter {name!r} has no option {key!r}; its options: {valid}")
     flags = {key: option_flag(key, spec) for key, spec in properties.items()}
     return checked_options(schema, given, owner=name, label=lambda key: flags.get(key, key))
@@ -254,8 +203,40 @@ def _json_ready(report: Any) -> Any:
     return json.loads(json.dumps(report), parse_constant=words.__getitem__)
 
 
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _not_json(value: Any, where: str, path: frozenset[int] = frozenset()) -> tuple[str, Any] | None:
+    """``(where, value)`` of the first value in ``value`` that is not plain JSON (a ``Path``, a
+    NumPy or torch scalar, a set, a cycle), or ``None`` when there is none."""
+    if isinstance(value, _JSON_SCALARS):
+        return None
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in path:
+            return where, "a reference to itself"
+        inner = path | {id(value)}
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, _JSON_SCALARS):
+                    return f"{where} key {key!r}", key
+                found = _not_json(item, f"{where}[{key!r}]", inner)
+                if found:
+                    return found
+        else:
+            for i, item in enumerate(value):
+                found = _not_json(item, f"{where}[{i}]", inner)
+                if found:
+                    return found
+        return None
+    return where, value
+
+
 def _local(model: str) -> Path | None:
     return Path(model) if Path(model).exists() else None
+
+
+def _adapter_reads(adapters: Sequence[WeightedAdapter]) -> list[Any]:
+    return [p for a in adapters for p in (a.reads or (a.source,))]
 
 
 def run_export(
@@ -271,26 +252,46 @@ def run_export(
 ) -> dict[str, Any]:
     """Export ``model`` with ``adapters`` (already loaded) to ``output`` with exporter ``name``.
 
-    Steps 1, 2, 4 and 5 of the module docstring; ``options`` are the ones the user set.
+    Steps 1, 2, 3 and 5 of the module docstring; ``options`` are the ones the user set.
     Returns the report, as written to ``OUTPUT/export-report.json``.
     """
-    from adaptkit.io.atomic import atomic_directory, sweep_stale_scratch
     from adaptkit.io.models import resolve_model
     from adaptkit.plugins import get_registry
-    from adaptkit.plugins.records import ExportRequest
 
     registry = registry or get_registry()
-    say = log or (lambda _m: None)
     exporter = registry.get("exporter", name)
     given = dict(options or {})
     filled = check_export_options(name, exporter, given, exporter_options(registry))
     output = Path(output)
-    reads = [p for a in adapters for p in (a.reads or (a.source,))]
-    prepare_output(output, force, inputs=[_local(model), *reads])
+    prepare_output(output, force, inputs=[_local(model), *_adapter_reads(adapters)])
     folder = resolve_model(model)
+    return _export(name, exporter, model, folder, adapters, output, given, filled, force=force, log=log)
+
+
+def _export(
+    name: str,
+    exporter: Any,
+    model: str,
+    folder: Path,
+    adapters: Sequence[WeightedAdapter],
+    output: Path,
+    given: Mapping[str, Any],
+    filled: Mapping[str, Any],
+    *,
+    force: bool,
+    log: Callable[[str], None] | None,
+) -> dict[str, Any]:
+    """Step 5: everything checked, ``model`` resolved to ``folder``, the adapters loaded."""
+    from adaptkit.io.atomic import atomic_directory, sweep_stale_scratch
+    from adaptkit.plugins.records import ExportRequest
+
+    say = log or (lambda _m: None)
     # A killed export's model-sized scratch folder beside the output goes with the next one.
     sweep_stale_scratch(output.parent)
     properties = exporter.options_schema.get("properties") or {}
+    # How the user spelt each option: a two-way switch by the way it was given.
+    flags = {key: option_flags(key, spec) for key, spec in properties.items()}
+    spelt = {key: f[-1] if len(f) == 2 and filled.get(key) is False else f[0] for key, f in flags.items()}
     with atomic_directory(output, overwrite=may_replace(output, force)) as tmp:
         request = ExportRequest(
             model=str(model),
@@ -300,7 +301,7 @@ def run_export(
             out_dir=tmp,
             options=filled,
             given=frozenset(given),
-            flags={key: option_flag(key, spec) for key, spec in properties.items()},
+            flags=spelt,
         )
         produced = exporter.export(request, say)
         report = _report(name, request, produced)
@@ -309,8 +310,8 @@ def run_export(
 
 
 def _report(name: str, request: Any, produced: Any) -> dict[str, Any]:
-    """The host's keys, then the exporter's report (a plugin bug when it is not a dict, sets a
-    host key, or wrote the report file itself)."""
+    """The host's keys, then the exporter's report (a plugin bug when it is not a dict of plain
+    JSON values, sets a host key, or wrote the report file itself)."""
     if not isinstance(produced, dict):
         raise PluginError(f"exporter {name!r} returned {type(produced).__name__}, not a report dict")
     if (request.out_dir / REPORT).exists():
@@ -318,6 +319,15 @@ def _report(name: str, request: Any, produced: Any) -> dict[str, Any]:
     taken = sorted(set(produced) & set(HOST_KEYS))
     if taken:
         raise PluginError(f"exporter {name!r} sets report key {taken[0]!r}, which the host writes")
+    found = _not_json(produced, "report")
+    if found:
+        where, value = found
+        shown = value if isinstance(value, str) else f"{type(value).__name__} {value!r:.60}"
+        raise PluginError(
+            f"exporter {name!r} returned a report whose {where} is {shown}, not a JSON value "
+            "(text, number, true/false, null, list or dict)",
+            hint="convert it in export(): str(path), float(x) or x.item() for a NumPy or torch scalar",
+        )
     host = {
         "exporter": name,
         "model": request.model,
@@ -347,6 +357,7 @@ def export_specs(
     Raises:
         AdaptkitError: no exporter chosen, or the first problem found (nothing is written).
     """
+    from adaptkit.io.models import resolve_model
     from adaptkit.plugins import get_registry
 
     registry = registry or get_registry()
@@ -354,11 +365,15 @@ def export_specs(
         flags = ", ".join(selector(r.name) for r in registry.all("exporter"))
         raise AdaptkitError(f"choose what to export: {flags} or --exporter NAME")
     exporter = registry.get("exporter", name)
-    # Options and the output path before any adapter is read (a recipe may tune for minutes).
-    check_export_options(name, exporter, dict(options or {}), exporter_options(registry))
+    # Options, the output path and the model before any adapter is read (a recipe may tune for
+    # minutes).
+    given = dict(options or {})
+    filled = check_export_options(name, exporter, given, exporter_options(registry))
     output = Path(output)
     prepare_output(output, force, inputs=[_local(model), *specs])
     # Then with what the SPECs name (a recipe's tuning model and sets too), still before loading.
     prepare_output(output, force, inputs=[_local(model), *export_reads(specs)])
+    folder = resolve_model(model)
     adapters = load_export_adapters(list(specs), registry, log=log)
-    return run_export(name, model, adapters, output, options=options, force=force, registry=registry, log=log)
+    prepare_output(output, force, inputs=[_local(model), *_adapter_reads(adapters)])
+    return _export(name, exporter, model, folder, adapters, output, given, filled, force=force, log=log)

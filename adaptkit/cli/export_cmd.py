@@ -22,6 +22,7 @@ from adaptkit.cli.output import echo_json, say
 #: reference documents those, whatever else is installed where it is rendered).
 BUILTIN_ONLY = "adaptkit.export.builtin_only"
 _PREFIX = "option__"  # click parameter names of exporter options; never a host parameter's
+_SELECT = "select__"  # click parameter names of the --NAME selectors, one each
 
 _HELP = """Export a base model with adapters; --NAME (or --exporter NAME) picks the exporter.
 
@@ -45,15 +46,6 @@ def _exporters(ctx: click.Context) -> tuple[Any, list[Any]]:
     return registry, regs
 
 
-def _metavar(spec: dict[str, Any]) -> str:
-    from adaptkit.plugins.options import declared_types
-
-    if "enum" in spec:
-        return "[" + "|".join(str(v) for v in spec["enum"] if v is not None) + "]"
-    kind = declared_types(spec)[0][0]
-    return {"integer": "INT", "number": "FLOAT"}.get(kind, "TEXT")
-
-
 def _option_help(option: Any) -> str:
     """Each declaring exporter's description, after its selector flag, with its default."""
     from adaptkit.exporting import selector
@@ -70,29 +62,44 @@ def _generated(registry: Any, regs: list[Any]) -> tuple[list[click.Option], list
     """The ``--NAME`` selectors (with ``--exporter``) and the exporter options, as click options."""
     from adaptkit.exporting import exporter_options, selector
 
-    selectors = [
-        click.Option(
-            [selector(r.name), "exporter"],
-            flag_value=r.name,
+    selectors: list[click.Option] = [
+        _Selector(
+            [selector(r.name), _SELECT + r.name.replace("-", "_")],
+            exporter=r.name,
             help=f"{r.obj.description} (exporter {r.name!r}).",
         )
         for r in regs
     ]
     selectors.append(
         click.Option(
-            ["--exporter", "exporter"], help="Any registered exporter by name (see `adaptkit plugins`)."
+            ["--exporter", "exporter"],
+            multiple=True,
+            help="Any registered exporter by name (see `adaptkit plugins`).",
         )
     )
     options = []
     for key, option in exporter_options(registry, only=[r.name for r in regs]).items():
-        if option.is_switch:
+        if option.two_way:  # a nullable boolean: --KEY true, --no-KEY false, neither None
+            decls = ["/".join(option.flags), _PREFIX + key]
+            opt = click.Option(decls, is_flag=True, default=None, help=_option_help(option))
+        elif option.is_switch:
             value = not next(iter(option.specs.values()))["default"]
             opt = _Switch([option.flag, _PREFIX + key], value=value, help=_option_help(option))
         else:
-            metavar = _metavar(next(iter(option.specs.values())))
-            opt = click.Option([option.flag, _PREFIX + key], metavar=metavar, help=_option_help(option))
+            opt = click.Option(
+                [option.flag, _PREFIX + key], metavar=option.metavar, help=_option_help(option)
+            )
         options.append(opt)
     return selectors, options
+
+
+class _Selector(click.Option):
+    """``--NAME``: picks exporter ``NAME`` (each selector its own parameter, so that two given are
+    seen, not one silently winning)."""
+
+    def __init__(self, decls: list[str], *, exporter: str, **kwargs: Any) -> None:
+        super().__init__(decls, is_flag=True, **kwargs)
+        self.exporter = exporter
 
 
 class _Switch(click.Option):
@@ -164,7 +171,7 @@ class ExportCommand(click.Command):
 )
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
 def command(
-    exporter: str | None,
+    exporter: tuple[str, ...],
     model: str,
     adapters: tuple[str, ...],
     output: Path,
@@ -172,17 +179,30 @@ def command(
     as_json: bool,
     **rest,
 ) -> None:
+    from adaptkit.errors import AdaptkitError
     from adaptkit.exporting import export_specs
 
     ctx = click.get_current_context()
     given: dict[str, Any] = {}
+    picks: dict[str, str] = {}  # exporter name -> how it was picked
     for param in ctx.command.get_params(ctx):
         name = param.name or ""
+        typed = ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+        if isinstance(param, _Selector) and rest[name]:
+            picks.setdefault(param.exporter, param.opts[0])
         # Only flags the user typed: a default is the exporter's to fill.
-        if name.startswith(_PREFIX) and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+        elif name.startswith(_PREFIX) and typed:
             given[name[len(_PREFIX) :]] = param.value if isinstance(param, _Switch) else rest[name]
+    for name in exporter:
+        picks.setdefault(name, f"--exporter {name}")
+    if len(picks) > 1:
+        raise AdaptkitError(
+            f"{' and '.join(picks.values())} each pick an exporter; an export has one",
+            hint="give one of them",
+        )
+    chosen = next(iter(picks), None)
     report = export_specs(
-        exporter,
+        chosen,
         model,
         list(adapters),
         output,
@@ -193,4 +213,4 @@ def command(
     if as_json:
         echo_json(report)
     else:
-        click.echo(f"wrote {output} ({exporter})")
+        click.echo(f"wrote {output} ({chosen})")

@@ -140,10 +140,13 @@ class Exporter(Plugin, Protocol):
             ``additionalProperties: false``: per property a ``type`` (``[TYPE, "null"]`` where
             ``None`` means "the exporter chooses"), an ``enum`` or, for a number, both bounds, a
             ``default`` and a ``description`` (its ``--help`` text). Each property becomes a flag
-            of ``adaptkit export``: ``--`` + the key with ``_`` → ``-``, and ``--no-KEY`` for a
-            boolean that defaults to true. Declare ``{"type": "object", "additionalProperties":
-            False, "properties": {}}`` for none. A class attribute: the host reads it to build
-            the flags without importing anything heavy.
+            of ``adaptkit export``: ``--`` + the key with ``_`` → ``-``, ``--no-KEY`` for a
+            boolean that defaults to true, and both ``--KEY`` and ``--no-KEY`` for a nullable
+            boolean. Declare ``{"type": "object", "additionalProperties": False, "properties":
+            {}}`` for none. A class attribute: the host reads it to build the flags without
+            importing anything heavy. The registry refuses the exporter's plugin when a flag (or
+            the ``--NAME`` selector) would be the host's or another exporter's
+            (:mod:`adaptkit.plugins.export_flags`).
         help: Optional; a paragraph for ``adaptkit export --help``, shown after ``--NAME`` with
             its lines kept (what the export is, an example or two).
     """
@@ -152,8 +155,10 @@ class Exporter(Plugin, Protocol):
 
     def export(self, request: ExportRequest, log: Callable[[str], None]) -> dict[str, Any]:
         """Write the export into ``request.out_dir`` (never elsewhere) and return its report, a
-        JSON-ready dict the host writes to ``export-report.json`` beside the host's own keys
-        (``exporter``, ``model``, ``adapters``, ``options``). ``log`` takes one-line progress
+        dict of plain JSON values (text, numbers, booleans, ``None``, lists, dicts: not a
+        ``Path`` or a NumPy or torch scalar, which the host refuses as a ``PluginError``) that
+        the host writes to ``export-report.json`` beside the host's own keys (``exporter``,
+        ``model``, ``adapters``, ``options``). ``log`` takes one-line progress
         messages. Raise :class:`~adaptkit.errors.AdaptkitError` for anything wrong with the
         inputs; the host then removes ``out_dir`` and leaves any earlier output intact."""
         ...

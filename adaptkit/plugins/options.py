@@ -39,12 +39,27 @@ def declared_types(spec: Mapping[str, Any]) -> tuple[tuple[str, ...], bool]:
     return tuple(k for k in kinds if k != "null"), "null" in kinds
 
 
-def option_flag(key: str, spec: Mapping[str, Any]) -> str:
-    """The command-line flag of option ``key``: ``--`` + the key with ``_`` → ``-``; a boolean
-    that defaults to true is switched off, so its flag is ``--no-KEY`` (``verify`` → ``--no-verify``)."""
+def option_flags(key: str, spec: Mapping[str, Any]) -> tuple[str, ...]:
+    """The command-line flags of option ``key``: ``--`` + the key with ``_`` → ``-``.
+
+    A boolean is a switch that takes no value, so its flag says which way it turns the option: a
+    boolean that defaults to false is ``--KEY`` (sets true), one that defaults to true is
+    ``--no-KEY`` (``verify`` → ``--no-verify``, sets false), and a nullable boolean (``["boolean",
+    "null"]``: ``None`` means "the plugin chooses") needs both ways, ``--KEY`` and ``--no-KEY``."""
     flag = key.replace("_", "-")
-    kinds, _ = declared_types(spec)
-    return f"--no-{flag}" if kinds == ("boolean",) and spec.get("default") is True else f"--{flag}"
+    kinds, nullable = declared_types(spec)
+    if kinds == ("boolean",):
+        if nullable:
+            return (f"--{flag}", f"--no-{flag}")
+        if spec.get("default") is True:
+            return (f"--no-{flag}",)
+    return (f"--{flag}",)
+
+
+def option_flag(key: str, spec: Mapping[str, Any]) -> str:
+    """The command-line flag of option ``key`` (the first of :func:`option_flags`: ``--KEY`` for a
+    nullable boolean, whose ``--no-KEY`` sets it false)."""
+    return option_flags(key, spec)[0]
 
 
 def _as_number(value: Any, *, integer: bool) -> float | int | None:

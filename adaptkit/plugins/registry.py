@@ -5,6 +5,10 @@ the ``adaptkit`` entry points (builtins and third parties alike), validates hook
 ``check_pending()``, then calls each ``register_<things>`` hook *per plugin* so every
 registration is attributed to the plugin that made it. A plugin that fails any of these steps
 (import, hook names or signatures, a hook that raises) is recorded with the reason and skipped.
+So is a plugin whose exporter declares options ``adaptkit export`` cannot turn into flags of
+their own (:mod:`adaptkit.plugins.export_flags`): checked as it registers, against the host's
+flags and every exporter registered before it, so the newcomer is the one refused. adaptkit's
+own plugins register first.
 
 Environment variables:
     ``ADAPTKIT_LOAD_PLUGINS``: comma-separated entry-point names; load only these (an empty
@@ -85,10 +89,13 @@ class Registry:
         return sorted(self.entries.get(kind, {}))
 
     def registration(self, kind: str, name: str) -> Registration:
-        """Look up ``name``; unknown names raise :class:`UnknownNameError` listing valid ones."""
+        """Look up ``name``; unknown names raise :class:`UnknownNameError` listing valid ones (and
+        the plugins that failed to load, which may have been meant to register it)."""
         table = self.entries.get(kind, {})
         if name not in table:
-            raise UnknownNameError(kind, name, table)
+            failed = sorted(n for n, info in self.plugins.items() if info.error)
+            hint = f"plugin {', '.join(map(repr, failed))} failed to load; `adaptkit plugins` says why"
+            raise UnknownNameError(kind, name, table, hint=hint if failed else None)
         return table[name]
 
     def get(self, kind: str, name: str) -> Any:
@@ -220,6 +227,25 @@ def _check_contract(kind: str, obj: Any, plugin: str) -> str:
     return name
 
 
+class RefusedRegistration(PluginError):
+    """A plugin registered something the host cannot use beside what is already registered (an
+    exporter whose flags clash): the plugin is skipped, reported with this reason, and everything
+    else keeps working."""
+
+
+def _check_exporter(table: Mapping[str, Registration], obj: Any, name: str, plugin: str) -> None:
+    """Refuse an exporter whose declaration cannot become ``adaptkit export`` flags beside the
+    host's and those of the exporters registered before it."""
+    from adaptkit.plugins.export_flags import REFUSED_HINT, ExportFlags
+
+    flags = ExportFlags()
+    for reg in table.values():  # registration order; each was accepted this way
+        flags.add(reg.name, reg.obj.options_schema, plugin=reg.plugin)
+    problems = flags.problems(name, obj.options_schema)
+    if problems:
+        raise RefusedRegistration(f"exporter {name!r} refused: " + "; ".join(problems), hint=REFUSED_HINT)
+
+
 def _make_register(table: dict[str, Registration], kind: str, plugin: str) -> Any:
     """The ``register`` callback handed to one plugin's ``register_<things>`` hook."""
 
@@ -230,9 +256,16 @@ def _make_register(table: dict[str, Registration], kind: str, plugin: str) -> An
                 f"{kind} {name!r} is registered by both plugin {table[name].plugin!r} and plugin {plugin!r}",
                 hint=f"block one with {BLOCK_ENV}",
             )
+        if kind == "exporter":
+            _check_exporter(table, obj, name, plugin)
         table[name] = Registration(kind=kind, name=name, obj=obj, plugin=plugin)
 
     return register
+
+
+def _builtin(info: PluginInfo | None) -> bool:
+    """A plugin of adaptkit's own distribution (the builtins)."""
+    return info is not None and info.distribution == "adaptkit"
 
 
 def load_registry(*, env: Mapping[str, str] | None = None, extra: Iterable[tuple[str, Any]] = ()) -> Registry:
@@ -246,12 +279,17 @@ def load_registry(*, env: Mapping[str, str] | None = None, extra: Iterable[tuple
     for kind, (hook_name, _, _) in KINDS.items():
         table = registry.entries[kind]
         hook = getattr(pm.hook, hook_name)
-        for impl in hook.get_hookimpls():  # registration order
+        # adaptkit's own plugins first, then the others in load order: a newcomer that clashes
+        # with a builtin is the one refused.
+        impls = sorted(hook.get_hookimpls(), key=lambda i: not _builtin(infos.get(i.plugin_name)))
+        for impl in impls:
             if infos.get(impl.plugin_name) is not None and infos[impl.plugin_name].error:
                 continue
             register = _make_register(table, kind, impl.plugin_name)
             try:
                 impl.function(**{arg: register for arg in impl.argnames})
+            except RefusedRegistration as exc:  # its plugin alone is skipped, and reported
+                disable_plugin(registry, impl.plugin_name, exc.one_line())
             except PluginError:
                 raise  # a clash or an invalid object: the registering plugin is named
             except (Exception, SystemExit) as exc:  # a hook that raises: skip its plugin whole

@@ -12,18 +12,23 @@ process (one per check, every invocation inside it), on a tiny random Llama
 (:func:`adaptkit.testing.tiny_causal_lm`, saved with safetensors) and one random LoRA adapter on
 its attention projections. The exporter's class must therefore be importable
 (``module.Class``) and constructible without arguments; the child registers it in place of any
-exporter of the same name. A failed check raises ``AssertionError`` saying which promise of
-:class:`adaptkit.plugins.contracts.Exporter` broke.
+exporter of the same name (its whole plugin gives way). A failed check raises ``AssertionError``
+saying which promise of :class:`adaptkit.plugins.contracts.Exporter` broke; every command-line
+check fails, with the registry's reason, when adaptkit refused to register the exporter.
 
 Checked properties (the first three need no export and take a second or two):
-    * declared — ``options_schema`` is a class attribute and a complete declaration
-      (:func:`adaptkit.plugins.options.schema_problems`: ``additionalProperties: false``, every
-      property typed, with a valid default and a description, every number bounded), and no
-      option's flag is one the host owns;
-    * help — ``adaptkit export --help`` lists ``--NAME`` and every option's flag;
-    * refusals — for every option a value its declaration forbids (not a choice, not an
-      integer, out of bounds, ``nan``), and a flag only another exporter takes, is one
-      ``error:`` line naming the flag, exit code 2, and no output folder;
+    * declared — ``options_schema`` is a class attribute and a declaration the registry accepts
+      beside the exporters installed here (:class:`adaptkit.plugins.export_flags.ExportFlags`:
+      complete per :func:`adaptkit.plugins.options.schema_problems`, ``additionalProperties:
+      false``, every property typed, with a valid default and a description, every number
+      bounded; no selector or option flag that is the host's or another exporter's);
+    * help — ``adaptkit export --help`` has an option line for ``--NAME`` and one for every
+      option's flag that names ``--NAME`` among the exporters taking it (a flag mentioned in
+      some paragraph, or another exporter's option of that flag, does not count);
+    * refusals — for every option a value its declaration forbids (not a choice, a choice in
+      other letter case, not an integer, out of bounds, ``nan``; a value given to a switch,
+      ``--FLAG=true``; a text option without its value), and a flag only another exporter
+      takes, is one ``error:`` line naming the flag, exit code 2, and no output folder;
     * report — (real export) the export succeeds; ``--json`` prints exactly
       ``OUT/export-report.json``, which names the exporter, the model and the adapter;
     * atomic — (real export) an export that fails after the exporter wrote its files leaves no
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -99,10 +105,11 @@ def registry_with(obj):
 results = []
 for run in spec["runs"]:
     host._cached = registry_with(Failing(exporter, run["fail"]) if run.get("fail") else exporter)
+    refused = host._cached.plugins["adaptkit-exporter-kit"].error  # why the registry refused it
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(run["argv"])
-    results.append({"code": code, "out": out.getvalue(), "err": err.getvalue()})
+    results.append({"code": code, "out": out.getvalue(), "err": err.getvalue(), "refused": refused})
 Path(spec["results"]).write_text(json.dumps(results))
 """
 
@@ -124,7 +131,8 @@ def run_export_cli(
         tmp_path: Where the driver and its results go.
 
     Returns:
-        ``{"code", "out", "err"}`` per run: the exit code, stdout and stderr of that invocation.
+        ``{"code", "out", "err", "refused"}`` per run: the exit code, stdout and stderr of that
+        invocation, and why the registry refused the exporter (``None``: it registered).
     """
     tmp = Path(tmp_path)
     tmp.mkdir(parents=True, exist_ok=True)
@@ -177,10 +185,22 @@ def kit_workspace(tmp_path: Path) -> tuple[Path, Path]:
     return model_dir, adapter
 
 
-def check_declared(exporter: Any) -> None:
-    from adaptkit.exporting import HOST_FLAGS
-    from adaptkit.plugins.options import option_flag, schema_problems
+def _installed_flags(exporter: Any) -> Any:
+    """The flags ``adaptkit export`` has here without ``exporter``'s name (whose plugin gives way
+    to it, as in the kit's child process), built the way the registry builds them."""
+    from adaptkit.plugins import load_registry
+    from adaptkit.plugins.export_flags import ExportFlags
 
+    table = load_registry().entries["exporter"]  # registration order: builtins first
+    owner = table[exporter.name].plugin if exporter.name in table else None
+    flags = ExportFlags()
+    for reg in table.values():
+        if reg.plugin != owner:
+            flags.add(reg.name, reg.obj.options_schema, plugin=reg.plugin)
+    return flags
+
+
+def check_declared(exporter: Any) -> None:
     name = getattr(exporter, "name", repr(exporter))
     for attr in ("name", "description", "options_schema", "export"):
         assert hasattr(exporter, attr), f"exporter {name!r} lacks {attr!r}"
@@ -188,21 +208,28 @@ def check_declared(exporter: Any) -> None:
         f"{name}: options_schema must be a class attribute: adaptkit builds `export --help` from it "
         "without constructing anything heavy"
     )
-    problems = schema_problems(exporter.options_schema)
-    assert not problems, f"{name}: " + "; ".join(problems)
-    for key, spec in exporter.options_schema["properties"].items():
-        flag = option_flag(key, spec)
-        assert flag not in HOST_FLAGS, f"{name}: option {key!r} would be {flag}, a flag the host owns"
+    problems = _installed_flags(exporter).problems(name, exporter.options_schema)
+    assert not problems, f"{name}: the registry would refuse it: " + "; ".join(problems)
 
 
-def _bad_values(spec: dict[str, Any]) -> list[str]:
-    """Values the declaration forbids, as a user would type them."""
-    from adaptkit.plugins.options import declared_types
+def _bad_values(key: str, spec: dict[str, Any]) -> list[tuple[str, list[str], str]]:
+    """``(flag, what follows it, what it is)`` a user could type that the declaration forbids: a
+    value that is not a choice (or a choice in other letter case), not an integer, not finite or
+    out of bounds; a value given to a switch's flag; a text option's flag without its value (last
+    on the command line)."""
+    from adaptkit.plugins.options import declared_types, option_flags
 
+    flags = option_flags(key, spec)
     kind = declared_types(spec)[0][0]
+    if kind == "boolean":  # a switch takes no value: `--FLAG=true` must not be swallowed
+        return [(f"{flag}=true", [], f"{flag}=true") for flag in flags]
+    (flag,) = flags
     bad = []
     if "enum" in spec:
         bad.append("not-a-choice")
+        texts = [v for v in spec["enum"] if isinstance(v, str)]
+        variants = [v.swapcase() for v in texts if v.swapcase() not in texts]
+        bad += variants[:1]
     if kind == "integer":
         bad.append("1.5")
     if kind in ("number", "integer"):
@@ -211,7 +238,10 @@ def _bad_values(spec: dict[str, Any]) -> list[str]:
             if word in spec:
                 edge = spec[word] + step
                 bad.append(str(int(edge)) if kind == "integer" else repr(float(edge)))
-    return bad
+    cases = [(flag, [value], f"{flag} {value!r}") for value in bad]
+    if kind == "string":
+        cases.append((flag, [], f"{flag} without its value"))  # the flag is last
+    return cases
 
 
 def _one_error(result: dict[str, Any]) -> str | None:
@@ -231,58 +261,88 @@ class _Check:
 
 def _run_checks(exporter: Any, checks: Sequence[_Check], tmp: Path) -> Any:
     results = run_export_cli(exporter, [r for c in checks for r in c.runs], tmp)
+    refused = next((r["refused"] for r in results if r["refused"]), None)
+    why = f"adaptkit refused to register the exporter: {refused}"
     out, i = [], 0
     for check in checks:
-        out.append(check.verify(results[i : i + len(check.runs)]))
+        try:
+            out.append(check.verify(results[i : i + len(check.runs)]))
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n  ({why})" if refused else str(exc)) from None
         i += len(check.runs)
+    assert not refused, f"{exporter.name}: {why}"
     return out
+
+
+def _option_rows(help_text: str) -> dict[str, str]:
+    """``flag -> its row`` (the option's own line and its wrapped help, joined) in the options
+    section of a click ``--help``: a flag mentioned in some text is not an option line."""
+    rows: dict[str, str] = {}
+    lines = help_text.splitlines()
+    start = next((i + 1 for i, line in enumerate(lines) if line.strip() == "Options:"), len(lines))
+    flags: list[str] = []
+    text: list[str] = []
+    for line in lines[start:]:
+        if line.startswith("  -"):  # an option's own line: its flags, then (maybe) its help
+            decl = line.strip().split("  ")[0]
+            flags = [t for t in re.split(r"[\s,/]+", decl) if t.startswith("-")]
+            text = [line.strip()]
+        elif line.startswith("   ") and flags:  # its help, wrapped
+            text.append(line.strip())
+        else:
+            flags = []
+            continue
+        for flag in flags:
+            rows[flag] = " ".join(text)
+    return rows
 
 
 def _help(exporter: Any) -> _Check:
     from adaptkit.exporting import selector
-    from adaptkit.plugins.options import option_flag
+    from adaptkit.plugins.options import option_flags
 
-    flags = [selector(exporter.name)] + [
-        option_flag(k, s) for k, s in exporter.options_schema["properties"].items()
-    ]
+    own = selector(exporter.name)
+    flags = [f for k, s in exporter.options_schema["properties"].items() for f in option_flags(k, s)]
 
     def verify(results: list[dict[str, Any]]) -> None:
         (result,) = results
         assert result["code"] == 0, f"{exporter.name}: `adaptkit export --help` failed: {result['err']}"
-        missing = [f for f in flags if f not in result["out"].split()]
-        assert not missing, f"{exporter.name}: `adaptkit export --help` does not list {', '.join(missing)}"
+        rows = _option_rows(result["out"])
+        # Whitespace aside: click wraps the help anywhere, hyphens included.
+        mine = [f for f in flags if f in rows and own + ":" in "".join(rows[f].split())]
+        missing = ([] if own in rows else [own]) + [f for f in flags if f not in mine]
+        assert not missing, (
+            f"{exporter.name}: `adaptkit export --help` has no option line for {', '.join(missing)} "
+            f"as an option of {own}"
+        )
 
     return _Check([{"argv": ["export", "--help"]}], verify)
 
 
 def _refusals(exporter: Any, tmp: Path, foreign: dict[str, str | None] | None) -> _Check:
-    from adaptkit.plugins.options import option_flag
-
     model_dir, adapter = kit_workspace(tmp.parent)
     tmp.mkdir(parents=True, exist_ok=True)
     base = ["export", "--exporter", exporter.name, "--model", model_dir, "-a", adapter]
-    cases = [
-        (option_flag(k, s), v)
-        for k, s in exporter.options_schema["properties"].items()
-        for v in _bad_values(s)
+    cases = [case for k, s in exporter.options_schema["properties"].items() for case in _bad_values(k, s)]
+    cases += [
+        (flag, [], flag) if value is None else (flag, [value], f"{flag} {value!r}")
+        for flag, value in (foreign or {}).items()
     ]
-    cases += list((foreign or {}).items())
     outs = [tmp / f"out{i}" for i in range(len(cases))]
 
     def verify(results: list[dict[str, Any]]) -> None:
-        for (flag, value), out, result in zip(cases, outs, results, strict=True):
+        for (typed, _, shown), out, result in zip(cases, outs, results, strict=True):
+            flag = typed.split("=")[0]
             line = _one_error(result)
             got = textwrap.indent(result["err"][-2000:], "  ")
             assert line is not None and flag in line, (
-                f"{exporter.name}: {flag} {value!r} must be refused as one `error:` line naming {flag} "
+                f"{exporter.name}: {shown} must be refused as one `error:` line naming {flag} "
                 f"with exit code 2; got exit {result['code']}:\n{got}"
             )
-            assert not out.exists(), f"{exporter.name}: {flag} {value!r} was refused after writing"
+            assert not out.exists(), f"{exporter.name}: {shown} was refused after writing"
 
-    runs = [
-        {"argv": [*base, "-o", out, flag, *([] if value is None else [value])]}
-        for (flag, value), out in zip(cases, outs, strict=True)
-    ]
+    # The flag goes last, so that a flag given without its value has nothing after it.
+    runs = [{"argv": [*base, "-o", out, case[0], *case[1]]} for case, out in zip(cases, outs, strict=True)]
     return _Check(runs, verify)
 
 

@@ -1,6 +1,6 @@
-"""Exports that would be silently wrong are refused before any work: two --lora-inputs adapters
-whose file names collide (before any graph is built), and a parity tolerance that disables the
-check."""
+"""Exports that would be silently wrong are refused before any work: two exporters picked at
+once, two --lora-inputs adapters whose file names collide (before any graph is built), and a
+parity tolerance that disables the check."""
 
 import pytest
 import torch
@@ -23,6 +23,22 @@ def setup(tmp_path):
     for name in ("skill a", "skill_a"):
         (tmp_path / f"{name.replace(' ', '-')}.yaml").write_text(f"adapter: a.safetensors\nname: {name}\n")
     return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("picks", "words"),
+    [
+        (["--merged", "--onnx"], "--merged and --onnx"),
+        (["--onnx", "--merged"], "--merged and --onnx"),
+        (["--merged", "--exporter", "onnx"], "--merged and --exporter onnx"),
+    ],
+)
+def test_two_exporters_are_refused_not_the_last_one_taken(setup, run_cli, picks, words):
+    code, out, err = run_cli(
+        "export", *picks, "--model", setup / "base", "-a", setup / "a.safetensors", "-o", setup / "out"
+    )
+    assert code == 2 and not out and not (setup / "out").exists()
+    assert err == f"error: {words} each pick an exporter; an export has one (give one of them)\n"
 
 
 def test_lora_inputs_adapter_file_names_must_stay_distinct(setup, run_cli):

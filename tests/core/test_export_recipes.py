@@ -70,3 +70,21 @@ def test_the_tuning_model_and_sets_are_inputs_an_export_never_writes_into(worksp
         "-o", tmp / "base" / "inside", "--force",
     )  # fmt: skip
     assert code == 2 and "inside" in err and not (tmp / "base" / "inside").exists(), err
+
+
+def test_the_export_model_is_vetted_before_a_recipe_tunes(workspace, run_cli, monkeypatch):
+    """A bad --model is refused before the recipe's tuning loads anything (the tuning model is
+    the recipe's own, and fine)."""
+    import adaptkit.combine.tune
+
+    def load_base(*_a, **_k):
+        raise AssertionError("the recipe tuned before the export's model was checked")
+
+    monkeypatch.setattr(adaptkit.combine.tune, "load_base", load_base)
+    tmp = workspace
+    (tmp / "badmodel").mkdir()
+    (tmp / "badmodel" / "config.json").write_text('{"model_type": "llama"}')  # no weights
+    code, _, err = run_cli(
+        "export", "--merged", "--model", tmp / "badmodel", "-a", tmp / "recipe.yaml", "-o", tmp / "out"
+    )
+    assert code == 2 and err.startswith(f"error: {tmp / 'badmodel'}") and not (tmp / "out").exists(), err

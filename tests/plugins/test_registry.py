@@ -193,3 +193,40 @@ def test_registry_factory_does_no_work_at_import():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_third_party_exporter_clashing_with_a_builtin_is_the_one_refused(monkeypatch):
+    """Even when it loads first (entry point 'aaa' sorts before 'onnx'): adaptkit's own plugins
+    register first, so a switch key shared with different defaults (`verify` false: --verify;
+    ONNX's `verify` true: --no-verify) is blamed on the third party, which loses everything it
+    registered, and ONNX keeps its flags."""
+    real = importlib.metadata.entry_points
+
+    class Fast(Thing):
+        options_schema = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"verify": {"type": "boolean", "default": False, "description": "check it"}},
+        }
+
+    mod = types.SimpleNamespace()
+
+    @hookimpl
+    def register_exporters(register):
+        register(Fast("fast"))
+
+    @hookimpl
+    def register_formats(register):
+        register(Thing("fastfmt"))
+
+    mod.register_exporters, mod.register_formats = register_exporters, register_formats
+    third = types.SimpleNamespace(name="aaa", value="aaa_plugin", dist=None, load=lambda: mod)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [third, *real(group=group)])
+    reg = load_registry(env={LOAD_ENV: "aaa,onnx"})
+    assert reg.names("exporter") == ["onnx"] and reg.names("format") == []
+    assert reg.plugins["onnx"].error is None
+    assert reg.plugins["aaa"].error.startswith(
+        "exporter 'fast' refused: option 'verify' (--verify) differs from option 'verify' of exporter "
+        "'onnx' (--no-verify)"
+    )
+    assert reg.pm.get_plugin("aaa") is None

@@ -25,16 +25,28 @@ def _one_error(code, err, *words):
 
 
 def _forbid(monkeypatch, *targets):
-    """Make each ``module:attribute`` fail the test if it is called."""
-    import importlib
+    """Make each ``module:attribute`` fail the test if it is called, wherever it is reachable.
 
+    The public API re-exports these functions (``adaptkit.api.models.load_causal_lm``), so the
+    API modules are imported first, holding the real function, and every loaded module that
+    holds it gets the stand-in too; monkeypatch restores them all. Patching only the home
+    module would let a module first imported during the test keep the stand-in for good.
+    """
+    import importlib
+    import sys
+
+    importlib.import_module("adaptkit.api.models")
+    importlib.import_module("adaptkit.api.nn")
     for target in targets:
         module, _, attr = target.partition(":")
+        original = getattr(importlib.import_module(module), attr)
 
         def called(*_a, _what=target, **_k):
             raise AssertionError(f"{_what} ran before the refusal")
 
-        monkeypatch.setattr(importlib.import_module(module), attr, called)
+        for holder in list(sys.modules.values()):
+            if getattr(holder, attr, None) is original:
+                monkeypatch.setattr(holder, attr, called)
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,7 @@ from adaptkit.testing.exporters import (
     check_help,
     check_refusals,
     check_report,
+    export_in_process,
     kit_workspace,
     run_export_cli,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "check_symmetry",
     "check_zero_weight",
     "counting_records",
+    "export_in_process",
     "kit_workspace",
     "random_adapter",
     "relative_difference",

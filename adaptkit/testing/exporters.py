@@ -53,6 +53,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from adaptkit.plugins.hookspecs import hookimpl as _hookimpl
+
 _DRIVER = """\
 import contextlib, importlib, io, json, os, sys
 from pathlib import Path
@@ -117,6 +119,55 @@ Path(spec["results"]).write_text(json.dumps(results))
 def _target(exporter: Any) -> str:
     cls = type(exporter)
     return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def export_in_process(
+    exporter: Any,
+    model: str | Path,
+    adapters: Sequence[Any],
+    output: str | Path,
+    *,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run ``exporter`` through the export host in this process, as ``adaptkit export`` would.
+
+    The registry holds the installed plugins plus ``exporter`` (an installed registration of the
+    same name gives way to it); the host checks ``options`` against its declaration, vets the
+    model, publishes ``output`` atomically and writes the report, which is returned. For numeric
+    checks of what an exporter writes; :func:`check_exporter` covers the command line.
+
+    Args:
+        exporter: The exporter object under test.
+        model: A model folder.
+        adapters: ``WeightedAdapter`` records (``adaptkit.api.WeightedAdapter``).
+        output: The output folder.
+        options: The options the user would give, by key (``{"delta_dtype": "float16"}``).
+
+    Raises:
+        AdaptkitError: whatever the host or the exporter refuses.
+    """
+    from adaptkit.exporting import run_export
+    from adaptkit.plugins import registry as host
+
+    registry = host.load_registry()
+    owner = registry.entries["exporter"].get(exporter.name)
+    env = dict(os.environ)
+    if owner is not None:
+        env[host.BLOCK_ENV] = ",".join(x for x in (env.get(host.BLOCK_ENV, ""), owner.plugin) if x)
+
+    class _Plugin:
+        @staticmethod
+        @_hookimpl
+        def register_exporters(register: Any) -> None:
+            register(exporter)
+
+    registry = host.load_registry(env=env, extra=[("adaptkit-exporter-under-test", _Plugin())])
+    error = registry.plugins["adaptkit-exporter-under-test"].error
+    if error:
+        raise AssertionError(f"the registry refused exporter {exporter.name!r}: {error}")
+    return run_export(
+        exporter.name, str(model), list(adapters), Path(output), options=options, registry=registry
+    )
 
 
 def run_export_cli(

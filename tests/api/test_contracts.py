@@ -76,3 +76,26 @@ def test_the_docs_draw_the_layers_the_tool_checks():
     assert drawn == CONTRACTS["core-layers"]["layers"], (
         "docs/architecture.md and pyproject.toml's core-layers contract disagree"
     )
+
+
+def test_example_tests_import_only_the_public_api_and_the_kits():
+    """A third party copies an example's tests too: they reach adaptkit only through
+    ``adaptkit.api`` and the contract kits (``adaptkit.testing``), like the example's code."""
+    import ast
+
+    bad = []
+    for path in sorted(REPO.glob("examples/*/tests/*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            for name in names:
+                if name.split(".")[0] == "adaptkit" and not name.startswith(
+                    ("adaptkit.api", "adaptkit.testing")
+                ):
+                    bad.append(f"{path.relative_to(REPO)}:{node.lineno} imports {name}")
+    assert not bad, "\n".join(bad)

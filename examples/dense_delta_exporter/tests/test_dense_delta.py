@@ -6,8 +6,8 @@ import torch
 from adaptkit_densedelta import DenseDeltaExporter
 from safetensors import safe_open
 
-from adaptkit import Adapter, LoraPair, WeightedAdapter
-from adaptkit.testing import check_exporter, kit_workspace, run_export_cli
+from adaptkit.api import Adapter, LoraPair, WeightedAdapter
+from adaptkit.testing import check_exporter, export_in_process, kit_workspace, run_export_cli
 
 #: Relative rounding of one cast from float64 (half an ulp: 2⁻ᵖ for p mantissa bits).
 ROUNDING = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
@@ -43,25 +43,12 @@ def _reference(adapters):
     return want
 
 
-@pytest.fixture(scope="module")
-def registry():
-    import adaptkit_densedelta
-
-    from adaptkit.plugins import load_registry
-
-    return load_registry(env={"ADAPTKIT_LOAD_PLUGINS": ""}, extra=[("densedelta", adaptkit_densedelta)])
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-def test_delta_is_the_float64_sum_rounded_once(tmp_path, registry, dtype):
-    from adaptkit.exporting import run_export
-
+def test_delta_is_the_float64_sum_rounded_once(tmp_path, dtype):
     model_dir, _ = kit_workspace(tmp_path)
     adapters = _adapters()
     out = tmp_path / "out"
-    report = run_export(
-        "dense-delta", str(model_dir), adapters, out, options={"delta_dtype": dtype}, registry=registry
-    )
+    report = export_in_process(DenseDeltaExporter(), model_dir, adapters, out, options={"delta_dtype": dtype})
     want = _reference(adapters)
     assert report["targets"] == 3 and report["delta_dtype"] == dtype
     with safe_open(out / "deltas.safetensors", "pt") as f:
@@ -95,28 +82,19 @@ def test_delta_dtype_from_the_command_line(tmp_path):
     assert merged["err"].startswith("error: --delta-dtype is an option of --dense-delta, not of --merged")
 
 
-def test_refuses_adapters_that_do_not_fit_the_model_and_saved_modules(tmp_path, registry):
-    from adaptkit import AdaptkitError, SavedModule
-    from adaptkit.exporting import run_export
+def test_refuses_adapters_that_do_not_fit_the_model_and_saved_modules(tmp_path):
+    from adaptkit.api import AdaptkitError, SavedModule
 
     model_dir, _ = kit_workspace(tmp_path)
     wrong = Adapter({Q: _pair(64, 32, 2, 5, alpha=2.0)})
     with pytest.raises(AdaptkitError, match=r"adapter is 64×32 .* but the model's layer is 64×64"):
-        run_export(
-            "dense-delta",
-            str(model_dir),
-            [WeightedAdapter(wrong, 1.0, "w")],
-            tmp_path / "o1",
-            registry=registry,
+        export_in_process(
+            DenseDeltaExporter(), model_dir, [WeightedAdapter(wrong, 1.0, "w")], tmp_path / "o1"
         )
     head = SavedModule(params={"weight": torch.zeros(80, 64)})
     saving = Adapter({Q: _pair(64, 64, 2, 6, alpha=2.0)}, saved={"lm_head": head})
     with pytest.raises(AdaptkitError, match="lm_head is saved whole"):
-        run_export(
-            "dense-delta",
-            str(model_dir),
-            [WeightedAdapter(saving, 1.0, "s")],
-            tmp_path / "o2",
-            registry=registry,
+        export_in_process(
+            DenseDeltaExporter(), model_dir, [WeightedAdapter(saving, 1.0, "s")], tmp_path / "o2"
         )
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()

@@ -35,12 +35,8 @@ from adaptkit.errors import (
     AdaptkitError,
     FormatError,
     InvalidAdapterError,
-    MissingDependencyError,
     OutputError,
-    PluginError,
     SchemaError,
-    UnknownNameError,
-    YamlError,
 )
 from adaptkit.lora import LoraPair
 from adaptkit.plugins.contracts import AdapterFormat, Backend, Exporter, MergeStrategy, Plugin, WritableFormat
@@ -63,19 +59,15 @@ __all__ = [
     "MergeInput",
     "MergeResult",
     "MergeStrategy",
-    "MissingDependencyError",
     "OutputError",
     "Plugin",
-    "PluginError",
     "Producer",
     "RankRequest",
     "Register",
     "SavedModule",
     "SchemaError",
-    "UnknownNameError",
     "WeightedAdapter",
     "WritableFormat",
-    "YamlError",
     "hookimpl",
     "is_module_path",
 ]

@@ -8,11 +8,11 @@ byte of data is read.
 
 from __future__ import annotations
 
-from adaptkit.io.atomic import atomic_directory, atomic_path, scratch_directory, sweep_stale_scratch
-from adaptkit.io.fileio import is_within, read_regular_file, real_path
+from adaptkit.io.atomic import atomic_directory, atomic_path, scratch_directory
+from adaptkit.io.fileio import read_regular_file
 from adaptkit.io.jsonio import read_json_file, strict_json
 from adaptkit.io.native import is_native_adapter, load_adapter, save_adapter, unshared
-from adaptkit.io.output_guard import ADAPTER_FILE, ADAPTER_FOLDER, EXPORT_FOLDER, OutputKind
+from adaptkit.io.output_guard import ADAPTER_FILE, ADAPTER_FOLDER, OutputKind
 from adaptkit.io.safetensors_strict import read_tensors
 from adaptkit.io.schemas import validate_document
 from adaptkit.io.specs import load_spec
@@ -20,22 +20,18 @@ from adaptkit.io.specs import load_spec
 __all__ = [
     "ADAPTER_FILE",
     "ADAPTER_FOLDER",
-    "EXPORT_FOLDER",
     "OutputKind",
     "atomic_directory",
     "atomic_path",
     "is_native_adapter",
-    "is_within",
     "load_adapter",
     "load_spec",
     "read_json_file",
     "read_regular_file",
     "read_tensors",
-    "real_path",
     "save_adapter",
     "scratch_directory",
     "strict_json",
-    "sweep_stale_scratch",
     "unshared",
     "validate_document",
 ]

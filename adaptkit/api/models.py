@@ -15,7 +15,6 @@ from adaptkit.io.models import (
     load_config,
     load_tokenizer,
     resolve_model,
-    safetensors_files,
     side_file,
 )
 from adaptkit.nn.placement import meta_model
@@ -33,6 +32,5 @@ __all__ = [
     "plan_streamed_load",
     "release_heap",
     "resolve_model",
-    "safetensors_files",
     "side_file",
 ]

@@ -26,7 +26,7 @@ from adaptkit.nn.inject import (
     unbake,
 )
 from adaptkit.nn.layers import LoraLinear
-from adaptkit.nn.layout import is_adaptable, module_kind, replace_module
+from adaptkit.nn.layout import module_kind, replace_module
 from adaptkit.nn.settings import LoraSettings
 
 __all__ = [
@@ -38,7 +38,6 @@ __all__ = [
     "bake_checkpoint",
     "detach",
     "extract",
-    "is_adaptable",
     "is_linear_like",
     "load",
     "lora_layers",

@@ -270,11 +270,11 @@ def _tuned(
     """Tune, fold the weights into the inputs, combine; the result and the tuning report."""
     from adaptkit.combine import combined_saved_modules
     from adaptkit.combine.tune import (
-        _load_sets,
         evaluate_adapter,
         fold,
         heat_map,
         load_base,
+        load_sets,
         model_limits,
         settings_from,
         tune_weights,
@@ -289,15 +289,15 @@ def _tuned(
     folder = resolve_model(block["model"])
     vocab, context = model_limits(folder)
 
-    def load_sets(tokenizer: Any, vocab: int) -> list[Any]:
-        return _load_sets(list(block["sets"]), tokenizer, vocab, settings, context)
+    def read_sets(tokenizer: Any, vocab: int) -> list[Any]:
+        return load_sets(list(block["sets"]), tokenizer, vocab, settings, context)
 
-    sets = load_sets(load_tokenizer(folder), vocab) if vocab is not None else None
+    sets = read_sets(load_tokenizer(folder), vocab) if vocab is not None else None
     model, tokenizer = load_base(
         folder, quantize=bool(block.get("quantize")), targets=targets, registry=registry, log=say
     )
     if sets is None:  # a config without vocab_size: the embedding table says
-        sets = load_sets(tokenizer, int(model.get_input_embeddings().num_embeddings))
+        sets = read_sets(tokenizer, int(model.get_input_embeddings().num_embeddings))
     pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
     pad_id = 0 if pad is None else int(pad)
     saved = combined_saved_modules(inputs)

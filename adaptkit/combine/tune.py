@@ -323,7 +323,7 @@ def model_limits(folder: Any) -> tuple[int | None, int | None]:
     return config_limits(folder)
 
 
-def _load_sets(
+def load_sets(
     paths: list[str], tokenizer: Any, vocab: int, settings: TuneSettings, context: int | None = None
 ) -> list[TuneSet]:
     """Every evaluation set, split; records longer than ``context`` are refused."""

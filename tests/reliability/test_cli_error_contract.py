@@ -31,7 +31,8 @@ CASES = [
         "unknown backend 'x'",
     ),
     (["export", "--onnx", "--model", "missing_dir", "-a", "good.safetensors", "-o", "o"], "missing_dir"),
-    (["export", "--merged", "--model", "missing_dir", "-a", "bad.safetensors", "-o", "o"], "bad.safetensors"),
+    # The model is vetted before any adapter loads (a recipe may tune for minutes first).
+    (["export", "--merged", "--model", "missing_dir", "-a", "bad.safetensors", "-o", "o"], "missing_dir"),
     (["inspect", "bad.safetensors"], "bad.safetensors"),
     (["inspect", "good.safetensors", "--plot", "p.png"], "--plot needs --model"),
     (["validate", "bad.safetensors"], "1 of 1 files have problems"),

@@ -98,8 +98,20 @@ def run_builder(
         lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
         last = lines[-1].strip() if lines else f"exit code {rc}"
         raise AdaptkitError(f"the ONNX Runtime GenAI model builder failed: {last}", key=str(src))
-    peak = _children_peak_mib()
+    peak = _reported_peak_mib(log_path)
     return {"seconds": seconds, "peak_rss_mib": peak, "precision": precision, "device": device}
+
+
+def _reported_peak_mib(log_path: Path) -> float | None:
+    """The child's own peak RSS, as its last report line says; where it could not say (no
+    ``/proc``), the largest waited-for child's ``ru_maxrss``, which may include our RSS at fork."""
+    from adaptkit_onnx.generation.builder_worker import PEAK_LINE
+
+    for line in reversed(log_path.read_text(errors="replace").splitlines()):
+        word, _, value = line.strip().partition(" ")
+        if word == PEAK_LINE and value.isdigit():
+            return int(value) / 1024
+    return _children_peak_mib()
 
 
 #: Runs a module as ``python -m`` would, minus the current directory on ``sys.path``

@@ -83,7 +83,25 @@ def main(argv: list[str]) -> int:
     kwargs = builder.parse_extra_options(None, src, out, precision, device, cache, options)
     kwargs["hf_remote"] = False  # the builder's own from_pretrained calls: never trust remote code
     builder.create_model(None, src, out, precision, device, cache, **kwargs)
+    print_peak()
     return 0
+
+
+#: The line that tells the parent this process's peak RSS (its log is our stdout).
+PEAK_LINE = "adaptkit-builder-peak-kib"
+
+
+def print_peak() -> None:
+    """Print this process's own peak RSS (``VmHWM``, KiB), where Linux keeps it. The parent's
+    ``RUSAGE_CHILDREN`` figure would include the parent's own RSS at fork, inherited by the
+    child's ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            hwm = next((line.split()[1] for line in status if line.startswith("VmHWM:")), None)
+    except OSError:
+        return
+    if hwm is not None:
+        print(f"{PEAK_LINE} {hwm}", flush=True)
 
 
 def forbid_remote_code() -> None:

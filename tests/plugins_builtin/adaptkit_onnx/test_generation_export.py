@@ -114,6 +114,7 @@ def test_fp32_export_generates_peft_greedy_tokens(arch, run_cli, tmp_path, llama
         out = tmp_path / "onnx"
         report = export_json(run_cli, model, adapter, out)
     assert report["graph"] == "generation" and report["precision"] == "fp32"
+    assert report["builder"]["peak_rss_mib"] > 0
     assert all(p["tokens_identical"] and p["prefill_max_abs"] < 1e-3 for p in report["parity"])
     genai = json.loads((out / "genai_config.json").read_text())
     assert genai["model"]["eos_token_id"] == []  # no EOS in the config: never stop early
@@ -282,3 +283,16 @@ def test_generate_samples_reproducibly_with_a_seed(run_cli, llama, llama_exports
             runs.append(json.loads(out)["output_ids"])
         assert runs[0] == runs[1] and len(runs[0]) == NEW
         assert runs[0] != runs[2]  # at temperature 5 over 160 tokens, another seed draws others
+
+
+def test_builder_peak_is_the_one_the_child_reports(tmp_path):
+    """The builder child's peak is its own VmHWM line, not ``RUSAGE_CHILDREN`` (which keeps the
+    parent's RSS at fork in the child's ``ru_maxrss``)."""
+    from adaptkit_onnx.generation.builder import _reported_peak_mib
+    from adaptkit_onnx.generation.builder_worker import PEAK_LINE
+
+    log = tmp_path / "builder.log"
+    log.write_text(f"building...\n{PEAK_LINE} 524288\nsaved\n")
+    assert _reported_peak_mib(log) == 512.0
+    log.write_text("no report here\n")  # no /proc: the fallback still gives a number
+    assert _reported_peak_mib(log) is None or _reported_peak_mib(log) > 0

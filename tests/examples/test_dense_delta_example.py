@@ -3,41 +3,19 @@ its entry point registers the exporter, its declared option becomes an `adaptkit
 with its help, and it works (and is refused) from the command line."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "dense_delta_exporter"
+from tests.helpers.examples import install_example, run_installed
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    target = tmp_path_factory.mktemp("site")
-    build = tmp_path_factory.mktemp("src") / "dense_delta_exporter"
-    # Build from a copy, so pip's build folders never land in the checkout.
-    subprocess.run(["cp", "-r", str(EXAMPLE), str(build)], check=True)
-    res = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(target), str(build)],
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
-    return target
+    return install_example("dense_delta_exporter", tmp_path_factory)
 
 
 def _adaptkit(site, *args, block=None):
-    # The installed package only: not this checkout's example folder.
-    path = [str(site), *(p for p in sys.path if p and "dense_delta_exporter" not in p)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-    if block:
-        env["ADAPTKIT_BLOCK_PLUGINS"] = block
-    return subprocess.run(
-        [sys.executable, "-m", "adaptkit", *map(str, args)], env=env, capture_output=True, text=True
-    )
+    return run_installed(site, "dense_delta_exporter", *args, block=block)
 
 
 def test_installed_exporter_is_listed_and_its_option_is_a_flag_with_help(site):

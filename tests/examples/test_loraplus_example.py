@@ -7,47 +7,22 @@ folder, offline; adaptkit then finds the backend through its entry point, as it 
 """
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from adaptkit.testing import counting_records, tiny_causal_lm
+from tests.helpers.examples import install_example, run_installed
 from tests.helpers.files import write_records
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "loraplus_backend"
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    target = tmp_path_factory.mktemp("site")
-    build = tmp_path_factory.mktemp("src") / "loraplus_backend"
-    # Build from a copy, so pip's build folders never land in the checkout.
-    subprocess.run(["cp", "-r", str(EXAMPLE), str(build)], check=True)
-    res = subprocess.run(
-        [
-            sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-            "--no-index", "--target", str(target), str(build),
-        ],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
-    return target
+    return install_example("loraplus_backend", tmp_path_factory)
 
 
 def _adaptkit(site, *args, block=None):
-    # The installed package, and this run's adaptkit and builtins (not another checkout's), but
-    # not the example's source folder.
-    path = [str(site), *(p for p in sys.path if p and "loraplus_backend" not in p)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-    if block:
-        env["ADAPTKIT_BLOCK_PLUGINS"] = block
-    return subprocess.run(
-        [sys.executable, "-m", "adaptkit", *map(str, args)], env=env, capture_output=True, text=True
-    )
+    return run_installed(site, "loraplus_backend", *args, block=block)
 
 
 def test_installed_backend_is_listed_with_its_package(site):

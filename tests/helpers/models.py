@@ -29,7 +29,7 @@ def tiny_llama(seed: int = 0, cls=None, **overrides):
 
 
 def causal_lm(arch: str, seed: int = 0, **overrides):
-    """A small random Llama, Mistral, Qwen2 or Phi-3 for the generation graph (``GENERATION``)."""
+    """A small random Llama, Mistral, Qwen2, Phi-3, Gemma or Gemma 3 (``GENERATION``)."""
     import transformers as tf
 
     config_cls, model_cls = {
@@ -37,10 +37,18 @@ def causal_lm(arch: str, seed: int = 0, **overrides):
         "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
         "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
         "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM),
+        "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM),
+        "gemma3_text": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM),
     }[arch]
     settings = {**LLAMA, **GENERATION, **overrides}
     if arch == "phi3":
         settings.update(original_max_position_embeddings=128, num_key_value_heads=4)
+    if arch.startswith("gemma"):
+        # Gemma ties its head and scales queries by query_pre_attn_scalar^-1/2 (Gemma 3), which
+        # llama.cpp takes to be the head size below 27B.
+        settings.update(head_dim=16, tie_word_embeddings=True)
+        if arch == "gemma3_text":
+            settings.update(query_pre_attn_scalar=16, sliding_window=64)
     torch.manual_seed(seed)
     return model_cls(config_cls(**settings)).eval()
 

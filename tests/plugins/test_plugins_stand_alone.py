@@ -11,7 +11,7 @@ from tests.helpers import REPO
 from tests.helpers.adapters import make_adapter
 
 BUILTINS = {p.name for p in (REPO / "plugins").iterdir() if p.is_dir() and p.name.startswith("adaptkit_")}
-ENTRY_POINTS = {"native", "strategies", "peft", "lora", "qlora", "bake", "onnx"}
+ENTRY_POINTS = {"native", "strategies", "peft", "lora", "qlora", "bake", "onnx", "gguf"}
 
 
 def _imported_packages(folder: Path) -> set[str]:

@@ -17,7 +17,8 @@ inside the function that needs them, so ``adaptkit --help`` stays instant::
 Modules:
 
 - :mod:`adaptkit.api`: ``hookimpl``; the errors; the data model (``Adapter``, ``LoraPair``,
-  ``WeightedAdapter``, ...); the strategy and export records; the contracts (Protocols).
+  ``WeightedAdapter``, ...); the strategy, export and generation records; the contracts
+  (Protocols).
 - :mod:`adaptkit.api.files`: atomic writes, capped regular-file reads, strict JSON, schemas,
   safetensors, the native format, SPECs.
 - :mod:`adaptkit.api.models`: model folders and Hub ids (vetted), tokenizers, streamed loading.
@@ -39,9 +40,17 @@ from adaptkit.errors import (
     SchemaError,
 )
 from adaptkit.lora import LoraPair
-from adaptkit.plugins.contracts import AdapterFormat, Backend, Exporter, MergeStrategy, Plugin, WritableFormat
+from adaptkit.plugins.contracts import (
+    AdapterFormat,
+    Backend,
+    Exporter,
+    MergeStrategy,
+    Plugin,
+    Runtime,
+    WritableFormat,
+)
 from adaptkit.plugins.hookspecs import Register, hookimpl
-from adaptkit.plugins.records import ExportRequest, MergeContext, MergeInput, MergeResult
+from adaptkit.plugins.records import ExportRequest, GenerateRequest, MergeContext, MergeInput, MergeResult
 from adaptkit.rank import RankRequest
 
 __all__ = [
@@ -53,6 +62,7 @@ __all__ = [
     "ExportRequest",
     "Exporter",
     "FormatError",
+    "GenerateRequest",
     "InvalidAdapterError",
     "LoraPair",
     "MergeContext",
@@ -64,6 +74,7 @@ __all__ = [
     "Producer",
     "RankRequest",
     "Register",
+    "Runtime",
     "SavedModule",
     "SchemaError",
     "WeightedAdapter",

@@ -4,6 +4,8 @@
 ``bake``/``unbake`` fold ``W ← W + s·B·A`` in and out exactly; ``extract`` returns the trained
 :class:`~adaptkit.api.Adapter`; :func:`bake_adapter` bakes an adapter into plain modules and
 :func:`bake_checkpoint` into safetensors files, streamed one tensor at a time.
+:func:`torch_greedy` and :func:`torch_sample` decode with the KV cache (adapters unmerged: the
+reference an export is checked against).
 :func:`module_kind` tells ``nn.Linear`` (``out × in``) from HF ``Conv1D`` (``in × out``), and
 :func:`replace_module` is the one way to swap a module in a model.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from adaptkit.nn.baking import bake_adapter, resolve_targets
 from adaptkit.nn.checkpoint import bake_checkpoint
+from adaptkit.nn.decode import eos_ids, torch_greedy, torch_sample
 from adaptkit.nn.inject import (
     attach,
     bake,
@@ -37,6 +40,7 @@ __all__ = [
     "bake_adapter",
     "bake_checkpoint",
     "detach",
+    "eos_ids",
     "extract",
     "is_linear_like",
     "load",
@@ -46,6 +50,8 @@ __all__ = [
     "replace_module",
     "resolve_targets",
     "select_targets",
+    "torch_greedy",
+    "torch_sample",
     "trainable_parameters",
     "unbake",
 ]

@@ -89,9 +89,11 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
 
 
 #: Commands of adaptkit itself, in the order the reference documents them.
-BUILTIN_COMMANDS = ("demo", "combine", "convert", "train", "export", "inspect", "validate", "plugins")
-#: Commands the builtin plugins add (through ``register_commands``, like any plugin): ``onnx``.
-BUILTIN_PLUGIN_COMMANDS = ("generate",)
+BUILTIN_COMMANDS = (
+    "demo", "combine", "convert", "train", "export", "generate", "inspect", "validate", "plugins",
+)  # fmt: skip
+#: Commands the builtin plugins add (through ``register_commands``, like any plugin).
+BUILTIN_PLUGIN_COMMANDS: tuple[str, ...] = ()
 
 
 def _register_builtin_commands() -> None:
@@ -100,6 +102,7 @@ def _register_builtin_commands() -> None:
         convert_cmd,
         demo_cmd,
         export_cmd,
+        generate_cmd,
         inspect_cmd,
         plugins_cmd,
         train_cmd,
@@ -112,6 +115,7 @@ def _register_builtin_commands() -> None:
         convert_cmd,
         train_cmd,
         export_cmd,
+        generate_cmd,
         inspect_cmd,
         validate_cmd,
         plugins_cmd,

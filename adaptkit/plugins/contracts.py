@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from adaptkit.adapter import Adapter
-    from adaptkit.plugins.records import ExportRequest, MergeContext, MergeInput, MergeResult
+    from adaptkit.plugins.records import ExportRequest, GenerateRequest, MergeContext, MergeInput, MergeResult
 
 
 @runtime_checkable
@@ -164,6 +164,30 @@ class Exporter(Plugin, Protocol):
         ...
 
 
+@runtime_checkable
+class Runtime(Plugin, Protocol):
+    """Runs a model for ``adaptkit generate``: an export folder, a GGUF file, ...
+
+    ``adaptkit generate MODEL`` asks every runtime whether it ``accepts`` MODEL; exactly one
+    may (two is a plugin conflict, reported with both names), and a MODEL no runtime accepts
+    is a Hugging Face model run in PyTorch with the ``-a`` SPECs attached unmerged (adaptkit's
+    own reference path). The host checks the flags, prints, and writes ``--json``.
+    """
+
+    def accepts(self, model: str) -> bool:
+        """Whether MODEL is this runtime's to run. Cheap and never raising: look at the path
+        (a suffix, a marker file, a magic number), never load it or import the runtime."""
+        ...
+
+    def generate(self, request: GenerateRequest, emit: Callable[[str], None]) -> dict[str, Any]:
+        """Generate; pass each new piece of text to ``emit`` as it comes (with
+        ``request.input_ids``: each token id followed by a space). Returns ``{"input_ids",
+        "output_ids", "text", "tokens_per_s"}`` (``text`` is ``None`` for ``--input-ids``).
+        Untrusted input (the model, its tokenizer, adapter files) is checked before the native
+        runtime opens it; every failure is an :class:`~adaptkit.errors.AdaptkitError`."""
+        ...
+
+
 #: Registry kind -> (hook name, contract, attributes the contract requires). The single source
 #: the registry, the CLI and the docs use.
 KINDS: Mapping[str, tuple[str, type, tuple[str, ...]]] = {
@@ -179,4 +203,5 @@ KINDS: Mapping[str, tuple[str, type, tuple[str, ...]]] = {
         ("name", "description", "params_schema", "merge"),
     ),
     "exporter": ("register_exporters", Exporter, ("name", "description", "options_schema", "export")),
+    "runtime": ("register_runtimes", Runtime, ("name", "description", "accepts", "generate")),
 }

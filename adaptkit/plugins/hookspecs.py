@@ -86,6 +86,17 @@ def register_exporters(register: Register) -> None:
 
 
 @hookspec
+def register_runtimes(register: Register) -> None:
+    """Register runtimes (``adaptkit generate MODEL`` runs MODEL on the one that accepts it).
+
+    Args:
+        register: Call once per runtime with an object fulfilling
+            :class:`adaptkit.plugins.contracts.Runtime` (``name``, ``description``,
+            ``accepts(model)``, ``generate(request, emit)``, optional ``requires``).
+    """
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add sub-commands to the ``adaptkit`` command line.
 

@@ -2,7 +2,7 @@
 
 A strategy receives :class:`MergeInput` records and a :class:`MergeContext` for each target and
 returns a :class:`MergeResult`; an exporter receives an :class:`ExportRequest` and returns its
-report. They live with
+report; a runtime receives a :class:`GenerateRequest` and returns the tokens. They live with
 the contracts (:mod:`adaptkit.plugins.contracts`) rather than with the engines that fill them, so
 the contracts, the engines and third-party plugins all import them from below.
 """
@@ -139,3 +139,63 @@ class ExportRequest:
             if key in self.given:
                 flag = self.flag(key)
                 raise AdaptkitError(f"{flag} does nothing for {where}: {why}", hint=f"leave {flag} out")
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """What ``adaptkit generate`` hands a runtime, every flag checked.
+
+    The host has checked the flags on their own (ids are ASCII integers, the temperature is 0
+    or in ``[0.01, 100]``, ``--top-p`` in ``(0, 1]``, sampling flags only with sampling, one of
+    ``prompt`` and ``input_ids``); the runtime checks them against the model
+    (:meth:`check_ids`) and refuses what it cannot honour (:meth:`refuse`).
+
+    Attributes:
+        model: MODEL as the user gave it (a path or a Hub id); the runtime's ``accepts`` chose it.
+        adapters: The ``-a`` values as given; what they may be is the runtime's to say.
+        prompt: Text to encode, or ``None`` when ``input_ids`` is given.
+        input_ids: The prompt as token ids (``--input-ids``): the tokenizer must not be loaded,
+            and the result's ``text`` is ``None``.
+        max_new_tokens: At most this many new tokens (fewer at an end-of-sequence token).
+        temperature: 0 for greedy decoding; otherwise sample with ``top_p`` and ``seed``.
+        top_p: Nucleus sampling's probability mass, in ``(0, 1]``.
+        seed: The sampler's seed, ``0 ≤ seed < 2**31``.
+        adapter_name: ``--adapter-name``, or ``None``.
+        device: ``cpu`` or ``cuda``.
+    """
+
+    model: str
+    adapters: tuple[str, ...] = ()
+    prompt: str | None = None
+    input_ids: tuple[int, ...] | None = None
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    adapter_name: str | None = None
+    device: str = "cpu"
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def check_ids(self, ids: list[int], vocab: int, context: int | None) -> None:
+        """Refuse a prompt the model cannot take: empty, an id outside ``[0, vocab)``, or
+        ``len(ids) + max_new_tokens`` beyond ``context`` (``None``: no limit known)."""
+        where = "--input-ids" if self.input_ids is not None else "--prompt"
+        if not ids:
+            raise AdaptkitError("the prompt encodes to no tokens", key="--prompt")
+        if min(ids) < 0:  # a tokenizer's "unknown" marker (-1), never a token
+            raise AdaptkitError(f"token id {min(ids)} is negative", key=where)
+        if max(ids) >= vocab:
+            raise AdaptkitError(f"token id {max(ids)} is outside the vocabulary (size {vocab})", key=where)
+        if context is not None and len(ids) + self.max_new_tokens > context:
+            raise AdaptkitError(
+                f"{len(ids)} prompt tokens + {self.max_new_tokens} new tokens exceed the model's "
+                f"context of {context}",
+                key="--max-new-tokens",
+            )
+
+    def refuse(self, flag: str, why: str) -> None:
+        """Refuse a flag this runtime cannot honour: ``FLAG WHY`` naming the flag."""
+        raise AdaptkitError(f"{flag} {why}", key=flag)

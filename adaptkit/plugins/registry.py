@@ -194,7 +194,7 @@ def create_plugin_manager(
 
 _HOOKS_HINT = (
     "hooks are register_formats, register_backends, register_merge_strategies, register_exporters, "
-    "register_commands"
+    "register_runtimes, register_commands"
 )
 
 

@@ -13,7 +13,7 @@ file, instead of letting the library print to the terminal.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,47 @@ def _reason() -> str:
     return f" (llama.cpp: {said[0][:300]})" if said else ""
 
 
+class LlamaCppVocab:
+    """A GGUF's vocabulary and sizes only (llama.cpp's ``vocab_only`` load: no weights read).
+
+    Attributes:
+        n_vocab: Vocabulary size.
+        n_ctx_train: The context length the model was trained for (``None`` if unstated).
+        eos: End-of-sequence ids (empty when the model has none).
+    """
+
+    def __init__(self, model: Path) -> None:
+        try:
+            import llama_cpp
+        except ImportError:
+            raise AdaptkitError(
+                "running a GGUF needs llama-cpp-python", hint="pip install 'adaptkit[gguf]'"
+            ) from None
+        _install_log()
+        _errors.clear()
+        try:
+            self.llm = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
+        except (ValueError, RuntimeError) as exc:
+            why = _reason() or f" ({exc})"
+            raise AdaptkitError(f"llama.cpp cannot load this model{why}", path=model) from None
+        self.n_vocab = self.llm.n_vocab()
+        # A vocab-only load reads no hyperparameters; the metadata has the trained context.
+        meta = self.llm.metadata
+        context = meta.get(f"{meta.get('general.architecture')}.context_length", "")
+        self.n_ctx_train = int(context) if context.isdigit() else None
+        token = self.llm.token_eos()
+        self.eos = [] if token is None or token < 0 else [int(token)]
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.llm.detokenize(list(ids)).decode("utf-8", "replace")
+
+    def close(self) -> None:
+        self.llm.close()
+
+
 class LlamaCppSession:
     """A base GGUF loaded in llama.cpp with adapter GGUFs applied at their scales.
 
@@ -74,6 +115,7 @@ class LlamaCppSession:
         logits_all: Keep every position's logits (:meth:`logits`); decoding needs only the last.
         seed: The sampler's seed.
         kv_f32: Keep the KV cache in float32 (llama.cpp's default is float16).
+        gpu: Offload every layer to the GPU (a llama-cpp-python built with GPU support).
 
     Raises:
         AdaptkitError: llama-cpp-python is missing, or llama.cpp refuses a file (with its reason).
@@ -89,6 +131,7 @@ class LlamaCppSession:
         logits_all: bool = False,
         seed: int = 0,
         kv_f32: bool = True,
+        gpu: bool = False,
     ) -> None:
         try:
             import llama_cpp
@@ -108,6 +151,7 @@ class LlamaCppSession:
                 n_threads_batch=threads,
                 logits_all=logits_all,
                 seed=seed,
+                n_gpu_layers=-1 if gpu else 0,
                 verbose=False,
                 **kv,
             )
@@ -157,7 +201,13 @@ class LlamaCppSession:
         if needed > self.n_ctx:
             raise AdaptkitError(f"{needed} tokens do not fit the context of {self.n_ctx} allocated")
 
-    def greedy(self, prompt: Sequence[int], max_new_tokens: int, stop: Sequence[int] = ()) -> list[int]:
+    def greedy(
+        self,
+        prompt: Sequence[int],
+        max_new_tokens: int,
+        stop: Sequence[int] = (),
+        on_token: Callable[[int], None] | None = None,
+    ) -> list[int]:
         """Greedy continuation: prefill ``prompt``, then one decode step per new token."""
         import numpy as np
 
@@ -168,6 +218,8 @@ class LlamaCppSession:
         while len(out) < max_new_tokens:
             token = int(np.argmax(self._last_logits()))
             out.append(token)
+            if on_token is not None:
+                on_token(token)
             if token in stop or len(out) == max_new_tokens:
                 break
             self.llm.eval([token])
@@ -181,6 +233,7 @@ class LlamaCppSession:
         temperature: float,
         top_p: float,
         stop: Sequence[int] = (),
+        on_token: Callable[[int], None] | None = None,
     ) -> list[int]:
         """Sampled continuation by llama.cpp's sampler (temperature, nucleus; the session's seed)."""
         self._check_room(len(prompt) + max_new_tokens)
@@ -188,6 +241,8 @@ class LlamaCppSession:
         out: list[int] = []
         for token in self.llm.generate(list(prompt), temp=temperature, top_p=top_p, top_k=0, reset=True):
             out.append(int(token))
+            if on_token is not None:
+                on_token(int(token))
             if token in stop or len(out) == max_new_tokens:
                 break
         return out
@@ -200,13 +255,3 @@ class LlamaCppSession:
         self.llm.reset()
         self.llm.eval(list(ids))
         return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self.llm.detokenize(list(ids)).decode("utf-8", "replace")
-
-    def eos(self) -> list[int]:
-        token = self.llm.token_eos()
-        return [] if token is None or token < 0 else [int(token)]

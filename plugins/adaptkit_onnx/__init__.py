@@ -1,4 +1,4 @@
-"""Builtin plugin: the ``onnx`` exporter and ``adaptkit generate``.
+"""Builtin plugin: the ``onnx`` exporter and the ``onnxruntime-genai`` runtime of ``adaptkit generate``.
 
 The exporter writes a generation-ready model for ONNX Runtime GenAI (KV cache; fp32, fp16 or
 int4), or the logits-only graph where the model builder cannot go; with ``--lora-inputs`` one
@@ -22,16 +22,15 @@ The package is cut by what each part makes::
     parity.py            one tolerance table, the reference, both graphs' checks
     memory.py            freeing memory between an export's phases
     runtime/             what reads a finished export
-        generate_cmd.py      adaptkit generate
+        genai_runtime.py     the onnxruntime-genai runtime of adaptkit generate
         export_folder.py     every file ONNX Runtime GenAI opens, vetted first
         genai_config.py      genai_config.json held to what adaptkit writes
         tokenizer_files.py   the tokenizer files, bounded and allow-listed
         genai.py             an export loaded in ONNX Runtime GenAI
-        torch_decode.py      the same decoding in PyTorch, adapters unmerged
 
 Imports run one way, down this list: ``exporter``; ``generation`` and ``logits`` (never each
 other); ``parity`` and ``adapter_files``; ``memory`` and ``runtime``. ``adaptkit --help``
-loads only this module, ``exporter`` and ``runtime.generate_cmd``, none of which imports torch
+loads only this module and ``exporter``, neither of which imports torch
 or onnx.
 """
 
@@ -45,7 +44,7 @@ def register_exporters(register):
 
 
 @hookimpl
-def register_commands(cli):
-    from adaptkit_onnx.runtime.generate_cmd import command
+def register_runtimes(register):
+    from adaptkit_onnx.runtime.genai_runtime import GenaiRuntime
 
-    cli.add_command(command)
+    register(GenaiRuntime())

@@ -301,9 +301,9 @@ def verify_generation(
 
     from adaptkit.api import nn as lora
     from adaptkit.api.models import load_causal_lm, load_streamed
+    from adaptkit.api.nn import eos_ids, torch_greedy
     from adaptkit_onnx.memory import release_memory
     from adaptkit_onnx.runtime.genai import GenaiModel
-    from adaptkit_onnx.runtime.torch_decode import eos_ids, torch_greedy
 
     precision = options["precision"]
     prompts = probe_prompts(int(config.vocab_size))

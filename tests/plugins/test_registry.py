@@ -25,6 +25,12 @@ class Thing:
     def detect(self, path):
         return False
 
+    def accepts(self, model):
+        return False
+
+    def generate(self, request, emit):
+        raise NotImplementedError
+
     def read(self, path):
         raise NotImplementedError
 
@@ -113,6 +119,45 @@ def test_hook_register_exporters():
         env={LOAD_ENV: ""}, extra=[("e", plugin_registering("register_exporters", Thing("zip")))]
     )
     assert reg.names("exporter") == ["zip"]
+
+
+class EchoRuntime:
+    """A third-party runtime: a ``*.echo`` MODEL answers with the prompt's ids reversed."""
+
+    name = "echo"
+    description = "test runtime"
+
+    def accepts(self, model):
+        return model.endswith(".echo")
+
+    def generate(self, request, emit):
+        ids = list(request.input_ids)
+        request.check_ids(ids, vocab=100, context=8)
+        out = ids[::-1][: request.max_new_tokens]
+        for token in out:
+            emit(f"{token} ")
+        return {"input_ids": ids, "output_ids": out, "text": None, "tokens_per_s": 1.0}
+
+
+def test_hook_register_runtimes(run_cli, monkeypatch, tmp_path):
+    """adaptkit generate hands MODEL to the runtime that accepts it, with its flags checked; the
+    request's own checks give the CLI's one error line; two takers are a plugin conflict."""
+    import json
+
+    extra = [("e", plugin_registering("register_runtimes", EchoRuntime()))]
+    monkeypatch.setattr("adaptkit.plugins.registry._cached", load_registry(extra=extra))
+    code, out, err = run_cli("generate", "m.echo", "--input-ids", "1,2,3", "--max-new-tokens", "2", "--json")
+    assert code == 0, err
+    assert json.loads(out)["output_ids"] == [3, 2]
+    code, _, err = run_cli("generate", "m.echo", "--input-ids", "1,2,300")
+    assert code == 2 and "token id 300 is outside the vocabulary (size 100)" in err
+    code, _, err = run_cli("generate", "m.echo", "--input-ids", "1,2,3", "--max-new-tokens", "9")
+    assert code == 2 and "exceed the model's context of 8" in err
+    other = type("Echo2", (EchoRuntime,), {"name": "e2"})()
+    both = [*extra, ("f", plugin_registering("register_runtimes", other))]
+    monkeypatch.setattr("adaptkit.plugins.registry._cached", load_registry(extra=both))
+    code, _, err = run_cli("generate", "m.echo", "--input-ids", "1")
+    assert code == 2 and "more than one runtime accepts it: 'e2' (plugin 'f'), 'echo' (plugin 'e')" in err
 
 
 def test_duplicate_names_name_both_plugins():

@@ -173,3 +173,76 @@ def test_llama_cpp_refusal_is_one_error_naming_the_file(run_cli, tmp_path):
     with pytest.raises(AdaptkitError, match="arch") as caught:
         session(qwen_gguf, [(tmp_path / "out" / "adapter.gguf", 1.0)])
     assert caught.value.path == str(tmp_path / "out" / "adapter.gguf")
+
+
+def test_adaptkit_generate_runs_a_gguf_base_with_adapter_files(run_cli, tmp_path):
+    """``adaptkit generate BASE.gguf -a ...``: PEFT's greedy tokens; adapters.json gives every
+    adapter its scale; --prompt is tokenized by the GGUF's own vocabulary."""
+    from peft import PeftModel
+
+    base = causal_lm("llama", seed=3, **SIZE)
+    base.save_pretrained(tmp_path / "model")
+    a = peft_adapter(base, tmp_path / "a", 1, ALL_LINEAR, r=4, b_scale=0.3)
+    b = peft_adapter(base, tmp_path / "b", 2, ["q_proj", "v_proj"], r=2, b_scale=0.3)
+    (tmp_path / "b.yaml").write_text(f"adapter: {b}\nweight: -0.5\nname: b\n")
+    export(run_cli, tmp_path / "model", tmp_path / "one", a)
+    export(run_cli, tmp_path / "model", tmp_path / "each", a, tmp_path / "b.yaml", extra=["--lora-inputs"])
+    base_gguf = write_base_gguf(tmp_path / "model", tmp_path / "base.gguf")
+    peft = PeftModel.from_pretrained(copy.deepcopy(base), a, adapter_name="a")
+    peft.load_adapter(b, adapter_name="b")
+    peft.add_weighted_adapter(["a", "b"], [1.0, -0.5], "ab", combination_type="cat")
+    peft.set_adapter("ab")
+
+    def generate(*args):
+        code, out, err = run_cli("generate", base_gguf, *args, "--max-new-tokens", NEW, "--json")
+        assert code == 0, err
+        return json.loads(out)
+
+    prompt = ",".join(map(str, PROMPTS[1]))
+    got = generate("-a", tmp_path / "one" / "adapter.gguf", "--input-ids", prompt)
+    assert got["output_ids"] == reference(peft_model(base, a), PROMPTS[1])[0] and got["text"] is None
+    got = generate("-a", tmp_path / "each" / "adapters.json", "--input-ids", prompt)
+    assert got["output_ids"] == reference(peft, PROMPTS[1])[0]
+    got = generate("--prompt", "hi!")
+    assert got["input_ids"] == [3 + ord(c) for c in "hi!"]  # the byte tokens of tests' vocabulary
+    assert isinstance(got["text"], str) and len(got["output_ids"]) == NEW
+
+
+def test_adaptkit_generate_refuses_bad_adapter_inputs(run_cli, tmp_path):
+    """A downloaded adapters.json is hostile: a file outside its folder, a scale that is not a
+    number, a file that is not GGUF, a stray --adapter-name: each one error line, nothing run."""
+    from tests.helpers.cli import assert_refused
+
+    base = causal_lm("llama", **SIZE)
+    base.save_pretrained(tmp_path / "model")
+    a = peft_adapter(base, tmp_path / "a", 1, ["q_proj"], r=2)
+    export(run_cli, tmp_path / "model", tmp_path / "each", a, extra=["--lora-inputs"])
+    base_gguf = write_base_gguf(tmp_path / "model", tmp_path / "base.gguf")
+    manifest = tmp_path / "each" / "adapters.json"
+    good = json.loads(manifest.read_text())
+    (tmp_path / "outside.gguf").write_bytes((tmp_path / "each" / "a.gguf").read_bytes())
+    cases = [
+        ({"file": "../outside.gguf", "scale": 1.0}, "must be a file name in this folder"),
+        ({"file": "a.gguf", "scale": "1"}, "scale must be a finite number"),
+        ({"file": "adapters.json", "scale": 1.0}, "not an adapter GGUF file"),
+    ]
+    for entry, words in cases:
+        manifest.write_text(json.dumps({**good, "adapters": {"a": entry}}))
+        args = ["generate", base_gguf, "-a", manifest, "--input-ids", "1,2"]
+        assert_refused(run_cli, tmp_path, args, [words, "adapters.a"])
+    assert_refused(
+        run_cli, tmp_path, ["generate", base_gguf, "-a", a / "adapter_config.json", "--input-ids", "1"],
+        "not an adapter GGUF",
+    )  # fmt: skip
+    assert_refused(
+        run_cli,
+        tmp_path,
+        ["generate", base_gguf, "--adapter-name", "a", "--input-ids", "1"],
+        "--adapter-name",
+    )
+    assert_refused(
+        run_cli,
+        tmp_path,
+        ["generate", base_gguf, "--input-ids", "1,2,999"],
+        "outside the vocabulary (size 288)",
+    )

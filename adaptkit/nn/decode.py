@@ -1,6 +1,6 @@
 """Decoding in PyTorch with the KV cache: ``adaptkit generate``'s path for a Hugging Face model
-with adapters attached unmerged, and the reference :mod:`adaptkit_onnx.parity` checks an export
-against.
+with adapters attached unmerged (:mod:`adaptkit.generating`), and the reference exporters check
+their output against (``adaptkit.api.nn``).
 
 Each step feeds the last token back on the cache and picks the next from the last logits ``ℓ``:
 greedy takes ``argmax ℓ``; sampling draws from ``softmax(ℓ / T)`` cut to the nucleus (the

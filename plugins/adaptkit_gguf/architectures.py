@@ -42,7 +42,6 @@ ARCHITECTURES: dict[str, Architecture] = {
     "qwen3": Architecture("QWEN3"),
     "phi3": Architecture("PHI3"),
     "gemma": Architecture("GEMMA"),
-    "gemma2": Architecture("GEMMA2"),
     "gemma3_text": Architecture("GEMMA3"),
 }
 

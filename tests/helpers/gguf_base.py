@@ -36,7 +36,6 @@ LAYOUT = {
     "qwen3": ("QWEN3", False, False),
     "phi3": ("PHI3", False, False),
     "gemma": ("GEMMA", False, True),
-    "gemma2": ("GEMMA2", False, True),
     "gemma3_text": ("GEMMA3", False, True),
 }
 #: Byte tokens start here (after <unk>, <s>, </s>).

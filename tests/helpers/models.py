@@ -29,7 +29,7 @@ def tiny_llama(seed: int = 0, cls=None, **overrides):
 
 
 def causal_lm(arch: str, seed: int = 0, **overrides):
-    """A small random Llama, Mistral, Qwen2, Phi-3, Gemma or Gemma 3 (``GENERATION``)."""
+    """A small random Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma or Gemma 3 (``GENERATION``)."""
     import transformers as tf
 
     config_cls, model_cls = {
@@ -37,6 +37,7 @@ def causal_lm(arch: str, seed: int = 0, **overrides):
         "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
         "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
         "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM),
+        "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM),
         "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM),
         "gemma3_text": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM),
     }[arch]

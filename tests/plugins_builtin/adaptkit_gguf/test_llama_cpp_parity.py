@@ -1,6 +1,6 @@
 """Adapter GGUFs run in llama.cpp itself (llama-cpp-python) against the real PEFT library.
 
-Small random Llama, Mistral, Qwen2, Phi-3, Gemma and Gemma 3 models with PEFT-made adapters on
+Small random Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma and Gemma 3 models with PEFT-made adapters on
 every linear projection. The base GGUF is written by ``tests/helpers/gguf_base.py`` (why not
 llama.cpp's converter: see there). The reference is PEFT's model with the adapter unmerged, run
 by transformers: its greedy tokens must be llama.cpp's, and its logits llama.cpp's within
@@ -70,7 +70,7 @@ def export(run_cli, model_dir, out, *specs, extra=()):
     return json.loads(stdout)
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "phi3", "gemma", "gemma3_text"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma3_text"])
 def test_greedy_tokens_equal_peft_in_llama_cpp(arch, run_cli, tmp_path):
     base = causal_lm(arch, **SIZE)
     base.save_pretrained(tmp_path / "model")

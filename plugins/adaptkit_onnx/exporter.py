@@ -15,6 +15,11 @@ from adaptkit.api import AdaptkitError, ExportRequest
 _MERGED_ONLY = "it chooses the base --merged adds ΔW to (an --onnx export bakes into the original weights)"
 _NO_PARITY = "--no-verify skips the parity check this option sets"
 #: Options of ``adaptkit export`` that a graph never uses, and why (refused when given).
+#: The block sizes ONNX Runtime's MatMulNBits takes for int4 weights.
+INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
+#: The int4 defaults, chosen from the quality and speed tables in docs/benchmarks.md.
+DEFAULT_INT4 = {"block_size": 32, "accuracy_level": 4}
+
 UNUSED_BY_GRAPH: dict[str, dict[str, str]] = {
     "generation": {
         "opset": "the model builder chooses the generation graph's opset (--opset is for the "
@@ -28,6 +33,8 @@ UNUSED_BY_GRAPH: dict[str, dict[str, str]] = {
     },
     "logits": {
         "device": "it is not built for a provider; --device builds the generation graph",
+        "int4_block_size": "int4 needs the generation graph",
+        "int4_accuracy_level": "int4 needs the generation graph",
         "min_agreement": "it is checked on logits against --atol; --min-agreement checks the fp16/int4 "
         "generation graph",
         "merge_base": _MERGED_ONLY,
@@ -49,6 +56,11 @@ def unused_options(graph: str, request: ExportRequest) -> dict[str, str]:
         )
     elif graph == "generation":
         unused["atol"] = f"a {precision} graph is checked on top-1 agreement (--min-agreement), not on --atol"
+    if precision != "int4":
+        unused.update(
+            int4_block_size=f"only int4 weights are quantized in blocks (this is {precision})",
+            int4_accuracy_level=f"only int4 weights use MatMulNBits (this is {precision})",
+        )
     if graph == "logits" and "dtype" in request.given:
         unused["precision"] = "--dtype sets its weights' dtype; give --dtype or --precision, not both"
     return unused
@@ -109,6 +121,24 @@ class OnnxExporter:
                 "enum": ["cpu", "cuda"],  # adaptkit_onnx.generation.builder.DEVICES
                 "default": "cpu",
                 "description": "generation graph: the execution provider it is built for",
+            },
+            "int4_block_size": {
+                "type": "integer",
+                "enum": list(INT4_BLOCK_SIZES),
+                "minimum": INT4_BLOCK_SIZES[0],
+                "maximum": INT4_BLOCK_SIZES[-1],
+                "default": DEFAULT_INT4["block_size"],
+                "description": "int4: weights per quantization block (one scale each); smaller is closer "
+                "to the float model, larger is smaller and faster (docs/benchmarks.md)",
+            },
+            "int4_accuracy_level": {
+                "type": "integer",
+                "enum": [0, 1, 2, 3, 4],
+                "minimum": 0,
+                "maximum": 4,
+                "default": DEFAULT_INT4["accuracy_level"],
+                "description": "int4: MatMulNBits' activations: 4 = int8 (fastest on CPU; rounds the "
+                "activations too), 1 = fp32, 2 = fp16, 3 = bf16, 0 = unset (the kernel's default)",
             },
             "min_agreement": {
                 "type": ["number", "null"],
@@ -199,6 +229,9 @@ class OnnxExporter:
         options = {
             "precision": precision,
             "device": o["device"],
+            "int4": {"block_size": o["int4_block_size"], "accuracy_level": o["int4_accuracy_level"]}
+            if precision == "int4"
+            else None,
             "verify": o["verify"],
             "atol": default.atol if o["atol"] is None else o["atol"],
             "min_agreement": default.min_agreement if agreement is None else agreement,

@@ -46,7 +46,7 @@ def export_baked(
             baked = bake_checkpoint(folder, adapter, src, cast=cast)
             report["bake"] = {k: baked[k] for k in ("targets_baked", "largest_tensor_bytes")}
         log(f"building the {precision} generation graph with ONNX Runtime GenAI's model builder")
-        report["builder"] = run_builder(src, out, precision, device, scratch)
+        report["builder"] = run_builder(src, out, precision, device, scratch, int4=options.get("int4"))
     finish_config(out, config, device)
     report["tokenizer"] = check_written_export(out)
     if options.get("verify", True):

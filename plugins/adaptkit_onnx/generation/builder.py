@@ -58,10 +58,18 @@ def genai_unsupported(config: Any) -> str | None:
 
 
 def run_builder(
-    src: Path, out: Path, precision: str, device: str, scratch: Path, *, separate_projections: bool = False
+    src: Path,
+    out: Path,
+    precision: str,
+    device: str,
+    scratch: Path,
+    *,
+    separate_projections: bool = False,
+    int4: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Build ``src`` (a Hugging Face folder) into ``out``; returns seconds and the child's peak
-    RSS. A failure is an :class:`AdaptkitError` carrying the builder's last line.
+    RSS. A failure is an :class:`AdaptkitError` carrying the builder's last line. ``int4``:
+    ``{"block_size", "accuracy_level"}`` for MatMulNBits (the builder's own option names).
 
     The child is started so that nothing from the model folder or the user's working directory
     can run in it (see :func:`child_command`): its working directory is ``scratch`` (ours), its
@@ -82,6 +90,8 @@ def run_builder(
     ]
     if separate_projections:
         args.append("--separate-projections")
+    for key, value in (int4 or {}).items():
+        args += ["--option", f"{key}={int(value)}"]
     start = time.perf_counter()
     with open(log_path, "wb") as log:
         rc = subprocess.run(
@@ -99,7 +109,8 @@ def run_builder(
         last = lines[-1].strip() if lines else f"exit code {rc}"
         raise AdaptkitError(f"the ONNX Runtime GenAI model builder failed: {last}", key=str(src))
     peak = _reported_peak_mib(log_path)
-    return {"seconds": seconds, "peak_rss_mib": peak, "precision": precision, "device": device}
+    report = {"seconds": seconds, "peak_rss_mib": peak, "precision": precision, "device": device}
+    return {**report, "int4": dict(int4)} if int4 else report
 
 
 def _reported_peak_mib(log_path: Path) -> float | None:

@@ -38,7 +38,12 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
 
 def main(argv: list[str]) -> int:
     src, out, precision, device, cache = argv[:5]
-    options = ["disable_qkv_fusion=true"] if "--separate-projections" in argv[5:] else []
+    rest = argv[5:]
+    options = ["disable_qkv_fusion=true"] if "--separate-projections" in rest else []
+    # int4 settings from the parent: "--option block_size=32" (only these two keys).
+    for i, arg in enumerate(rest[:-1]):
+        if arg == "--option" and rest[i + 1].split("=")[0] in ("block_size", "accuracy_level"):
+            options.append(rest[i + 1])
 
     import importlib
 

@@ -58,7 +58,9 @@ def export_switchable(
     precision, device = options["precision"], options["device"]
     with scratch_directory(out.parent) as scratch:  # pid-named: a killed run's is swept
         log(f"building the {precision} base generation graph with ONNX Runtime GenAI's model builder")
-        build = run_builder(folder, out, precision, device, scratch, separate_projections=True)
+        build = run_builder(
+            folder, out, precision, device, scratch, separate_projections=True, int4=options.get("int4")
+        )
     finish_config(out, config, device)
     rank = max(p.rank for a in adapters for p in a.adapter.targets.values())
     shapes = {t: (p.out_features, p.in_features) for a in adapters for t, p in a.adapter.targets.items()}

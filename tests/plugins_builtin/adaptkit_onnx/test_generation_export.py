@@ -142,11 +142,27 @@ def test_int4_and_fp16_exports_run_and_report_agreement(run_cli, tmp_path, llama
         ops = {n.op_type for n in graph.node}
         assert "GroupQueryAttention" in ops
         if precision == "int4":
-            assert "MatMulNBits" in ops
+            from adaptkit_onnx.exporter import DEFAULT_INT4
+
+            assert "MatMulNBits" in ops and report["builder"]["int4"] == DEFAULT_INT4
+            for node in (n for n in graph.node if n.op_type == "MatMulNBits"):
+                attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+                assert {k: attrs[k] for k in DEFAULT_INT4} == DEFAULT_INT4
         else:
             big = max(graph.initializer, key=lambda t: len(t.dims) and t.dims[0] * t.dims[-1])
             assert big.data_type == onnx.TensorProto.FLOAT16
         assert len(generated(run_cli, out, PROMPTS[0])) == NEW
+
+
+def test_int4_options_are_refused_where_nothing_is_int4(run_cli, llama, tmp_path):
+    from tests.helpers.cli import assert_refused
+
+    tmp, _, adapter, _ = llama
+    args = ["export", "--onnx", "--model", tmp / "model", "-a", adapter, "-o", tmp_path / "o"]
+    assert_refused(run_cli, tmp_path, [*args, "--int4-block-size", "128"], "only int4 weights")
+    assert_refused(
+        run_cli, tmp_path, [*args, "--precision", "int4", "--int4-block-size", "48"], "--int4-block-size"
+    )
 
 
 def test_a_precision_below_its_floor_is_refused(llama, llama_exports):

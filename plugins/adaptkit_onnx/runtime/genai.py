@@ -1,7 +1,7 @@
 """An export folder loaded in ONNX Runtime GenAI: generation (greedy or sampled) and the
 prefill logits, with its ``.onnx_adapter`` files switched per generator.
 
-:mod:`adaptkit_onnx.runtime.generate_cmd` runs it for ``adaptkit generate``;
+:mod:`adaptkit_onnx.runtime.genai_runtime` runs it for ``adaptkit generate``;
 :mod:`adaptkit_onnx.parity` compares it with PyTorch.
 """
 

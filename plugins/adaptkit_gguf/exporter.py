@@ -66,10 +66,15 @@ class GgufExporter:
 
         if not request.adapters:
             raise AdaptkitError("export --gguf needs at least one --adapter")
+        from adaptkit.api.models import meta_model
+
         config = load_config(request.model_dir)
         arch = _architecture(config)
+        model = meta_model(request.model_dir)
+        if model is None:
+            raise AdaptkitError("transformers does not know this model type; its targets cannot be checked")
         for a in request.adapters:
-            _check_appliable(a, config, request)
+            _check_appliable(a, config, model)
         names = _name_map(arch.gguf_arch, config)
         dtype = request.options["adapter_dtype"]
         if not request.options["lora_inputs"]:
@@ -132,9 +137,9 @@ def _architecture(config: Any):
     return arch
 
 
-def _check_appliable(a: WeightedAdapter, config: Any, request: ExportRequest) -> None:
-    """Refuse, with the module and the reason, what an adapter GGUF cannot carry."""
-    from adaptkit.api.models import meta_model
+def _check_appliable(a: WeightedAdapter, config: Any, model: Any) -> None:
+    """Refuse, with the module and the reason, what an adapter GGUF cannot carry (``model``: the
+    base on the meta device)."""
     from adaptkit.api.nn import output_head_names, resolve_targets
 
     if a.adapter.saved:
@@ -145,9 +150,6 @@ def _check_appliable(a: WeightedAdapter, config: Any, request: ExportRequest) ->
             key=module,
             hint="export with --merged and convert the merged model with llama.cpp",
         )
-    model = meta_model(request.model_dir)
-    if model is None:
-        raise AdaptkitError("transformers does not know this model type; its targets cannot be checked")
     resolve_targets(model, a.adapter)  # each target exists in the base with the adapter's shape
     tied = getattr(config, "tie_word_embeddings", False)
     heads = output_head_names(model)

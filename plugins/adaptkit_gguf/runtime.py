@@ -31,8 +31,11 @@ _callback: Any = None  # the ctypes callback must outlive every call into llama.
 def is_gguf(path: Path) -> bool:
     """Whether ``path`` is a regular file that starts with the GGUF magic."""
     try:
+        # is_file() first: opening a FIFO or a device named *.gguf could block or never end.
+        if not Path(path).is_file():
+            return False
         with open(path, "rb") as f:
-            return Path(path).is_file() and f.read(4) == MAGIC
+            return f.read(4) == MAGIC
     except OSError:
         return False
 

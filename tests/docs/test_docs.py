@@ -105,10 +105,20 @@ def test_example_yamls_validate(run_cli):
 def test_export_serving_snippets_run(tmp_path, run_cli):
     """The docs/export.md snippets, against real --lora-inputs exports: the generation graph in
     ONNX Runtime GenAI (adapters switched per generator) and the logits-only graph."""
+    from tests.helpers.gguf_base import write_base_gguf
     from tests.helpers.models import tiny_llama
 
-    # Two heads of 16: the generation graph's attention kernel takes that head size.
-    tiny_llama(num_attention_heads=2, num_key_value_heads=1).save_pretrained(tmp_path / "base")
+    # Two heads of 16: the generation graph's attention kernel takes that head size; a byte-sized
+    # vocabulary: the GGUF base's.
+    base = tiny_llama(num_attention_heads=2, num_key_value_heads=1, vocab_size=259)
+    base.save_pretrained(tmp_path / "base")
+    # The llama-cpp-python snippet's files (the base in float32 here: the snippet is what is checked).
+    write_base_gguf(tmp_path / "base", tmp_path / "base-q4_k_m.gguf")
+    code, _, err = run_cli(
+        "export", "--gguf", "--model", tmp_path / "base", "-o", tmp_path / "gguf",
+        "-a", REPO / "tests/data/skill_a.yaml",
+    )  # fmt: skip
+    assert code == 0, err
     for folder, graph in (("multi", "generation"), ("logits-multi", "logits")):
         code, _, err = run_cli(
             "export", "--onnx", "--lora-inputs", "--graph", graph, "--model", tmp_path / "base",

@@ -58,6 +58,10 @@ def _make_sandbox(tmp_path_factory):
     base = tiny_llama(vocab_size=259, hidden_size=64, intermediate_size=128, num_key_value_heads=4)
     base.save_pretrained(box / "base", safe_serialization=True)
     byte_tokenizer().save_pretrained(box / "base")
+    # The GGUF base the llama.cpp commands run (float32 here: the commands are what is checked).
+    from tests.helpers.gguf_base import write_base_gguf
+
+    write_base_gguf(box / "base", box / "base-q4_k_m.gguf")
     for name in ("a", "b"):
         (box / f"{name}.yaml").write_text(
             (box / "examples" / f"{name}.yaml")

@@ -43,6 +43,15 @@ _REFUSED: dict[str, str] = {
 _BASE_MODIFYING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
 #: Longest a rank_pattern / alpha_pattern key may take to match one module name.
 MATCH_SECONDS = 0.25
+#: Modules PEFT's task models add to ``modules_to_save`` themselves (``PeftModelForSequenceClassification``
+#: and ``...ForTokenClassification`` add the heads ``classifier`` and ``score``,
+#: ``...ForQuestionAnswering`` adds ``qa_outputs``): published configs say ``modules_to_save: null``
+#: and still carry the trained heads.
+TASK_SAVED_MODULES: dict[str, tuple[str, ...]] = {
+    "SEQ_CLS": ("classifier", "score"),
+    "TOKEN_CLS": ("classifier", "score"),
+    "QUESTION_ANS": ("qa_outputs",),
+}
 
 
 def _is_set(value: Any) -> bool:
@@ -132,6 +141,15 @@ def match_pattern(
         if found:
             return pattern
     return None
+
+
+def saved_module_names(cfg: dict[str, Any]) -> list[str]:
+    """The names PEFT wraps as saved modules: ``modules_to_save`` plus those its task model adds
+    (:data:`TASK_SAVED_MODULES`). PEFT matches them against module paths by plain suffix
+    (``path.endswith(name)``), so ``classifier`` also names DistilBERT's ``pre_classifier``."""
+    names = list(cfg.get("modules_to_save") or [])
+    names += [n for n in TASK_SAVED_MODULES.get(str(cfg.get("task_type")), ()) if n not in names]
+    return names
 
 
 def module_rank_alpha(cfg: dict[str, Any], module: str, path: Path | None = None) -> tuple[int, float]:

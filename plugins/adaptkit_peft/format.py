@@ -21,7 +21,7 @@ from adaptkit.api import (
     is_module_path,
 )
 from adaptkit.api.files import ADAPTER_FOLDER
-from adaptkit_peft.config import CONFIG_NAME, load_config, module_rank_alpha
+from adaptkit_peft.config import CONFIG_NAME, load_config, module_rank_alpha, saved_module_names
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
@@ -69,7 +69,7 @@ class PeftFormat:
         factors: dict[str, dict[str, Any]] = {}
         problems: list[str] = []
         saved: dict[str, SavedModule] = {}
-        listed = list(cfg.get("modules_to_save") or [])
+        listed = saved_module_names(cfg)
         for key, tensor in sorted(tensors.items()):
             m = _KEY.match(key)
             if m is None:
@@ -210,13 +210,14 @@ def _saved_tensor(key: str, tensor: Any, listed: list[str], saved: dict[str, Sav
         target = module[: -len(".base_layer")]
         saved.setdefault(target, SavedModule(params={}, origin="base_layer")).params[param] = tensor
         return None
-    if any(module == name or module.endswith("." + name) for name in listed):
+    if any(module.endswith(name) for name in listed):  # PEFT's own rule: a plain suffix
         saved.setdefault(module, SavedModule(params={})).params[param] = tensor
         return None
     kind = _SAVED_KINDS.get(module.rpartition(".")[2], "a whole saved module")
     return (
         f"{key}: a full tensor of {module!r} ({kind}), but {CONFIG_NAME} does not list it in "
-        "modules_to_save; add the module's name there if it was trained whole"
+        "modules_to_save (nor does its task_type add it); add the module's name there if it was "
+        "trained whole"
     )
 
 

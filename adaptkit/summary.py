@@ -64,7 +64,8 @@ def base_weight_norms(model: str, targets: dict[str, tuple[int, int]]) -> dict[s
 
     from adaptkit.io.models import resolve_model, safetensors_files
     from adaptkit.io.safetensors_strict import checked_header
-    from adaptkit.nn.placement import target_layout
+    from adaptkit.nn.placement import build_skeleton, meta_model, target_layout
+    from adaptkit.nn.tied import tied_missing
 
     folder = resolve_model(model)
     headers = {}
@@ -75,13 +76,20 @@ def base_weight_norms(model: str, targets: dict[str, tuple[int, int]]) -> dict[s
     }
     # Placed as export --merged places them (module types and checkpoint names from the model
     # class); the update's own shape is what the layout checks against.
-    placed = target_layout(dict(targets), tensors, folder)
-    wanted = {p.tensor: t for t, p in placed.items()}
+    # A head tied to the embeddings is stored as them: its W is theirs.
+    meta = meta_model(folder)
+    skeleton = build_skeleton(folder, meta)
+    tied = tied_missing(meta, tensors, skeleton)
+    placed = target_layout(dict(targets), tensors, folder, skeleton=skeleton, tied=tied)
+    wanted: dict[str, list[str]] = {}
+    for t, p in placed.items():
+        wanted.setdefault(p.source or p.tensor, []).append(t)
     norms: dict[str, float] = {}
     for f, header in headers.items():
         names = [k for k in header if k in wanted]
         if names:
             with safe_open(str(f), framework="pt") as fh:
                 for k in names:
-                    norms[wanted[k]] = float(fh.get_tensor(k).double().norm())
+                    norm = float(fh.get_tensor(k).double().norm())
+                    norms.update(dict.fromkeys(wanted[k], norm))
     return norms

@@ -120,11 +120,53 @@ def add_delta(
     return new
 
 
-def apply_saved_modules(model: torch.nn.Module, adapter: Adapter) -> int:
-    """Replace the model's parameters with the adapter's saved modules (PEFT ``modules_to_save``);
-    returns how many tensors were replaced. Not undone by unmerging or detaching."""
+def untie(model: torch.nn.Module, names: list[str]) -> list[str]:
+    """Give each parameter named in ``names`` that another module shares (a head tied to the
+    embeddings) a copy of its own, so changing it leaves the other module alone — what the
+    adapter computes unmerged (see :mod:`adaptkit.nn.tied`). The model's config stops tying them
+    (``tie_word_embeddings = False``), so saving or re-tying keeps them apart.
+
+    Returns:
+        The names that were untied.
+    """
     import torch
 
+    holders: dict[int, int] = {}
+    for _, module in model.named_modules(remove_duplicate=False):
+        for param in module._parameters.values():
+            if param is not None:
+                holders[id(param)] = holders.get(id(param), 0) + 1
+    untied = []
+    for name in names:
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        param = owner._parameters.get(attr)
+        if param is None or holders.get(id(param), 0) < 2:
+            continue
+        holders[id(param)] -= 1
+        setattr(owner, attr, torch.nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad))
+        untied.append(name)
+    config = getattr(model, "config", None)
+    if untied and getattr(config, "tie_word_embeddings", None):
+        config.tie_word_embeddings = False
+    return untied
+
+
+def _changed_names(model: torch.nn.Module, adapter: Adapter) -> list[str]:
+    """Every ``module.param`` baking ``adapter`` changes (target weights, saved parameters)."""
+    modules = dict(model.named_modules())
+    names = [f"{t}.weight" for t in adapter.targets if t in modules]
+    return names + [f"{m}.{p}" for m, e in adapter.saved.items() if m in modules for p in e.params]
+
+
+def apply_saved_modules(model: torch.nn.Module, adapter: Adapter) -> int:
+    """Replace the model's parameters with the adapter's saved modules (PEFT ``modules_to_save``);
+    returns how many tensors were replaced. Not undone by unmerging or detaching. A replaced
+    parameter the model shares with another module (a tied head) is untied first."""
+    import torch
+
+    resolve_saved(model, adapter)
+    untie(model, [f"{m}.{p}" for m, e in adapter.saved.items() for p in e.params])
     pairs = resolve_saved(model, adapter)
     with torch.no_grad():
         for param, tensor in pairs:
@@ -147,6 +189,9 @@ def bake_adapter(model: torch.nn.Module, adapter: Adapter, *, weight: float = 1.
             "the adapter saves modules in full; they replace the base's and cannot be baked "
             f"at weight {weight:g}"
         )
+    resolve_saved(model, adapter)
+    resolve_targets(model, adapter)
+    untie(model, _changed_names(model, adapter))  # every check first: untying changes the model
     saved = resolve_saved(model, adapter)
     replaced = {id(param): tensor for param, tensor in saved}
     found = resolve_targets(model, adapter)

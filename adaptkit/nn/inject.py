@@ -140,10 +140,13 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 def bake(model: nn.Module) -> None:
     """Fold every LoRA update into its base weight, ``W ← W + ΔW`` (refuses if any layer is
     baked already)."""
+    from adaptkit.nn.baking import untie
+
     layers = lora_layers(model, LoraLayer)
     baked = [n for n, m in layers.items() if m.baked]
     if baked:
         raise AdaptkitError(f"already baked ({baked[0]}); call unbake() first")
+    untie(model, [f"{name}.base.weight" for name in layers])  # a tied head's update is its own
     for layer in layers.values():
         layer.bake()
 
@@ -158,6 +161,12 @@ def unbake(model: nn.Module) -> None:
 def detach(model: nn.Module, *, bake_first: bool = False) -> None:
     """Put the base layers back, for every kind of LoRA layer (after baking the updates into
     them if ``bake_first``)."""
+    from adaptkit.nn.baking import untie
+
+    if bake_first:  # a tied head's update is its own (see adaptkit.nn.tied)
+        untie(
+            model, [f"{name}.base.weight" for name, m in lora_layers(model, LoraLayer).items() if not m.baked]
+        )
     for name, layer in lora_layers(model, LoraLayer).items():
         if bake_first and not layer.baked:
             layer.bake()

@@ -41,10 +41,15 @@ class TargetPlacement:
     Attributes:
         tensor: The checkpoint tensor holding the module's weight.
         conv1d: The module is an HF ``Conv1D`` (weight ``in × out``): add ``ΔWᵀ``.
+        source: For a weight the checkpoint does not store because the model ties it to another
+            (an output head tied to the embeddings), that tensor's name: baking writes
+            ``tensor`` as a tensor of its own, starting from ``source`` (see
+            :mod:`adaptkit.nn.tied`).
     """
 
     tensor: str
     conv1d: bool
+    source: str | None = None
 
 
 @dataclass
@@ -204,6 +209,7 @@ def target_layout(
     folder: Path,
     *,
     skeleton: ModelSkeleton | bool | None = True,
+    tied: dict[str, str] | None = None,
 ) -> dict[str, TargetPlacement]:
     """Place every target, or refuse listing every problem.
 
@@ -212,6 +218,9 @@ def target_layout(
         tensors: ``checkpoint tensor name -> (safetensors dtype, shape)``.
         folder: The model directory (its ``config.json`` names the model class).
         skeleton: A prebuilt skeleton, ``None`` to use shapes only, or ``True`` to build one.
+        tied: ``module parameter -> checkpoint tensor`` of weights the checkpoint leaves out
+            because they are tied to that tensor (:func:`adaptkit.nn.tied.tied_missing`): a
+            target there is placed with its ``source``.
 
     Raises:
         InvalidAdapterError: targets missing from the model or checkpoint, of a module type
@@ -238,6 +247,10 @@ def target_layout(
                 problems.append(f"{target}: a {kind} in {skel.architecture}, not nn.Linear or Conv1D")
                 continue
             name = by_module.get(f"{module}.weight")
+            source = (tied or {}).get(f"{module}.weight") if name is None else None
+            if source is not None:  # stored as the tensor it is tied to; shape and dtype are its
+                name = f"{module}.weight"
+                tensors = {**tensors, name: tensors[source]}
             if name is None:
                 problems.append(
                     f"{target}: no checkpoint tensor loads into {module}.weight ({skel.architecture} builds "
@@ -246,6 +259,7 @@ def target_layout(
                 continue
             conv1d = kind == "conv1d"
         else:
+            source = None
             name = next((c for c in _fallback_names(target) if c in tensors), None)
             if name is None:
                 missing.append(target)
@@ -276,7 +290,7 @@ def target_layout(
             problems.append(f"{target}: resolves to {name}, as {claimed[name]} does: ambiguous targets")
             continue
         claimed[name] = target
-        placed[target] = TargetPlacement(tensor=name, conv1d=conv1d)
+        placed[target] = TargetPlacement(tensor=name, conv1d=conv1d, source=source)
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         where = f" (no such modules in {skel.architecture})" if skel is not None else ""
@@ -290,6 +304,7 @@ def parameter_layout(
     params: dict[str, tuple[int, ...]],
     tensors: dict[str, tuple[str, tuple[int, ...]]],
     skeleton: ModelSkeleton | None,
+    tied: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Checkpoint tensor name of each module parameter a saved module replaces.
 
@@ -298,6 +313,8 @@ def parameter_layout(
         tensors: ``checkpoint tensor name -> (safetensors dtype, shape)``.
         skeleton: From :func:`build_skeleton` (``None``: names are matched as they are, or
             without their first component).
+        tied: As for :func:`target_layout`: a parameter the checkpoint leaves out because it is
+            tied to another tensor is placed under its own name (baking then writes it).
 
     Raises:
         InvalidAdapterError: a parameter the checkpoint lacks, or of another shape.
@@ -311,6 +328,8 @@ def parameter_layout(
     for param, shape in sorted(params.items()):
         if skeleton is not None:
             name = by_module.get(skeleton.canonical(param))
+            if name is None and param in (tied or {}):
+                name, tensors = param, {**tensors, param: tensors[(tied or {})[param]]}
         else:
             name = next((c for c in (param, param.split(".", 1)[-1]) if c in tensors), None)
         if name is None:

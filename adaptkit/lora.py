@@ -9,6 +9,15 @@ with the scale ``s`` given by the scaling mode:
 * ``"alpha/r"`` — ``s = alpha / r`` (the LoRA paper, PEFT's default);
 * ``"alpha/sqrt(r)"`` — ``s = alpha / sqrt(r)`` (rsLoRA, PEFT's ``use_rslora=True``);
 * ``"explicit"`` — ``s`` is stored as is (combined adapters fold their weights in here).
+
+A target is a linear layer (``nn.Linear``, or HF ``Conv1D``, whose ``in × out`` weight takes
+``ΔWᵀ``) or, with ``kind="embedding"``, an ``nn.Embedding``. The factors are always in the
+weight's own layout, so ``ΔW = s · B @ A`` has the weight's shape: for an embedding table
+``E: (num_embeddings, dim)``, ``A: (r, dim)`` and ``B: (num_embeddings, r)``. PEFT stores an
+embedding LoRA the other way round (``lora_embedding_A: (r, num_embeddings)``,
+``lora_embedding_B: (dim, r)``, ``ΔE = s · (B_peft @ A_peft)ᵀ``), so ``A = B_peftᵀ`` and
+``B = A_peftᵀ``: the same update, and every strategy, truncation and bake treats it like any
+other ``s · B @ A``.
 """
 
 from __future__ import annotations
@@ -24,6 +33,9 @@ if TYPE_CHECKING:
 
 Scaling = Literal["alpha/r", "alpha/sqrt(r)", "explicit"]
 SCALING_MODES: tuple[str, ...] = get_args(Scaling)
+Kind = Literal["linear", "embedding"]
+#: What a target adapts: a linear layer (``nn.Linear`` / ``Conv1D``) or an ``nn.Embedding``.
+TARGET_KINDS: tuple[str, ...] = get_args(Kind)
 #: dtypes a LoRA factor may have on disk and in memory.
 FLOAT_DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
 
@@ -42,6 +54,7 @@ class LoraPair:
         alpha: LoRA alpha; required unless ``scaling == "explicit"``.
         scaling: How the scale follows from ``alpha`` and the rank.
         explicit_scale: The scale itself, for ``scaling == "explicit"`` only.
+        kind: ``"linear"`` or ``"embedding"`` (see the module docstring for the layout).
     """
 
     A: torch.Tensor
@@ -49,6 +62,7 @@ class LoraPair:
     alpha: float | None = None
     scaling: Scaling = "alpha/r"
     explicit_scale: float | None = None
+    kind: Kind = "linear"
 
     def __post_init__(self) -> None:
         problems = self.structure_problems()
@@ -82,6 +96,8 @@ class LoraPair:
                 f"rank mismatch: lora_A is {tuple(self.A.shape)} (r={r}) but lora_B is "
                 f"{tuple(self.B.shape)} (r={self.B.shape[1]})"
             )
+        if self.kind not in TARGET_KINDS:
+            problems.append(f"kind {self.kind!r} is not one of {TARGET_KINDS}")
         if self.scaling not in SCALING_MODES:
             problems.append(f"scaling {self.scaling!r} is not one of {SCALING_MODES}")
         elif self.scaling == "explicit":
@@ -105,6 +121,12 @@ class LoraPair:
             for label, t in (("lora_A", self.A), ("lora_B", self.B))
             if not bool(torch.isfinite(t).all())
         ]
+
+    @property
+    def variant(self) -> str | None:
+        """What makes this update more than a plain linear ``s · B @ A`` (``"embedding LoRA"``),
+        or ``None``: for the paths that take plain LoRA only to name what they refuse."""
+        return "embedding LoRA" if self.kind == "embedding" else None
 
     @property
     def rank(self) -> int:

@@ -27,6 +27,7 @@ def describe_adapter(adapter: Adapter) -> dict[str, Any]:
                 "alpha": pair.alpha,
                 "scaling": pair.scaling,
                 "scale": pair.scale,
+                "kind": pair.kind,
                 "shape": [pair.out_features, pair.in_features],
                 "dtype": str(pair.A.dtype).removeprefix("torch."),
                 "delta_norm": norm,
@@ -57,9 +58,12 @@ def describe_adapter(adapter: Adapter) -> dict[str, Any]:
     }
 
 
-def base_weight_norms(model: str, targets: dict[str, tuple[int, int]]) -> dict[str, float]:
+def base_weight_norms(
+    model: str, targets: dict[str, tuple[int, int]], embeddings: frozenset[str] | set[str] = frozenset()
+) -> dict[str, float]:
     """``||W||_F`` of each target's base weight, read tensor by tensor from the model's
-    safetensors; ``targets`` maps each to its ``(out, in)``."""
+    safetensors; ``targets`` maps each to its ``(out, in)``, ``embeddings`` names the embedding
+    LoRAs among them."""
     from safetensors import safe_open
 
     from adaptkit.io.models import resolve_model, safetensors_files
@@ -80,7 +84,9 @@ def base_weight_norms(model: str, targets: dict[str, tuple[int, int]]) -> dict[s
     meta = meta_model(folder)
     skeleton = build_skeleton(folder, meta)
     tied = tied_missing(meta, tensors, skeleton)
-    placed = target_layout(dict(targets), tensors, folder, skeleton=skeleton, tied=tied)
+    placed = target_layout(
+        dict(targets), tensors, folder, skeleton=skeleton, tied=tied, embeddings=embeddings
+    )
     wanted: dict[str, list[str]] = {}
     for t, p in placed.items():
         wanted.setdefault(p.source or p.tensor, []).append(t)

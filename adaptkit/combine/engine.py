@@ -128,13 +128,18 @@ def check_saved_modules(inputs: Sequence[WeightedAdapter], strategy: Any) -> Non
     ``combine`` and its ``-w``, recipes' weights, exports' manifests, ``--tune`` — goes
     through :func:`combine`, which calls this.
 
+    A saved *base* weight (origin ``base_layer``: the embedding table or head PEFT stores beside
+    a LoRA on it) is not a trained change but the weight the update applies to, so it restricts
+    nothing: ``W_saved + w·ΔW`` is what weight ``w`` means there.
+
     Raises:
         InvalidAdapterError: naming the adapter, its saved module and the weight or strategy.
     """
     for i, item in enumerate(inputs):
-        if not item.adapter.saved or item.weight == 0:
+        trained = sorted(m for m, e in item.adapter.saved.items() if e.origin != "base_layer")
+        if not trained or item.weight == 0:
             continue
-        module, name = sorted(item.adapter.saved)[0], item.name or f"adapter{i}"
+        module, name = trained[0], item.name or f"adapter{i}"
         what = f"adapter {name!r} saves {module} whole ({item.adapter.saved[module].origin})"
         if item.weight != 1:
             raise InvalidAdapterError(
@@ -156,9 +161,19 @@ def check_saved_modules(inputs: Sequence[WeightedAdapter], strategy: Any) -> Non
 def _align(inputs: Sequence[WeightedAdapter], intersect: bool) -> list[str]:
     """Target names to produce, checking that shared targets agree on shape."""
     shapes: dict[str, tuple[tuple[int, int], str]] = {}
+    kinds: dict[str, tuple[str, str]] = {}
     for item in inputs:
         for name, pair in item.adapter.targets.items():
             shape = (pair.out_features, pair.in_features)
+            if name in kinds and kinds[name][0] != pair.kind:
+                raise InvalidAdapterError(
+                    f"kind clash: {item.name!r} adapts it as {pair.kind} but {kinds[name][1]!r} as "
+                    f"{kinds[name][0]}",
+                    path=item.source,
+                    key=name,
+                    hint="the adapters were made for different base models",
+                )
+            kinds.setdefault(name, (pair.kind, item.name))
             if name in shapes and shapes[name][0] != shape:
                 other_shape, other = shapes[name]
                 raise InvalidAdapterError(
@@ -285,6 +300,8 @@ def combine(
                 f"expected {expected[0]}×{expected[1]}",
                 key=target,
             )
+        if pair.kind != these[0].pair.kind:  # strategies build plain pairs: the target keeps its kind
+            pair = dataclasses.replace(pair, kind=these[0].pair.kind)
         bad = pair.check_finite()
         if bad:
             raise InvalidAdapterError(

@@ -140,6 +140,7 @@ def _assemble(p: Path, manifest: dict[str, Any], tensors: dict[str, Any]) -> Ada
                 alpha=entry.get("alpha"),
                 scaling=entry["scaling"],
                 explicit_scale=entry.get("scale"),
+                kind=entry.get("kind", "linear"),
             )
         except InvalidAdapterError as exc:
             problems.append(f"{module}: {exc.message}")
@@ -180,6 +181,8 @@ def build_manifest(adapter: Adapter) -> dict[str, Any]:
             entry["scale"] = pair.explicit_scale
         else:
             entry["alpha"] = pair.alpha
+        if pair.kind != "linear":  # linear is the default: plain adapters' bytes do not change
+            entry["kind"] = pair.kind
         targets[name] = entry
     manifest: dict[str, Any] = {
         "format": "adaptkit.lora",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from adaptkit.errors import AdaptkitError, InvalidAdapterError
-from adaptkit.nn.layout import module_kind
+from adaptkit.nn.layout import weight_layout
 
 if TYPE_CHECKING:
     import torch
@@ -37,15 +37,20 @@ def resolve_targets(model: torch.nn.Module, adapter: Adapter) -> dict[str, tuple
         if name not in modules:
             continue
         module = modules[name]
-        layout = module_kind(module)
+        layout = weight_layout(module)
         if layout is None:
-            problems.append(f"{name}: a {type(module).__name__}, not nn.Linear or Conv1D")
+            problems.append(f"{name}: a {type(module).__name__}, not nn.Linear, Conv1D or nn.Embedding")
+            continue
+        if (layout == "embedding") != (pair.kind == "embedding"):
+            what = "an embedding LoRA" if pair.kind == "embedding" else "a linear layer's update"
+            problems.append(f"{name}: {what}, but the model's module is a {type(module).__name__}")
             continue
         # nn.Linear says its sizes (a bitsandbytes Linear4bit's packed weight has no meaningful
-        # shape); Conv1D stores its weight in × out.
-        out_f, in_f = (
-            (module.out_features, module.in_features) if layout == "linear" else module.weight.shape[::-1]
-        )
+        # shape); Conv1D stores its weight in × out; an embedding table is num × dim.
+        if layout == "linear":
+            out_f, in_f = module.out_features, module.in_features
+        else:
+            out_f, in_f = module.weight.shape[::-1] if layout == "conv1d" else module.weight.shape
         if (out_f, in_f) != (pair.out_features, pair.in_features):
             problems.append(
                 f"{name}: adapter is {pair.out_features}×{pair.in_features} (out×in) but the "

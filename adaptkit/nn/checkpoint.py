@@ -302,4 +302,5 @@ def _plan(
     from adaptkit.nn.placement import target_layout
 
     sizes = {t: (p.out_features, p.in_features) for t, p in adapter.targets.items()}
-    return target_layout(sizes, tensors, folder, skeleton=skeleton, tied=tied)
+    embeddings = {t for t, p in adapter.targets.items() if p.kind == "embedding"}
+    return target_layout(sizes, tensors, folder, skeleton=skeleton, tied=tied, embeddings=embeddings)

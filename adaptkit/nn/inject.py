@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from adaptkit.errors import AdaptkitError
-from adaptkit.nn.layers import LoraLayer, LoraLinear
+from adaptkit.nn.layers import LoraEmbedding, LoraLayer, LoraLinear
 from adaptkit.nn.layout import is_adaptable, replace_module
 from adaptkit.nn.settings import LoraSettings
 
@@ -215,9 +215,8 @@ def load(
         rslora = pair.scaling == "alpha/sqrt(r)"
         alpha = pair.alpha if pair.scaling != "explicit" else pair.scale * pair.rank
         torch_dtype = _DTYPES[dtype] if dtype else pair.A.dtype
-        layer = LoraLinear(
-            model.get_submodule(name), rank=pair.rank, alpha=alpha, rslora=rslora, dtype=torch_dtype
-        )
+        kind = LoraEmbedding if pair.kind == "embedding" else LoraLinear
+        layer = kind(model.get_submodule(name), rank=pair.rank, alpha=alpha, rslora=rslora, dtype=torch_dtype)
         with torch.no_grad():
             layer.lora_A.copy_(pair.A)
             layer.lora_B.copy_(pair.B)

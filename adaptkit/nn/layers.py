@@ -50,10 +50,13 @@ class LoraLayer(nn.Module):
         self.base = base
         weight = base.weight
         # nn.Linear and bitsandbytes' Linear4bit (a Linear subclass whose packed weight has no
-        # meaningful shape) say their sizes; HF Conv1D stores its weight in × out.
+        # meaningful shape) say their sizes; HF Conv1D stores its weight in × out; an embedding
+        # table is num × dim, "out × in" in the update's terms.
         self.conv1d = module_kind(base) == "conv1d"
         if self.conv1d:
             self.in_features, self.out_features = weight.shape[0], weight.shape[1]
+        elif isinstance(base, nn.Embedding):
+            self.out_features, self.in_features = weight.shape[0], weight.shape[1]
         else:
             self.in_features, self.out_features = base.in_features, base.out_features
         self.quantized = type(weight).__name__ == "Params4bit"
@@ -183,3 +186,35 @@ class LoraLinear(LoraLayer):
             alpha=self.alpha,
             scaling="alpha/sqrt(r)" if self.rslora else "alpha/r",
         )
+
+
+class LoraEmbedding(LoraLinear):
+    """An ``nn.Embedding`` plus an embedding LoRA, ``E' = E + ΔE``, ``ΔE = s · B @ A`` with
+    ``B: (num_embeddings, r)`` and ``A: (r, dim)`` (the table's layout, see :mod:`adaptkit.lora`).
+
+    The lookup of ``ΔE`` is ``s · B[ids] @ A``. Embeddings that scale what they look up (Gemma's
+    ``embed_scale``) scale the update alike, so the layer equals the baked table ``E + ΔE``.
+    """
+
+    def delta_weight(self) -> torch.Tensor:
+        """``ΔE = s·B@A`` (``num_embeddings × dim``), in float32 (float64 over a float64 table)."""
+        work = self._work_dtype()
+        return (self.lora_B.to(work) @ self.lora_A.to(work)) * self.scale
+
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        """``s · B[ids] @ A`` (times the base's ``embed_scale``, if it has one)."""
+        rows = nn.functional.embedding(x, self.lora_B)
+        out = (rows @ self.lora_A) * self.scale
+        embed_scale = getattr(self.base, "embed_scale", None)
+        return out if embed_scale is None else out * embed_scale
+
+    def extra_repr(self) -> str:
+        return (
+            f"Embedding({self.out_features}×{self.in_features}), rank={self.rank}, "
+            f"alpha={self.alpha:g}, scale={self.scale:g}, baked={self.baked}"
+        )
+
+    def export_pair(self) -> Any:
+        import dataclasses
+
+        return dataclasses.replace(super().export_pair(), kind="embedding")

@@ -177,9 +177,9 @@ def _pairs(model: Any) -> list[tuple[str, str]]:
 
 
 def _kind(module: Any) -> str:
-    from adaptkit.nn.layout import module_kind
+    from adaptkit.nn.layout import weight_layout
 
-    return module_kind(module) or type(module).__name__
+    return weight_layout(module) or type(module).__name__
 
 
 def checkpoint_renamer(model: Any) -> Callable[[str], str]:
@@ -210,6 +210,7 @@ def target_layout(
     *,
     skeleton: ModelSkeleton | bool | None = True,
     tied: dict[str, str] | None = None,
+    embeddings: frozenset[str] | set[str] = frozenset(),
 ) -> dict[str, TargetPlacement]:
     """Place every target, or refuse listing every problem.
 
@@ -221,11 +222,14 @@ def target_layout(
         tied: ``module parameter -> checkpoint tensor`` of weights the checkpoint leaves out
             because they are tied to that tensor (:func:`adaptkit.nn.tied.tied_missing`): a
             target there is placed with its ``source``.
+        embeddings: The targets that are embedding LoRAs (``kind="embedding"``): each must be
+            an ``nn.Embedding``, and every other target a linear layer.
 
     Raises:
         InvalidAdapterError: targets missing from the model or checkpoint, of a module type
-            that is not Linear/Conv1D, with a mismatching shape, a non-float weight, two targets
-            resolving to one tensor, or a square weight whose layout cannot be proven.
+            that is not Linear/Conv1D (or Embedding, for an embedding LoRA), with a mismatching
+            shape, a non-float weight, two targets resolving to one tensor, or a square weight
+            whose layout cannot be proven.
     """
     skel = build_skeleton(folder) if skeleton is True else skeleton or None
     if skel is not None:
@@ -243,8 +247,14 @@ def target_layout(
             if kind is None:
                 missing.append(target)
                 continue
-            if kind not in ("linear", "conv1d"):
+            if kind not in ("linear", "conv1d", "embedding"):
                 problems.append(f"{target}: a {kind} in {skel.architecture}, not nn.Linear or Conv1D")
+                continue
+            if (kind == "embedding") != (target in embeddings):
+                what = "an embedding LoRA" if target in embeddings else "a linear layer's update"
+                problems.append(
+                    f"{target}: {what}, but it is a{'n' * (kind[0] in 'aeiou')} {kind} in {skel.architecture}"
+                )
                 continue
             name = by_module.get(f"{module}.weight")
             source = (tied or {}).get(f"{module}.weight") if name is None else None
@@ -265,13 +275,13 @@ def target_layout(
                 missing.append(target)
                 continue
             shape = tuple(tensors[name][1])
-            if shape == (out_f, in_f) and out_f == in_f:
+            if shape == (out_f, in_f) and out_f == in_f and target not in embeddings:
                 problems.append(
                     f"{target}: cannot tell whether {name} is stored out×in (nn.Linear) or in×out "
                     "(Conv1D): transformers does not know this model type and the weight is square"
                 )
                 continue
-            conv1d = shape == (in_f, out_f)
+            conv1d = shape == (in_f, out_f) and target not in embeddings  # a table is never transposed
         dtype, shape = tensors[name][0], tuple(tensors[name][1])
         want = (in_f, out_f) if conv1d else (out_f, in_f)
         if shape != want:

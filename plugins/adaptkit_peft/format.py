@@ -81,13 +81,6 @@ class PeftFormat:
             if not is_module_path(m["module"]):
                 problems.append(f"{key!r}: {m['module']!r} is not a dotted module path")
                 continue
-            if kind.startswith("lora_embedding"):
-                raise AdaptkitError(
-                    "embedding LoRA (lora_embedding_A/B) is not supported",
-                    path=weights,
-                    key=key,
-                    hint="train without the embedding in target_modules, or save it whole (modules_to_save)",
-                )
             if kind == "lora_magnitude_vector":
                 raise AdaptkitError(
                     "DoRA magnitude vectors are not supported: a DoRA update is not s·B@A",
@@ -95,7 +88,7 @@ class PeftFormat:
                     key=key,
                     hint="merge it with PEFT (merge_and_unload) and export the merged model instead",
                 )
-            factors.setdefault(m["module"], {})[kind[-1]] = tensor
+            factors.setdefault(m["module"], {})[_FACTOR_NAMES[kind]] = tensor
         if problems:
             raise InvalidAdapterError.from_problems(problems, path=weights)
 
@@ -103,20 +96,34 @@ class PeftFormat:
         targets: dict[str, LoraPair] = {}
         for module in sorted(factors):
             pair = factors[module]
-            missing = [f"lora_{f}" for f in "AB" if f not in pair]
+            embedding = "eA" in pair or "eB" in pair
+            names = ("eA", "eB") if embedding else ("A", "B")
+            missing = [_KEY_OF[f] for f in names if f not in pair]
+            if embedding and ("A" in pair or "B" in pair):
+                problems.append(f"{PREFIX}{module}: holds both lora_A/B and lora_embedding_A/B factors")
+                continue
             if missing:
-                problems.append(f"{PREFIX}{module}.{missing[0]}.weight: missing (its pair is present)")
+                problems.append(f"{PREFIX}{module}.{missing[0]}: missing (its pair is present)")
                 continue
             r, alpha = module_rank_alpha(cfg, module, folder / CONFIG_NAME)
-            A, B = pair["A"], pair["B"]
+            A, B = pair[names[0]], pair[names[1]]
             if A.ndim != 2 or A.shape[0] != r:
                 problems.append(
-                    f"{PREFIX}{module}.lora_A.weight: shape {tuple(A.shape)} disagrees with rank "
+                    f"{PREFIX}{module}.{_KEY_OF[names[0]]}: shape {tuple(A.shape)} disagrees with rank "
                     f"{r} from {CONFIG_NAME}"
                 )
                 continue
+            if embedding and B.ndim == 2:
+                # PEFT's ΔE = s·(B_peft @ A_peft)ᵀ: in the table's layout A = B_peftᵀ, B = A_peftᵀ.
+                A, B = B.T.contiguous(), A.T.contiguous()
             try:
-                lp = LoraPair(A=A, B=B, alpha=alpha, scaling="alpha/sqrt(r)" if rslora else "alpha/r")
+                lp = LoraPair(
+                    A=A,
+                    B=B,
+                    alpha=alpha,
+                    scaling="alpha/sqrt(r)" if rslora else "alpha/r",
+                    kind="embedding" if embedding else "linear",
+                )
             except InvalidAdapterError as exc:
                 problems.append(f"{PREFIX}{module}: {exc.message}")
                 continue
@@ -167,8 +174,7 @@ class PeftFormat:
         cfg = peft_config(adapter)
         tensors = {}
         for name, pair in sorted(adapter.targets.items()):
-            tensors[f"{PREFIX}{name}.lora_A.weight"] = pair.A.detach().contiguous().cpu()
-            tensors[f"{PREFIX}{name}.lora_B.weight"] = pair.B.detach().contiguous().cpu()
+            tensors.update(_peft_factors(name, pair))
         for module, entry in sorted(adapter.saved.items()):
             infix = ".base_layer" if entry.origin == "base_layer" else ""
             for param, tensor in sorted(entry.params.items()):
@@ -185,6 +191,23 @@ class PeftFormat:
             (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, allow_nan=False) + "\n")
             (tmp / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=2, default=str) + "\n")
         return out
+
+
+#: The factor each PEFT key holds ("eA"/"eB": an embedding LoRA's, in PEFT's transposed layout).
+_FACTOR_NAMES = {"lora_A": "A", "lora_B": "B", "lora_embedding_A": "eA", "lora_embedding_B": "eB"}
+_KEY_OF = {"A": "lora_A.weight", "B": "lora_B.weight", "eA": "lora_embedding_A", "eB": "lora_embedding_B"}
+
+
+def _peft_factors(name: str, pair: Any) -> dict[str, Any]:
+    """PEFT's tensors for one target: ``lora_A/B.weight``, or for an embedding
+    ``lora_embedding_A = Bᵀ`` and ``lora_embedding_B = Aᵀ`` (PEFT's layout)."""
+    A, B = pair.A.detach().cpu(), pair.B.detach().cpu()
+    if pair.kind == "embedding":
+        return {
+            f"{PREFIX}{name}.lora_embedding_A": B.T.contiguous(),
+            f"{PREFIX}{name}.lora_embedding_B": A.T.contiguous(),
+        }
+    return {f"{PREFIX}{name}.lora_A.weight": A.contiguous(), f"{PREFIX}{name}.lora_B.weight": B.contiguous()}
 
 
 #: Last module-path components and what PEFT users save them as, for refusal messages.

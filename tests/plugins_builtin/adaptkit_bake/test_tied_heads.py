@@ -20,6 +20,7 @@ CASES = {
     "saved-head": dict(target_modules=["q_proj"], modules_to_save=["lm_head"]),
     "saved-embed": dict(target_modules=["q_proj"], modules_to_save=["embed_tokens"]),
     "lora-on-head": dict(target_modules=["q_proj", "lm_head"]),
+    "lora-on-embed": dict(target_modules=["q_proj", "embed_tokens"]),
 }
 
 
@@ -61,7 +62,9 @@ def test_tied_head_is_untied_and_exact(case, tied_base, tmp_path, run_cli):
     base = load_file(tied_base / "model.safetensors")
     changed_embed = not torch.equal(merged["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
     assert changed_embed == ("embed" in case)  # the side the adapter leaves alone stays the base's
-    assert torch.equal(merged["lm_head.weight"], base["model.embed_tokens.weight"]) == (case == "saved-embed")
+    assert torch.equal(merged["lm_head.weight"], base["model.embed_tokens.weight"]) == (
+        case in ("saved-embed", "lora-on-embed")
+    )
 
     # In memory too: baked into a live tied model, or attached unmerged and then baked.
     want, _ = peft_outputs(Qwen2ForCausalLM, tied_base, adapter, _ids())

@@ -248,13 +248,6 @@ def test_real_dora_adapter_refused(tmp_path):
         load_spec(path)
 
 
-def test_embedding_lora_refused(tmp_path):
-    base = tiny_llama()
-    path, _ = make_peft(base, tmp_path, "emb", r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"])
-    with pytest.raises(AdaptkitError, match=r"embedding LoRA"):
-        load_spec(path)
-
-
 def test_wrong_prefix_and_missing_pair(tmp_path):
     from safetensors.torch import load_file, save_file
 

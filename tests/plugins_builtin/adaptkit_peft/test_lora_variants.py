@@ -1,0 +1,94 @@
+"""LoRA variants PEFT users train, read from PEFT's own files and checked against PEFT's
+*unmerged* model: embedding LoRA, LoRA biases and trained base biases, trainable tokens, DoRA.
+Each must survive PEFT → native → PEFT bit for bit, bake and export exactly, and combine as
+docs/format.md says (exactly, or refused with the reason)."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adaptkit import WeightedAdapter, load_spec
+from adaptkit import nn as lora
+from adaptkit.combine import combine
+from adaptkit.nn.baking import bake_adapter
+from tests.helpers.models import tiny_llama
+from tests.helpers.peft_parity import assert_export_matches_peft, make_published, outputs, peft_outputs
+
+
+def _ids():
+    return {"input_ids": torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(2))}
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("llama") / "base"
+    tiny_llama().save_pretrained(folder)
+    return folder
+
+
+def _round_trips_bit_for_bit(adapter_dir, tmp_path, run_cli):
+    """PEFT → native → PEFT keeps every tensor and PEFT loads the result to the same outputs."""
+    native = tmp_path / "native.safetensors"
+    code, _, err = run_cli("convert", adapter_dir, "--to", "adaptkit", "-o", native)
+    assert code == 0, err
+    code, _, err = run_cli("convert", native, "--to", "peft", "-o", tmp_path / "back")
+    assert code == 0, err
+    original = load_file(adapter_dir / "adapter_model.safetensors")
+    back = load_file(tmp_path / "back" / "adapter_model.safetensors")
+    assert set(back) == set(original)
+    assert all(torch.equal(back[k], original[k]) for k in original)
+    return tmp_path / "back"
+
+
+def _in_memory_matches(base_fn, adapter_dir, want):
+    """Baked into a live model, and attached unmerged, the adapter computes PEFT's outputs."""
+    adapter = load_spec(adapter_dir)
+    model = base_fn()
+    bake_adapter(model, adapter)
+    assert float((outputs(model, _ids()) - want).abs().max()) < 1e-5
+    model = base_fn()
+    lora.load(model, adapter)
+    assert float((outputs(model, _ids()) - want).abs().max()) < 1e-5
+
+
+# --- embedding LoRA --------------------------------------------------------------------------
+
+
+def test_embedding_lora_is_a_first_class_target(llama_dir, tmp_path, run_cli):
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    adapter_dir = make_published(
+        tiny_llama(), tmp_path / "emb", r=4, lora_alpha=8, init_lora_weights=False,
+        target_modules=["embed_tokens", "q_proj"],
+    )  # fmt: skip
+    adapter = load_spec(adapter_dir)
+    pair = adapter.targets["model.embed_tokens"]
+    assert pair.kind == "embedding" and (pair.out_features, pair.in_features) == (128, 32)
+    # PEFT's orientation: its ΔE (num_embeddings × dim) is ours.
+    peft = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(llama_dir), adapter_dir)
+    want_delta = peft.base_model.model.model.embed_tokens.get_delta_weight("default").double()
+    assert float((pair.delta(torch.float64) - want_delta).norm() / want_delta.norm()) < 1e-6  # PEFT's is fp32
+
+    assert_export_matches_peft(run_cli, LlamaForCausalLM, llama_dir, adapter_dir, tmp_path / "merged", _ids())
+    want, _ = peft_outputs(LlamaForCausalLM, llama_dir, adapter_dir, _ids())
+    _in_memory_matches(tiny_llama, adapter_dir, want)
+    back = _round_trips_bit_for_bit(adapter_dir, tmp_path, run_cli)
+    got, _ = peft_outputs(LlamaForCausalLM, llama_dir, back, _ids())
+    assert float((got - want).abs().max()) < 1e-6
+
+    # Every strategy sees s·B@A in the table's layout: linear is exact, svd truncates it.
+    other_dir = make_published(
+        tiny_llama(), tmp_path / "emb2", seed=2, r=2, lora_alpha=4, init_lora_weights=False,
+        target_modules=["embed_tokens"],
+    )  # fmt: skip
+    other = load_spec(other_dir)
+    exact = combine([WeightedAdapter(adapter, 0.5), WeightedAdapter(other, -1.0)], "linear").adapter
+    got_delta = exact.targets["model.embed_tokens"].delta(torch.float64)
+    ref = 0.5 * pair.delta(torch.float64) - other.targets["model.embed_tokens"].delta(torch.float64)
+    assert exact.targets["model.embed_tokens"].kind == "embedding"
+    assert float((got_delta - ref).norm() / ref.norm()) < 1e-6
+    svd = combine([WeightedAdapter(adapter), WeightedAdapter(other)], "svd", rank=2).adapter
+    assert (
+        svd.targets["model.embed_tokens"].kind == "embedding" and svd.targets["model.embed_tokens"].rank == 2
+    )

@@ -25,7 +25,7 @@ def is_module_path(name: object) -> bool:
 
 
 #: Where a saved module came from (kept so formats can write it back the way they read it).
-SAVED_ORIGINS = ("modules_to_save", "base_layer")
+SAVED_ORIGINS = ("modules_to_save", "base_layer", "bias")
 
 
 @dataclass
@@ -66,9 +66,10 @@ class SavedModule:
     Args:
         params: ``parameter name -> tensor`` (``{"weight": ..., "bias": ...}``), in the
             module's own layout and dtype.
-        origin: ``"modules_to_save"`` (PEFT saved the module whole) or ``"base_layer"`` (PEFT
+        origin: ``"modules_to_save"`` (PEFT saved the module whole), ``"base_layer"`` (PEFT
             saved the base weight of a LoRA target such as ``lm_head``, as it does when
-            embedding layers are targeted).
+            embedding layers are targeted) or ``"bias"`` (the module's bias was trained, PEFT's
+            ``bias: "lora_only" | "all"``; ``params`` is ``{"bias": ...}``).
     """
 
     params: dict[str, Any]
@@ -115,9 +116,7 @@ class Adapter:
                 continue
             problems += [f"{name}: {p}" for p in pair.structure_problems()]
             if check_values:
-                problems += [
-                    f"{name}.{label}.weight: contains NaN or Inf values" for label in pair.check_finite()
-                ]
+                problems += [f"{name}.{label}: contains NaN or Inf values" for label in pair.check_finite()]
         problems += saved_module_problems(self.saved, check_values=check_values)
         problems += [
             f"{m}: saved as a base_layer weight, but it is not a LoRA target"
@@ -157,6 +156,8 @@ def saved_module_problems(saved: dict[str, SavedModule], *, check_values: bool) 
             continue
         if not entry.params:
             problems.append(f"{module}: saved module has no parameters")
+        if entry.origin == "bias" and set(entry.params) - {"bias"}:
+            problems.append(f"{module}: a trained bias (origin 'bias') saves only the parameter 'bias'")
         for param, tensor in entry.params.items():
             where = f"{module}.{param}"
             if not isinstance(param, str) or not _PARAM_NAME.fullmatch(param):

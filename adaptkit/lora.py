@@ -18,6 +18,9 @@ embedding LoRA the other way round (``lora_embedding_A: (r, num_embeddings)``,
 ``lora_embedding_B: (dim, r)``, ``ΔE = s · (B_peft @ A_peft)ᵀ``), so ``A = B_peftᵀ`` and
 ``B = A_peftᵀ``: the same update, and every strategy, truncation and bake treats it like any
 other ``s · B @ A``.
+
+A linear target may also carry a LoRA bias (PEFT's ``lora_bias=True``: ``lora_B`` has a bias
+``b_B``), which adds ``Δb = s · b_B`` to the layer's bias; it is as linear in the adapter as ``ΔW``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class LoraPair:
         scaling: How the scale follows from ``alpha`` and the rank.
         explicit_scale: The scale itself, for ``scaling == "explicit"`` only.
         kind: ``"linear"`` or ``"embedding"`` (see the module docstring for the layout).
+        bias: ``lora_B``'s bias ``b_B`` (``(out_features,)``), for ``Δb = s · b_B``; linear only.
     """
 
     A: torch.Tensor
@@ -63,6 +67,7 @@ class LoraPair:
     scaling: Scaling = "alpha/r"
     explicit_scale: float | None = None
     kind: Kind = "linear"
+    bias: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         problems = self.structure_problems()
@@ -98,6 +103,15 @@ class LoraPair:
             )
         if self.kind not in TARGET_KINDS:
             problems.append(f"kind {self.kind!r} is not one of {TARGET_KINDS}")
+        if self.bias is not None:
+            if tuple(self.bias.shape) != (self.B.shape[0],):
+                problems.append(f"lora_B.bias is {tuple(self.bias.shape)}; expected ({self.B.shape[0]},)")
+            if str(self.bias.dtype).removeprefix("torch.") not in FLOAT_DTYPE_NAMES:
+                problems.append(
+                    f"lora_B.bias has dtype {self.bias.dtype}; expected one of {FLOAT_DTYPE_NAMES}"
+                )
+            if self.kind != "linear":
+                problems.append("a LoRA bias needs a linear target (PEFT has none for embeddings)")
         if self.scaling not in SCALING_MODES:
             problems.append(f"scaling {self.scaling!r} is not one of {SCALING_MODES}")
         elif self.scaling == "explicit":
@@ -112,21 +126,29 @@ class LoraPair:
                 problems.append(f"scaling {self.scaling!r} takes no explicit scale")
         return problems
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the update by its name under the target (``lora_A.weight``,
+        ``lora_B.weight``, ``lora_B.bias``): the names the native format stores them under."""
+        out = {"lora_A.weight": self.A, "lora_B.weight": self.B}
+        if self.bias is not None:
+            out["lora_B.bias"] = self.bias
+        return out
+
     def check_finite(self) -> list[str]:
-        """Names of factors holding NaN or Inf values (empty when all finite)."""
+        """Names (as :meth:`tensors` gives them) of tensors holding NaN or Inf values (empty
+        when all are finite)."""
         import torch
 
-        return [
-            label
-            for label, t in (("lora_A", self.A), ("lora_B", self.B))
-            if not bool(torch.isfinite(t).all())
-        ]
+        return [label for label, t in self.tensors().items() if not bool(torch.isfinite(t).all())]
 
     @property
     def variant(self) -> str | None:
-        """What makes this update more than a plain linear ``s · B @ A`` (``"embedding LoRA"``),
-        or ``None``: for the paths that take plain LoRA only to name what they refuse."""
-        return "embedding LoRA" if self.kind == "embedding" else None
+        """What makes this update more than a plain linear ``s · B @ A`` (``"embedding LoRA"``,
+        ``"LoRA bias"``), or ``None``: for the paths that take plain LoRA only to name what they
+        refuse."""
+        if self.kind == "embedding":
+            return "embedding LoRA"
+        return "LoRA bias" if self.bias is not None else None
 
     @property
     def rank(self) -> int:
@@ -175,5 +197,13 @@ class LoraPair:
         sq = float(((b.T @ b) * (a @ a.T)).sum())
         return abs(self.scale) * math.sqrt(max(sq, 0.0))
 
+    def delta_bias(self, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+        """``Δb = s · b_B`` (float32 unless ``dtype`` is given), or ``None`` without a LoRA bias."""
+        import torch
+
+        if self.bias is None:
+            return None
+        return self.bias.to(torch.float32 if dtype is None else dtype) * self.scale
+
     def num_params(self) -> int:
-        return self.A.numel() + self.B.numel()
+        return sum(t.numel() for t in self.tensors().values())

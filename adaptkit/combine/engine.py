@@ -300,8 +300,7 @@ def combine(
                 f"expected {expected[0]}×{expected[1]}",
                 key=target,
             )
-        if pair.kind != these[0].pair.kind:  # strategies build plain pairs: the target keeps its kind
-            pair = dataclasses.replace(pair, kind=these[0].pair.kind)
+        pair = _with_target_extras(pair, these, strat, target)
         bad = pair.check_finite()
         if bad:
             raise InvalidAdapterError(
@@ -349,6 +348,31 @@ def combine(
         saved=combined_saved_modules(named),
     )
     return CombineResult(adapter=adapter, report=report)
+
+
+def _with_target_extras(pair: Any, these: Sequence[MergeInput], strategy: Any, target: str) -> Any:
+    """The strategy's pair with what strategies never see: the target's kind, and the LoRA
+    biases' exact weighted sum ``Δb = Σ wᵢ·sᵢ·b_Bᵢ`` (stored over the result's scale). A bias
+    is a vector, not a low-rank matrix: every linear strategy sums it as is (``svd`` truncates,
+    ``ties``/``dare``/``magnitude_prune`` trim and drop the matrices only); a non-linear one
+    (``slerp``) has no sum to take and is refused."""
+    import torch
+
+    extras: dict[str, Any] = {}
+    if pair.kind != these[0].pair.kind:
+        extras["kind"] = these[0].pair.kind
+    biased = [i for i in these if i.pair.bias is not None]
+    if biased:
+        if not getattr(strategy, "linear", False):
+            raise InvalidAdapterError(
+                f"adapter {biased[0].name!r} has a LoRA bias here; strategy "
+                f"{getattr(strategy, 'name', strategy)!r} blends non-linearly and a bias has no such blend",
+                key=target,
+                hint="use a linear strategy (linear, cat, svd, ties, dare_*, magnitude_prune)",
+            )
+        total = sum(i.weight * i.pair.scale * i.pair.bias.to(torch.float64) for i in biased)
+        extras["bias"] = (total / pair.scale).to(torch.float32)
+    return dataclasses.replace(pair, **extras) if extras else pair
 
 
 def combined_saved_modules(inputs: Sequence[WeightedAdapter]) -> dict[str, Any]:

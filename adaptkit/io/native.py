@@ -31,7 +31,9 @@ from adaptkit.lora import LoraPair
 #: The safetensors metadata key that holds the manifest.
 MANIFEST_KEY = "adaptkit"
 
-_TENSOR_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<factor>[AB])\.weight$")
+_TENSOR_KEY = re.compile(r"^(?P<module>.+)\.(?P<name>lora_A\.weight|lora_B\.weight|lora_B\.bias)$")
+#: Manifest flag of a target -> the extra tensor it declares and the LoraPair field holding it.
+_EXTRAS = {"bias": ("lora_B.bias", "bias")}
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -112,7 +114,7 @@ def _assemble(p: Path, manifest: dict[str, Any], tensors: dict[str, Any]) -> Ada
         if not m:
             problems.append(f"{key}: unexpected tensor (expected '<module>.lora_A/B.weight')")
             continue
-        factors.setdefault(m["module"], {})[m["factor"]] = tensor
+        factors.setdefault(m["module"], {})[m["name"]] = tensor
     declared = manifest["targets"]
     for module in sorted(set(factors) - set(declared)):
         problems.append(f"{module}: tensors present but not listed in the manifest")
@@ -122,12 +124,22 @@ def _assemble(p: Path, manifest: dict[str, Any], tensors: dict[str, Any]) -> Ada
     targets: dict[str, LoraPair] = {}
     for module in sorted(set(factors) & set(declared)):
         pair_tensors = factors[module]
-        missing = [f"lora_{f}" for f in "AB" if f not in pair_tensors]
+        missing = [f for f in ("lora_A.weight", "lora_B.weight") if f not in pair_tensors]
         if missing:
-            problems.append(f"{module}.{missing[0]}.weight: missing (its pair is present)")
+            problems.append(f"{module}.{missing[0]}: missing (its pair is present)")
             continue
         entry = declared[module]
-        A, B = pair_tensors["A"], pair_tensors["B"]
+        extras, bad = {}, False
+        for flag, (name, field) in _EXTRAS.items():
+            if entry.get(flag, False) != (name in pair_tensors):
+                listed = "declares" if entry.get(flag) else "does not declare"
+                problems.append(f"{module}.{name}: the manifest {listed} {flag}: true, the tensors disagree")
+                bad = True
+            elif name in pair_tensors:
+                extras[field] = pair_tensors[name]
+        if bad:
+            continue
+        A, B = pair_tensors["lora_A.weight"], pair_tensors["lora_B.weight"]
         if A.ndim == 2 and A.shape[0] != entry["rank"]:
             problems.append(
                 f"{module}.lora_A.weight: shape {tuple(A.shape)} disagrees with manifest rank {entry['rank']}"
@@ -141,11 +153,12 @@ def _assemble(p: Path, manifest: dict[str, Any], tensors: dict[str, Any]) -> Ada
                 scaling=entry["scaling"],
                 explicit_scale=entry.get("scale"),
                 kind=entry.get("kind", "linear"),
+                **extras,
             )
         except InvalidAdapterError as exc:
             problems.append(f"{module}: {exc.message}")
             continue
-        problems += [f"{module}.{label}.weight: contains NaN or Inf values" for label in pair.check_finite()]
+        problems += [f"{module}.{label}: contains NaN or Inf values" for label in pair.check_finite()]
         targets[module] = pair
     problems += saved_module_problems(saved, check_values=True)
     if problems:
@@ -183,6 +196,9 @@ def build_manifest(adapter: Adapter) -> dict[str, Any]:
             entry["alpha"] = pair.alpha
         if pair.kind != "linear":  # linear is the default: plain adapters' bytes do not change
             entry["kind"] = pair.kind
+        for flag, (_, field) in _EXTRAS.items():
+            if getattr(pair, field) is not None:
+                entry[flag] = True
         targets[name] = entry
     manifest: dict[str, Any] = {
         "format": "adaptkit.lora",
@@ -215,8 +231,8 @@ def adapter_to_bytes(adapter: Adapter) -> bytes:
     tensors = {}
     # Sorted insertion makes the bytes independent of the order targets were added in.
     for name, pair in sorted(adapter.targets.items()):
-        tensors[f"{name}.lora_A.weight"] = pair.A.detach().contiguous().cpu()
-        tensors[f"{name}.lora_B.weight"] = pair.B.detach().contiguous().cpu()
+        for label, tensor in pair.tensors().items():
+            tensors[f"{name}.{label}"] = tensor.detach().contiguous().cpu()
     for module, entry in sorted(adapter.saved.items()):
         for param, tensor in sorted(entry.params.items()):
             key = f"{module}.{param}"

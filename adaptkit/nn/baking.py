@@ -19,6 +19,14 @@ if TYPE_CHECKING:
     from adaptkit.adapter import Adapter
 
 
+#: Why a LoRA bias cannot be baked into a layer without a bias (the model class builds none).
+NO_BIAS = (
+    "the adapter has a LoRA bias (lora_bias) but the base layer has no bias to add it to "
+    "(the model class builds it without one, and PEFT cannot merge it either); use the adapter "
+    "unmerged, or a base whose layer has a bias"
+)
+
+
 def resolve_targets(model: torch.nn.Module, adapter: Adapter) -> dict[str, tuple[Any, str]]:
     """Map each target to ``(module, layout)``, checking it exists and its shape fits.
 
@@ -56,6 +64,9 @@ def resolve_targets(model: torch.nn.Module, adapter: Adapter) -> dict[str, tuple
                 f"{name}: adapter is {pair.out_features}×{pair.in_features} (out×in) but the "
                 f"model's layer is {out_f}×{in_f}"
             )
+            continue
+        if pair.bias is not None and getattr(module, "bias", None) is None:
+            problems.append(f"{name}: {NO_BIAS}")
             continue
         found[name] = (module, layout)
     if problems:
@@ -207,6 +218,11 @@ def bake_adapter(model: torch.nn.Module, adapter: Adapter, *, weight: float = 1.
             delta = target_delta(adapter.targets[name], W, conv1d=layout == "conv1d", weight=weight)
             start = replaced.get(id(W), W).to(W.dtype)  # a saved base weight replaces W first
             updates.append((W, add_delta(start, delta, key=name)))
+            db = adapter.targets[name].delta_bias(work_dtype(W.dtype))
+            if db is not None:  # Δb = s·b_B, onto the bias (or the trained bias replacing it)
+                b = module.bias
+                start = replaced.get(id(b), b).to(b.dtype)
+                updates.append((b, add_delta(start, db * weight, key=f"{name}.bias")))
         for param, tensor in saved:
             param.copy_(tensor.to(param.dtype))
         for W, new in updates:

@@ -175,8 +175,14 @@ def bake_checkpoint(
     import shutil
 
     from adaptkit.io.models import safetensors_files, side_files
-    from adaptkit.nn.baking import add_delta, target_delta
-    from adaptkit.nn.placement import build_skeleton, check_weights_match, meta_model, parameter_layout
+    from adaptkit.nn.baking import add_delta, target_delta, work_dtype
+    from adaptkit.nn.placement import (
+        bias_layout,
+        build_skeleton,
+        check_weights_match,
+        meta_model,
+        parameter_layout,
+    )
     from adaptkit.nn.tied import index_new_tensors, tied_missing, untie_config
 
     files = safetensors_files(folder)
@@ -195,6 +201,7 @@ def bake_checkpoint(
     saved_params = {f"{m}.{k}": t for m, e in adapter.saved.items() for k, t in e.params.items()}
     replace = parameter_layout({k: tuple(t.shape) for k, t in saved_params.items()}, tensors, skeleton, tied)
     replacement = {name: saved_params[param] for param, name in replace.items()}
+    biases = bias_layout([t for t, p in adapter.targets.items() if p.bias is not None], tensors, skeleton)
 
     if merge_base not in (None, "original", "dequantized"):
         raise AdaptkitError(f"merge_base must be 'original' or 'dequantized', got {merge_base!r}")
@@ -222,6 +229,16 @@ def bake_checkpoint(
             return add_delta(Wf, delta, key=target, dtype=W.dtype)
 
         fns[tensor_name] = update
+    for target, name in biases.items():
+
+        def bias_update(
+            b: Any, pair: Any = adapter.targets[target], name: str = name, target: str = target
+        ) -> Any:
+            if name in replacement:  # a trained bias replaces the base's first
+                b = replacement[name].to(b.dtype)
+            return add_delta(b, pair.delta_bias(work_dtype(b.dtype)), key=f"{target}.bias")
+
+        fns[name] = bias_update
     for name, tensor in replacement.items():
         fns.setdefault(name, lambda W, t=tensor: t.to(W.dtype))
     # A weight tied to one the adapter changes, or changed while its source is not, no longer

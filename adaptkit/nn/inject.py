@@ -220,6 +220,8 @@ def load(
         with torch.no_grad():
             layer.lora_A.copy_(pair.A)
             layer.lora_B.copy_(pair.B)
+        if pair.bias is not None:
+            layer.lora_bias = nn.Parameter(pair.bias.to(torch_dtype), requires_grad=trainable)
         layer.lora_A.requires_grad_(trainable)
         layer.lora_B.requires_grad_(trainable)
         replace_module(model, name, layer)

@@ -73,6 +73,11 @@ class LoraLayer(nn.Module):
         (float64 over a float64 base)."""
         raise NotImplementedError(f"{type(self).__name__} does not define its ΔW")
 
+    def delta_bias(self) -> torch.Tensor | None:
+        """``Δb`` added to the base bias (a LoRA bias), in float32, or ``None``: most updates
+        leave the bias alone."""
+        return None
+
     def _work_dtype(self) -> torch.dtype:
         return torch.float64 if self.base.weight.dtype == torch.float64 else torch.float32
 
@@ -97,6 +102,9 @@ class LoraLayer(nn.Module):
         W = self.base.weight
         # float64 so that unbake() subtracts exactly what bake() added
         W.copy_(add_delta(W, self.delta_weight().to(torch.float64)))
+        db = self.delta_bias()
+        if db is not None:
+            self.base.bias.copy_(add_delta(self.base.bias, db.to(torch.float64)))
         self.baked = True
 
     @torch.no_grad()
@@ -109,6 +117,9 @@ class LoraLayer(nn.Module):
 
         W = self.base.weight
         W.copy_(add_delta(W, -self.delta_weight().to(torch.float64)))
+        db = self.delta_bias()
+        if db is not None:
+            self.base.bias.copy_(add_delta(self.base.bias, -db.to(torch.float64)))
         self.baked = False
 
 
@@ -146,6 +157,8 @@ class LoraLinear(LoraLayer):
         self.lora_A = nn.Parameter(torch.empty(self.rank, self.in_features, device=device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=device, dtype=dtype))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        # A LoRA bias (PEFT's lora_bias), set only when an adapter that has one is loaded.
+        self.register_parameter("lora_bias", None)
         self.reset_parameters(init)
 
     def reset_parameters(self, init: str = "kaiming") -> None:
@@ -167,7 +180,16 @@ class LoraLinear(LoraLayer):
     def update(self, x: torch.Tensor) -> torch.Tensor:
         """``s · dropout(x) @ Aᵀ @ Bᵀ``, computed in the factors' dtype."""
         h = self.dropout(x).to(self.lora_A.dtype)
-        return ((h @ self.lora_A.T) @ self.lora_B.T) * self.scale
+        out = (h @ self.lora_A.T) @ self.lora_B.T
+        if self.lora_bias is not None:
+            out = out + self.lora_bias
+        return out * self.scale
+
+    def delta_bias(self) -> torch.Tensor | None:
+        """``Δb = s·b_B`` of a LoRA bias, or ``None``."""
+        if self.lora_bias is None:
+            return None
+        return self.lora_bias.to(self._work_dtype()) * self.scale
 
     def extra_repr(self) -> str:
         kind = "Conv1D" if self.conv1d else "Linear"
@@ -185,6 +207,7 @@ class LoraLinear(LoraLayer):
             B=self.lora_B.detach().clone().cpu(),
             alpha=self.alpha,
             scaling="alpha/sqrt(r)" if self.rslora else "alpha/r",
+            bias=None if self.lora_bias is None else self.lora_bias.detach().clone().cpu(),
         )
 
 

@@ -362,6 +362,37 @@ def parameter_layout(
     return placed
 
 
+def bias_layout(
+    targets: list[str], tensors: dict[str, tuple[str, tuple[int, ...]]], skeleton: ModelSkeleton | None
+) -> dict[str, str]:
+    """Checkpoint tensor name of each target's bias (for a LoRA bias ``Δb = s·b_B``).
+
+    Raises:
+        InvalidAdapterError: listing every target whose layer stores no bias.
+    """
+    from adaptkit.nn.baking import NO_BIAS
+
+    by_module: dict[str, str] = {}
+    if skeleton is not None:
+        for name in sorted(tensors):
+            by_module.setdefault(skeleton.canonical(name), name)
+    placed, problems = {}, []
+    for target in sorted(targets):
+        if skeleton is not None:
+            name = by_module.get(skeleton.canonical(f"{target}.bias"))
+        else:
+            name = next(
+                (c for c in (f"{target}.bias", f"{target}.bias".split(".", 1)[-1]) if c in tensors), None
+            )
+        if name is None or tensors[name][0] not in FLOAT_DTYPES:
+            problems.append(f"{target}: {NO_BIAS}")
+        else:
+            placed[target] = name
+    if problems:
+        raise InvalidAdapterError.from_problems(problems)
+    return placed
+
+
 def _fallback_names(target: str) -> list[str]:
     names = [f"{target}.weight"]
     if "." in target:

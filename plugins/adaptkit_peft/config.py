@@ -25,7 +25,6 @@ MAX_CONFIG_BYTES = 1 << 20
 # to anything but PEFT's default, with the reason shown.
 _REFUSED: dict[str, str] = {
     "use_dora": "DoRA adds magnitude vectors that are not a LoRA update",
-    "lora_bias": "LoRA bias terms (lora_bias) are not LoRA factors",
     "trainable_token_indices": "trainable token embeddings are not LoRA factors",
     "alora_invocation_tokens": "activated LoRA (aLoRA) applies only after invocation tokens",
     "use_qalora": "QA-LoRA pools its inputs, so ΔW is not B@A",
@@ -91,12 +90,6 @@ def load_config(path: Path) -> dict[str, Any]:
     for key, reason in _REFUSED.items():
         if _is_set(cfg.get(key)):
             raise AdaptkitError(f"{key}={cfg[key]!r} is not supported: {reason}", path=path, key=key)
-    if cfg.get("bias", "none") != "none":
-        raise AdaptkitError(
-            f"bias={cfg['bias']!r} is not supported: trained biases are not LoRA factors",
-            path=path,
-            key="bias",
-        )
     init = cfg.get("init_lora_weights")
     if isinstance(init, str) and init.lower().startswith(_BASE_MODIFYING_INITS):
         raise AdaptkitError(

@@ -92,3 +92,99 @@ def test_embedding_lora_is_a_first_class_target(llama_dir, tmp_path, run_cli):
     assert (
         svd.targets["model.embed_tokens"].kind == "embedding" and svd.targets["model.embed_tokens"].rank == 2
     )
+
+
+# --- LoRA bias and trained base biases ----------------------------------------------------------
+
+
+def qwen2(seed=0):
+    """A tiny Qwen2: its q/k/v projections have biases (Llama's have none)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=False,
+    )  # fmt: skip
+    return Qwen2ForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def qwen2_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("qwen2") / "base"
+    qwen2().save_pretrained(folder)
+    return folder
+
+
+BIASES = {
+    "lora_bias": dict(lora_bias=True),
+    "bias_all": dict(bias="all"),
+    "bias_lora_only": dict(bias="lora_only"),
+    "both": dict(bias="lora_only", lora_bias=True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BIASES))
+def test_biases_bake_export_and_round_trip_exactly(case, qwen2_dir, tmp_path, run_cli):
+    from transformers import Qwen2ForCausalLM
+
+    kw = dict(r=4, lora_alpha=8, init_lora_weights=False, target_modules=["q_proj", "v_proj"])
+    adapter_dir = make_published(qwen2(), tmp_path / case, **kw, **BIASES[case])
+    adapter = load_spec(adapter_dir)
+    assert (adapter.targets["model.layers.0.self_attn.q_proj"].bias is not None) == (
+        "lora_bias" in str(BIASES[case])
+    )
+    trained = {m for m, e in adapter.saved.items() if e.origin == "bias"}
+    want_trained = {"all": {"q_proj", "k_proj", "v_proj"}, "lora_only": {"q_proj", "v_proj"}}.get(
+        BIASES[case].get("bias"), set()
+    )
+    assert {m.rsplit(".", 1)[1] for m in trained} == want_trained
+
+    assert_export_matches_peft(run_cli, Qwen2ForCausalLM, qwen2_dir, adapter_dir, tmp_path / "merged", _ids())
+    want, _ = peft_outputs(Qwen2ForCausalLM, qwen2_dir, adapter_dir, _ids())
+    _in_memory_matches(qwen2, adapter_dir, want)
+    back = _round_trips_bit_for_bit(adapter_dir, tmp_path, run_cli)
+    got, _ = peft_outputs(Qwen2ForCausalLM, qwen2_dir, back, _ids())
+    assert float((got - want).abs().max()) < 1e-6
+
+
+def test_lora_biases_combine_exactly_under_linear_strategies(tmp_path):
+    from adaptkit.errors import AdaptkitError
+
+    kw = dict(r=4, lora_alpha=8, init_lora_weights=False, target_modules=["q_proj", "v_proj"], lora_bias=True)
+    a = load_spec(make_published(qwen2(), tmp_path / "a", seed=1, **kw))
+    b = load_spec(make_published(qwen2(), tmp_path / "b", seed=2, **dict(kw, target_modules=["q_proj"])))
+    inputs = [WeightedAdapter(a, 0.5, "a"), WeightedAdapter(b, -1.0, "b")]
+    # The exact sum: bake one, then the other, each at its weight.
+    reference = qwen2()
+    bake_adapter(reference, a, weight=0.5)
+    bake_adapter(reference, b, weight=-1.0)
+    want = outputs(reference, _ids())
+    assert float((want - outputs(qwen2(), _ids())).abs().max()) > 1e-3
+    for strategy in ("linear", "cat"):
+        model = qwen2()
+        bake_adapter(model, combine(inputs, strategy).adapter)
+        assert float((outputs(model, _ids()) - want).abs().max()) < 1e-5, strategy
+    # svd truncates the matrix to its default rank; the bias it sums exactly all the same.
+    q = "model.layers.0.self_attn.q_proj"
+    exact, svd = (combine(inputs, s).adapter.targets[q] for s in ("linear", "svd"))
+    assert torch.allclose(svd.delta_bias(), exact.delta_bias(), atol=1e-6)
+    with pytest.raises(AdaptkitError, match="has a LoRA bias here; strategy 'slerp' blends non-linearly"):
+        combine(inputs, "slerp")
+
+
+def test_lora_bias_on_a_layer_without_bias_is_refused_on_export(llama_dir, tmp_path, run_cli):
+    adapter_dir = make_published(
+        tiny_llama(),
+        tmp_path / "a",
+        r=4,
+        lora_alpha=8,
+        init_lora_weights=False,
+        target_modules=["q_proj"],
+        lora_bias=True,
+    )
+    code, _, err = run_cli(
+        "export", "--merged", "--model", llama_dir, "-a", adapter_dir, "-o", tmp_path / "o"
+    )
+    assert code == 2 and not (tmp_path / "o").exists()
+    assert "q_proj: the adapter has a LoRA bias (lora_bias) but the base layer has no bias" in err

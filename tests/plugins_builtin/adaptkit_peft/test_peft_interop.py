@@ -215,8 +215,8 @@ def _edit_config(path, **changes):
     [
         ({"use_dora": True}, "use_dora=True is not supported"),
         ({"trainable_token_indices": [1, 2]}, "trainable_token_indices=[1, 2] is not supported"),
-        ({"bias": "all"}, "bias='all' is not supported"),
-        ({"lora_bias": True}, "lora_bias=True"),
+        ({"use_qalora": True}, "use_qalora=True is not supported: QA-LoRA pools its inputs"),
+        ({"layer_replication": [[0, 1]]}, "layer_replication=[[0, 1]] is not supported"),
         ({"peft_type": "IA3"}, "unsupported peft_type 'IA3'"),
         ({"r": 0}, "r: 0 is less than the minimum of 1"),
         ({"r": "8"}, "r: '8' is not of type 'integer'"),

@@ -43,12 +43,17 @@ def describe_adapter(adapter: Adapter) -> dict[str, Any]:
         }
         for module, entry in sorted(adapter.saved.items())
     ]
+    tokens = [
+        {"name": module, "tokens": len(entry.indices), "dim": int(entry.values.shape[1])}
+        for module, entry in sorted(adapter.tokens.items())
+    ]
     return {
         "format_version": adapter.format_version,
         "base_model": {k: v for k, v in vars(adapter.base_model).items() if v is not None},
         "producer": {k: v for k, v in vars(adapter.producer).items() if v is not None},
         "targets": targets,
         "saved_modules": saved,
+        "trainable_tokens": tokens,
         "totals": {
             "targets": len(targets),
             "params": adapter.num_params(),

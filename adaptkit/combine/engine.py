@@ -137,10 +137,15 @@ def check_saved_modules(inputs: Sequence[WeightedAdapter], strategy: Any) -> Non
     """
     for i, item in enumerate(inputs):
         trained = sorted(m for m, e in item.adapter.saved.items() if e.origin != "base_layer")
-        if not trained or item.weight == 0:
+        rows = sorted(item.adapter.tokens)
+        if not (trained or rows) or item.weight == 0:
             continue
-        module, name = trained[0], item.name or f"adapter{i}"
-        what = f"adapter {name!r} saves {module} whole ({item.adapter.saved[module].origin})"
+        name = item.name or f"adapter{i}"
+        if trained:
+            module = trained[0]
+            what = f"adapter {name!r} saves {module} whole ({item.adapter.saved[module].origin})"
+        else:
+            what = f"adapter {name!r} saves trainable token rows of {rows[0]} whole"
         if item.weight != 1:
             raise InvalidAdapterError(
                 f"{what}; weight {item.weight:g} would apply to its LoRA updates only, and a saved "
@@ -346,6 +351,7 @@ def combine(
         producer=Producer(version=versions.get("adaptkit"), component=f"strategy:{strategy}"),
         provenance=provenance,
         saved=combined_saved_modules(named),
+        tokens=combined_tokens(named),
     )
     return CombineResult(adapter=adapter, report=report)
 
@@ -405,6 +411,40 @@ def combined_saved_modules(inputs: Sequence[WeightedAdapter]) -> dict[str, Any]:
                     f"{module}: adapters {owner[module]!r} and {item.name!r} both save this module "
                     "whole, with different tensors; a saved module replaces the base's and cannot be "
                     "blended (combine the adapters without one of them, or re-save one without it)"
+                )
+    if problems:
+        raise InvalidAdapterError.from_problems(problems)
+    return out
+
+
+def combined_tokens(inputs: Sequence[WeightedAdapter]) -> dict[str, Any]:
+    """The trainable tokens of a combination: each input's, from inputs of non-zero weight.
+
+    Token rows replace the table's rows whole, as a saved module does: they pass through
+    unchanged, and two inputs training rows of the same table must agree on the token ids and
+    their values.
+
+    Raises:
+        InvalidAdapterError: two inputs train rows of one table differently.
+    """
+    import torch
+
+    out: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    problems = []
+    for item in inputs:
+        if item.weight == 0:
+            continue
+        for module, entry in item.adapter.tokens.items():
+            if module not in out:
+                out[module], owner[module] = entry, item.name
+                continue
+            held = out[module]
+            if held.indices != entry.indices or not torch.equal(held.values, entry.values):
+                problems.append(
+                    f"{module}: adapters {owner[module]!r} and {item.name!r} both train token rows of "
+                    "this table, with different token ids or values; the rows replace the table's and "
+                    "cannot be blended (combine the adapters without one of them)"
                 )
     if problems:
         raise InvalidAdapterError.from_problems(problems)

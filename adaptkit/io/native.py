@@ -22,7 +22,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-from adaptkit.adapter import Adapter, BaseModelInfo, Producer, SavedModule, saved_module_problems
+from adaptkit.adapter import (
+    Adapter,
+    BaseModelInfo,
+    Producer,
+    SavedModule,
+    TrainableTokens,
+    saved_module_problems,
+    token_problems,
+)
 from adaptkit.errors import FormatError, InvalidAdapterError, OutputError
 from adaptkit.io.jsonio import strict_json
 from adaptkit.io.safetensors_strict import read_header, read_tensors
@@ -30,6 +38,8 @@ from adaptkit.lora import LoraPair
 
 #: The safetensors metadata key that holds the manifest.
 MANIFEST_KEY = "adaptkit"
+#: The tensor under a module holding its trainable tokens' rows.
+TOKENS_TENSOR = "trainable_tokens"
 
 _TENSOR_KEY = re.compile(r"^(?P<module>.+)\.(?P<name>lora_A\.weight|lora_B\.weight|lora_B\.bias)$")
 #: Manifest flag of a target -> the extra tensor it declares and the LoraPair field holding it.
@@ -109,6 +119,13 @@ def _assemble(p: Path, manifest: dict[str, Any], tensors: dict[str, Any]) -> Ada
             else:
                 params[param] = tensor
         saved[module] = SavedModule(params=params, origin=entry["origin"])
+    tokens: dict[str, TrainableTokens] = {}
+    for module, entry in sorted((manifest.get("trainable_tokens") or {}).items()):
+        values = tensors.pop(f"{module}.{TOKENS_TENSOR}", None)
+        if values is None:
+            problems.append(f"{module}.{TOKENS_TENSOR}: listed as trainable tokens but missing")
+        else:
+            tokens[module] = TrainableTokens(indices=list(entry["indices"]), values=values)
     for key, tensor in tensors.items():
         m = _TENSOR_KEY.match(key)
         if not m:
@@ -161,6 +178,7 @@ def _assemble(p: Path, manifest: dict[str, Any], tensors: dict[str, Any]) -> Ada
         problems += [f"{module}.{label}: contains NaN or Inf values" for label in pair.check_finite()]
         targets[module] = pair
     problems += saved_module_problems(saved, check_values=True)
+    problems += token_problems(tokens, check_values=True)
     if problems:
         raise InvalidAdapterError.from_problems(problems, path=p)
 
@@ -181,6 +199,7 @@ def _assemble(p: Path, manifest: dict[str, Any], tensors: dict[str, Any]) -> Ada
         provenance=manifest.get("provenance") or {},
         format_version=manifest["format_version"],
         saved=saved,
+        tokens=tokens,
     )
 
 
@@ -212,6 +231,10 @@ def build_manifest(adapter: Adapter) -> dict[str, Any]:
         manifest["saved_modules"] = {
             m: {"params": sorted(e.params), "origin": e.origin} for m, e in sorted(adapter.saved.items())
         }
+    if adapter.tokens:
+        manifest["trainable_tokens"] = {
+            m: {"indices": list(e.indices)} for m, e in sorted(adapter.tokens.items())
+        }
     return manifest
 
 
@@ -239,6 +262,11 @@ def adapter_to_bytes(adapter: Adapter) -> bytes:
             if key in tensors:
                 raise InvalidAdapterError(f"saved module tensor {key!r} collides with a LoRA factor's name")
             tensors[key] = tensor.detach().contiguous().cpu()
+    for module, entry in sorted(adapter.tokens.items()):
+        key = f"{module}.{TOKENS_TENSOR}"
+        if key in tensors:
+            raise InvalidAdapterError(f"trainable tokens tensor {key!r} collides with another tensor's name")
+        tensors[key] = entry.values.detach().contiguous().cpu()
     tensors = unshared(tensors)
     # A single metadata key: safetensors writes metadata from a hash map, so several keys
     # would come out in a random order and identical adapters would differ in bytes.

@@ -99,6 +99,43 @@ def resolve_saved(model: torch.nn.Module, adapter: Adapter) -> list[tuple[Any, A
     return pairs
 
 
+def resolve_tokens(model: torch.nn.Module, adapter: Adapter) -> list[tuple[Any, Any]]:
+    """``(table parameter, TrainableTokens)`` for each of the adapter's trainable tokens.
+
+    Raises:
+        InvalidAdapterError: a table the model lacks, a token id past its rows, rows of
+            another width.
+    """
+    from adaptkit.nn.tensor_edits import token_rows_problems
+
+    modules = dict(model.named_modules())
+    problems, found = [], []
+    for module, rows in sorted(adapter.tokens.items()):
+        table = getattr(modules.get(module), "weight", None)
+        if table is None:
+            problems.append(f"{module}.trainable_tokens: the model has no {module}.weight to replace rows of")
+            continue
+        bad = token_rows_problems(module, rows, tuple(table.shape))
+        problems += bad
+        if not bad:
+            found.append((table, rows))
+    if problems:
+        raise InvalidAdapterError.from_problems(problems)
+    return found
+
+
+def _apply_rows(found: list[tuple[Any, Any]]) -> None:
+    """Replace the token rows in place. On a tied model the table is the head's weight too, so
+    the head's rows follow, as PEFT ties the two token adapters."""
+    import torch
+
+    from adaptkit.nn.tensor_edits import replace_rows
+
+    with torch.no_grad():
+        for table, rows in found:
+            table.copy_(replace_rows(table, rows))
+
+
 def work_dtype(dtype: Any) -> Any:
     """The dtype ``W + ΔW`` is computed in for weights of ``dtype``: float64 for float64,
     float32 otherwise (a 16-bit sum would round ``ΔW`` before it reaches ``W``)."""
@@ -176,12 +213,14 @@ def _changed_names(model: torch.nn.Module, adapter: Adapter) -> list[str]:
 
 
 def apply_saved_modules(model: torch.nn.Module, adapter: Adapter) -> int:
-    """Replace the model's parameters with the adapter's saved modules (PEFT ``modules_to_save``);
-    returns how many tensors were replaced. Not undone by unmerging or detaching. A replaced
-    parameter the model shares with another module (a tied head) is untied first."""
+    """Replace the model's parameters with the adapter's saved modules (PEFT ``modules_to_save``)
+    and the rows of its trainable tokens; returns how many tensors were replaced. Not undone by
+    unmerging or detaching. A replaced parameter the model shares with another module (a tied
+    head) is untied first; token rows go to both (see :mod:`adaptkit.nn.tied`)."""
     import torch
 
     resolve_saved(model, adapter)
+    _apply_rows(resolve_tokens(model, adapter))
     untie(model, [f"{m}.{p}" for m, e in adapter.saved.items() for p in e.params])
     pairs = resolve_saved(model, adapter)
     with torch.no_grad():
@@ -200,14 +239,17 @@ def bake_adapter(model: torch.nn.Module, adapter: Adapter, *, weight: float = 1.
     """
     import torch
 
-    if adapter.saved and weight != 1.0:
+    if (adapter.saved or adapter.tokens) and weight != 1.0:
         raise AdaptkitError(
-            "the adapter saves modules in full; they replace the base's and cannot be baked "
-            f"at weight {weight:g}"
+            "the adapter saves modules or token rows in full; they replace the base's and cannot "
+            f"be baked at weight {weight:g}"
         )
     resolve_saved(model, adapter)
     resolve_targets(model, adapter)
-    untie(model, _changed_names(model, adapter))  # every check first: untying changes the model
+    rows = resolve_tokens(model, adapter)
+    # Every check first: from here the model changes. Token rows go first, to both sides of a tie.
+    _apply_rows(rows)
+    untie(model, _changed_names(model, adapter))
     saved = resolve_saved(model, adapter)
     replaced = {id(param): tensor for param, tensor in saved}
     found = resolve_targets(model, adapter)

@@ -183,6 +183,7 @@ def bake_checkpoint(
         meta_model,
         parameter_layout,
     )
+    from adaptkit.nn.tensor_edits import TensorEdit
     from adaptkit.nn.tied import index_new_tensors, tied_missing, untie_config
 
     files = safetensors_files(folder)
@@ -202,21 +203,22 @@ def bake_checkpoint(
     replace = parameter_layout({k: tuple(t.shape) for k, t in saved_params.items()}, tensors, skeleton, tied)
     replacement = {name: saved_params[param] for param, name in replace.items()}
     biases = bias_layout([t for t, p in adapter.targets.items() if p.bias is not None], tensors, skeleton)
+    rows_at = _token_tables(adapter, tensors, skeleton, tied)
 
     if merge_base not in (None, "original", "dequantized"):
         raise AdaptkitError(f"merge_base must be 'original' or 'dequantized', got {merge_base!r}")
     diagnose = merge_base is not None or adapter.producer.component == "backend:qlora"
     gaps: dict[str, float] = {}
     ratios: dict[str, float] = {}
-    fns: dict[str, Update] = {}  # tensor name -> its update
+    edits: dict[str, TensorEdit] = {}  # tensor name -> what the adapter does to it
+    for name, tensor in replacement.items():
+        edits.setdefault(name, TensorEdit()).replace = tensor
+    for module, name in rows_at.items():
+        edits.setdefault(name, TensorEdit()).rows.append(adapter.tokens[module])
     for target, place in plan.items():
-        pair, tensor_name, conv1d = adapter.targets[target], place.tensor, place.conv1d
+        pair, conv1d = adapter.targets[target], place.conv1d
 
-        def update(
-            W: Any, pair: Any = pair, conv1d: bool = conv1d, target: str = target, name: str = tensor_name
-        ) -> Any:
-            if name in replacement:
-                W = replacement[name].to(W.dtype)
+        def update(W: Any, pair: Any = pair, conv1d: bool = conv1d, target: str = target) -> Any:
             delta = target_delta(pair, W, conv1d=conv1d)
             Wf = W.to(delta.dtype)
             if diagnose:
@@ -228,28 +230,30 @@ def bake_checkpoint(
             ratios[target] = float(delta.norm() / max(float(Wf.norm()), 1e-30))
             return add_delta(Wf, delta, key=target, dtype=W.dtype)
 
-        fns[tensor_name] = update
+        edits.setdefault(place.tensor, TensorEdit()).update = update
     for target, name in biases.items():
 
-        def bias_update(
-            b: Any, pair: Any = adapter.targets[target], name: str = name, target: str = target
-        ) -> Any:
-            if name in replacement:  # a trained bias replaces the base's first
-                b = replacement[name].to(b.dtype)
+        def bias_update(b: Any, pair: Any = adapter.targets[target], target: str = target) -> Any:
             return add_delta(b, pair.delta_bias(work_dtype(b.dtype)), key=f"{target}.bias")
 
-        fns[name] = bias_update
-    for name, tensor in replacement.items():
-        fns.setdefault(name, lambda W, t=tensor: t.to(W.dtype))
+        edits.setdefault(name, TensorEdit()).update = bias_update
     # A weight tied to one the adapter changes, or changed while its source is not, no longer
-    # equals its source: it is written as a tensor of its own, from the source as stored.
-    untied = {head: src for head, src in tied.items() if head in fns or src in fns}
+    # equals its source: it is written as a tensor of its own, from the source as stored. Token
+    # rows are the one change PEFT makes to both sides of a tie (see adaptkit.nn.tied).
+    untied = {
+        head: src
+        for head, src in tied.items()
+        if head in edits or (src in edits and not edits[src].keeps_ties)
+    }
     updates: dict[Path, dict[str, Update]] = {}
     additions: dict[Path, dict[str, tuple[str, Update]]] = {}
     for head, src in untied.items():
-        additions.setdefault(index[src], {})[head] = (src, fns.pop(head, lambda W: W))
-    for name, fn in fns.items():
-        updates.setdefault(index[name], {})[name] = fn
+        head_edit = edits.pop(head, TensorEdit())
+        if not head_edit.rows and src in edits:  # the head's rows follow the embeddings' (PEFT)
+            head_edit.rows = list(edits[src].rows)
+        additions.setdefault(index[src], {})[head] = (src, head_edit)
+    for name, edit in edits.items():
+        updates.setdefault(index[name], {})[name] = edit
 
     largest = 0
     for f in files:
@@ -309,6 +313,34 @@ def nf4_round_trip(W: Any, blocksize: int) -> Any:
         W.to(torch.float32).contiguous(), blocksize=blocksize, compress_statistics=True, quant_type="nf4"
     )
     return dequantize_4bit(packed, state).to(W.dtype)
+
+
+def _token_tables(adapter: Any, tensors: dict[str, Any], skeleton: Any, tied: Any) -> dict[str, str]:
+    """``module -> checkpoint tensor`` of each table whose rows the adapter's trainable tokens
+    replace (a head tied to the embeddings: its own name, written untied), checked to hold them."""
+    from adaptkit.errors import InvalidAdapterError
+    from adaptkit.nn.tensor_edits import token_rows_problems
+
+    stored: dict[str, str] = {}
+    for name in sorted(tensors):
+        stored.setdefault(skeleton.canonical(name) if skeleton is not None else name, name)
+    placed, problems = {}, []
+    for module, rows in sorted(adapter.tokens.items()):
+        param = f"{module}.weight"
+        name = stored.get(skeleton.canonical(param) if skeleton is not None else param)
+        shape = tuple(tensors[name][1]) if name is not None else None
+        if name is None and param in tied:
+            name, shape = param, tuple(tensors[tied[param]][1])
+        if name is None or shape is None:
+            problems.append(
+                f"{module}.trainable_tokens: the base checkpoint has no {param} to replace rows of"
+            )
+            continue
+        problems += token_rows_problems(module, rows, shape)
+        placed[module] = name
+    if problems:
+        raise InvalidAdapterError.from_problems(problems)
+    return placed
 
 
 def _plan(

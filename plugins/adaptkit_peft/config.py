@@ -25,7 +25,6 @@ MAX_CONFIG_BYTES = 1 << 20
 # to anything but PEFT's default, with the reason shown.
 _REFUSED: dict[str, str] = {
     "use_dora": "DoRA adds magnitude vectors that are not a LoRA update",
-    "trainable_token_indices": "trainable token embeddings are not LoRA factors",
     "alora_invocation_tokens": "activated LoRA (aLoRA) applies only after invocation tokens",
     "use_qalora": "QA-LoRA pools its inputs, so ΔW is not B@A",
     "layer_replication": "layer replication changes the base model's structure",

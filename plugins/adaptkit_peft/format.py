@@ -17,10 +17,11 @@ from adaptkit.api import (
     InvalidAdapterError,
     OutputError,
     Producer,
+    TrainableTokens,
 )
 from adaptkit.api.files import ADAPTER_FOLDER
 from adaptkit_peft.config import CONFIG_NAME, load_config, module_rank_alpha, saved_module_names
-from adaptkit_peft.tensors import PREFIX, bias_mode, build_pair, peft_tensors, sort_tensors
+from adaptkit_peft.tensors import PREFIX, bias_mode, build_pair, peft_tensors, sort_tensors, token_indices
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
@@ -78,6 +79,16 @@ class PeftFormat:
             except InvalidAdapterError as exc:
                 problems.append(exc.message)
         saved = found.saved
+        tokens = {}
+        for module, values in sorted(found.tokens.items()):
+            indices = token_indices(cfg, module)
+            if indices is None:
+                problems.append(
+                    f"{PREFIX}{module}.token_adapter.trainable_tokens_delta: trainable token rows, but "
+                    f"{CONFIG_NAME}'s trainable_token_indices names no token ids for {module!r}"
+                )
+                continue
+            tokens[module] = TrainableTokens(indices=indices, values=values)
         problems += [
             f"{PREFIX}{module}.base_layer.*: a saved base weight of {module!r} without LoRA factors"
             for module, entry in saved.items()
@@ -87,7 +98,7 @@ class PeftFormat:
             raise InvalidAdapterError.from_problems(problems, path=weights)
         if not targets:
             raise InvalidAdapterError("no LoRA factors found", path=weights)
-        return Adapter(
+        adapter = Adapter(
             targets=targets,
             base_model=BaseModelInfo(
                 name=cfg.get("base_model_name_or_path"),
@@ -97,7 +108,12 @@ class PeftFormat:
             producer=Producer(component="format:peft"),
             provenance={"converted_from": {"format": "peft", "peft_version": cfg.get("peft_version")}},
             saved=saved,
+            tokens=tokens,
         )
+        problems = adapter.problems()  # what no tensor shows alone: token rows against their ids
+        if problems:
+            raise InvalidAdapterError.from_problems(problems, path=weights)
+        return adapter
 
     def write(self, adapter: Adapter, path: Path, *, overwrite: bool = False) -> Path:
         """Write a PEFT directory that PEFT loads with every target's scale reproduced.
@@ -166,6 +182,7 @@ def peft_config(adapter: Adapter) -> dict[str, Any]:
         "modules_to_save": sorted(m for m, e in adapter.saved.items() if e.origin == "modules_to_save")
         or None,
         "use_dora": False,
+        "trainable_token_indices": {m: list(e.indices) for m, e in sorted(adapter.tokens.items())} or None,
         "init_lora_weights": True,
         "inference_mode": True,
     }

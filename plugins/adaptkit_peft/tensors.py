@@ -10,7 +10,9 @@ PEFT saves, under ``base_model.model.<module>.``:
   trained bias (``bias: "lora_only" | "all"``);
 * ``<param>`` — a saved module's tensor (``modules_to_save``, the heads a ``task_type`` adds,
   matched by plain suffix as PEFT does), or a trained bias of a module that is not a target
-  (``bias: "all"``).
+  (``bias: "all"``);
+* ``token_adapter.trainable_tokens_delta`` — an embedding's trained rows
+  (``trainable_token_indices``; their values, despite the name).
 
 Anything else is refused, naming the key and what it looks like.
 """
@@ -31,6 +33,7 @@ _KEY = re.compile(
     r"(?P<name>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_embedding_A|lora_embedding_B"
     r"|lora_magnitude_vector(?:\.weight)?)$"
 )
+_TOKENS_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.token_adapter\.trainable_tokens_delta$")
 _LINEAR = ("lora_A.weight", "lora_B.weight")
 _EMBEDDING = ("lora_embedding_A", "lora_embedding_B")
 
@@ -53,11 +56,13 @@ class Sorted:
     Attributes:
         factors: ``module -> {PEFT tensor name under the module -> tensor}``.
         saved: ``module -> SavedModule`` (``modules_to_save``, base weights, trained biases).
+        tokens: ``module -> rows`` of trainable tokens (their indices are in the config).
         problems: One line per tensor that is none of these.
     """
 
     factors: dict[str, dict[str, Any]] = field(default_factory=dict)
     saved: dict[str, SavedModule] = field(default_factory=dict)
+    tokens: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
 
@@ -72,7 +77,10 @@ def sort_tensors(tensors: dict[str, Any], listed: list[str], bias_mode: str) -> 
     out = Sorted()
     for key, tensor in sorted(tensors.items()):
         m = _KEY.match(key)
-        if m is None:
+        t = _TOKENS_KEY.match(key)
+        if t is not None and is_module_path(t["module"]):
+            out.tokens[t["module"]] = tensor
+        elif m is None:
             problem = _saved_tensor(key, tensor, listed, bias_mode, out.saved)
             if problem:
                 out.problems.append(problem)
@@ -187,6 +195,10 @@ def peft_tensors(adapter: Any) -> dict[str, Any]:
         if lora_bias:
             bias = pair.bias if pair.bias is not None else torch.zeros(pair.out_features, dtype=B.dtype)
             tensors[f"{PREFIX}{name}.lora_B.bias"] = bias.detach().contiguous().cpu()
+    for module, entry in sorted(adapter.tokens.items()):
+        tensors[f"{PREFIX}{module}.token_adapter.trainable_tokens_delta"] = (
+            entry.values.detach().contiguous().cpu()
+        )
     for module, entry in sorted(adapter.saved.items()):
         # PEFT names a LoRA target's own tensors under base_layer (the module is wrapped).
         wrapped = entry.origin == "base_layer" or (entry.origin == "bias" and module in adapter.targets)
@@ -203,3 +215,13 @@ def bias_mode(adapter: Any) -> str:
     if not owners:
         return "none"
     return "lora_only" if all(m in adapter.targets for m in owners) else "all"
+
+
+def token_indices(cfg: dict[str, Any], module: str) -> list[int] | None:
+    """The token ids of ``module``'s trainable tokens: ``trainable_token_indices`` itself (a list,
+    for the input embeddings), or the entry whose name ``module`` ends with (a dict, as PEFT
+    matches it)."""
+    spec = cfg.get("trainable_token_indices")
+    if isinstance(spec, dict):
+        return next((list(v) for k, v in spec.items() if module.endswith(k)), None)
+    return list(spec) if isinstance(spec, list) else None

@@ -97,14 +97,14 @@ def test_embedding_lora_is_a_first_class_target(llama_dir, tmp_path, run_cli):
 # --- LoRA bias and trained base biases ----------------------------------------------------------
 
 
-def qwen2(seed=0):
+def qwen2(seed=0, tie=False):
     """A tiny Qwen2: its q/k/v projections have biases (Llama's have none)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, tie_word_embeddings=False,
+        num_key_value_heads=2, tie_word_embeddings=tie,
     )  # fmt: skip
     return Qwen2ForCausalLM(config).eval()
 
@@ -188,3 +188,49 @@ def test_lora_bias_on_a_layer_without_bias_is_refused_on_export(llama_dir, tmp_p
     )
     assert code == 2 and not (tmp_path / "o").exists()
     assert "q_proj: the adapter has a LoRA bias (lora_bias) but the base layer has no bias" in err
+
+
+# --- trainable tokens ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_trainable_tokens_replace_rows_exactly(tie, tmp_path, run_cli):
+    import json
+
+    from transformers import Qwen2ForCausalLM
+
+    from adaptkit.errors import AdaptkitError
+
+    base_dir = tmp_path / "base"
+    qwen2(tie=tie).save_pretrained(base_dir)
+    kw = dict(r=4, lora_alpha=8, init_lora_weights=False, target_modules=["q_proj"])
+    adapter_dir = make_published(qwen2(tie=tie), tmp_path / "tt", trainable_token_indices=[3, 5, 120], **kw)
+    adapter = load_spec(adapter_dir)
+    assert adapter.tokens["model.embed_tokens"].indices == [3, 5, 120]
+
+    # The ids fed include the trained tokens, so both the rows and (when tied) the head's matter.
+    ids = {"input_ids": torch.tensor([[3, 9, 5, 120, 7, 3], [120, 1, 2, 5, 5, 4]])}
+    report = assert_export_matches_peft(run_cli, Qwen2ForCausalLM, base_dir, adapter_dir, tmp_path / "m", ids)
+    assert "untied" not in report  # PEFT's token rows follow the tie
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["tie_word_embeddings"] is tie
+    want, _ = peft_outputs(Qwen2ForCausalLM, base_dir, adapter_dir, ids)
+    for build in (lambda: bake_adapter, lambda: lora.load):
+        model = qwen2(tie=tie)
+        build()(model, adapter)
+        assert float((outputs(model, ids) - want).abs().max()) < 1e-5
+    if tie:
+        return
+    _round_trips_bit_for_bit(adapter_dir, tmp_path, run_cli)
+
+    # combine passes agreeing rows through and refuses rows that disagree.
+    again = combine([WeightedAdapter(adapter, 1.0, "a"), WeightedAdapter(adapter, 1.0, "b")], "cat").adapter
+    assert torch.equal(again.tokens["model.embed_tokens"].values, adapter.tokens["model.embed_tokens"].values)
+    other = load_spec(
+        make_published(qwen2(), tmp_path / "tt2", seed=3, trainable_token_indices=[3, 5, 120], **kw)
+    )
+    with pytest.raises(
+        AdaptkitError, match="both train token rows of this table, with different token ids or values"
+    ):
+        combine([WeightedAdapter(adapter, 1.0, "a"), WeightedAdapter(other, 1.0, "b")], "linear")
+    with pytest.raises(AdaptkitError, match=r"saves trainable token rows of model\.embed_tokens whole"):
+        combine([WeightedAdapter(adapter, 0.5, "a")], "linear")

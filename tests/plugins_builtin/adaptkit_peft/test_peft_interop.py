@@ -214,7 +214,7 @@ def _edit_config(path, **changes):
     ("changes", "message"),
     [
         ({"use_dora": True}, "use_dora=True is not supported"),
-        ({"trainable_token_indices": [1, 2]}, "trainable_token_indices=[1, 2] is not supported"),
+        ({"use_bdlora": True}, "use_bdlora=True is not supported: block-diagonal LoRA"),
         ({"use_qalora": True}, "use_qalora=True is not supported: QA-LoRA pools its inputs"),
         ({"layer_replication": [[0, 1]]}, "layer_replication=[[0, 1]] is not supported"),
         ({"peft_type": "IA3"}, "unsupported peft_type 'IA3'"),

@@ -21,6 +21,10 @@ other ``s · B @ A``.
 
 A linear target may also carry a LoRA bias (PEFT's ``lora_bias=True``: ``lora_B`` has a bias
 ``b_B``), which adds ``Δb = s · b_B`` to the layer's bias; it is as linear in the adapter as ``ΔW``.
+
+A DoRA target (PEFT's ``use_dora``) carries a magnitude vector ``m`` and is applied as
+``W' = m ⊙ (W + ΔW) / ‖W + ΔW‖`` (see :mod:`adaptkit.nn.dora`): ``s · B @ A`` is then its
+direction's update, not ``W' − W``.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ class LoraPair:
         explicit_scale: The scale itself, for ``scaling == "explicit"`` only.
         kind: ``"linear"`` or ``"embedding"`` (see the module docstring for the layout).
         bias: ``lora_B``'s bias ``b_B`` (``(out_features,)``), for ``Δb = s · b_B``; linear only.
+        magnitude: DoRA's magnitude ``m``: ``(out_features,)`` for a linear target,
+            ``(in_features,)`` (the embedding dimension) for an embedding; ``None`` for LoRA.
     """
 
     A: torch.Tensor
@@ -68,6 +74,7 @@ class LoraPair:
     explicit_scale: float | None = None
     kind: Kind = "linear"
     bias: torch.Tensor | None = None
+    magnitude: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         problems = self.structure_problems()
@@ -112,6 +119,17 @@ class LoraPair:
                 )
             if self.kind != "linear":
                 problems.append("a LoRA bias needs a linear target (PEFT has none for embeddings)")
+            if self.magnitude is not None:
+                problems.append("a DoRA target takes no LoRA bias (PEFT refuses lora_bias with use_dora)")
+        if self.magnitude is not None:
+            size = self.B.shape[0] if self.kind == "linear" else self.A.shape[1]
+            if tuple(self.magnitude.shape) != (size,):
+                problems.append(f"lora_magnitude_vector is {tuple(self.magnitude.shape)}; expected ({size},)")
+            if str(self.magnitude.dtype).removeprefix("torch.") not in FLOAT_DTYPE_NAMES:
+                dtype = self.magnitude.dtype
+                problems.append(
+                    f"lora_magnitude_vector has dtype {dtype}; expected one of {FLOAT_DTYPE_NAMES}"
+                )
         if self.scaling not in SCALING_MODES:
             problems.append(f"scaling {self.scaling!r} is not one of {SCALING_MODES}")
         elif self.scaling == "explicit":
@@ -132,6 +150,8 @@ class LoraPair:
         out = {"lora_A.weight": self.A, "lora_B.weight": self.B}
         if self.bias is not None:
             out["lora_B.bias"] = self.bias
+        if self.magnitude is not None:
+            out["lora_magnitude_vector"] = self.magnitude
         return out
 
     def check_finite(self) -> list[str]:
@@ -143,9 +163,11 @@ class LoraPair:
 
     @property
     def variant(self) -> str | None:
-        """What makes this update more than a plain linear ``s · B @ A`` (``"embedding LoRA"``,
-        ``"LoRA bias"``), or ``None``: for the paths that take plain LoRA only to name what they
-        refuse."""
+        """What makes this update more than a plain linear ``s · B @ A`` (``"DoRA"``,
+        ``"embedding LoRA"``, ``"LoRA bias"``), or ``None``: for the paths that take plain LoRA
+        only to name what they refuse."""
+        if self.magnitude is not None:
+            return "DoRA" if self.kind == "linear" else "DoRA embedding"
         if self.kind == "embedding":
             return "embedding LoRA"
         return "LoRA bias" if self.bias is not None else None

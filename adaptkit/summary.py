@@ -29,6 +29,7 @@ def describe_adapter(adapter: Adapter) -> dict[str, Any]:
                 "scale": pair.scale,
                 "kind": pair.kind,
                 "lora_bias": pair.bias is not None,
+                "dora": pair.magnitude is not None,
                 "shape": [pair.out_features, pair.in_features],
                 "dtype": str(pair.A.dtype).removeprefix("torch."),
                 "delta_norm": norm,

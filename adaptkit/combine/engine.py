@@ -288,6 +288,12 @@ def combine(
         ]
         if not these:
             continue
+        if any(i.pair.magnitude is not None for i in these):
+            out[target] = _dora_passed_through(these, strat, filled, request, target)
+            report.append(
+                TargetReport(target, 1, out[target].rank, 1.0, 0.0, "DoRA: passed through unchanged")
+            )
+            continue
         ctx = MergeContext(target=target, params=filled, rank=request, seed=seed)
         try:
             result = strat.merge(these, ctx)
@@ -354,6 +360,41 @@ def combine(
         tokens=combined_tokens(named),
     )
     return CombineResult(adapter=adapter, report=report)
+
+
+def _dora_passed_through(
+    these: Sequence[MergeInput], strategy: Any, params: Mapping[str, Any], rank: RankRequest, target: str
+) -> Any:
+    """A DoRA update, unchanged, where that is exactly what the combination means.
+
+    ``W' = m ⊙ (W + ΔW) / ‖W + ΔW‖`` depends on the base weight, so no factored form sums,
+    scales or truncates it (PEFT's ``add_weighted_adapter`` does so anyway, and is wrong). A
+    DoRA target is therefore taken only as the one input on its target, at weight 1, without
+    ``--rank``, under a linear strategy whose parameters leave one input as it is.
+
+    Raises:
+        InvalidAdapterError: any other combination of a DoRA target, naming it and the reason.
+    """
+    one = these[0]
+    identity = all(params.get(k) == v for k, v in (getattr(strategy, "identity_params", None) or {}).items())
+    why = None
+    if len(these) > 1:
+        why = f"adapters {these[0].name!r} and {these[1].name!r} both adapt it"
+    elif one.weight != 1:
+        why = f"adapter {one.name!r} has weight {one.weight:g}"
+    elif rank.k is not None or rank.energy is not None:
+        why = "--rank would truncate it"
+    elif not getattr(strategy, "linear", False) or not identity:
+        why = f"strategy {getattr(strategy, 'name', strategy)!r} with these parameters changes a lone input"
+    if why is not None:
+        raise InvalidAdapterError(
+            f"a DoRA update (m ⊙ (W + ΔW) / ‖W + ΔW‖) depends on the base weight and has no exact "
+            f"factored sum, scaling or truncation, but {why}",
+            key=target,
+            hint="combine a DoRA adapter only with adapters of other targets, at weight 1 (linear or cat, "
+            "no --rank), or export it alone: adaptkit export --merged",
+        )
+    return one.pair
 
 
 def _with_target_extras(pair: Any, these: Sequence[MergeInput], strategy: Any, target: str) -> Any:

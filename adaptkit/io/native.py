@@ -41,9 +41,11 @@ MANIFEST_KEY = "adaptkit"
 #: The tensor under a module holding its trainable tokens' rows.
 TOKENS_TENSOR = "trainable_tokens"
 
-_TENSOR_KEY = re.compile(r"^(?P<module>.+)\.(?P<name>lora_A\.weight|lora_B\.weight|lora_B\.bias)$")
+_TENSOR_KEY = re.compile(
+    r"^(?P<module>.+)\.(?P<name>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_magnitude_vector)$"
+)
 #: Manifest flag of a target -> the extra tensor it declares and the LoraPair field holding it.
-_EXTRAS = {"bias": ("lora_B.bias", "bias")}
+_EXTRAS = {"bias": ("lora_B.bias", "bias"), "dora": ("lora_magnitude_vector", "magnitude")}
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any] | None:

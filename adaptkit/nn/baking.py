@@ -160,17 +160,25 @@ def add_delta(
         AdaptkitError: the result is not finite in ``W``'s dtype (an fp16 overflow, say);
             callers change nothing then.
     """
+    return finite_as(W.to(delta.dtype) + delta.to(W.device), dtype or W.dtype, key=key)
+
+
+def finite_as(new: torch.Tensor, dtype: Any, *, key: str | None = None) -> torch.Tensor:
+    """``new`` cast to ``dtype``, checked finite there.
+
+    Raises:
+        AdaptkitError: a non-finite value (an fp16 overflow, say); callers change nothing then.
+    """
     import torch
 
-    out = dtype or W.dtype
-    new = (W.to(delta.dtype) + delta.to(W.device)).to(out)
-    if not bool(torch.isfinite(new).all()):
+    out = new.to(dtype)
+    if not bool(torch.isfinite(out).all()):
         raise AdaptkitError(
-            f"W + ΔW overflows {out} (non-finite values); nothing was changed",
+            f"W + ΔW overflows {dtype} (non-finite values); nothing was changed",
             key=key,
             hint="bake in float32 or scale the adapter down",
         )
-    return new
+    return out
 
 
 def untie(model: torch.nn.Module, names: list[str]) -> list[str]:
@@ -239,6 +247,8 @@ def bake_adapter(model: torch.nn.Module, adapter: Adapter, *, weight: float = 1.
     """
     import torch
 
+    from adaptkit.nn.dora import target_weight
+
     if (adapter.saved or adapter.tokens) and weight != 1.0:
         raise AdaptkitError(
             "the adapter saves modules or token rows in full; they replace the base's and cannot "
@@ -257,9 +267,9 @@ def bake_adapter(model: torch.nn.Module, adapter: Adapter, *, weight: float = 1.
     with torch.no_grad():
         for name, (module, layout) in found.items():
             W = module.weight
-            delta = target_delta(adapter.targets[name], W, conv1d=layout == "conv1d", weight=weight)
             start = replaced.get(id(W), W).to(W.dtype)  # a saved base weight replaces W first
-            updates.append((W, add_delta(start, delta, key=name)))
+            pair, conv1d = adapter.targets[name], layout == "conv1d"
+            updates.append((W, target_weight(pair, start, conv1d=conv1d, weight=weight, key=name)))
             db = adapter.targets[name].delta_bias(work_dtype(W.dtype))
             if db is not None:  # Δb = s·b_B, onto the bias (or the trained bias replacing it)
                 b = module.bias

@@ -175,7 +175,8 @@ def bake_checkpoint(
     import shutil
 
     from adaptkit.io.models import safetensors_files, side_files
-    from adaptkit.nn.baking import add_delta, target_delta, work_dtype
+    from adaptkit.nn.baking import add_delta, finite_as, target_delta, work_dtype
+    from adaptkit.nn.dora import dora_weight
     from adaptkit.nn.placement import (
         bias_layout,
         build_skeleton,
@@ -227,6 +228,10 @@ def bake_checkpoint(
                 gaps[target] = float((Wf - Wq).norm() / max(float(delta.norm()), 1e-30))
                 if merge_base == "dequantized":
                     Wf = Wq
+            if pair.magnitude is not None:  # DoRA: W' re-normalised, so W' − W is the update
+                new = dora_weight(Wf, delta, pair.magnitude, kind=pair.kind, conv1d=conv1d)
+                ratios[target] = float((new - Wf).norm() / max(float(Wf.norm()), 1e-30))
+                return finite_as(new, W.dtype, key=target)
             ratios[target] = float(delta.norm() / max(float(Wf.norm()), 1e-30))
             return add_delta(Wf, delta, key=target, dtype=W.dtype)
 

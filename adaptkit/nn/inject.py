@@ -222,6 +222,8 @@ def load(
             layer.lora_B.copy_(pair.B)
         if pair.bias is not None:
             layer.lora_bias = nn.Parameter(pair.bias.to(torch_dtype), requires_grad=trainable)
+        if pair.magnitude is not None:
+            layer.lora_magnitude = nn.Parameter(pair.magnitude.to(torch_dtype), requires_grad=trainable)
         layer.lora_A.requires_grad_(trainable)
         layer.lora_B.requires_grad_(trainable)
         replace_module(model, name, layer)

@@ -24,7 +24,6 @@ MAX_CONFIG_BYTES = 1 << 20
 # Settings whose adapters are not a plain sum of s·B@A per module. Each is refused when set
 # to anything but PEFT's default, with the reason shown.
 _REFUSED: dict[str, str] = {
-    "use_dora": "DoRA adds magnitude vectors that are not a LoRA update",
     "alora_invocation_tokens": "activated LoRA (aLoRA) applies only after invocation tokens",
     "use_qalora": "QA-LoRA pools its inputs, so ΔW is not B@A",
     "layer_replication": "layer replication changes the base model's structure",

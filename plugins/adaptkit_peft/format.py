@@ -66,13 +66,6 @@ class PeftFormat:
         rslora = bool(cfg.get("use_rslora", False))
         targets: dict[str, LoraPair] = {}
         for module, tensors_of in sorted(found.factors.items()):
-            if "lora_magnitude_vector" in tensors_of:
-                raise AdaptkitError(
-                    "DoRA magnitude vectors are not supported: a DoRA update is not s·B@A",
-                    path=weights,
-                    key=f"{PREFIX}{module}.lora_magnitude_vector",
-                    hint="merge it with PEFT (merge_and_unload) and export the merged model instead",
-                )
             r, alpha = module_rank_alpha(cfg, module, folder / CONFIG_NAME)
             try:
                 targets[module] = build_pair(module, tensors_of, r, alpha, rslora)
@@ -134,6 +127,14 @@ class PeftFormat:
         if out.exists() and not overwrite:
             raise OutputError("output exists", path=out, hint="pass --force to replace it")
         adapter.validate()
+        dora = sorted(t for t, p in adapter.targets.items() if p.magnitude is not None)
+        if dora and len(dora) != len(adapter.targets):
+            plain = sorted(set(adapter.targets) - set(dora))[0]
+            raise AdaptkitError(
+                f"{dora[0]} is a DoRA target but {plain} is not; PEFT's use_dora applies to every "
+                "target, and a plain target's magnitude would need the base weight",
+                hint="write it in the native format (--to adaptkit), or export it merged",
+            )
         cfg = peft_config(adapter)
         from adaptkit.api.files import unshared
 
@@ -181,7 +182,7 @@ def peft_config(adapter: Adapter) -> dict[str, Any]:
         "lora_bias": any(p.bias is not None for p in adapter.targets.values()),
         "modules_to_save": sorted(m for m, e in adapter.saved.items() if e.origin == "modules_to_save")
         or None,
-        "use_dora": False,
+        "use_dora": any(p.magnitude is not None for p in adapter.targets.values()),
         "trainable_token_indices": {m: list(e.indices) for m, e in sorted(adapter.tokens.items())} or None,
         "init_lora_weights": True,
         "inference_mode": True,

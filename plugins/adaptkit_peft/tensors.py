@@ -6,6 +6,7 @@ PEFT saves, under ``base_model.model.<module>.``:
   ``lora_bias=True``;
 * ``lora_embedding_A`` / ``lora_embedding_B`` — an embedding LoRA's factors, transposed
   (:mod:`adaptkit.api` ``LoraPair`` keeps them in the table's layout);
+* ``lora_magnitude_vector`` — a DoRA target's magnitude (``use_dora``);
 * ``base_layer.<param>`` — a LoRA target's own base weight (embeddings, ``lm_head``), or its
   trained bias (``bias: "lora_only" | "all"``);
 * ``<param>`` — a saved module's tensor (``modules_to_save``, the heads a ``task_type`` adds,
@@ -160,6 +161,7 @@ def build_pair(module: str, found: dict[str, Any], rank: int, alpha: float, rslo
             scaling="alpha/sqrt(r)" if rslora else "alpha/r",
             kind="embedding" if embedding else "linear",
             bias=found.get("lora_B.bias"),
+            magnitude=found.get("lora_magnitude_vector"),
         )
     except InvalidAdapterError as exc:
         raise InvalidAdapterError(f"{where}: {exc.message}") from None
@@ -172,7 +174,7 @@ def build_pair(module: str, found: dict[str, Any], rank: int, alpha: float, rslo
 def _peft_name(label: str, pair: Any) -> str:
     """PEFT's name for the tensor :meth:`LoraPair.tensors` calls ``label``."""
     if pair.kind == "embedding":
-        return {"lora_A.weight": "lora_embedding_B", "lora_B.weight": "lora_embedding_A"}[label]
+        return {"lora_A.weight": "lora_embedding_B", "lora_B.weight": "lora_embedding_A"}.get(label, label)
     return label
 
 
@@ -186,6 +188,8 @@ def peft_tensors(adapter: Any) -> dict[str, Any]:
     tensors = {}
     for name, pair in sorted(adapter.targets.items()):
         A, B = pair.A.detach().cpu(), pair.B.detach().cpu()
+        if pair.magnitude is not None:
+            tensors[f"{PREFIX}{name}.lora_magnitude_vector"] = pair.magnitude.detach().contiguous().cpu()
         if pair.kind == "embedding":
             tensors[f"{PREFIX}{name}.lora_embedding_A"] = B.T.contiguous()
             tensors[f"{PREFIX}{name}.lora_embedding_B"] = A.T.contiguous()

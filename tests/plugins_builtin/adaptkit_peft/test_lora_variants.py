@@ -234,3 +234,107 @@ def test_trainable_tokens_replace_rows_exactly(tie, tmp_path, run_cli):
         combine([WeightedAdapter(adapter, 1.0, "a"), WeightedAdapter(other, 1.0, "b")], "linear")
     with pytest.raises(AdaptkitError, match=r"saves trainable token rows of model\.embed_tokens whole"):
         combine([WeightedAdapter(adapter, 0.5, "a")], "linear")
+
+
+# --- DoRA ----------------------------------------------------------------------------------------
+
+
+def _gpt2_model():
+    from tests.helpers.models import tiny_gpt2
+
+    return tiny_gpt2()
+
+
+DORA = {  # base builder, its class name, LoRA settings
+    "llama": (tiny_llama, "LlamaForCausalLM", dict(target_modules=["q_proj", "v_proj", "down_proj"])),
+    "llama-embedding": (tiny_llama, "LlamaForCausalLM", dict(target_modules=["embed_tokens", "o_proj"])),
+    "gpt2-conv1d": (
+        _gpt2_model,
+        "GPT2LMHeadModel",
+        dict(target_modules=["c_attn", "c_proj"], fan_in_fan_out=True),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DORA))
+def test_dora_bakes_exports_and_round_trips_exactly(case, tmp_path, run_cli):
+    import transformers
+
+    build, cls_name, settings = DORA[case]
+    cls = getattr(transformers, cls_name)
+    build().save_pretrained(tmp_path / "base")
+    adapter_dir = make_published(
+        build(), tmp_path / "dora", r=4, lora_alpha=8, init_lora_weights=False, use_dora=True, **settings
+    )
+    adapter = load_spec(adapter_dir)
+    assert all(p.magnitude is not None for p in adapter.targets.values())
+    code, out, err = run_cli("inspect", adapter_dir, "--json")
+    assert code == 0 and all(t["dora"] for t in __import__("json").loads(out)["targets"]), err
+
+    assert_export_matches_peft(run_cli, cls, tmp_path / "base", adapter_dir, tmp_path / "merged", _ids())
+    want, _ = peft_outputs(cls, tmp_path / "base", adapter_dir, _ids())
+    _in_memory_matches(build, adapter_dir, want)
+    model = build()  # attached, baked, unbaked, baked again: bake and unbake are each other's inverse
+    lora.load(model, adapter)
+    lora.bake(model)
+    lora.unbake(model)
+    lora.detach(model, bake_first=True)
+    assert float((outputs(model, _ids()) - want).abs().max()) < 1e-5
+    back = _round_trips_bit_for_bit(adapter_dir, tmp_path, run_cli)
+    got, _ = peft_outputs(cls, tmp_path / "base", back, _ids())
+    assert float((got - want).abs().max()) < 1e-6
+
+
+def test_dora_combines_only_alone_on_its_targets(tmp_path):
+    from adaptkit.errors import AdaptkitError
+
+    kw = dict(r=4, lora_alpha=8, init_lora_weights=False)
+    dora = load_spec(
+        make_published(tiny_llama(), tmp_path / "d", use_dora=True, target_modules=["q_proj"], **kw)
+    )
+    other = load_spec(make_published(tiny_llama(), tmp_path / "o", seed=2, target_modules=["v_proj"], **kw))
+    same = load_spec(make_published(tiny_llama(), tmp_path / "s", seed=3, target_modules=["q_proj"], **kw))
+    # Other targets beside it: exact, the DoRA targets pass through as they are.
+    both = combine([WeightedAdapter(dora, 1.0, "d"), WeightedAdapter(other, 0.5, "o")], "linear").adapter
+    q = "model.layers.0.self_attn.q_proj"
+    assert torch.equal(both.targets[q].magnitude, dora.targets[q].magnitude)
+    reference = tiny_llama()
+    bake_adapter(reference, dora)
+    bake_adapter(reference, other, weight=0.5)
+    model = tiny_llama()
+    bake_adapter(model, both)
+    assert float((outputs(model, _ids()) - outputs(reference, _ids())).abs().max()) < 1e-5
+    refusals = [
+        ([WeightedAdapter(dora, 1.0, "d"), WeightedAdapter(same, 1.0, "s")], {}, "'d' and 's' both adapt it"),
+        ([WeightedAdapter(dora, 0.5, "d")], {}, "'d' has weight 0.5"),
+        ([WeightedAdapter(dora, -1.0, "d")], {}, "'d' has weight -1"),
+        ([WeightedAdapter(dora, 1.0, "d")], {"rank": 2}, "--rank would truncate it"),
+    ]
+    for inputs, extra, why in refusals:
+        with pytest.raises(AdaptkitError, match=r"a DoRA update .* has no exact factored sum") as info:
+            combine(inputs, "linear", **extra)
+        assert why in str(info.value) and q in str(info.value)
+
+
+def test_dora_onnx_export_matches_peft(llama_dir, tmp_path, run_cli):
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+    from transformers import LlamaForCausalLM
+
+    adapter_dir = make_published(
+        tiny_llama(), tmp_path / "dora", r=4, lora_alpha=8, init_lora_weights=False, use_dora=True,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+    )  # fmt: skip
+    code, out, err = run_cli(
+        "export", "--onnx", "--model", llama_dir, "-a", adapter_dir, "-o", tmp_path / "onnx", "--json"
+    )
+    assert code == 0, err
+    assert max(p["max_abs"] for p in json.loads(out)["parity"]) < 1e-4
+    want, base = peft_outputs(LlamaForCausalLM, llama_dir, adapter_dir, _ids())
+    sess = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    ids = _ids()["input_ids"].numpy()
+    got = sess.run(["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+    assert np.abs(got - want.numpy()).max() < 1e-4
+    assert float((want - base).abs().max()) > 1e-2

@@ -213,7 +213,10 @@ def _edit_config(path, **changes):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"use_dora": True}, "use_dora=True is not supported"),
+        (
+            {"alora_invocation_tokens": [5, 6]},
+            "alora_invocation_tokens=[5, 6] is not supported: activated LoRA",
+        ),
         ({"use_bdlora": True}, "use_bdlora=True is not supported: block-diagonal LoRA"),
         ({"use_qalora": True}, "use_qalora=True is not supported: QA-LoRA pools its inputs"),
         ({"layer_replication": [[0, 1]]}, "layer_replication=[[0, 1]] is not supported"),
@@ -239,12 +242,6 @@ def test_non_finite_config_numbers_refused(tmp_path):
     text = (path / "adapter_config.json").read_text().replace('"lora_alpha": 8', '"lora_alpha": NaN')
     (path / "adapter_config.json").write_text(text)
     with pytest.raises(AdaptkitError, match="non-finite number NaN"):
-        load_spec(path)
-
-
-def test_real_dora_adapter_refused(tmp_path):
-    path = _valid_dir(tmp_path, "dora", use_dora=True)
-    with pytest.raises(AdaptkitError, match="use_dora"):
         load_spec(path)
 
 

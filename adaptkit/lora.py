@@ -22,6 +22,12 @@ other ``s · B @ A``.
 A linear target may also carry a LoRA bias (PEFT's ``lora_bias=True``: ``lora_B`` has a bias
 ``b_B``), which adds ``Δb = s · b_B`` to the layer's bias; it is as linear in the adapter as ``ΔW``.
 
+An ``"experts"`` target is one 3-D parameter holding a mixture of experts' weights (PEFT's
+``target_parameters`` on ``mlp.experts.gate_up_proj`` and kin): each of its ``E`` experts has
+its own LoRA, so the factors are stacked, ``A: (E, r, in)``, ``B: (E, out, r)``, and
+``ΔW[e] = s · B[e] @ A[e]`` (``out × in`` as PEFT counts the expert's features; see
+:mod:`adaptkit.nn.experts` for where that lands in the parameter).
+
 A DoRA target (PEFT's ``use_dora``) carries a magnitude vector ``m`` and is applied as
 ``W' = m ⊙ (W + ΔW) / ‖W + ΔW‖`` (see :mod:`adaptkit.nn.dora`): ``s · B @ A`` is then its
 direction's update, not ``W' − W``.
@@ -40,8 +46,9 @@ if TYPE_CHECKING:
 
 Scaling = Literal["alpha/r", "alpha/sqrt(r)", "explicit"]
 SCALING_MODES: tuple[str, ...] = get_args(Scaling)
-Kind = Literal["linear", "embedding"]
-#: What a target adapts: a linear layer (``nn.Linear`` / ``Conv1D``) or an ``nn.Embedding``.
+Kind = Literal["linear", "embedding", "experts"]
+#: What a target adapts: a linear layer (``nn.Linear`` / ``Conv1D``), an ``nn.Embedding``, or a
+#: 3-D parameter of stacked experts' weights.
 TARGET_KINDS: tuple[str, ...] = get_args(Kind)
 #: dtypes a LoRA factor may have on disk and in memory.
 FLOAT_DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
@@ -61,7 +68,8 @@ class LoraPair:
         alpha: LoRA alpha; required unless ``scaling == "explicit"``.
         scaling: How the scale follows from ``alpha`` and the rank.
         explicit_scale: The scale itself, for ``scaling == "explicit"`` only.
-        kind: ``"linear"`` or ``"embedding"`` (see the module docstring for the layout).
+        kind: ``"linear"``, ``"embedding"`` or ``"experts"`` (see the module docstring for the
+            layouts; only ``"experts"`` has 3-D factors, one LoRA per expert).
         bias: ``lora_B``'s bias ``b_B`` (``(out_features,)``), for ``Δb = s · b_B``; linear only.
         magnitude: DoRA's magnitude ``m``: ``(out_features,)`` for a linear target,
             ``(in_features,)`` (the embedding dimension) for an embedding; ``None`` for LoRA.
@@ -89,24 +97,30 @@ class LoraPair:
     def structure_problems(self) -> list[str]:
         """Every structural problem of this pair (empty when valid)."""
         problems = []
+        ndim = 3 if self.kind == "experts" else 2
         for label, t in (("lora_A", self.A), ("lora_B", self.B)):
-            if t.ndim != 2:
-                problems.append(f"{label} must be 2-D, got shape {tuple(t.shape)}")
+            if t.ndim != ndim:
+                what = "3-D (experts, ·, ·) for an experts target" if ndim == 3 else "2-D"
+                problems.append(f"{label} must be {what}, got shape {tuple(t.shape)}")
             if str(t.dtype).removeprefix("torch.") not in FLOAT_DTYPE_NAMES:
                 problems.append(f"{label} has dtype {t.dtype}; expected one of {FLOAT_DTYPE_NAMES}")
         if problems:
             return problems
-        r = self.A.shape[0]
+        r = self.A.shape[-2]
         if r < 1:
             problems.append("rank must be >= 1 (lora_A has 0 rows)")
-        if self.A.shape[1] < 1:
+        if self.A.shape[-1] < 1:
             problems.append(f"lora_A is {tuple(self.A.shape)}: in_features must be >= 1")
-        if self.B.shape[0] < 1:
+        if self.B.shape[-2] < 1:
             problems.append(f"lora_B is {tuple(self.B.shape)}: out_features must be >= 1")
-        if self.B.shape[1] != r:
+        if self.B.shape[-1] != r:
             problems.append(
                 f"rank mismatch: lora_A is {tuple(self.A.shape)} (r={r}) but lora_B is "
-                f"{tuple(self.B.shape)} (r={self.B.shape[1]})"
+                f"{tuple(self.B.shape)} (r={self.B.shape[-1]})"
+            )
+        if ndim == 3 and (self.A.shape[0] != self.B.shape[0] or self.A.shape[0] < 1):
+            problems.append(
+                f"experts mismatch: lora_A is {tuple(self.A.shape)} but lora_B is {tuple(self.B.shape)}"
             )
         if self.kind not in TARGET_KINDS:
             problems.append(f"kind {self.kind!r} is not one of {TARGET_KINDS}")
@@ -118,10 +132,12 @@ class LoraPair:
                     f"lora_B.bias has dtype {self.bias.dtype}; expected one of {FLOAT_DTYPE_NAMES}"
                 )
             if self.kind != "linear":
-                problems.append("a LoRA bias needs a linear target (PEFT has none for embeddings)")
+                problems.append("a LoRA bias needs a linear target (PEFT has none for embeddings or experts)")
             if self.magnitude is not None:
                 problems.append("a DoRA target takes no LoRA bias (PEFT refuses lora_bias with use_dora)")
-        if self.magnitude is not None:
+        if self.magnitude is not None and self.kind == "experts":
+            problems.append("an experts target takes no DoRA magnitude (PEFT refuses use_dora there)")
+        elif self.magnitude is not None:
             size = self.B.shape[0] if self.kind == "linear" else self.A.shape[1]
             if tuple(self.magnitude.shape) != (size,):
                 problems.append(f"lora_magnitude_vector is {tuple(self.magnitude.shape)}; expected ({size},)")
@@ -170,20 +186,34 @@ class LoraPair:
             return "DoRA" if self.kind == "linear" else "DoRA embedding"
         if self.kind == "embedding":
             return "embedding LoRA"
+        if self.kind == "experts":
+            return "LoRA on experts"
         return "LoRA bias" if self.bias is not None else None
 
     @property
     def rank(self) -> int:
-        """``r``, taken from the factor shapes."""
-        return int(self.A.shape[0])
+        """``r``, taken from the factor shapes (each expert's, for an experts target)."""
+        return int(self.A.shape[-2])
 
     @property
     def in_features(self) -> int:
-        return int(self.A.shape[1])
+        return int(self.A.shape[-1])
 
     @property
     def out_features(self) -> int:
-        return int(self.B.shape[0])
+        return int(self.B.shape[-2])
+
+    @property
+    def experts(self) -> int | None:
+        """``E``, the number of experts of an experts target (``None`` for the other kinds)."""
+        return int(self.A.shape[0]) if self.kind == "experts" else None
+
+    def expert_pairs(self) -> list[LoraPair]:
+        """An experts target as one linear pair per expert (same scale): what ``combine`` merges."""
+        return [
+            LoraPair(A=a, B=b, alpha=self.alpha, scaling=self.scaling, explicit_scale=self.explicit_scale)
+            for a, b in zip(self.A, self.B, strict=True)
+        ]
 
     @property
     def scale(self) -> float:
@@ -197,7 +227,8 @@ class LoraPair:
         return self.alpha / self.rank
 
     def delta(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The dense update ``s · B @ A`` (``out × in``), in float32 unless ``dtype`` is given.
+        """The dense update ``s · B @ A`` (``out × in``; ``E × out × in`` for experts), in float32
+        unless ``dtype`` is given.
 
         Use ``torch.float64`` for reference checks.
         """
@@ -216,7 +247,7 @@ class LoraPair:
 
         a = self.A.to(torch.float64)
         b = self.B.to(torch.float64)
-        sq = float(((b.T @ b) * (a @ a.T)).sum())
+        sq = float(((b.mT @ b) * (a @ a.mT)).sum())  # summed over experts, for an experts target
         return abs(self.scale) * math.sqrt(max(sq, 0.0))
 
     def delta_bias(self, dtype: torch.dtype | None = None) -> torch.Tensor | None:

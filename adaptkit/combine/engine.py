@@ -170,6 +170,7 @@ def _align(inputs: Sequence[WeightedAdapter], intersect: bool) -> list[str]:
     for item in inputs:
         for name, pair in item.adapter.targets.items():
             shape = (pair.out_features, pair.in_features)
+            shape = shape if pair.experts is None else (pair.experts, *shape)
             if name in kinds and kinds[name][0] != pair.kind:
                 raise InvalidAdapterError(
                     f"kind clash: {item.name!r} adapts it as {pair.kind} but {kinds[name][1]!r} as "
@@ -182,8 +183,8 @@ def _align(inputs: Sequence[WeightedAdapter], intersect: bool) -> list[str]:
             if name in shapes and shapes[name][0] != shape:
                 other_shape, other = shapes[name]
                 raise InvalidAdapterError(
-                    f"shape clash: {item.name!r} has {shape[0]}×{shape[1]} but {other!r} has "
-                    f"{other_shape[0]}×{other_shape[1]}",
+                    f"shape clash: {item.name!r} has {'×'.join(map(str, shape))} but {other!r} has "
+                    f"{'×'.join(map(str, other_shape))}",
                     path=item.source,
                     key=name,
                     hint="the adapters were made for different base models",
@@ -251,7 +252,6 @@ def combine(
     Returns:
         The combined adapter (scale folded into its factors) and a per-target report.
     """
-    import torch
 
     from adaptkit.adapter import Adapter, BaseModelInfo, Producer
     from adaptkit.plugins import get_registry
@@ -294,23 +294,11 @@ def combine(
                 TargetReport(target, 1, out[target].rank, 1.0, 0.0, "DoRA: passed through unchanged")
             )
             continue
-        ctx = MergeContext(target=target, params=filled, rank=request, seed=seed)
-        try:
-            result = strat.merge(these, ctx)
-        except torch.linalg.LinAlgError:
-            # Decompositions fail to converge exactly when weight × factors overflow to inf.
-            raise InvalidAdapterError(
-                "the weighted update overflows (NaN/Inf in the decomposition); lower the weights",
-                key=target,
-            ) from None
+        if these[0].pair.kind == "experts":  # one LoRA per expert: merged expert by expert
+            result = _merge_experts(strat, these, MergeContext(target, filled, request, seed), strategy)
+        else:
+            result = _merge_one(strat, these, MergeContext(target, filled, request, seed), strategy)
         pair = result.pair
-        expected = (these[0].pair.out_features, these[0].pair.in_features)
-        if (pair.out_features, pair.in_features) != expected:
-            raise AdaptkitError(
-                f"strategy {strategy!r} returned shape {pair.out_features}×{pair.in_features}, "
-                f"expected {expected[0]}×{expected[1]}",
-                key=target,
-            )
         pair = _with_target_extras(pair, these, strat, target)
         bad = pair.check_finite()
         if bad:
@@ -360,6 +348,61 @@ def combine(
         tokens=combined_tokens(named),
     )
     return CombineResult(adapter=adapter, report=report)
+
+
+def _merge_one(strategy: Any, these: Sequence[MergeInput], ctx: MergeContext, name: str) -> MergeResult:
+    """The strategy's merge of one target, its output checked to keep the target's shape."""
+    import torch
+
+    try:
+        result = strategy.merge(these, ctx)
+    except torch.linalg.LinAlgError:
+        # Decompositions fail to converge exactly when weight × factors overflow to inf.
+        raise InvalidAdapterError(
+            "the weighted update overflows (NaN/Inf in the decomposition); lower the weights",
+            key=ctx.target,
+        ) from None
+    pair = result.pair
+    expected = (these[0].pair.out_features, these[0].pair.in_features)
+    if pair.kind == "experts" or (pair.out_features, pair.in_features) != expected:
+        raise AdaptkitError(
+            f"strategy {name!r} returned shape {'×'.join(map(str, pair.A.shape[:-2]))}"
+            f"{pair.out_features}×{pair.in_features}, expected {expected[0]}×{expected[1]}",
+            key=ctx.target,
+        )
+    return result
+
+
+def _merge_experts(strategy: Any, these: Sequence[MergeInput], ctx: MergeContext, name: str) -> MergeResult:
+    """An experts target merged expert by expert: each expert's ``Σ wᵢ·ΔWᵢ[e]`` (or the
+    strategy's blend) from that expert's LoRAs alone, exactly as for any linear target, then
+    stacked again. Experts whose results have fewer directions are padded with zero ones (the same
+    update), each expert's scale folded into its ``B``: ``alpha = rank``, scale 1."""
+    import torch
+
+    from adaptkit.lora import LoraPair
+
+    experts = these[0].pair.experts or 0
+    split = [i.pair.expert_pairs() for i in these]
+    results = []
+    for e in range(experts):
+        inputs = [dataclasses.replace(i, pair=pairs[e]) for i, pairs in zip(these, split, strict=True)]
+        results.append(
+            _merge_one(strategy, inputs, dataclasses.replace(ctx, target=f"{ctx.target}.{e}"), name)
+        )
+    rank = max(r.pair.rank for r in results)
+    A = torch.zeros(experts, rank, results[0].pair.in_features)
+    B = torch.zeros(experts, results[0].pair.out_features, rank)
+    for e, r in enumerate(results):
+        A[e, : r.pair.rank] = r.pair.A.float()
+        B[e, :, : r.pair.rank] = r.pair.B.float() * r.pair.scale
+    notes = sorted({r.note for r in results if r.note})
+    return MergeResult(
+        pair=LoraPair(A=A, B=B, alpha=float(rank), kind="experts"),
+        energy=min(r.energy for r in results),
+        relative_error=max(r.relative_error for r in results),
+        note="; ".join(notes) or None,
+    )
 
 
 def _dora_passed_through(

@@ -159,7 +159,7 @@ def _assemble(p: Path, manifest: dict[str, Any], tensors: dict[str, Any]) -> Ada
         if bad:
             continue
         A, B = pair_tensors["lora_A.weight"], pair_tensors["lora_B.weight"]
-        if A.ndim == 2 and A.shape[0] != entry["rank"]:
+        if A.ndim >= 2 and A.shape[-2] != entry["rank"]:
             problems.append(
                 f"{module}.lora_A.weight: shape {tuple(A.shape)} disagrees with manifest rank {entry['rank']}"
             )

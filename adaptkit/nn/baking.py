@@ -37,11 +37,12 @@ def resolve_targets(model: torch.nn.Module, adapter: Adapter) -> dict[str, tuple
     modules = dict(model.named_modules())
     problems: list[str] = []
     found: dict[str, tuple[Any, str]] = {}
-    missing = sorted(t for t in adapter.targets if t not in modules)
+    targets = {t: p for t, p in adapter.targets.items() if p.kind != "experts"}  # parameters, not modules
+    missing = sorted(t for t in targets if t not in modules)
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         problems.append(f"targets not in the model: {shown}")
-    for name, pair in sorted(adapter.targets.items()):
+    for name, pair in sorted(targets.items()):
         if name not in modules:
             continue
         module = modules[name]
@@ -147,7 +148,7 @@ def work_dtype(dtype: Any) -> Any:
 def target_delta(pair: Any, W: torch.Tensor, *, conv1d: bool, weight: float = 1.0) -> torch.Tensor:
     """``weight·ΔW`` of ``pair`` in ``W``'s layout (``in × out`` for Conv1D) and work dtype."""
     delta = pair.delta(work_dtype(W.dtype)) * weight
-    return delta.T if conv1d else delta
+    return delta.mT if conv1d else delta  # the last two dims: an experts target's (E, out, in) too
 
 
 def add_delta(
@@ -216,7 +217,7 @@ def untie(model: torch.nn.Module, names: list[str]) -> list[str]:
 def _changed_names(model: torch.nn.Module, adapter: Adapter) -> list[str]:
     """Every ``module.param`` baking ``adapter`` changes (target weights, saved parameters)."""
     modules = dict(model.named_modules())
-    names = [f"{t}.weight" for t in adapter.targets if t in modules]
+    names = [f"{t}.weight" for t, p in adapter.targets.items() if t in modules and p.kind != "experts"]
     return names + [f"{m}.{p}" for m, e in adapter.saved.items() if m in modules for p in e.params]
 
 
@@ -248,6 +249,7 @@ def bake_adapter(model: torch.nn.Module, adapter: Adapter, *, weight: float = 1.
     import torch
 
     from adaptkit.nn.dora import target_weight
+    from adaptkit.nn.experts import resolve_live
 
     if (adapter.saved or adapter.tokens) and weight != 1.0:
         raise AdaptkitError(
@@ -256,6 +258,7 @@ def bake_adapter(model: torch.nn.Module, adapter: Adapter, *, weight: float = 1.
         )
     resolve_saved(model, adapter)
     resolve_targets(model, adapter)
+    experts = resolve_live(model, {t: p for t, p in adapter.targets.items() if p.kind == "experts"})
     rows = resolve_tokens(model, adapter)
     # Every check first: from here the model changes. Token rows go first, to both sides of a tie.
     _apply_rows(rows)
@@ -275,6 +278,15 @@ def bake_adapter(model: torch.nn.Module, adapter: Adapter, *, weight: float = 1.
                 b = module.bias
                 start = replaced.get(id(b), b).to(b.dtype)
                 updates.append((b, add_delta(start, db * weight, key=f"{name}.bias")))
+        for name, (P, transposed) in experts.items():  # P[e] += ΔW[e] (ᵀ), as PEFT adds it
+            updates.append(
+                (
+                    P,
+                    add_delta(
+                        P, target_delta(adapter.targets[name], P, conv1d=transposed, weight=weight), key=name
+                    ),
+                )
+            )
         for param, tensor in saved:
             param.copy_(tensor.to(param.dtype))
         for W, new in updates:

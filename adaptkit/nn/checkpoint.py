@@ -177,6 +177,7 @@ def bake_checkpoint(
     from adaptkit.io.models import safetensors_files, side_files
     from adaptkit.nn.baking import add_delta, finite_as, target_delta, work_dtype
     from adaptkit.nn.dora import dora_weight
+    from adaptkit.nn.experts import checkpoint_layout, expert_delta
     from adaptkit.nn.placement import (
         bias_layout,
         build_skeleton,
@@ -200,6 +201,9 @@ def bake_checkpoint(
     skeleton = build_skeleton(folder, model)
     tied = tied_missing(model, tensors, skeleton)  # e.g. lm_head.weight, stored as the embeddings
     plan = _plan(adapter, tensors, folder, skeleton, tied)
+    experts = {t: p for t, p in adapter.targets.items() if p.kind == "experts"}
+    canonical = skeleton.canonical if skeleton is not None else (lambda name: name)
+    expert_slices = checkpoint_layout(experts, tensors, model, canonical)
     saved_params = {f"{m}.{k}": t for m, e in adapter.saved.items() for k, t in e.params.items()}
     replace = parameter_layout({k: tuple(t.shape) for k, t in saved_params.items()}, tensors, skeleton, tied)
     replacement = {name: saved_params[param] for param, name in replace.items()}
@@ -236,6 +240,21 @@ def bake_checkpoint(
             return add_delta(Wf, delta, key=target, dtype=W.dtype)
 
         edits.setdefault(place.tensor, TensorEdit()).update = update
+    for target, slices in expert_slices.items():
+        for piece in slices:
+
+            def expert_update(
+                W: Any, pair: Any = experts[target], piece: Any = piece, target: str = target
+            ) -> Any:
+                if piece.expert is None:  # the whole (E, ·, ·) parameter
+                    delta = target_delta(pair, W, conv1d=piece.transposed)
+                else:  # one expert's tensor: its rows of ΔW[e]
+                    delta = expert_delta(pair, piece.expert, work_dtype(W.dtype))[slice(*piece.rows)]
+                ratio = float(delta.norm() / max(float(W.float().norm()), 1e-30))
+                ratios[target] = max(ratios.get(target, 0.0), ratio)
+                return add_delta(W, delta, key=target)
+
+            edits.setdefault(piece.tensor, TensorEdit()).update = expert_update
     for target, name in biases.items():
 
         def bias_update(b: Any, pair: Any = adapter.targets[target], target: str = target) -> Any:
@@ -282,7 +301,7 @@ def bake_checkpoint(
         untie_config(out)
         index_new_tensors(out, {head: index[src].name for head, src in untied.items()})
     report: dict[str, Any] = {
-        "targets_baked": len(plan),
+        "targets_baked": len(plan) + len(expert_slices),
         "saved_tensors_written": sorted(replacement),
         "weight_files": [f.name for f in files],
         "copied": copied,
@@ -355,6 +374,6 @@ def _plan(
     checkpoint tensors (see :mod:`adaptkit.nn.placement`); every target must fit."""
     from adaptkit.nn.placement import target_layout
 
-    sizes = {t: (p.out_features, p.in_features) for t, p in adapter.targets.items()}
+    sizes = {t: (p.out_features, p.in_features) for t, p in adapter.targets.items() if p.kind != "experts"}
     embeddings = {t for t, p in adapter.targets.items() if p.kind == "embedding"}
     return target_layout(sizes, tensors, folder, skeleton=skeleton, tied=tied, embeddings=embeddings)

@@ -205,6 +205,13 @@ def load(
     from adaptkit.nn.baking import apply_saved_modules, resolve_saved, resolve_targets
 
     refuse_attached(model)
+    experts = sorted(t for t, p in adapter.targets.items() if p.kind == "experts")
+    if experts:
+        raise AdaptkitError(
+            f"{experts[0]} is an experts target (LoRA on a 3-D parameter); it can be baked "
+            "(bake_adapter, export --merged) but not attached unmerged",
+            key=experts[0],
+        )
     found = resolve_targets(model, adapter)
     resolve_saved(model, adapter)  # every check before anything changes
     apply_saved_modules(model, adapter)

@@ -27,7 +27,6 @@ _REFUSED: dict[str, str] = {
     "alora_invocation_tokens": "activated LoRA (aLoRA) applies only after invocation tokens",
     "use_qalora": "QA-LoRA pools its inputs, so ΔW is not B@A",
     "layer_replication": "layer replication changes the base model's structure",
-    "target_parameters": "LoRA on raw nn.Parameters (target_parameters) is not supported",
     "use_bdlora": "block-diagonal LoRA is not supported",
     "arrow_config": "Arrow routing mixes several LoRAs per input",
     "velora_config": "VeLoRA is not supported",

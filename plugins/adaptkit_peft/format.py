@@ -21,6 +21,7 @@ from adaptkit.api import (
 )
 from adaptkit.api.files import ADAPTER_FOLDER
 from adaptkit_peft.config import CONFIG_NAME, load_config, module_rank_alpha, saved_module_names
+from adaptkit_peft.experts import expert_targets
 from adaptkit_peft.tensors import PREFIX, bias_mode, build_pair, peft_tensors, sort_tensors, token_indices
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -65,10 +66,12 @@ class PeftFormat:
         problems: list[str] = []
         rslora = bool(cfg.get("use_rslora", False))
         targets: dict[str, LoraPair] = {}
+        params = expert_targets(sorted(found.factors), cfg, folder / CONFIG_NAME)
         for module, tensors_of in sorted(found.factors.items()):
-            r, alpha = module_rank_alpha(cfg, module, folder / CONFIG_NAME)
+            target = params.get(module, module)  # an experts parameter's path, or the module's
+            r, alpha = module_rank_alpha(cfg, target, folder / CONFIG_NAME)
             try:
-                targets[module] = build_pair(module, tensors_of, r, alpha, rslora)
+                targets[target] = build_pair(module, tensors_of, r, alpha, rslora, experts=module in params)
             except InvalidAdapterError as exc:
                 problems.append(exc.message)
         saved = found.saved
@@ -173,7 +176,8 @@ def peft_config(adapter: Adapter) -> dict[str, Any]:
         "r": r,
         "lora_alpha": alpha,
         "use_rslora": rslora,
-        "target_modules": sorted(adapter.targets),
+        "target_modules": sorted(t for t, p in adapter.targets.items() if p.kind != "experts") or None,
+        "target_parameters": sorted(t for t, p in adapter.targets.items() if p.kind == "experts") or None,
         "rank_pattern": {re.escape(n): v for n, v in sorted(ranks.items()) if v != r},
         "alpha_pattern": {re.escape(n): v for n, v in sorted(alphas.items()) if v != alpha},
         "fan_in_fan_out": bool(adapter.base_model.fan_in_fan_out),

@@ -128,8 +128,12 @@ def _file(
     return None
 
 
-def build_pair(module: str, found: dict[str, Any], rank: int, alpha: float, rslora: bool) -> Any:
-    """The :class:`LoraPair` of one target from its PEFT tensors (``found``: name -> tensor).
+def build_pair(
+    module: str, found: dict[str, Any], rank: int, alpha: float, rslora: bool, *, experts: bool = False
+) -> Any:
+    """The :class:`LoraPair` of one target from its PEFT tensors (``found``: name -> tensor);
+    with ``experts``, the packed factors of a ``target_parameters`` wrapper
+    (:mod:`adaptkit_peft.experts`).
 
     Raises:
         InvalidAdapterError: a factor without its pair, both kinds of factors, a rank that
@@ -146,7 +150,11 @@ def build_pair(module: str, found: dict[str, Any], rank: int, alpha: float, rslo
     if missing:
         raise InvalidAdapterError(f"{where}.{missing[0]}: missing (its pair is present)")
     A, B = found[names[0]], found[names[1]]
-    if A.ndim != 2 or A.shape[0] != rank:
+    if experts:
+        from adaptkit_peft.experts import stacked
+
+        A, B = stacked(A, B, rank, where)
+    elif A.ndim != 2 or A.shape[0] != rank:
         raise InvalidAdapterError(
             f"{where}.{names[0]}: shape {tuple(A.shape)} disagrees with rank {rank} from {CONFIG_NAME}"
         )
@@ -159,7 +167,7 @@ def build_pair(module: str, found: dict[str, Any], rank: int, alpha: float, rslo
             B=B,
             alpha=alpha,
             scaling="alpha/sqrt(r)" if rslora else "alpha/r",
-            kind="embedding" if embedding else "linear",
+            kind="experts" if experts else "embedding" if embedding else "linear",
             bias=found.get("lora_B.bias"),
             magnitude=found.get("lora_magnitude_vector"),
         )
@@ -184,9 +192,17 @@ def peft_tensors(adapter: Any) -> dict[str, Any]:
     (``lora_bias`` is global), so the others get a zero bias: the same update."""
     import torch
 
+    from adaptkit_peft.experts import factor_modules, packed
+
     lora_bias = any(p.bias is not None for p in adapter.targets.values())
+    nested = factor_modules([t for t, p in adapter.targets.items() if p.kind == "experts"])
     tensors = {}
     for name, pair in sorted(adapter.targets.items()):
+        if pair.kind == "experts":
+            A, B = packed(pair)
+            tensors[f"{PREFIX}{nested[name]}.lora_A.weight"] = A
+            tensors[f"{PREFIX}{nested[name]}.lora_B.weight"] = B
+            continue
         A, B = pair.A.detach().cpu(), pair.B.detach().cpu()
         if pair.magnitude is not None:
             tensors[f"{PREFIX}{name}.lora_magnitude_vector"] = pair.magnitude.detach().contiguous().cpu()

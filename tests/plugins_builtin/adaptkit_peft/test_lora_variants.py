@@ -338,3 +338,56 @@ def test_dora_onnx_export_matches_peft(llama_dir, tmp_path, run_cli):
     got = sess.run(["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
     assert np.abs(got - want.numpy()).max() < 1e-4
     assert float((want - base).abs().max()) > 1e-2
+
+
+# --- init_lora_weights ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["pissa", "olora"])
+def test_converted_pissa_and_olora_adapters_are_plain_lora(mode, llama_dir, tmp_path, run_cli):
+    """Saved with `path_initial_model_for_weight_conversion`, the adapter applies to the original
+    base and reproduces the fine-tuned model; saved without, it is refused with the reason."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    from adaptkit.errors import AdaptkitError
+    from tests.helpers.peft_parity import train_like
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(
+            tiny_llama(),
+            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=mode),
+        )
+        model.peft_config["default"].init_lora_weights = True  # PEFT's recipe: save the start as plain LoRA
+        model.save_pretrained(tmp_path / "init")
+        model.peft_config["default"].init_lora_weights = mode
+        train_like(model, scale=0.05)
+        model.save_pretrained(tmp_path / "raw")  # without conversion: only valid on the rewritten base
+        model.save_pretrained(
+            tmp_path / "converted", path_initial_model_for_weight_conversion=str(tmp_path / "init")
+        )
+    tuned = outputs(model, _ids())  # the fine-tuned model itself, on its residual base
+
+    assert_export_matches_peft(
+        run_cli, LlamaForCausalLM, llama_dir, tmp_path / "converted", tmp_path / "merged", _ids()
+    )
+    got = outputs(LlamaForCausalLM.from_pretrained(tmp_path / "merged"), _ids())
+    assert float((got - tuned).abs().max()) < 1e-4
+    with pytest.raises(
+        AdaptkitError, match=f"init_lora_weights='{mode}' rewrote the base model's weights"
+    ) as info:
+        load_spec(tmp_path / "raw")
+    assert "path_initial_model_for_weight_conversion" in str(info.value)
+
+
+@pytest.mark.parametrize("mode", ["gaussian", "orthogonal", "eva"])
+def test_init_modes_that_leave_the_base_alone_are_plain_lora(mode, llama_dir, tmp_path, run_cli):
+    from transformers import LlamaForCausalLM
+
+    adapter_dir = make_published(
+        tiny_llama(), tmp_path / mode, r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=mode
+    )
+    assert_export_matches_peft(run_cli, LlamaForCausalLM, llama_dir, adapter_dir, tmp_path / "merged", _ids())

@@ -186,7 +186,7 @@ def bake_checkpoint(
         parameter_layout,
     )
     from adaptkit.nn.tensor_edits import TensorEdit
-    from adaptkit.nn.tied import index_new_tensors, tied_missing, untie_config
+    from adaptkit.nn.tied import index_new_tensors, tied_missing, tied_stored, untie_config
 
     files = safetensors_files(folder)
     headers = {f: tensor_index(f) for f in files}  # each header read (and checked) once
@@ -264,14 +264,22 @@ def bake_checkpoint(
     # A weight tied to one the adapter changes, or changed while its source is not, no longer
     # equals its source: it is written as a tensor of its own, from the source as stored. Token
     # rows are the one change PEFT makes to both sides of a tie (see adaptkit.nn.tied).
-    untied = {
+    own = {
         head: src
         for head, src in tied.items()
         if head in edits or (src in edits and not edits[src].keeps_ties)
     }
+    untied = list(own)
+    # Some checkpoints store both sides of a tie; the model class ties them again on loading
+    # unless the config stops it.
+    untied += sorted(
+        head
+        for head, src in tied_stored(model, tensors, skeleton).items()
+        if head in edits or (src in edits and not edits[src].keeps_ties)
+    )
     updates: dict[Path, dict[str, Update]] = {}
     additions: dict[Path, dict[str, tuple[str, Update]]] = {}
-    for head, src in untied.items():
+    for head, src in own.items():
         head_edit = edits.pop(head, TensorEdit())
         if not head_edit.rows and src in edits:  # the head's rows follow the embeddings' (PEFT)
             head_edit.rows = list(edits[src].rows)
@@ -299,7 +307,7 @@ def bake_checkpoint(
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if untied:
         untie_config(out)
-        index_new_tensors(out, {head: index[src].name for head, src in untied.items()})
+        index_new_tensors(out, {head: index[src].name for head, src in own.items()})
     report: dict[str, Any] = {
         "targets_baked": len(plan) + len(expert_slices),
         "saved_tensors_written": sorted(replacement),

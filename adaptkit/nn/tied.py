@@ -45,6 +45,19 @@ def tied_missing(model: Any, tensors: dict[str, Any], skeleton: Any) -> dict[str
     return {head: stored[source] for head, source in pairs.items() if head not in stored and source in stored}
 
 
+def tied_stored(model: Any, tensors: dict[str, Any], skeleton: Any) -> dict[str, str]:
+    """``checkpoint tensor -> checkpoint tensor`` of tied pairs the checkpoint stores both sides
+    of (some do, though the model class ties them when it loads): changing one side alone must
+    untie the config too, or loading would tie the change away."""
+    pairs = getattr(model, "all_tied_weights_keys", None) or {}
+    if skeleton is None or not isinstance(pairs, dict):
+        return {}
+    stored: dict[str, str] = {}
+    for name in sorted(tensors):
+        stored.setdefault(skeleton.canonical(name), name)
+    return {stored[h]: stored[s] for h, s in pairs.items() if h in stored and s in stored}
+
+
 def untie_config(out: Path) -> None:
     """Set ``tie_word_embeddings: false`` in ``out/config.json`` (and in its ``text_config``,
     where a VLM keeps the flag), so the head written beside the embeddings is loaded as is."""

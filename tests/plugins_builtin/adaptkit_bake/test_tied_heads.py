@@ -81,6 +81,28 @@ def test_tied_head_is_untied_and_exact(case, tied_base, tmp_path, run_cli):
     assert code == 0, err
 
 
+def test_a_tied_head_stored_beside_its_embeddings_is_untied_in_the_config(tmp_path, run_cli):
+    """Some tied checkpoints store `lm_head.weight` anyway; loading ties it again unless the
+    config says otherwise, which would tie the adapter's head away."""
+    from safetensors.torch import save_file
+    from transformers import Qwen2ForCausalLM
+
+    base = tmp_path / "base"
+    tied_qwen2().save_pretrained(base)
+    tensors = load_file(base / "model.safetensors")
+    save_file(
+        {**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"].clone()},
+        base / "model.safetensors",
+        metadata={"format": "pt"},
+    )
+    adapter = make_published(
+        tied_qwen2(), tmp_path / "adapter", r=4, lora_alpha=8, init_lora_weights=False, **CASES["saved-head"]
+    )
+    report = assert_export_matches_peft(run_cli, Qwen2ForCausalLM, base, adapter, tmp_path / "merged", _ids())
+    assert report["untied"]["tensors"] == ["lm_head.weight"]
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["tie_word_embeddings"] is False
+
+
 def test_peft_merge_of_a_lora_on_a_tied_head_changes_the_embeddings(tied_base, tmp_path):
     """Why the export does not follow PEFT here: `merge_and_unload` adds ΔW to the shared tensor."""
     import warnings

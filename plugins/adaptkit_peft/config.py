@@ -24,14 +24,19 @@ MAX_CONFIG_BYTES = 1 << 20
 # Settings whose adapters are not a plain sum of s·B@A per module. Each is refused when set
 # to anything but PEFT's default, with the reason shown.
 _REFUSED: dict[str, str] = {
-    "alora_invocation_tokens": "activated LoRA (aLoRA) applies only after invocation tokens",
+    "alora_invocation_tokens": "activated LoRA (aLoRA) applies its update only after invocation "
+    "tokens, so no single ΔW stands for it",
     "use_qalora": "QA-LoRA pools its inputs, so ΔW is not B@A",
     "layer_replication": "layer replication changes the base model's structure",
-    "use_bdlora": "block-diagonal LoRA is not supported",
-    "arrow_config": "Arrow routing mixes several LoRAs per input",
-    "velora_config": "VeLoRA is not supported",
-    "monteclora_config": "MonteCLoRA is not supported",
-    "kasa_config": "KaSA is not supported",
+    "use_bdlora": "block-diagonal LoRA stores blocks of its factors (lora_A of r × in/nblocks), "
+    "which adaptkit does not expand",
+    "arrow_config": "Arrow routing mixes several LoRAs per input, so no single ΔW stands for it",
+    "velora_config": "VeLoRA saves activation-compression state (lora_velora_embed) beside the "
+    "factors; it is not verified against PEFT, so it is refused rather than guessed",
+    "monteclora_config": "MonteCLoRA perturbs its factors with learned noise; it is not verified "
+    "against PEFT, so it is refused rather than guessed",
+    "kasa_config": "KaSA truncated the base weight's SVD when the adapter was created and puts a "
+    "trained diagonal between B and A, so it is not a delta on the original base",
     "loftq_config": "LoftQ changes the base weights at initialisation",
 }
 # init_lora_weights values that rewrite the base model's weights when the adapter is created,
@@ -86,7 +91,12 @@ def load_config(path: Path) -> dict[str, Any]:
     validate_document(cfg, "peft-adapter-config", path=path)
     for key, reason in _REFUSED.items():
         if _is_set(cfg.get(key)):
-            raise AdaptkitError(f"{key}={cfg[key]!r} is not supported: {reason}", path=path, key=key)
+            raise AdaptkitError(
+                f"{key}={cfg[key]!r} is not supported: {reason}",
+                path=path,
+                key=key,
+                hint="merge it with PEFT (merge_and_unload, save_pretrained) and use the merged model",
+            )
     init = cfg.get("init_lora_weights")
     if isinstance(init, str) and init.lower().startswith(_BASE_MODIFYING_INITS):
         raise AdaptkitError(

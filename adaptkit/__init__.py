@@ -24,6 +24,7 @@ _LAZY = {
     "BaseModelInfo": "adaptkit.adapter",
     "Producer": "adaptkit.adapter",
     "SavedModule": "adaptkit.adapter",
+    "TrainableTokens": "adaptkit.adapter",
     "WeightedAdapter": "adaptkit.adapter",
     "LoraPair": "adaptkit.lora",
     "load_adapter": "adaptkit.io.native",

@@ -25,7 +25,7 @@ def is_module_path(name: object) -> bool:
 
 
 #: Where a saved module came from (kept so formats can write it back the way they read it).
-SAVED_ORIGINS = ("modules_to_save", "base_layer")
+SAVED_ORIGINS = ("modules_to_save", "base_layer", "bias")
 
 
 @dataclass
@@ -66,13 +66,32 @@ class SavedModule:
     Args:
         params: ``parameter name -> tensor`` (``{"weight": ..., "bias": ...}``), in the
             module's own layout and dtype.
-        origin: ``"modules_to_save"`` (PEFT saved the module whole) or ``"base_layer"`` (PEFT
+        origin: ``"modules_to_save"`` (PEFT saved the module whole), ``"base_layer"`` (PEFT
             saved the base weight of a LoRA target such as ``lm_head``, as it does when
-            embedding layers are targeted).
+            embedding layers are targeted) or ``"bias"`` (the module's bias was trained, PEFT's
+            ``bias: "lora_only" | "all"``; ``params`` is ``{"bias": ...}``).
     """
 
     params: dict[str, Any]
     origin: str = "modules_to_save"
+
+
+@dataclass
+class TrainableTokens:
+    """Rows of an embedding table trained in full (PEFT's ``trainable_token_indices``): applying
+    the adapter *replaces* those rows, ``E[indices] ← values``.
+
+    PEFT keeps the rows' new values (under the misleading name ``trainable_tokens_delta``), not a
+    change. On a model whose head is tied to the embeddings, the head's rows follow (PEFT ties
+    the two token adapters), so the tie is kept.
+
+    Args:
+        indices: The token ids (rows), distinct, in PEFT's order.
+        values: ``(len(indices), dim)``: the rows' values, in the table's dtype.
+    """
+
+    indices: list[int]
+    values: Any
 
 
 @dataclass
@@ -88,6 +107,8 @@ class Adapter:
         format_version: Native format version; :data:`FORMAT_VERSION` for new adapters.
         saved: ``module path -> SavedModule``: modules stored in full, which replace the base
             model's (see :class:`SavedModule`).
+        tokens: ``module path -> TrainableTokens``: embedding rows trained in full, which
+            replace the base's (see :class:`TrainableTokens`).
     """
 
     targets: dict[str, LoraPair]
@@ -96,6 +117,7 @@ class Adapter:
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     saved: dict[str, SavedModule] = field(default_factory=dict)
+    tokens: dict[str, TrainableTokens] = field(default_factory=dict)
 
     def problems(self, *, check_values: bool = True) -> list[str]:
         """Every problem with this adapter as ``target: message`` (empty when valid).
@@ -115,10 +137,9 @@ class Adapter:
                 continue
             problems += [f"{name}: {p}" for p in pair.structure_problems()]
             if check_values:
-                problems += [
-                    f"{name}.{label}.weight: contains NaN or Inf values" for label in pair.check_finite()
-                ]
+                problems += [f"{name}.{label}: contains NaN or Inf values" for label in pair.check_finite()]
         problems += saved_module_problems(self.saved, check_values=check_values)
+        problems += token_problems(self.tokens, check_values=check_values)
         problems += [
             f"{m}: saved as a base_layer weight, but it is not a LoRA target"
             for m, e in self.saved.items()
@@ -157,6 +178,8 @@ def saved_module_problems(saved: dict[str, SavedModule], *, check_values: bool) 
             continue
         if not entry.params:
             problems.append(f"{module}: saved module has no parameters")
+        if entry.origin == "bias" and set(entry.params) - {"bias"}:
+            problems.append(f"{module}: a trained bias (origin 'bias') saves only the parameter 'bias'")
         for param, tensor in entry.params.items():
             where = f"{module}.{param}"
             if not isinstance(param, str) or not _PARAM_NAME.fullmatch(param):
@@ -167,6 +190,33 @@ def saved_module_problems(saved: dict[str, SavedModule], *, check_values: bool) 
                 problems.append(f"{where}: zero-size tensor {tuple(tensor.shape)} (saved module)")
             elif check_values and not bool(torch.isfinite(tensor).all()):
                 problems.append(f"{where}: contains NaN or Inf values (saved module)")
+    return problems
+
+
+def token_problems(tokens: dict[str, TrainableTokens], *, check_values: bool) -> list[str]:
+    """Every problem of an adapter's trainable tokens (see :class:`TrainableTokens`)."""
+    import torch
+
+    problems = []
+    for module, entry in tokens.items():
+        where = f"{module}.trainable_tokens"
+        if not isinstance(module, str) or not _MODULE_PATH.fullmatch(module):
+            problems.append(f"{module!r}: not a valid module path (trainable tokens)")
+            continue
+        if not isinstance(entry, TrainableTokens):
+            problems.append(f"{module}: trainable tokens must be a TrainableTokens")
+            continue
+        indices, values = entry.indices, entry.values
+        if not indices or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in indices):
+            problems.append(f"{where}: indices must be a non-empty list of token ids (integers >= 0)")
+        elif len(set(indices)) != len(indices):
+            problems.append(f"{where}: indices repeat a token id")
+        if not isinstance(values, torch.Tensor) or not values.is_floating_point() or values.ndim != 2:
+            problems.append(f"{where}: values must be a 2-D float tensor (tokens × dim)")
+        elif values.shape[0] != len(indices) or values.shape[1] < 1:
+            problems.append(f"{where}: values are {tuple(values.shape)} for {len(indices)} token ids")
+        elif check_values and not bool(torch.isfinite(values).all()):
+            problems.append(f"{where}: contains NaN or Inf values")
     return problems
 
 

@@ -27,7 +27,10 @@ def describe_adapter(adapter: Adapter) -> dict[str, Any]:
                 "alpha": pair.alpha,
                 "scaling": pair.scaling,
                 "scale": pair.scale,
-                "shape": [pair.out_features, pair.in_features],
+                "kind": pair.kind,
+                "lora_bias": pair.bias is not None,
+                "dora": pair.magnitude is not None,
+                "shape": ([pair.experts] if pair.experts else []) + [pair.out_features, pair.in_features],
                 "dtype": str(pair.A.dtype).removeprefix("torch."),
                 "delta_norm": norm,
             }
@@ -41,12 +44,17 @@ def describe_adapter(adapter: Adapter) -> dict[str, Any]:
         }
         for module, entry in sorted(adapter.saved.items())
     ]
+    tokens = [
+        {"name": module, "tokens": len(entry.indices), "dim": int(entry.values.shape[1])}
+        for module, entry in sorted(adapter.tokens.items())
+    ]
     return {
         "format_version": adapter.format_version,
         "base_model": {k: v for k, v in vars(adapter.base_model).items() if v is not None},
         "producer": {k: v for k, v in vars(adapter.producer).items() if v is not None},
         "targets": targets,
         "saved_modules": saved,
+        "trainable_tokens": tokens,
         "totals": {
             "targets": len(targets),
             "params": adapter.num_params(),
@@ -57,14 +65,22 @@ def describe_adapter(adapter: Adapter) -> dict[str, Any]:
     }
 
 
-def base_weight_norms(model: str, targets: dict[str, tuple[int, int]]) -> dict[str, float]:
+def base_weight_norms(
+    model: str, targets: dict[str, tuple[int, ...]], embeddings: frozenset[str] | set[str] = frozenset()
+) -> dict[str, float]:
     """``||W||_F`` of each target's base weight, read tensor by tensor from the model's
-    safetensors; ``targets`` maps each to its ``(out, in)``."""
+    safetensors; ``targets`` maps each to its ``(out, in)`` (``(experts, out, in)`` for an
+    experts target: the whole parameter's norm), ``embeddings`` names the embedding LoRAs among
+    them."""
+    from types import SimpleNamespace
+
     from safetensors import safe_open
 
     from adaptkit.io.models import resolve_model, safetensors_files
     from adaptkit.io.safetensors_strict import checked_header
-    from adaptkit.nn.placement import target_layout
+    from adaptkit.nn.experts import checkpoint_layout
+    from adaptkit.nn.placement import build_skeleton, meta_model, target_layout
+    from adaptkit.nn.tied import tied_missing
 
     folder = resolve_model(model)
     headers = {}
@@ -75,13 +91,31 @@ def base_weight_norms(model: str, targets: dict[str, tuple[int, int]]) -> dict[s
     }
     # Placed as export --merged places them (module types and checkpoint names from the model
     # class); the update's own shape is what the layout checks against.
-    placed = target_layout(dict(targets), tensors, folder)
-    wanted = {p.tensor: t for t, p in placed.items()}
-    norms: dict[str, float] = {}
+    # A head tied to the embeddings is stored as them: its W is theirs.
+    meta = meta_model(folder)
+    skeleton = build_skeleton(folder, meta)
+    tied = tied_missing(meta, tensors, skeleton)
+    layers = {t: shape for t, shape in targets.items() if len(shape) == 2}
+    placed = target_layout(layers, tensors, folder, skeleton=skeleton, tied=tied, embeddings=embeddings)
+    wanted: dict[str, list[str]] = {}
+    for t, p in placed.items():
+        wanted.setdefault(p.source or p.tensor, []).append(t)
+    experts = {
+        t: SimpleNamespace(experts=s[0], out_features=s[1], in_features=s[2])
+        for t, s in targets.items()
+        if len(s) == 3
+    }
+    canonical = skeleton.canonical if skeleton is not None else (lambda name: name)
+    for t, pieces in checkpoint_layout(experts, tensors, meta, canonical).items():
+        for piece in pieces:
+            wanted.setdefault(piece.tensor, []).append(t)
+    squares: dict[str, float] = {}
     for f, header in headers.items():
         names = [k for k in header if k in wanted]
         if names:
             with safe_open(str(f), framework="pt") as fh:
                 for k in names:
-                    norms[wanted[k]] = float(fh.get_tensor(k).double().norm())
-    return norms
+                    square = float(fh.get_tensor(k).double().norm()) ** 2
+                    for t in wanted[k]:  # an unfused experts parameter: the sum over its tensors
+                        squares[t] = squares.get(t, 0.0) + square
+    return {t: math.sqrt(v) for t, v in squares.items()}

@@ -31,7 +31,15 @@ Modules:
 
 from __future__ import annotations
 
-from adaptkit.adapter import Adapter, BaseModelInfo, Producer, SavedModule, WeightedAdapter, is_module_path
+from adaptkit.adapter import (
+    Adapter,
+    BaseModelInfo,
+    Producer,
+    SavedModule,
+    TrainableTokens,
+    WeightedAdapter,
+    is_module_path,
+)
 from adaptkit.errors import (
     AdaptkitError,
     FormatError,
@@ -77,6 +85,7 @@ __all__ = [
     "Runtime",
     "SavedModule",
     "SchemaError",
+    "TrainableTokens",
     "WeightedAdapter",
     "WritableFormat",
     "hookimpl",

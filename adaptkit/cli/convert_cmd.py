@@ -31,9 +31,10 @@ def command(spec: str, output: Path, to_format: str, force: bool, as_json: bool)
     """Convert an adapter SPEC to another format, losslessly or not at all.
 
     Every target's ΔW is preserved exactly: ranks, alphas, rsLoRA, rank_pattern /
-    alpha_pattern and fan_in_fan_out carry over, and saved modules (modules_to_save, the
-    lm_head base weight PEFT saves) are kept bit for bit. Features that are not LoRA (DoRA,
-    biases, embedding LoRA) are refused, never dropped.
+    alpha_pattern and fan_in_fan_out carry over, and DoRA magnitudes, LoRA and trained
+    biases, embedding LoRA, experts (target_parameters), trainable tokens and saved modules
+    (modules_to_save, task heads, the base weights PEFT saves) are kept bit for bit. What a
+    format cannot hold is refused, never dropped.
 
     \b
     Examples:

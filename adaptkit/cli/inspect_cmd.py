@@ -50,7 +50,8 @@ def command(spec: str, model: str | None, plot: Path | None, force: bool, as_jso
     if model is not None:
         from adaptkit.summary import base_weight_norms
 
-        norms = base_weight_norms(model, {t["name"]: tuple(t["shape"]) for t in info["targets"]})
+        embeddings = {t["name"] for t in info["targets"] if t["kind"] == "embedding"}
+        norms = base_weight_norms(model, {t["name"]: tuple(t["shape"]) for t in info["targets"]}, embeddings)
         for t in info["targets"]:
             t["update_ratio"] = t["delta_norm"] / max(norms[t["name"]], 1e-30)
         info["totals"]["max_update_ratio"] = max(t["update_ratio"] for t in info["targets"])

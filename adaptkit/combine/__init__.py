@@ -13,6 +13,7 @@ from adaptkit.combine.engine import (
     check_saved_modules,
     combine,
     combined_saved_modules,
+    combined_tokens,
     file_sha256,
     fill_params,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "check_saved_modules",
     "combine",
     "combined_saved_modules",
+    "combined_tokens",
     "file_sha256",
     "fill_params",
 ]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from adaptkit.adapter import WeightedAdapter
 from adaptkit.combine.strategy import MergeContext, MergeInput, MergeResult, SumStrategy
+from adaptkit.combine.targets import dora_passed_through, merge_experts, merge_one, with_target_extras
 from adaptkit.errors import AdaptkitError, InvalidAdapterError, SchemaError
 from adaptkit.rank import RankRequest
 
@@ -128,14 +129,24 @@ def check_saved_modules(inputs: Sequence[WeightedAdapter], strategy: Any) -> Non
     ``combine`` and its ``-w``, recipes' weights, exports' manifests, ``--tune`` — goes
     through :func:`combine`, which calls this.
 
+    A saved *base* weight (origin ``base_layer``: the embedding table or head PEFT stores beside
+    a LoRA on it) is not a trained change but the weight the update applies to, so it restricts
+    nothing: ``W_saved + w·ΔW`` is what weight ``w`` means there.
+
     Raises:
         InvalidAdapterError: naming the adapter, its saved module and the weight or strategy.
     """
     for i, item in enumerate(inputs):
-        if not item.adapter.saved or item.weight == 0:
+        trained = sorted(m for m, e in item.adapter.saved.items() if e.origin != "base_layer")
+        rows = sorted(item.adapter.tokens)
+        if not (trained or rows) or item.weight == 0:
             continue
-        module, name = sorted(item.adapter.saved)[0], item.name or f"adapter{i}"
-        what = f"adapter {name!r} saves {module} whole ({item.adapter.saved[module].origin})"
+        name = item.name or f"adapter{i}"
+        if trained:
+            module = trained[0]
+            what = f"adapter {name!r} saves {module} whole ({item.adapter.saved[module].origin})"
+        else:
+            what = f"adapter {name!r} saves trainable token rows of {rows[0]} whole"
         if item.weight != 1:
             raise InvalidAdapterError(
                 f"{what}; weight {item.weight:g} would apply to its LoRA updates only, and a saved "
@@ -156,14 +167,25 @@ def check_saved_modules(inputs: Sequence[WeightedAdapter], strategy: Any) -> Non
 def _align(inputs: Sequence[WeightedAdapter], intersect: bool) -> list[str]:
     """Target names to produce, checking that shared targets agree on shape."""
     shapes: dict[str, tuple[tuple[int, int], str]] = {}
+    kinds: dict[str, tuple[str, str]] = {}
     for item in inputs:
         for name, pair in item.adapter.targets.items():
             shape = (pair.out_features, pair.in_features)
+            shape = shape if pair.experts is None else (pair.experts, *shape)
+            if name in kinds and kinds[name][0] != pair.kind:
+                raise InvalidAdapterError(
+                    f"kind clash: {item.name!r} adapts it as {pair.kind} but {kinds[name][1]!r} as "
+                    f"{kinds[name][0]}",
+                    path=item.source,
+                    key=name,
+                    hint="the adapters were made for different base models",
+                )
+            kinds.setdefault(name, (pair.kind, item.name))
             if name in shapes and shapes[name][0] != shape:
                 other_shape, other = shapes[name]
                 raise InvalidAdapterError(
-                    f"shape clash: {item.name!r} has {shape[0]}×{shape[1]} but {other!r} has "
-                    f"{other_shape[0]}×{other_shape[1]}",
+                    f"shape clash: {item.name!r} has {'×'.join(map(str, shape))} but {other!r} has "
+                    f"{'×'.join(map(str, other_shape))}",
                     path=item.source,
                     key=name,
                     hint="the adapters were made for different base models",
@@ -231,7 +253,6 @@ def combine(
     Returns:
         The combined adapter (scale folded into its factors) and a per-target report.
     """
-    import torch
 
     from adaptkit.adapter import Adapter, BaseModelInfo, Producer
     from adaptkit.plugins import get_registry
@@ -268,23 +289,18 @@ def combine(
         ]
         if not these:
             continue
-        ctx = MergeContext(target=target, params=filled, rank=request, seed=seed)
-        try:
-            result = strat.merge(these, ctx)
-        except torch.linalg.LinAlgError:
-            # Decompositions fail to converge exactly when weight × factors overflow to inf.
-            raise InvalidAdapterError(
-                "the weighted update overflows (NaN/Inf in the decomposition); lower the weights",
-                key=target,
-            ) from None
-        pair = result.pair
-        expected = (these[0].pair.out_features, these[0].pair.in_features)
-        if (pair.out_features, pair.in_features) != expected:
-            raise AdaptkitError(
-                f"strategy {strategy!r} returned shape {pair.out_features}×{pair.in_features}, "
-                f"expected {expected[0]}×{expected[1]}",
-                key=target,
+        if any(i.pair.magnitude is not None for i in these):
+            out[target] = dora_passed_through(these, strat, filled, request, target)
+            report.append(
+                TargetReport(target, 1, out[target].rank, 1.0, 0.0, "DoRA: passed through unchanged")
             )
+            continue
+        if these[0].pair.kind == "experts":  # one LoRA per expert: merged expert by expert
+            result = merge_experts(strat, these, MergeContext(target, filled, request, seed), strategy)
+        else:
+            result = merge_one(strat, these, MergeContext(target, filled, request, seed), strategy)
+        pair = result.pair
+        pair = with_target_extras(pair, these, strat, target)
         bad = pair.check_finite()
         if bad:
             raise InvalidAdapterError(
@@ -330,6 +346,7 @@ def combine(
         producer=Producer(version=versions.get("adaptkit"), component=f"strategy:{strategy}"),
         provenance=provenance,
         saved=combined_saved_modules(named),
+        tokens=combined_tokens(named),
     )
     return CombineResult(adapter=adapter, report=report)
 
@@ -364,6 +381,40 @@ def combined_saved_modules(inputs: Sequence[WeightedAdapter]) -> dict[str, Any]:
                     f"{module}: adapters {owner[module]!r} and {item.name!r} both save this module "
                     "whole, with different tensors; a saved module replaces the base's and cannot be "
                     "blended (combine the adapters without one of them, or re-save one without it)"
+                )
+    if problems:
+        raise InvalidAdapterError.from_problems(problems)
+    return out
+
+
+def combined_tokens(inputs: Sequence[WeightedAdapter]) -> dict[str, Any]:
+    """The trainable tokens of a combination: each input's, from inputs of non-zero weight.
+
+    Token rows replace the table's rows whole, as a saved module does: they pass through
+    unchanged, and two inputs training rows of the same table must agree on the token ids and
+    their values.
+
+    Raises:
+        InvalidAdapterError: two inputs train rows of one table differently.
+    """
+    import torch
+
+    out: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    problems = []
+    for item in inputs:
+        if item.weight == 0:
+            continue
+        for module, entry in item.adapter.tokens.items():
+            if module not in out:
+                out[module], owner[module] = entry, item.name
+                continue
+            held = out[module]
+            if held.indices != entry.indices or not torch.equal(held.values, entry.values):
+                problems.append(
+                    f"{module}: adapters {owner[module]!r} and {item.name!r} both train token rows of "
+                    "this table, with different token ids or values; the rows replace the table's and "
+                    "cannot be blended (combine the adapters without one of them)"
                 )
     if problems:
         raise InvalidAdapterError.from_problems(problems)

@@ -268,7 +268,7 @@ def _tuned(
     force: bool,
 ) -> tuple[Any, dict[str, Any]]:
     """Tune, fold the weights into the inputs, combine; the result and the tuning report."""
-    from adaptkit.combine import combined_saved_modules
+    from adaptkit.combine import combined_saved_modules, combined_tokens
     from adaptkit.combine.tune import (
         evaluate_adapter,
         fold,
@@ -300,14 +300,14 @@ def _tuned(
         sets = read_sets(tokenizer, int(model.get_input_embeddings().num_embeddings))
     pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
     pad_id = 0 if pad is None else int(pad)
-    saved = combined_saved_modules(inputs)
-    if saved:
-        # The output carries these modules whole: tune and report with them in place, as the
-        # combined adapter will run.
+    saved, tokens = combined_saved_modules(inputs), combined_tokens(inputs)
+    if saved or tokens:
+        # The output carries these modules and token rows whole: tune and report with them in
+        # place, as the combined adapter will run.
         from adaptkit.adapter import Adapter
         from adaptkit.nn.baking import apply_saved_modules
 
-        apply_saved_modules(model, Adapter(targets={}, saved=saved))
+        apply_saved_modules(model, Adapter(targets={}, saved=saved, tokens=tokens))
     static = run(inputs)
     before = evaluate_adapter(model, static.adapter, sets, pad_id)
     found = tune_weights(model, inputs, sets, settings, pad_id=pad_id, progress=progress)

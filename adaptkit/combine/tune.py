@@ -300,6 +300,7 @@ def fold(inputs: Sequence[WeightedAdapter], result: TuneResult, granularity: str
             producer=adapter.producer,
             provenance=adapter.provenance,
             saved=adapter.saved,
+            tokens=adapter.tokens,
         )
         out.append(dataclasses.replace(item, adapter=folded))
     return out

@@ -22,7 +22,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-from adaptkit.adapter import Adapter, BaseModelInfo, Producer, SavedModule, saved_module_problems
+from adaptkit.adapter import (
+    Adapter,
+    BaseModelInfo,
+    Producer,
+    SavedModule,
+    TrainableTokens,
+    saved_module_problems,
+    token_problems,
+)
 from adaptkit.errors import FormatError, InvalidAdapterError, OutputError
 from adaptkit.io.jsonio import strict_json
 from adaptkit.io.safetensors_strict import read_header, read_tensors
@@ -30,8 +38,14 @@ from adaptkit.lora import LoraPair
 
 #: The safetensors metadata key that holds the manifest.
 MANIFEST_KEY = "adaptkit"
+#: The tensor under a module holding its trainable tokens' rows.
+TOKENS_TENSOR = "trainable_tokens"
 
-_TENSOR_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<factor>[AB])\.weight$")
+_TENSOR_KEY = re.compile(
+    r"^(?P<module>.+)\.(?P<name>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_magnitude_vector)$"
+)
+#: Manifest flag of a target -> the extra tensor it declares and the LoraPair field holding it.
+_EXTRAS = {"bias": ("lora_B.bias", "bias"), "dora": ("lora_magnitude_vector", "magnitude")}
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -107,12 +121,19 @@ def _assemble(p: Path, manifest: dict[str, Any], tensors: dict[str, Any]) -> Ada
             else:
                 params[param] = tensor
         saved[module] = SavedModule(params=params, origin=entry["origin"])
+    tokens: dict[str, TrainableTokens] = {}
+    for module, entry in sorted((manifest.get("trainable_tokens") or {}).items()):
+        values = tensors.pop(f"{module}.{TOKENS_TENSOR}", None)
+        if values is None:
+            problems.append(f"{module}.{TOKENS_TENSOR}: listed as trainable tokens but missing")
+        else:
+            tokens[module] = TrainableTokens(indices=list(entry["indices"]), values=values)
     for key, tensor in tensors.items():
         m = _TENSOR_KEY.match(key)
         if not m:
             problems.append(f"{key}: unexpected tensor (expected '<module>.lora_A/B.weight')")
             continue
-        factors.setdefault(m["module"], {})[m["factor"]] = tensor
+        factors.setdefault(m["module"], {})[m["name"]] = tensor
     declared = manifest["targets"]
     for module in sorted(set(factors) - set(declared)):
         problems.append(f"{module}: tensors present but not listed in the manifest")
@@ -122,13 +143,23 @@ def _assemble(p: Path, manifest: dict[str, Any], tensors: dict[str, Any]) -> Ada
     targets: dict[str, LoraPair] = {}
     for module in sorted(set(factors) & set(declared)):
         pair_tensors = factors[module]
-        missing = [f"lora_{f}" for f in "AB" if f not in pair_tensors]
+        missing = [f for f in ("lora_A.weight", "lora_B.weight") if f not in pair_tensors]
         if missing:
-            problems.append(f"{module}.{missing[0]}.weight: missing (its pair is present)")
+            problems.append(f"{module}.{missing[0]}: missing (its pair is present)")
             continue
         entry = declared[module]
-        A, B = pair_tensors["A"], pair_tensors["B"]
-        if A.ndim == 2 and A.shape[0] != entry["rank"]:
+        extras, bad = {}, False
+        for flag, (name, field) in _EXTRAS.items():
+            if entry.get(flag, False) != (name in pair_tensors):
+                listed = "declares" if entry.get(flag) else "does not declare"
+                problems.append(f"{module}.{name}: the manifest {listed} {flag}: true, the tensors disagree")
+                bad = True
+            elif name in pair_tensors:
+                extras[field] = pair_tensors[name]
+        if bad:
+            continue
+        A, B = pair_tensors["lora_A.weight"], pair_tensors["lora_B.weight"]
+        if A.ndim >= 2 and A.shape[-2] != entry["rank"]:
             problems.append(
                 f"{module}.lora_A.weight: shape {tuple(A.shape)} disagrees with manifest rank {entry['rank']}"
             )
@@ -140,13 +171,16 @@ def _assemble(p: Path, manifest: dict[str, Any], tensors: dict[str, Any]) -> Ada
                 alpha=entry.get("alpha"),
                 scaling=entry["scaling"],
                 explicit_scale=entry.get("scale"),
+                kind=entry.get("kind", "linear"),
+                **extras,
             )
         except InvalidAdapterError as exc:
             problems.append(f"{module}: {exc.message}")
             continue
-        problems += [f"{module}.{label}.weight: contains NaN or Inf values" for label in pair.check_finite()]
+        problems += [f"{module}.{label}: contains NaN or Inf values" for label in pair.check_finite()]
         targets[module] = pair
     problems += saved_module_problems(saved, check_values=True)
+    problems += token_problems(tokens, check_values=True)
     if problems:
         raise InvalidAdapterError.from_problems(problems, path=p)
 
@@ -167,6 +201,7 @@ def _assemble(p: Path, manifest: dict[str, Any], tensors: dict[str, Any]) -> Ada
         provenance=manifest.get("provenance") or {},
         format_version=manifest["format_version"],
         saved=saved,
+        tokens=tokens,
     )
 
 
@@ -180,6 +215,11 @@ def build_manifest(adapter: Adapter) -> dict[str, Any]:
             entry["scale"] = pair.explicit_scale
         else:
             entry["alpha"] = pair.alpha
+        if pair.kind != "linear":  # linear is the default: plain adapters' bytes do not change
+            entry["kind"] = pair.kind
+        for flag, (_, field) in _EXTRAS.items():
+            if getattr(pair, field) is not None:
+                entry[flag] = True
         targets[name] = entry
     manifest: dict[str, Any] = {
         "format": "adaptkit.lora",
@@ -192,6 +232,10 @@ def build_manifest(adapter: Adapter) -> dict[str, Any]:
     if adapter.saved:
         manifest["saved_modules"] = {
             m: {"params": sorted(e.params), "origin": e.origin} for m, e in sorted(adapter.saved.items())
+        }
+    if adapter.tokens:
+        manifest["trainable_tokens"] = {
+            m: {"indices": list(e.indices)} for m, e in sorted(adapter.tokens.items())
         }
     return manifest
 
@@ -212,14 +256,19 @@ def adapter_to_bytes(adapter: Adapter) -> bytes:
     tensors = {}
     # Sorted insertion makes the bytes independent of the order targets were added in.
     for name, pair in sorted(adapter.targets.items()):
-        tensors[f"{name}.lora_A.weight"] = pair.A.detach().contiguous().cpu()
-        tensors[f"{name}.lora_B.weight"] = pair.B.detach().contiguous().cpu()
+        for label, tensor in pair.tensors().items():
+            tensors[f"{name}.{label}"] = tensor.detach().contiguous().cpu()
     for module, entry in sorted(adapter.saved.items()):
         for param, tensor in sorted(entry.params.items()):
             key = f"{module}.{param}"
             if key in tensors:
                 raise InvalidAdapterError(f"saved module tensor {key!r} collides with a LoRA factor's name")
             tensors[key] = tensor.detach().contiguous().cpu()
+    for module, entry in sorted(adapter.tokens.items()):
+        key = f"{module}.{TOKENS_TENSOR}"
+        if key in tensors:
+            raise InvalidAdapterError(f"trainable tokens tensor {key!r} collides with another tensor's name")
+        tensors[key] = entry.values.detach().contiguous().cpu()
     tensors = unshared(tensors)
     # A single metadata key: safetensors writes metadata from a hash map, so several keys
     # would come out in a random order and identical adapters would differ in bytes.

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from adaptkit.errors import AdaptkitError
-from adaptkit.nn.layers import LoraLayer, LoraLinear
+from adaptkit.nn.layers import LoraEmbedding, LoraLayer, LoraLinear
 from adaptkit.nn.layout import is_adaptable, replace_module
 from adaptkit.nn.settings import LoraSettings
 
@@ -140,10 +140,13 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 def bake(model: nn.Module) -> None:
     """Fold every LoRA update into its base weight, ``W ← W + ΔW`` (refuses if any layer is
     baked already)."""
+    from adaptkit.nn.baking import untie
+
     layers = lora_layers(model, LoraLayer)
     baked = [n for n, m in layers.items() if m.baked]
     if baked:
         raise AdaptkitError(f"already baked ({baked[0]}); call unbake() first")
+    untie(model, [f"{name}.base.weight" for name in layers])  # a tied head's update is its own
     for layer in layers.values():
         layer.bake()
 
@@ -158,6 +161,12 @@ def unbake(model: nn.Module) -> None:
 def detach(model: nn.Module, *, bake_first: bool = False) -> None:
     """Put the base layers back, for every kind of LoRA layer (after baking the updates into
     them if ``bake_first``)."""
+    from adaptkit.nn.baking import untie
+
+    if bake_first:  # a tied head's update is its own (see adaptkit.nn.tied)
+        untie(
+            model, [f"{name}.base.weight" for name, m in lora_layers(model, LoraLayer).items() if not m.baked]
+        )
     for name, layer in lora_layers(model, LoraLayer).items():
         if bake_first and not layer.baked:
             layer.bake()
@@ -196,6 +205,13 @@ def load(
     from adaptkit.nn.baking import apply_saved_modules, resolve_saved, resolve_targets
 
     refuse_attached(model)
+    experts = sorted(t for t, p in adapter.targets.items() if p.kind == "experts")
+    if experts:
+        raise AdaptkitError(
+            f"{experts[0]} is an experts target (LoRA on a 3-D parameter); it can be baked "
+            "(bake_adapter, export --merged) but not attached unmerged",
+            key=experts[0],
+        )
     found = resolve_targets(model, adapter)
     resolve_saved(model, adapter)  # every check before anything changes
     apply_saved_modules(model, adapter)
@@ -206,12 +222,15 @@ def load(
         rslora = pair.scaling == "alpha/sqrt(r)"
         alpha = pair.alpha if pair.scaling != "explicit" else pair.scale * pair.rank
         torch_dtype = _DTYPES[dtype] if dtype else pair.A.dtype
-        layer = LoraLinear(
-            model.get_submodule(name), rank=pair.rank, alpha=alpha, rslora=rslora, dtype=torch_dtype
-        )
+        kind = LoraEmbedding if pair.kind == "embedding" else LoraLinear
+        layer = kind(model.get_submodule(name), rank=pair.rank, alpha=alpha, rslora=rslora, dtype=torch_dtype)
         with torch.no_grad():
             layer.lora_A.copy_(pair.A)
             layer.lora_B.copy_(pair.B)
+        if pair.bias is not None:
+            layer.lora_bias = nn.Parameter(pair.bias.to(torch_dtype), requires_grad=trainable)
+        if pair.magnitude is not None:
+            layer.lora_magnitude = nn.Parameter(pair.magnitude.to(torch_dtype), requires_grad=trainable)
         layer.lora_A.requires_grad_(trainable)
         layer.lora_B.requires_grad_(trainable)
         replace_module(model, name, layer)

@@ -2,7 +2,8 @@
 
 ``nn.Linear`` (and subclasses such as bitsandbytes' ``Linear4bit``) stores ``out × in``;
 Hugging Face's ``Conv1D`` (GPT-2 and kin) is a linear layer that stores ``in × out``, so an
-update ``ΔW`` (always ``out × in`` in adaptkit) is added to it transposed.
+update ``ΔW`` (always ``out × in`` in adaptkit) is added to it transposed. An ``nn.Embedding``
+table (``num_embeddings × dim``) takes an embedding LoRA's ``ΔE`` as is.
 """
 
 from __future__ import annotations
@@ -20,6 +21,18 @@ def module_kind(module: Any) -> str | None:
     if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
         return "conv1d"
     return None
+
+
+def weight_layout(module: Any) -> str | None:
+    """How an update is added to ``module``'s weight: ``"linear"`` (``W + ΔW``, ``out × in``),
+    ``"conv1d"`` (``W + ΔWᵀ``), ``"embedding"`` (an ``nn.Embedding`` table, ``num × dim``:
+    ``E + ΔE``, an embedding LoRA's target) or ``None``. Training attaches to the first two only
+    (:func:`module_kind`); adapters read from PEFT may also target embeddings."""
+    from torch import nn
+
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    return module_kind(module)
 
 
 def is_adaptable(module: Any) -> bool:

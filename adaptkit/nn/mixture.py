@@ -128,6 +128,13 @@ def attach_mixture(
     missing = [t for t in targets if t not in columns]
     if missing:
         raise AdaptkitError(f"target {missing[0]!r} has no column in the mixing table")
+    variants = [(t, p.variant) for a in adapters for t, p in sorted(a.targets.items()) if p.variant]
+    if variants:
+        raise AdaptkitError(
+            f"target {variants[0][0]!r} is a {variants[0][1]}; the tuned mixture mixes plain linear "
+            "LoRA updates only",
+            hint="combine this adapter without --tune",
+        )
     union = Adapter(targets={t: next(a.targets[t] for a in adapters if t in a.targets) for t in targets})
     resolve_targets(model, union)  # every target exists with the right shape
     n_columns = mix.shape[1]

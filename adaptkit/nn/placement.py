@@ -41,10 +41,15 @@ class TargetPlacement:
     Attributes:
         tensor: The checkpoint tensor holding the module's weight.
         conv1d: The module is an HF ``Conv1D`` (weight ``in × out``): add ``ΔWᵀ``.
+        source: For a weight the checkpoint does not store because the model ties it to another
+            (an output head tied to the embeddings), that tensor's name: baking writes
+            ``tensor`` as a tensor of its own, starting from ``source`` (see
+            :mod:`adaptkit.nn.tied`).
     """
 
     tensor: str
     conv1d: bool
+    source: str | None = None
 
 
 @dataclass
@@ -172,9 +177,9 @@ def _pairs(model: Any) -> list[tuple[str, str]]:
 
 
 def _kind(module: Any) -> str:
-    from adaptkit.nn.layout import module_kind
+    from adaptkit.nn.layout import weight_layout
 
-    return module_kind(module) or type(module).__name__
+    return weight_layout(module) or type(module).__name__
 
 
 def checkpoint_renamer(model: Any) -> Callable[[str], str]:
@@ -204,6 +209,8 @@ def target_layout(
     folder: Path,
     *,
     skeleton: ModelSkeleton | bool | None = True,
+    tied: dict[str, str] | None = None,
+    embeddings: frozenset[str] | set[str] = frozenset(),
 ) -> dict[str, TargetPlacement]:
     """Place every target, or refuse listing every problem.
 
@@ -212,11 +219,17 @@ def target_layout(
         tensors: ``checkpoint tensor name -> (safetensors dtype, shape)``.
         folder: The model directory (its ``config.json`` names the model class).
         skeleton: A prebuilt skeleton, ``None`` to use shapes only, or ``True`` to build one.
+        tied: ``module parameter -> checkpoint tensor`` of weights the checkpoint leaves out
+            because they are tied to that tensor (:func:`adaptkit.nn.tied.tied_missing`): a
+            target there is placed with its ``source``.
+        embeddings: The targets that are embedding LoRAs (``kind="embedding"``): each must be
+            an ``nn.Embedding``, and every other target a linear layer.
 
     Raises:
         InvalidAdapterError: targets missing from the model or checkpoint, of a module type
-            that is not Linear/Conv1D, with a mismatching shape, a non-float weight, two targets
-            resolving to one tensor, or a square weight whose layout cannot be proven.
+            that is not Linear/Conv1D (or Embedding, for an embedding LoRA), with a mismatching
+            shape, a non-float weight, two targets resolving to one tensor, or a square weight
+            whose layout cannot be proven.
     """
     skel = build_skeleton(folder) if skeleton is True else skeleton or None
     if skel is not None:
@@ -234,10 +247,20 @@ def target_layout(
             if kind is None:
                 missing.append(target)
                 continue
-            if kind not in ("linear", "conv1d"):
+            if kind not in ("linear", "conv1d", "embedding"):
                 problems.append(f"{target}: a {kind} in {skel.architecture}, not nn.Linear or Conv1D")
                 continue
+            if (kind == "embedding") != (target in embeddings):
+                what = "an embedding LoRA" if target in embeddings else "a linear layer's update"
+                problems.append(
+                    f"{target}: {what}, but it is a{'n' * (kind[0] in 'aeiou')} {kind} in {skel.architecture}"
+                )
+                continue
             name = by_module.get(f"{module}.weight")
+            source = (tied or {}).get(f"{module}.weight") if name is None else None
+            if source is not None:  # stored as the tensor it is tied to; shape and dtype are its
+                name = f"{module}.weight"
+                tensors = {**tensors, name: tensors[source]}
             if name is None:
                 problems.append(
                     f"{target}: no checkpoint tensor loads into {module}.weight ({skel.architecture} builds "
@@ -246,18 +269,19 @@ def target_layout(
                 continue
             conv1d = kind == "conv1d"
         else:
+            source = None
             name = next((c for c in _fallback_names(target) if c in tensors), None)
             if name is None:
                 missing.append(target)
                 continue
             shape = tuple(tensors[name][1])
-            if shape == (out_f, in_f) and out_f == in_f:
+            if shape == (out_f, in_f) and out_f == in_f and target not in embeddings:
                 problems.append(
                     f"{target}: cannot tell whether {name} is stored out×in (nn.Linear) or in×out "
                     "(Conv1D): transformers does not know this model type and the weight is square"
                 )
                 continue
-            conv1d = shape == (in_f, out_f)
+            conv1d = shape == (in_f, out_f) and target not in embeddings  # a table is never transposed
         dtype, shape = tensors[name][0], tuple(tensors[name][1])
         want = (in_f, out_f) if conv1d else (out_f, in_f)
         if shape != want:
@@ -276,7 +300,7 @@ def target_layout(
             problems.append(f"{target}: resolves to {name}, as {claimed[name]} does: ambiguous targets")
             continue
         claimed[name] = target
-        placed[target] = TargetPlacement(tensor=name, conv1d=conv1d)
+        placed[target] = TargetPlacement(tensor=name, conv1d=conv1d, source=source)
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         where = f" (no such modules in {skel.architecture})" if skel is not None else ""
@@ -290,6 +314,7 @@ def parameter_layout(
     params: dict[str, tuple[int, ...]],
     tensors: dict[str, tuple[str, tuple[int, ...]]],
     skeleton: ModelSkeleton | None,
+    tied: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Checkpoint tensor name of each module parameter a saved module replaces.
 
@@ -298,6 +323,8 @@ def parameter_layout(
         tensors: ``checkpoint tensor name -> (safetensors dtype, shape)``.
         skeleton: From :func:`build_skeleton` (``None``: names are matched as they are, or
             without their first component).
+        tied: As for :func:`target_layout`: a parameter the checkpoint leaves out because it is
+            tied to another tensor is placed under its own name (baking then writes it).
 
     Raises:
         InvalidAdapterError: a parameter the checkpoint lacks, or of another shape.
@@ -311,6 +338,8 @@ def parameter_layout(
     for param, shape in sorted(params.items()):
         if skeleton is not None:
             name = by_module.get(skeleton.canonical(param))
+            if name is None and param in (tied or {}):
+                name, tensors = param, {**tensors, param: tensors[(tied or {})[param]]}
         else:
             name = next((c for c in (param, param.split(".", 1)[-1]) if c in tensors), None)
         if name is None:
@@ -328,6 +357,37 @@ def parameter_layout(
             problems.append(f"{param}: {name} is {dtype}, not a float tensor")
         else:
             placed[param] = name
+    if problems:
+        raise InvalidAdapterError.from_problems(problems)
+    return placed
+
+
+def bias_layout(
+    targets: list[str], tensors: dict[str, tuple[str, tuple[int, ...]]], skeleton: ModelSkeleton | None
+) -> dict[str, str]:
+    """Checkpoint tensor name of each target's bias (for a LoRA bias ``Δb = s·b_B``).
+
+    Raises:
+        InvalidAdapterError: listing every target whose layer stores no bias.
+    """
+    from adaptkit.nn.baking import NO_BIAS
+
+    by_module: dict[str, str] = {}
+    if skeleton is not None:
+        for name in sorted(tensors):
+            by_module.setdefault(skeleton.canonical(name), name)
+    placed, problems = {}, []
+    for target in sorted(targets):
+        if skeleton is not None:
+            name = by_module.get(skeleton.canonical(f"{target}.bias"))
+        else:
+            name = next(
+                (c for c in (f"{target}.bias", f"{target}.bias".split(".", 1)[-1]) if c in tensors), None
+            )
+        if name is None or tensors[name][0] not in FLOAT_DTYPES:
+            problems.append(f"{target}: {NO_BIAS}")
+        else:
+            placed[target] = name
     if problems:
         raise InvalidAdapterError.from_problems(problems)
     return placed

@@ -10,7 +10,9 @@ llama.cpp's per-adapter scales, switchable per request.
 What llama.cpp cannot apply is refused with the target and the reason, never dropped: a saved
 module (``modules_to_save`` replaces a whole tensor; an adapter GGUF holds LoRA pairs only), a
 LoRA on an output head tied to the embeddings (llama.cpp keeps one tensor for both), a module
-with no GGUF tensor, and an expert of a mixture (stored as one 3-D tensor per layer).
+with no GGUF tensor, an expert of a mixture (stored as one 3-D tensor per layer), trainable token
+rows, and every target that is more than a plain linear pair (DoRA, a LoRA bias, an embedding
+LoRA, LoRA on experts' parameters).
 
 Only :mod:`adaptkit.api` is imported, as for any third-party plugin.
 """
@@ -148,6 +150,23 @@ def _check_appliable(a: WeightedAdapter, config: Any, model: Any) -> None:
             f"adapter {a.name!r} saves {module} in full (modules_to_save); a llama.cpp adapter "
             "holds LoRA pairs only and cannot replace a tensor",
             key=module,
+            hint="export with --merged and convert the merged model with llama.cpp",
+        )
+    if a.adapter.tokens:
+        module = sorted(a.adapter.tokens)[0]
+        raise AdaptkitError(
+            f"adapter {a.name!r} trains token rows of {module} in full (trainable tokens); a llama.cpp "
+            "adapter holds LoRA pairs only and cannot replace rows",
+            key=module,
+            hint="export with --merged and convert the merged model with llama.cpp",
+        )
+    variants = [(t, p.variant) for t, p in sorted(a.adapter.targets.items()) if p.variant]
+    if variants:
+        target, variant = variants[0]
+        raise AdaptkitError(
+            f"adapter {a.name!r} adapts {target} with a {variant}; a llama.cpp adapter applies plain "
+            "LoRA pairs only (y += scale·B·(A·x)), which would drop or misplace what the variant adds",
+            key=target,
             hint="export with --merged and convert the merged model with llama.cpp",
         )
     resolve_targets(model, a.adapter)  # each target exists in the base with the adapter's shape

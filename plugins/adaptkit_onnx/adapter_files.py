@@ -42,6 +42,23 @@ def check_switchable(adapters: list[WeightedAdapter]) -> dict[str, str]:
             )
         seen[file.lower()] = a.name
         files[a.name] = file
+    variants = [
+        (a.name, t, p.variant) for a in adapters for t, p in sorted(a.adapter.targets.items()) if p.variant
+    ]
+    if variants:
+        name, target, variant = variants[0]
+        raise AdaptkitError(
+            f"adapter {name!r} adapts {target} with a {variant}, but a --lora-inputs graph feeds plain "
+            "linear LoRA factors (s·B@A on nn.Linear inputs) to every adapter",
+            hint="export it with --onnx (merged) or --merged instead",
+        )
+    with_rows = [(a.name, sorted(a.adapter.tokens)[0]) for a in adapters if a.adapter.tokens]
+    if with_rows:
+        raise AdaptkitError(
+            f"adapter {with_rows[0][0]!r} trains token rows of {with_rows[0][1]} in full, which replace "
+            "base rows, but a --lora-inputs graph shares one base between adapters",
+            hint="export it with --onnx (merged) or --merged instead",
+        )
     with_saved = [a.name for a in adapters if a.adapter.saved]
     if with_saved:
         raise AdaptkitError(

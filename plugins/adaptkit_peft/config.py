@@ -24,18 +24,19 @@ MAX_CONFIG_BYTES = 1 << 20
 # Settings whose adapters are not a plain sum of s·B@A per module. Each is refused when set
 # to anything but PEFT's default, with the reason shown.
 _REFUSED: dict[str, str] = {
-    "use_dora": "DoRA adds magnitude vectors that are not a LoRA update",
-    "lora_bias": "LoRA bias terms (lora_bias) are not LoRA factors",
-    "trainable_token_indices": "trainable token embeddings are not LoRA factors",
-    "alora_invocation_tokens": "activated LoRA (aLoRA) applies only after invocation tokens",
+    "alora_invocation_tokens": "activated LoRA (aLoRA) applies its update only after invocation "
+    "tokens, so no single ΔW stands for it",
     "use_qalora": "QA-LoRA pools its inputs, so ΔW is not B@A",
     "layer_replication": "layer replication changes the base model's structure",
-    "target_parameters": "LoRA on raw nn.Parameters (target_parameters) is not supported",
-    "use_bdlora": "block-diagonal LoRA is not supported",
-    "arrow_config": "Arrow routing mixes several LoRAs per input",
-    "velora_config": "VeLoRA is not supported",
-    "monteclora_config": "MonteCLoRA is not supported",
-    "kasa_config": "KaSA is not supported",
+    "use_bdlora": "block-diagonal LoRA stores blocks of its factors (lora_A of r × in/nblocks), "
+    "which adaptkit does not expand",
+    "arrow_config": "Arrow routing mixes several LoRAs per input, so no single ΔW stands for it",
+    "velora_config": "VeLoRA saves activation-compression state (lora_velora_embed) beside the "
+    "factors; it is not verified against PEFT, so it is refused rather than guessed",
+    "monteclora_config": "MonteCLoRA perturbs its factors with learned noise; it is not verified "
+    "against PEFT, so it is refused rather than guessed",
+    "kasa_config": "KaSA truncated the base weight's SVD when the adapter was created and puts a "
+    "trained diagonal between B and A, so it is not a delta on the original base",
     "loftq_config": "LoftQ changes the base weights at initialisation",
 }
 # init_lora_weights values that rewrite the base model's weights when the adapter is created,
@@ -43,6 +44,15 @@ _REFUSED: dict[str, str] = {
 _BASE_MODIFYING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
 #: Longest a rank_pattern / alpha_pattern key may take to match one module name.
 MATCH_SECONDS = 0.25
+#: Modules PEFT's task models add to ``modules_to_save`` themselves (``PeftModelForSequenceClassification``
+#: and ``...ForTokenClassification`` add the heads ``classifier`` and ``score``,
+#: ``...ForQuestionAnswering`` adds ``qa_outputs``): published configs say ``modules_to_save: null``
+#: and still carry the trained heads.
+TASK_SAVED_MODULES: dict[str, tuple[str, ...]] = {
+    "SEQ_CLS": ("classifier", "score"),
+    "TOKEN_CLS": ("classifier", "score"),
+    "QUESTION_ANS": ("qa_outputs",),
+}
 
 
 def _is_set(value: Any) -> bool:
@@ -81,13 +91,12 @@ def load_config(path: Path) -> dict[str, Any]:
     validate_document(cfg, "peft-adapter-config", path=path)
     for key, reason in _REFUSED.items():
         if _is_set(cfg.get(key)):
-            raise AdaptkitError(f"{key}={cfg[key]!r} is not supported: {reason}", path=path, key=key)
-    if cfg.get("bias", "none") != "none":
-        raise AdaptkitError(
-            f"bias={cfg['bias']!r} is not supported: trained biases are not LoRA factors",
-            path=path,
-            key="bias",
-        )
+            raise AdaptkitError(
+                f"{key}={cfg[key]!r} is not supported: {reason}",
+                path=path,
+                key=key,
+                hint="merge it with PEFT (merge_and_unload, save_pretrained) and use the merged model",
+            )
     init = cfg.get("init_lora_weights")
     if isinstance(init, str) and init.lower().startswith(_BASE_MODIFYING_INITS):
         raise AdaptkitError(
@@ -132,6 +141,15 @@ def match_pattern(
         if found:
             return pattern
     return None
+
+
+def saved_module_names(cfg: dict[str, Any]) -> list[str]:
+    """The names PEFT wraps as saved modules: ``modules_to_save`` plus those its task model adds
+    (:data:`TASK_SAVED_MODULES`). PEFT matches them against module paths by plain suffix
+    (``path.endswith(name)``), so ``classifier`` also names DistilBERT's ``pre_classifier``."""
+    names = list(cfg.get("modules_to_save") or [])
+    names += [n for n in TASK_SAVED_MODULES.get(str(cfg.get("task_type")), ()) if n not in names]
+    return names
 
 
 def module_rank_alpha(cfg: dict[str, Any], module: str, path: Path | None = None) -> tuple[int, float]:

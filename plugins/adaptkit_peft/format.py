@@ -17,22 +17,16 @@ from adaptkit.api import (
     InvalidAdapterError,
     OutputError,
     Producer,
-    SavedModule,
-    is_module_path,
+    TrainableTokens,
 )
 from adaptkit.api.files import ADAPTER_FOLDER
-from adaptkit_peft.config import CONFIG_NAME, load_config, module_rank_alpha
+from adaptkit_peft.config import CONFIG_NAME, load_config, module_rank_alpha, saved_module_names
+from adaptkit_peft.experts import expert_targets
+from adaptkit_peft.tensors import PREFIX, bias_mode, build_pair, peft_tensors, sort_tensors, token_indices
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
-PREFIX = "base_model.model."
 PROVENANCE_NAME = "adaptkit.json"
-
-_KEY = re.compile(
-    r"^base_model\.model\.(?P<module>.+)\."
-    r"(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
-    r"(?:\.weight)?$"
-)
 
 
 class PeftFormat:
@@ -66,74 +60,41 @@ class PeftFormat:
         cfg = load_config(folder / CONFIG_NAME)
         _, tensors = read_tensors(weights)
 
-        factors: dict[str, dict[str, Any]] = {}
+        found = sort_tensors(tensors, saved_module_names(cfg), cfg.get("bias") or "none")
+        if found.problems:
+            raise InvalidAdapterError.from_problems(found.problems, path=weights)
         problems: list[str] = []
-        saved: dict[str, SavedModule] = {}
-        listed = list(cfg.get("modules_to_save") or [])
-        for key, tensor in sorted(tensors.items()):
-            m = _KEY.match(key)
-            if m is None:
-                problem = _saved_tensor(key, tensor, listed, saved)
-                if problem:
-                    problems.append(problem)
-                continue
-            kind = m["kind"]
-            if not is_module_path(m["module"]):
-                problems.append(f"{key!r}: {m['module']!r} is not a dotted module path")
-                continue
-            if kind.startswith("lora_embedding"):
-                raise AdaptkitError(
-                    "embedding LoRA (lora_embedding_A/B) is not supported",
-                    path=weights,
-                    key=key,
-                    hint="train without the embedding in target_modules, or save it whole (modules_to_save)",
-                )
-            if kind == "lora_magnitude_vector":
-                raise AdaptkitError(
-                    "DoRA magnitude vectors are not supported: a DoRA update is not s·B@A",
-                    path=weights,
-                    key=key,
-                    hint="merge it with PEFT (merge_and_unload) and export the merged model instead",
-                )
-            factors.setdefault(m["module"], {})[kind[-1]] = tensor
-        if problems:
-            raise InvalidAdapterError.from_problems(problems, path=weights)
-
         rslora = bool(cfg.get("use_rslora", False))
         targets: dict[str, LoraPair] = {}
-        for module in sorted(factors):
-            pair = factors[module]
-            missing = [f"lora_{f}" for f in "AB" if f not in pair]
-            if missing:
-                problems.append(f"{PREFIX}{module}.{missing[0]}.weight: missing (its pair is present)")
-                continue
-            r, alpha = module_rank_alpha(cfg, module, folder / CONFIG_NAME)
-            A, B = pair["A"], pair["B"]
-            if A.ndim != 2 or A.shape[0] != r:
+        params = expert_targets(sorted(found.factors), cfg, folder / CONFIG_NAME)
+        for module, tensors_of in sorted(found.factors.items()):
+            target = params.get(module, module)  # an experts parameter's path, or the module's
+            r, alpha = module_rank_alpha(cfg, target, folder / CONFIG_NAME)
+            try:
+                targets[target] = build_pair(module, tensors_of, r, alpha, rslora, experts=module in params)
+            except InvalidAdapterError as exc:
+                problems.append(exc.message)
+        saved = found.saved
+        tokens = {}
+        for module, values in sorted(found.tokens.items()):
+            indices = token_indices(cfg, module)
+            if indices is None:
                 problems.append(
-                    f"{PREFIX}{module}.lora_A.weight: shape {tuple(A.shape)} disagrees with rank "
-                    f"{r} from {CONFIG_NAME}"
+                    f"{PREFIX}{module}.token_adapter.trainable_tokens_delta: trainable token rows, but "
+                    f"{CONFIG_NAME}'s trainable_token_indices names no token ids for {module!r}"
                 )
                 continue
-            try:
-                lp = LoraPair(A=A, B=B, alpha=alpha, scaling="alpha/sqrt(r)" if rslora else "alpha/r")
-            except InvalidAdapterError as exc:
-                problems.append(f"{PREFIX}{module}: {exc.message}")
-                continue
-            problems += [
-                f"{PREFIX}{module}.{f}.weight: contains NaN or Inf values" for f in lp.check_finite()
-            ]
-            targets[module] = lp
+            tokens[module] = TrainableTokens(indices=indices, values=values)
         problems += [
             f"{PREFIX}{module}.base_layer.*: a saved base weight of {module!r} without LoRA factors"
             for module, entry in saved.items()
-            if entry.origin == "base_layer" and module not in factors
+            if entry.origin == "base_layer" and module not in found.factors
         ]
         if problems:
             raise InvalidAdapterError.from_problems(problems, path=weights)
         if not targets:
             raise InvalidAdapterError("no LoRA factors found", path=weights)
-        return Adapter(
+        adapter = Adapter(
             targets=targets,
             base_model=BaseModelInfo(
                 name=cfg.get("base_model_name_or_path"),
@@ -143,7 +104,12 @@ class PeftFormat:
             producer=Producer(component="format:peft"),
             provenance={"converted_from": {"format": "peft", "peft_version": cfg.get("peft_version")}},
             saved=saved,
+            tokens=tokens,
         )
+        problems = adapter.problems()  # what no tensor shows alone: token rows against their ids
+        if problems:
+            raise InvalidAdapterError.from_problems(problems, path=weights)
+        return adapter
 
     def write(self, adapter: Adapter, path: Path, *, overwrite: bool = False) -> Path:
         """Write a PEFT directory that PEFT loads with every target's scale reproduced.
@@ -164,18 +130,18 @@ class PeftFormat:
         if out.exists() and not overwrite:
             raise OutputError("output exists", path=out, hint="pass --force to replace it")
         adapter.validate()
+        dora = sorted(t for t, p in adapter.targets.items() if p.magnitude is not None)
+        if dora and len(dora) != len(adapter.targets):
+            plain = sorted(set(adapter.targets) - set(dora))[0]
+            raise AdaptkitError(
+                f"{dora[0]} is a DoRA target but {plain} is not; PEFT's use_dora applies to every "
+                "target, and a plain target's magnitude would need the base weight",
+                hint="write it in the native format (--to adaptkit), or export it merged",
+            )
         cfg = peft_config(adapter)
-        tensors = {}
-        for name, pair in sorted(adapter.targets.items()):
-            tensors[f"{PREFIX}{name}.lora_A.weight"] = pair.A.detach().contiguous().cpu()
-            tensors[f"{PREFIX}{name}.lora_B.weight"] = pair.B.detach().contiguous().cpu()
-        for module, entry in sorted(adapter.saved.items()):
-            infix = ".base_layer" if entry.origin == "base_layer" else ""
-            for param, tensor in sorted(entry.params.items()):
-                tensors[f"{PREFIX}{module}{infix}.{param}"] = tensor.detach().contiguous().cpu()
         from adaptkit.api.files import unshared
 
-        blob = st_save(unshared(tensors), metadata={"format": "pt"})
+        blob = st_save(unshared(peft_tensors(adapter)), metadata={"format": "pt"})
         provenance = {
             "producer": {k: v for k, v in vars(adapter.producer).items() if v is not None},
             "provenance": adapter.provenance,
@@ -185,39 +151,6 @@ class PeftFormat:
             (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, allow_nan=False) + "\n")
             (tmp / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=2, default=str) + "\n")
         return out
-
-
-#: Last module-path components and what PEFT users save them as, for refusal messages.
-_SAVED_KINDS = {
-    "classifier": "a saved classification head",
-    "score": "a saved classification head",
-    "qa_outputs": "a saved question-answering head",
-    "lm_head": "a saved output head (lm_head)",
-    "embed_tokens": "saved input embeddings",
-    "wte": "saved input embeddings",
-    "embed_out": "a saved output head",
-}
-
-
-def _saved_tensor(key: str, tensor: Any, listed: list[str], saved: dict[str, SavedModule]) -> str | None:
-    """File a non-LoRA tensor as a saved module's parameter; a problem message if it is none."""
-    if not key.startswith(PREFIX):
-        return f"{key}: matches no LoRA key pattern (PEFT keys start with {PREFIX!r})"
-    module, _, param = key[len(PREFIX) :].rpartition(".")
-    if not is_module_path(module) or not param.isidentifier():
-        return f"{key!r}: {module!r} is not a dotted module path"
-    if module.endswith(".base_layer"):
-        target = module[: -len(".base_layer")]
-        saved.setdefault(target, SavedModule(params={}, origin="base_layer")).params[param] = tensor
-        return None
-    if any(module == name or module.endswith("." + name) for name in listed):
-        saved.setdefault(module, SavedModule(params={})).params[param] = tensor
-        return None
-    kind = _SAVED_KINDS.get(module.rpartition(".")[2], "a whole saved module")
-    return (
-        f"{key}: a full tensor of {module!r} ({kind}), but {CONFIG_NAME} does not list it in "
-        "modules_to_save; add the module's name there if it was trained whole"
-    )
 
 
 def _peft_alpha(pair: Any, rslora: bool) -> float:
@@ -243,15 +176,18 @@ def peft_config(adapter: Adapter) -> dict[str, Any]:
         "r": r,
         "lora_alpha": alpha,
         "use_rslora": rslora,
-        "target_modules": sorted(adapter.targets),
+        "target_modules": sorted(t for t, p in adapter.targets.items() if p.kind != "experts") or None,
+        "target_parameters": sorted(t for t, p in adapter.targets.items() if p.kind == "experts") or None,
         "rank_pattern": {re.escape(n): v for n, v in sorted(ranks.items()) if v != r},
         "alpha_pattern": {re.escape(n): v for n, v in sorted(alphas.items()) if v != alpha},
         "fan_in_fan_out": bool(adapter.base_model.fan_in_fan_out),
         "lora_dropout": 0.0,
-        "bias": "none",
+        "bias": bias_mode(adapter),
+        "lora_bias": any(p.bias is not None for p in adapter.targets.values()),
         "modules_to_save": sorted(m for m, e in adapter.saved.items() if e.origin == "modules_to_save")
         or None,
-        "use_dora": False,
+        "use_dora": any(p.magnitude is not None for p in adapter.targets.values()),
+        "trainable_token_indices": {m: list(e.indices) for m, e in sorted(adapter.tokens.items())} or None,
         "init_lora_weights": True,
         "inference_mode": True,
     }

@@ -73,4 +73,4 @@ def test_structural_problems_are_rejected(kwargs, message):
 def test_check_finite_names_the_factor():
     A, B = _factors()
     B[0, 0] = float("inf")
-    assert LoraPair(A=A, B=B, alpha=1.0).check_finite() == ["lora_B"]
+    assert LoraPair(A=A, B=B, alpha=1.0).check_finite() == ["lora_B.weight"]

@@ -295,3 +295,87 @@ def test_targets_sharing_one_tensor_save_and_load(tmp_path):
     pair = LoraPair(torch.ones(2, 6), torch.ones(8, 2), alpha=2.0)
     back = load_adapter(save_adapter(Adapter({"a.q": pair, "b.q": pair}), tmp_path / "s.safetensors"))
     assert torch.equal(back.targets["a.q"].A, back.targets["b.q"].A) and set(back.targets) == {"a.q", "b.q"}
+
+
+def _variants_adapter():
+    """One target of every kind and variant the format holds, plus trained token rows."""
+    from adaptkit import Adapter, LoraPair, SavedModule, TrainableTokens
+
+    g = torch.Generator().manual_seed(3)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g)
+
+    targets = {
+        "m.emb": LoraPair(A=r(2, 8), B=r(20, 2), alpha=4.0, kind="embedding", magnitude=r(8).abs()),
+        "m.q": LoraPair(A=r(2, 8), B=r(6, 2), alpha=4.0, bias=r(6)),
+        "m.v": LoraPair(A=r(2, 8), B=r(6, 2), alpha=4.0, magnitude=r(6).abs()),
+        "m.experts.down_proj": LoraPair(A=r(3, 2, 4), B=r(3, 8, 2), alpha=4.0, kind="experts"),
+    }
+    return Adapter(
+        targets=targets,
+        saved={"m.k": SavedModule({"bias": r(6)}, origin="bias")},
+        tokens={"m.emb": TrainableTokens(indices=[4, 1], values=r(2, 8))},
+    )
+
+
+def test_every_variant_round_trips_bit_for_bit(tmp_path):
+    adapter = _variants_adapter()
+    path = save_adapter(adapter, tmp_path / "v.safetensors")
+    loaded = load_adapter(path)
+    manifest = build_manifest(loaded)
+    assert manifest == build_manifest(adapter)
+    assert manifest["targets"]["m.emb"]["kind"] == "embedding" and manifest["targets"]["m.emb"]["dora"]
+    assert manifest["targets"]["m.q"]["bias"] and "kind" not in manifest["targets"]["m.q"]
+    assert manifest["targets"]["m.experts.down_proj"] == {
+        "rank": 2,
+        "scaling": "alpha/r",
+        "alpha": 4.0,
+        "kind": "experts",
+    }
+    assert manifest["trainable_tokens"] == {"m.emb": {"indices": [4, 1]}}
+    for name, pair in adapter.targets.items():
+        got = loaded.targets[name].tensors()
+        assert set(got) == set(pair.tensors()) and all(
+            torch.equal(got[k], t) for k, t in pair.tensors().items()
+        )
+    assert torch.equal(loaded.tokens["m.emb"].values, adapter.tokens["m.emb"].values)
+    assert save_adapter(loaded, tmp_path / "w.safetensors").read_bytes() == path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t, m: t.pop("m.q.lora_B.bias"), "m.q.lora_B.bias: the manifest declares bias: true"),
+        (
+            lambda t, m: m["targets"]["m.v"].pop("dora"),
+            "m.v.lora_magnitude_vector: the manifest does not declare dora",
+        ),
+        (
+            lambda t, m: t.update({"m.emb.trainable_tokens": torch.ones(3, 8)}),
+            "values are (3, 8) for 2 token ids",
+        ),
+        (
+            lambda t, m: m["trainable_tokens"]["m.emb"].update(indices=[4, 4]),
+            "trainable_tokens.m.emb.indices",
+        ),
+        (
+            lambda t, m: t.update({"m.experts.down_proj.lora_A.weight": torch.ones(2, 2, 4)}),
+            "experts mismatch",
+        ),
+    ],
+    ids=["bias-missing", "dora-undeclared", "token-rows", "token-ids-repeat", "experts-disagree"],
+)
+def test_variant_tensors_must_match_their_manifest(tmp_path, edit, message):
+    from safetensors.torch import load as st_load
+
+    from adaptkit.io.native import adapter_to_bytes
+
+    adapter = _variants_adapter()
+    tensors = st_load(adapter_to_bytes(adapter))
+    manifest = build_manifest(adapter)
+    edit(tensors, manifest)
+    path = _write(tmp_path / "bad.safetensors", tensors, manifest)
+    with pytest.raises((InvalidAdapterError, SchemaError)) as info:
+        load_adapter(path)
+    assert message in str(info.value)

@@ -198,3 +198,46 @@ def test_refusals_name_the_module_and_the_reason(tmp_path, run_cli, capsys):
         run_cli, tmp_path, ["export", "--gguf", "--model", tmp_path / "tied", "-o", tmp_path / "o"],
         "needs at least one --adapter",
     )  # fmt: skip
+
+
+def _variant(kind):
+    """An adapter on the tiny Llama whose one target is more than a plain linear pair, or that
+    trains token rows."""
+    from adaptkit import Adapter, LoraPair, TrainableTokens
+
+    g = torch.Generator().manual_seed(0)
+    q, emb = "model.layers.0.self_attn.q_proj", "model.embed_tokens"
+    plain = LoraPair(A=torch.randn(2, 64, generator=g), B=torch.randn(64, 2, generator=g), alpha=2.0)
+    pairs = {
+        "dora": {q: LoraPair(A=plain.A, B=plain.B, alpha=2.0, magnitude=torch.rand(64, generator=g) + 1)},
+        "lora-bias": {q: LoraPair(A=plain.A, B=plain.B, alpha=2.0, bias=torch.randn(64, generator=g))},
+        "embedding": {
+            emb: LoraPair(A=plain.A, B=torch.randn(288, 2, generator=g), alpha=2.0, kind="embedding")
+        },
+        "tokens": {q: plain},
+    }[kind]
+    tokens = {emb: TrainableTokens([5], torch.randn(1, 64, generator=g))} if kind == "tokens" else {}
+    return Adapter(targets=pairs, tokens=tokens)
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("dora", ["q_proj", "DoRA", "plain"]),
+        ("lora-bias", ["q_proj", "LoRA bias", "plain"]),
+        ("embedding", ["embed_tokens", "embedding LoRA", "plain"]),
+        ("tokens", ["embed_tokens", "token rows"]),
+    ],
+)
+def test_variants_llama_cpp_cannot_apply_are_refused(llama, tmp_path, run_cli, kind, words):
+    from adaptkit import save_adapter
+
+    _, model_dir = llama
+    spec = save_adapter(_variant(kind), tmp_path / f"{kind}.safetensors")
+    line = assert_refused(
+        run_cli,
+        tmp_path,
+        ["export", "--gguf", "--model", model_dir, "-a", spec, "-o", tmp_path / "out"],
+        words,
+    )
+    assert "--merged" in line

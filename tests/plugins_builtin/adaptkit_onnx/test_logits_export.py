@@ -235,3 +235,23 @@ def test_existing_empty_output_folder_is_used_without_force(run_cli, llama):
     code, _, err = run_cli("export", "--merged", "--model", tmp / "model", "-a", a, "-o", out)
     assert code == 0, err
     assert (out / "export-report.json").is_file()
+
+
+@pytest.mark.parametrize("kind", ["dora", "embedding", "tokens"])
+def test_lora_inputs_refuse_what_one_shared_graph_cannot_switch(kind):
+    """A --lora-inputs graph feeds plain linear factors: DoRA, embedding LoRA and token rows are
+    refused before anything is built, naming the adapter and what it adapts."""
+    from adaptkit import Adapter, LoraPair, TrainableTokens, WeightedAdapter
+    from adaptkit.errors import AdaptkitError
+    from adaptkit_onnx.adapter_files import check_switchable
+
+    A, B = torch.ones(2, 8), torch.ones(8, 2)
+    target = {
+        "dora": {"m.q": LoraPair(A=A, B=B, alpha=2.0, magnitude=torch.ones(8))},
+        "embedding": {"m.emb": LoraPair(A=A, B=torch.ones(20, 2), alpha=2.0, kind="embedding")},
+        "tokens": {"m.q": LoraPair(A=A, B=B, alpha=2.0)},
+    }[kind]
+    tokens = {"m.emb": TrainableTokens([1], torch.ones(1, 8))} if kind == "tokens" else {}
+    with pytest.raises(AdaptkitError, match="adapter 'x'") as info:
+        check_switchable([WeightedAdapter(Adapter(targets=target, tokens=tokens), 1.0, "x")])
+    assert {"dora": "DoRA", "embedding": "embedding LoRA", "tokens": "token rows"}[kind] in str(info.value)

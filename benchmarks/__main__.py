@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks.report import render
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("combine", "train", "export", "qlora", "loraplus", "realsize", "generation", "demo")
+BENCHES = ("combine", "train", "export", "qlora", "loraplus", "realsize", "generation", "llamacpp", "demo")
 
 
 def main(argv=None) -> int:

@@ -328,6 +328,31 @@ def _demo(r: dict) -> list[str]:
     return out
 
 
+def _llamacpp(r: dict) -> list[str]:
+    s = r["setup"]
+    out = [
+        *_opening(f"llama.cpp against ONNX Runtime GenAI ({r['model']})", r),
+        f"The same base and rank-{s['adapter_rank']} adapter on all seven projections, deployed both ways "
+        "adaptkit exports it: a base GGUF quantized by llama.cpp's own quantizer plus "
+        "`adaptkit export --gguf`'s adapter (applied unmerged, as llama.cpp does), and "
+        "`adaptkit export --onnx --precision int4` (the adapter baked in). Batch 1, greedy, each runtime "
+        f"in its own process: a {s['prompt_tokens']}-token prompt in one call (prefill), then "
+        f"{s['new_tokens']} tokens one at a time (decode), after a warm-up, best of 3. Peak RSS is "
+        "the process's own (`VmHWM`; llama.cpp maps the GGUF, and the pages it reads count). Command: "
+        "`python -m benchmarks --only llamacpp`. The machine is shared and loaded: read ratios, not "
+        "absolutes.",
+        "",
+        "| runtime | threads | prefill tokens/s | decode tokens/s | peak RSS MiB | files MiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in r["rows"]:
+        out.append(
+            f"| {row['runtime']} | {row['threads']} | {row['prefill_tok_s']} | {row['decode_tok_s']} "
+            f"| {row['peak_rss_mib']} | {row['file_mib']} |"
+        )
+    return [*out, ""]
+
+
 RENDER = {
     "combine": _combine,
     "train": _train,
@@ -336,6 +361,7 @@ RENDER = {
     "loraplus": _loraplus,
     "realsize": _realsize,
     "generation": _generation,
+    "llamacpp": _llamacpp,
     "demo": _demo,
 }
 

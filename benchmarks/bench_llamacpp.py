@@ -33,6 +33,12 @@ from benchmarks.bench_realsize import build
 from benchmarks.common import emit, parser, run_info
 
 PROMPT, NEW = 128, 64
+#: How the llama-cpp-python measured here was built (docs/benchmarks.md says why).
+NO_AMX = (
+    "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON "
+    "-DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON "
+    "-DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF"
+)
 #: Each speed is the best of this many runs in the same process (the machine is shared).
 REPEATS = 3
 THREADS = (1, 2)
@@ -116,6 +122,13 @@ def worker(spec: dict) -> None:
 def run(spec: dict) -> dict:
     argv = [sys.executable, "-m", "benchmarks.bench_llamacpp", "--worker", json.dumps(spec)]
     out = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if out.returncode == -4:  # SIGILL
+        raise SystemExit(
+            f"{spec['kind']} died of an illegal instruction: a native build of llama.cpp uses CPU "
+            "instructions this machine advertises but refuses (AMX, in some virtual machines). "
+            f"Rebuild it without them: CMAKE_ARGS='{NO_AMX}' pip install --force-reinstall "
+            "--no-cache-dir llama-cpp-python"
+        )
     if out.returncode != 0:
         raise SystemExit(f"failed: {spec}\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])

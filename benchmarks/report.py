@@ -342,6 +342,12 @@ def _llamacpp(r: dict) -> list[str]:
         "`python -m benchmarks --only llamacpp`. The machine is shared and loaded: read ratios, not "
         "absolutes.",
         "",
+        "llama-cpp-python is built here with AVX-512 and without AMX "
+        "(`CMAKE_ARGS='-DGGML_NATIVE=OFF ... -DGGML_AMX_INT8=OFF'`, the full line in "
+        "`benchmarks/bench_llamacpp.py`): this virtual machine advertises AMX, and llama.cpp's native "
+        "build then runs quantized weights through AMX tiles the machine refuses (SIGILL). The tests "
+        "run float32 GGUFs, which never take that path, so the default build serves them.",
+        "",
         "| runtime | threads | prefill tokens/s | decode tokens/s | peak RSS MiB | files MiB |",
         "|---|---|---|---|---|---|",
     ]

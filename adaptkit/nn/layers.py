@@ -238,16 +238,22 @@ class LoraLinear(LoraLayer):
         )
 
     def export_pair(self) -> Any:
-        """The factors as an :class:`adaptkit.lora.LoraPair` (copied, detached)."""
+        """The factors as an :class:`adaptkit.lora.LoraPair` (copied, detached, whole).
+
+        Under FSDP (``adaptkit train --shard``) each process holds a share of the rows of each
+        factor (a ``DTensor``); they are gathered here, which is a collective: every process
+        extracts, in the same order."""
         from adaptkit.lora import LoraPair
 
         return LoraPair(
-            A=self.lora_A.detach().clone().cpu(),
-            B=self.lora_B.detach().clone().cpu(),
+            A=_whole(self.lora_A.detach()).clone().cpu(),
+            B=_whole(self.lora_B.detach()).clone().cpu(),
             alpha=self.alpha,
             scaling="alpha/sqrt(r)" if self.rslora else "alpha/r",
-            bias=None if self.lora_bias is None else self.lora_bias.detach().clone().cpu(),
-            magnitude=None if self.lora_magnitude is None else self.lora_magnitude.detach().clone().cpu(),
+            bias=None if self.lora_bias is None else _whole(self.lora_bias.detach()).clone().cpu(),
+            magnitude=None
+            if self.lora_magnitude is None
+            else _whole(self.lora_magnitude.detach()).clone().cpu(),
         )
 
 
@@ -281,3 +287,9 @@ class LoraEmbedding(LoraLinear):
         import dataclasses
 
         return dataclasses.replace(super().export_pair(), kind="embedding")
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded ``DTensor``'s full value (gathered from every process); any other tensor as is."""
+    full = getattr(tensor, "full_tensor", None)
+    return full() if callable(full) else tensor

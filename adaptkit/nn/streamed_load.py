@@ -130,6 +130,38 @@ def _read(path: Path, offset: int, info: dict[str, Any]) -> torch.Tensor:
     return torch.frombuffer(buf, dtype=_DTYPES[info["dtype"]]).reshape(info["shape"])
 
 
+def read_tensor(path: Path, offset: int, info: dict[str, Any]) -> torch.Tensor:
+    """One whole tensor of a checkpoint file (``offset``/``info`` as :func:`plan` places it)."""
+    return _read(path, offset, info)
+
+
+def read_rows(path: Path, offset: int, info: dict[str, Any], start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` (along dim 0) of one checkpoint tensor, reading only their bytes.
+
+    safetensors stores a tensor row-major and contiguous, so rows ``[start, stop)`` of a tensor
+    of shape ``(d0, d1, …)`` are the bytes ``[start·b, stop·b)`` of its data, with
+    ``b = d1·d2·…·itemsize``: a sharded loader reads its own share and nothing else.
+    """
+    shape = list(info["shape"])
+    dtype = _DTYPES[info["dtype"]]
+    if not shape:  # a scalar has no rows to split
+        return _read(path, offset, info)
+    row_bytes = dtype.itemsize
+    for d in shape[1:]:
+        row_bytes *= d
+    first, _ = info["data_offsets"]
+    buf = bytearray((stop - start) * row_bytes)
+    if buf:
+        with open(path, "rb") as fh:
+            fh.seek(offset + first + start * row_bytes)
+            fh.readinto(buf)
+    return (
+        torch.frombuffer(buf, dtype=dtype).reshape([stop - start, *shape[1:]])
+        if buf
+        else torch.empty([0, *shape[1:]], dtype=dtype)
+    )
+
+
 #: ``place(name, tensor, module, attr) -> bool``: put ``tensor`` in place itself (True) or
 #: leave it to the loader (False).
 Place = Callable[[str, torch.Tensor, nn.Module, str], bool]

@@ -73,6 +73,19 @@ def parse_options(items: tuple[str, ...]) -> dict[str, Any]:
     type=click.Choice(["auto", "cpu", "cuda"]),
     help="Where to train (default auto: CUDA when available). Under torchrun: the local rank's GPU.",
 )
+@click.option(
+    "--shard",
+    is_flag=True,
+    default=None,
+    help="Under torchrun: shard the base, LoRA and optimizer state across the processes (FSDP2, "
+    "one unit per transformer block) instead of a whole base per process (DDP).",
+)
+@click.option(
+    "--cpu-offload",
+    is_flag=True,
+    default=None,
+    help="With --shard on CUDA: keep the shards in CPU memory, on the GPU only while they compute.",
+)
 @click.option("--lr", type=float, help="Learning rate (default 3e-4).")
 @click.option("--warmup-steps", type=int, help="Linear warm-up steps (default 0).")
 @click.option(
@@ -108,7 +121,8 @@ def command(recipe: Path | None, force: bool, as_json: bool, **flags: Any) -> No
     Give flags, or a train recipe YAML (schema train-recipe) whose keys the flags override.
     Data: JSONL with {"text": ...} (tokenised with the model's tokenizer) or {"input_ids":
     [...]}, or plain text. Multi-process: run the same command under
-    `torchrun --nproc_per_node N -m adaptkit ...`; only process 0 writes.
+    `torchrun --nproc_per_node N -m adaptkit ...` (DDP; add --shard for FSDP2, a base larger
+    than one device); only process 0 writes.
 
     \b
     Examples:
@@ -116,6 +130,7 @@ def command(recipe: Path | None, force: bool, as_json: bool, **flags: Any) -> No
       adaptkit train --backend qlora --model ./llama --data d.jsonl -o q.safetensors
       adaptkit train --model Qwen/Qwen2.5-0.5B --base-dtype bf16 --data d.jsonl -o a.safetensors
       adaptkit train recipe.yaml --lr 1e-3
+      torchrun --nproc_per_node 2 -m adaptkit train --shard --model ./llama --data d.jsonl -o a.safetensors
     """
     from adaptkit.nn.settings import LoraSettings
     from adaptkit.plugins import get_registry

@@ -67,9 +67,14 @@ class Backend(Plugin, Protocol):
 
     Attributes:
         supports: Optional; the trainer features the backend claims, a subset of
-            ``{"resume", "ddp"}``: ``resume`` — a run resumed from a checkpoint continues
-            exactly; ``ddp`` — ``torchrun`` over N processes equals one process with the same
-            global batch. The contract kit checks each claim. Missing: no claims.
+            ``{"resume", "ddp", "shard"}``: ``resume`` — a run resumed from a checkpoint
+            continues exactly; ``ddp`` — ``torchrun`` over N processes equals one process with
+            the same global batch; ``shard`` — so does ``torchrun ... --shard`` (FSDP2): then
+            ``prepare`` runs on the base's skeleton (parameters on the meta device; the LoRA
+            factors it attaches are real), before the weights load, and ``optimizer`` receives
+            the sharded parameters in the order ``prepare`` returned them (new objects: a
+            backend must not tell parameters apart by ``id``). The contract kit checks each
+            claim. Missing: no claims.
         options_schema: The backend's options (``--option KEY=VALUE``) as a JSON-Schema
             ``object``: per property a ``type``, an ``enum`` or bounds, and a ``default``. The
             trainer checks options against it before the model loads and hands the backend
@@ -79,6 +84,11 @@ class Backend(Plugin, Protocol):
             "properties": {}}`` for none. Missing: options pass unchecked but for finiteness.
 
     Optional method ``memory_report(model) -> dict`` is written to the metrics file at start.
+    Optional method ``shard_plan(config, skeleton, device, log) -> dict`` (``shard`` only):
+    swap layers in the skeleton for ones that store their weight otherwise, and return
+    ``{checkpoint tensor name: convert}``, ``convert(whole tensor) -> tensor to shard``; the
+    trainer reads such a tensor whole and keeps each process's rows of what ``convert`` returns
+    (``qlora`` packs NF4 there).
     """
 
     def prepare(self, model: Any, settings: Any, config: Any, log: Any) -> list[Any]:

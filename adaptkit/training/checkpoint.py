@@ -66,13 +66,21 @@ def save_checkpoint(
     step: int,
     extra: dict[str, Any],
     overwrite: bool = False,
+    state: dict[str, Any] | None = None,
 ) -> Path:
+    """Write a checkpoint folder atomically.
+
+    Args:
+        state: ``optimizer``'s state dict with every tensor whole, when the caller gathered it
+            (a sharded run gathers it on every process together; see
+            :func:`adaptkit.training.sharded.whole_optimizer_state`). ``None``: read it here.
+    """
     from safetensors.torch import save_file
 
     from adaptkit.io.atomic import atomic_directory
     from adaptkit.io.native import save_adapter
 
-    tensors, meta = _flatten(optimizer.state_dict())
+    tensors, meta = _flatten(state if state is not None else optimizer.state_dict())
     tensors["rng.torch"] = torch.get_rng_state()
     folder.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(folder, overwrite=overwrite) as tmp:
@@ -130,6 +138,14 @@ def restore_optimizer(
     for idx, entries in state.get("plain_state", {}).items():
         rebuilt.setdefault(int(idx), {}).update(entries)
     rebuilt = {idx: _nest(entries) for idx, entries in rebuilt.items()}
+    # A sharded parameter's state is loaded as its rows, laid out like the parameter.
+    from adaptkit.training.sharded import like_param
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    rebuilt = {
+        idx: {k: like_param(v, params[idx]) if idx < len(params) else v for k, v in entries.items()}
+        for idx, entries in rebuilt.items()
+    }
     try:
         optimizer.load_state_dict({"state": rebuilt, "param_groups": groups})
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:

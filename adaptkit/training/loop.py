@@ -214,8 +214,9 @@ def run_training(
     ratio to the peak rate (LoRA+ trains ``B`` faster than ``A`` this way).
     """
     from adaptkit.plugins import get_registry
+    from adaptkit.training import sharded
     from adaptkit.training.checkpoint import restore_optimizer, save_checkpoint
-    from adaptkit.training.distributed import init_distributed, shutdown
+    from adaptkit.training.distributed import join, launch, shutdown
     from adaptkit.training.options import backend_options
     from adaptkit.training.settings import check_config
 
@@ -224,19 +225,28 @@ def run_training(
         backend = registry.get("backend", cfg.backend)
     check_config(cfg)
     cfg = replace(cfg, options=backend_options(backend, cfg.options))
-    dist = init_distributed(cfg.device)
+    dist = launch(cfg.device)
     say = log or (lambda msg: print(msg, flush=True))
 
     def note(msg: str) -> None:
         if dist.main:
             say(msg)
 
+    if cfg.shard:
+        sharded.check_request(cfg, backend, dist, model_given=model is not None)
     torch.manual_seed(cfg.seed)
     plan = plan_run(cfg, backend, dist, model=model, tokenizer=tokenizer, records=records)
     records, tokenizer, steps, start = plan.records, plan.tokenizer, plan.steps, plan.start
-    placed = model is None
-    if model is None:
-        model, _ = _load_base(cfg, backend, dist.device, note, folder=plan.folder)
+    # Every refusal above and in plan_shards (the skeleton, the backend, the targets) is made by
+    # every process alike before any of them waits on a peer.
+    shards = sharded.plan_shards(cfg, backend, plan.folder, dist.device, note) if cfg.shard else None
+    join(dist)
+    if shards is not None:
+        model, params = sharded.materialize(shards, cfg, dist, note)
+        base_dtype = shards.dtype
+    else:
+        model, params, base_dtype = _load_and_prepare(cfg, backend, dist, note, plan, model)
+    if plan.folder is not None:
         vocab = model_vocab_size(model)
         if plan.vocab_checked != vocab:
             from adaptkit.training.data import check_token_ids
@@ -244,17 +254,6 @@ def run_training(
             check_token_ids(records, vocab, path=cfg.data)
     pad_id = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
     pad_id = 0 if pad_id is None else int(pad_id)
-
-    # A model given directly moves before the backend attaches anything: bitsandbytes' 4-bit
-    # weights are quantized when moved, and moving them again corrupts them (bitsandbytes
-    # #2078). A model loaded here is already where it belongs.
-    if not placed and not any(type(p).__name__ == "Params4bit" for p in model.parameters()):
-        model.to(dist.device)
-    base_dtype = dominant_dtype(model)
-    torch.manual_seed(cfg.seed)
-    params = backend.prepare(model, cfg.lora, cfg, note)
-    if not params:
-        raise AdaptkitError(f"backend {cfg.backend!r} left nothing to train")
     scaler = None
     masters: list[tuple[Any, torch.dtype]] = []
     if base_dtype == torch.float16:
@@ -277,11 +276,12 @@ def run_training(
         note("gradient checkpointing: on (non-reentrant, works with a frozen or 4-bit base)")
     optimizer = backend.optimizer(params, cfg, note)
     check_param_groups(optimizer, backend)
-    memory = memory_account(model, params, dist.device)
+    memory = memory_account(model, params, dist.device, shards=dist.world if cfg.shard else 1)
     note(
         f"memory: base {memory['base_dtype']} {memory['base_bytes'] / 2**20:,.1f} MiB"
         + (f" ({memory['quantized_layers']} layers 4-bit)" if memory["quantized_layers"] else "")
         + f", LoRA {memory['lora_bytes'] / 2**20:,.2f} MiB on {dist.device}"
+        + (f" (each process's share of {dist.world})" if cfg.shard else "")
     )
 
     per_rank, world = cfg.batch_size, dist.world
@@ -298,15 +298,17 @@ def run_training(
         note(f"resumed from {cfg.resume} at step {start}")
 
     train_model: Any = model
-    if world > 1:
+    if world > 1 and not cfg.shard:
         train_model = torch.nn.parallel.DistributedDataParallel(model)
     model.train()
-    # Before/after loss on the same fixed sample, so the two are comparable.
+    # Before/after loss on the same fixed sample, so the two are comparable. A sharded model
+    # computes only with every process taking part: each evaluates the whole sample.
     probe = records[: plan.eval_records]
     show = progress and dist.main
+    evaluates = bool(probe) and (dist.main or cfg.shard)
     initial = (
         evaluate_loss(model, probe, pad_id, per_rank, dist.device, progress="eval before" if show else None)
-        if dist.main and probe
+        if evaluates
         else None
     )
 
@@ -356,10 +358,14 @@ def run_training(
                 ids, mask = collate(chunk, pad_id)
                 ids, mask = ids.to(dist.device), mask.to(dist.device)
                 sync = world == 1 or a == cfg.grad_accum - 1
-                ctx = train_model.no_sync() if not sync else contextlib.nullcontext()
+                ctx = contextlib.nullcontext()
+                if cfg.shard:  # FSDP2 accumulates unsharded gradients until the last micro-batch
+                    model.set_requires_gradient_sync(sync)
+                elif not sync:
+                    ctx = train_model.no_sync()
                 with ctx:
                     part = token_loss_sum(train_model, ids, mask)
-                    # DDP averages gradients over processes; multiply by world to get the sum.
+                    # DDP and FSDP average gradients over processes; multiply by world to get the sum.
                     scaled = part * (world / total_targets)
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()
                 loss_sum += float(part.detach())
@@ -376,12 +382,14 @@ def run_training(
             if step == start:
                 memory["optimizer_state_bytes"] = optimizer_state_bytes(optimizer)
                 note(f"memory: optimizer state {memory['optimizer_state_bytes'] / 2**20:,.2f} MiB")
+            peaks = dist.all_gather_int(peak_memory(dist.device))
             record = {
                 "step": step + 1,
                 "loss": loss,
                 "lr": lr,
                 "tokens_per_s": tokens / dt,
-                "peak_memory_bytes": peak_memory(dist.device),
+                "peak_memory_bytes": peaks[0],
+                **({"peak_memory_bytes_per_rank": peaks} if world > 1 else {}),
             }
             if metrics_fh:
                 metrics_fh.write(json.dumps(record) + "\n")
@@ -390,12 +398,18 @@ def run_training(
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / dt:,.0f}")
                 bar.update(1)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
+                # Sharded factors and optimizer state are gathered whole by every process together.
+                snapshot = None
+                if dist.main or cfg.shard:
+                    snapshot = backend.extract(model, base_name=None, provenance={})
+                gathered = sharded.whole_optimizer_state(optimizer) if cfg.shard else None
                 if dist.main:
                     folder = checkpoint_dir(cfg) / f"step-{step + 1}"
                     save_checkpoint(
                         folder,
-                        adapter=backend.extract(model, base_name=None, provenance={}),
+                        adapter=snapshot,
                         optimizer=optimizer,
+                        state=gathered,
                         step=step + 1,
                         overwrite=cfg.force,
                         extra={
@@ -411,10 +425,13 @@ def run_training(
         param.data = param.data.to(dtype)
     final = (
         evaluate_loss(model, probe, pad_id, per_rank, dist.device, progress="eval after" if show else None)
-        if dist.main and probe
+        if evaluates
         else None
     )
-    memory["peak_bytes"] = peak_memory(dist.device)
+    peaks = dist.all_gather_int(peak_memory(dist.device))
+    memory["peak_bytes"] = peaks[0]
+    if world > 1:
+        memory["peak_bytes_per_rank"] = peaks
     memory["peak_measured"] = (
         "CUDA max allocated" if dist.device.type == "cuda" else "peak RSS of the process"
     )
@@ -444,6 +461,26 @@ def run_training(
         seconds=time.perf_counter() - began,
         memory=memory,
     )
+
+
+def _load_and_prepare(
+    cfg: TrainConfig, backend: Any, dist: Any, note: Any, plan: RunPlan, model: Any
+) -> tuple[Any, list[Any], torch.dtype]:
+    """The unsharded path: the base loaded whole on this process's device (or ``model`` as
+    given, moved there), then ``backend.prepare``; returns ``(model, params, base dtype)``."""
+    if model is None:
+        model, _ = _load_base(cfg, backend, dist.device, note, folder=plan.folder)
+    elif not any(type(p).__name__ == "Params4bit" for p in model.parameters()):
+        # A model given directly moves before the backend attaches anything: bitsandbytes' 4-bit
+        # weights are quantized when moved, and moving them again corrupts them (bitsandbytes
+        # #2078). A model loaded here is already where it belongs.
+        model.to(dist.device)
+    base_dtype = dominant_dtype(model)
+    torch.manual_seed(cfg.seed)
+    params = backend.prepare(model, cfg.lora, cfg, note)
+    if not params:
+        raise AdaptkitError(f"backend {cfg.backend!r} left nothing to train")
+    return model, params, base_dtype
 
 
 def _load_base(
@@ -541,10 +578,11 @@ def _copy_factors(model: Any, adapter: Any, folder: Path) -> None:
                     key=name,
                     hint="resume with the same --rank, --dtype and --base-dtype",
                 )
-    with torch.no_grad():
-        for name, pair in adapter.targets.items():
-            layers[name].lora_A.copy_(pair.A)
-            layers[name].lora_B.copy_(pair.B)
+    from adaptkit.training.sharded import copy_whole
+
+    for name, pair in adapter.targets.items():
+        copy_whole(layers[name].lora_A, pair.A)
+        copy_whole(layers[name].lora_B, pair.B)
 
 
 def _describe(tensor: torch.Tensor) -> str:

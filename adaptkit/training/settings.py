@@ -56,6 +56,11 @@ class TrainConfig:
             training (0: skip both evaluations; ``None``: sized to the run, see
             :func:`adaptkit.training.loop.eval_size`).
         force: Replace an existing output, metrics log or ``step-N`` checkpoint (``--force``).
+        shard: Under ``torchrun``, shard the base, the LoRA factors and their optimizer state
+            across the processes with PyTorch's FSDP2, one unit per transformer block
+            (``--shard``; :mod:`adaptkit.training.sharded`). Off: DDP, a whole base per process.
+        cpu_offload: With ``shard`` on CUDA, keep the sharded parameters (and the optimizer
+            step) in CPU memory, copied to the GPU only while a block computes.
     """
 
     backend: str = "lora"
@@ -83,6 +88,8 @@ class TrainConfig:
     device: str = "auto"
     eval_records: int | None = None
     force: bool = False
+    shard: bool = False
+    cpu_offload: bool = False
 
 
 def _is_int(value: Any) -> bool:
@@ -160,10 +167,20 @@ def check_config(cfg: TrainConfig) -> None:
     _integer(cfg.save_every, "--save-every", 0, MAX_STEPS)
     if cfg.eval_records is not None:
         _integer(cfg.eval_records, "--eval-records", 0, MAX_STEPS)
-    for flag, value in (("--truncate", cfg.truncate), ("--grad-checkpointing", cfg.grad_checkpointing)):
+    flags = (
+        ("--truncate", cfg.truncate),
+        ("--grad-checkpointing", cfg.grad_checkpointing),
+        ("--shard", cfg.shard),
+        ("--cpu-offload", cfg.cpu_offload),
+    )
+    for flag, value in flags:
         if not isinstance(value, bool):
             raise AdaptkitError(f"must be true or false, got {value!r}", key=flag)
     _choice(cfg.base_dtype, "--base-dtype", ("auto", "bf16", "fp16", "fp32"))
     _choice(cfg.device, "--device", ("auto", "cpu", "cuda"))
+    if cfg.cpu_offload and not cfg.shard:
+        raise AdaptkitError(
+            "--cpu-offload keeps sharded parameters in CPU memory: it needs --shard", key="--cpu-offload"
+        )
     if not isinstance(cfg.options, dict):
         raise AdaptkitError(f"backend options must be a mapping, got {cfg.options!r}", key="--option")

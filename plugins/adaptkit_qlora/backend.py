@@ -8,6 +8,12 @@ Options (``--option KEY=VALUE`` / ``options:`` in a train recipe):
         ``adamw``. Paging needs CUDA; on CPU the non-paged bitsandbytes AdamW (32/8-bit) runs,
         and the log says so once.
     ``compute_dtype``: dtype of the 4-bit matmuls (bf16 on CUDA, fp32 on CPU by default).
+
+Under ``--shard`` (FSDP2, :meth:`QloraBackend.shard_plan`) the packed NF4 weights are stored in
+the compute dtype (bitsandbytes' ``quant_storage``, the FSDP-QLoRA trick), so FSDP shards them
+along their rows like every other parameter, and the factors train with torch's AdamW:
+bitsandbytes' optimizer kernels have no rule for sharded (``DTensor``) parameters (measured with
+bitsandbytes 0.50.2: ``optimizer_update_32bit`` "does not have a sharding strategy registered").
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ class QloraBackend:
     name = "qlora"
     description = "QLoRA: NF4 4-bit base (double quant, blocksize 64), 16-bit LoRA, paged AdamW on CUDA"
     requires: ClassVar[dict[str, str]] = {"bitsandbytes": "bitsandbytes>=0.45", "torch": "torch"}
-    supports: ClassVar[frozenset[str]] = frozenset({"resume", "ddp"})
+    supports: ClassVar[frozenset[str]] = frozenset({"resume", "ddp", "shard"})
 
     #: Checked by the trainer before the model loads (:mod:`adaptkit.training.options`).
     options_schema: ClassVar[dict[str, Any]] = {
@@ -150,6 +156,43 @@ class QloraBackend:
             )
         }
 
+    def shard_plan(self, config: Any, model: Any, device: Any, log: Any) -> dict[str, Any]:
+        """``--shard``: swap the layers to quantize in the meta skeleton for NF4 layers whose
+        packed weight is stored in the compute dtype, and return, per checkpoint weight, the
+        packing the trainer applies to the whole tensor before cutting its rows.
+
+        Raises:
+            AdaptkitError: ``optimizer=paged_adamw_8bit`` (bitsandbytes' 8-bit optimizer cannot
+                update sharded parameters, and torch has no 8-bit AdamW to stand in), or a
+                Conv1D target.
+        """
+        from adaptkit.api.nn import replace_module
+        from adaptkit_qlora.quantize import shardable_linear4bit
+
+        opts = self._options(config)
+        if opts["optimizer"] == "paged_adamw_8bit":
+            raise AdaptkitError(
+                "bitsandbytes' optimizers cannot update sharded (DTensor) parameters, so under --shard "
+                "qlora trains with torch's 32-bit AdamW; 8-bit optimizer states cannot be had",
+                key="--option optimizer",
+                hint="leave out --option optimizer (or pass adamw), or train without --shard",
+            )
+        chosen = self._choose(config, model)
+        compute = self._compute_dtype(config, device.type == "cuda")
+        packers = {}
+        for name in chosen:
+            layer, pack = shardable_linear4bit(
+                model.get_submodule(name), blocksize=opts["blocksize"], compute_dtype=compute
+            )
+            replace_module(model, name, layer)
+            packers[f"{name}.weight"] = lambda tensor, pack=pack: pack(tensor, device)
+        log(
+            f"qlora: {len(chosen)} linear layers packed to NF4 (double quantization, blocksize "
+            f"{opts['blocksize']}) as they load, stored as {str(compute).removeprefix('torch.')} for "
+            "FSDP; each process keeps its rows"
+        )
+        return packers
+
     def prepare(self, model: Any, settings: Any, config: Any, log: Any) -> list[Any]:
         from adaptkit.api import nn as lora
         from adaptkit.api.nn import replace_module, select_targets
@@ -191,6 +234,10 @@ class QloraBackend:
         settings = type(settings)(**{**vars(settings), "targets": targets, "dtype": lora_dtype})
         lora.attach(model, settings)
         params = lora.trainable_parameters(model)
+        self.last_report = None
+        if any(p.is_meta for p in model.parameters()):  # --shard: the weights load after prepare
+            log(f"qlora: LoRA in {lora_dtype}")
+            return params
         report = memory_report(model, params)
         self.last_report = report
         log(
@@ -207,6 +254,12 @@ class QloraBackend:
         import torch
 
         choice = self._options(config)["optimizer"]
+        if getattr(config, "shard", False) and choice != "adamw":
+            log(
+                "qlora --shard: bitsandbytes' optimizers cannot update sharded parameters; training with "
+                "torch's AdamW (32-bit states, the update paged_adamw_32bit makes)"
+            )
+            choice = "adamw"
         if choice == "adamw":
             return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         eight = choice.endswith("8bit")
@@ -225,11 +278,18 @@ class QloraBackend:
 
         adapter = extract(model, base_name=base_name, provenance=provenance)
         adapter.producer.component = "backend:qlora"
-        adapter.provenance.setdefault("qlora", getattr(self, "last_report", {}))
+        adapter.provenance.setdefault("qlora", self.memory_report(model))
         return adapter
 
     def memory_report(self, model: Any) -> dict[str, Any]:
-        return dict(getattr(self, "last_report", {}))
+        """The 4-bit account of ``model`` (whole-model figures, also when sharded): made in
+        :meth:`prepare`, or here once a sharded model's weights are loaded."""
+        if getattr(self, "last_report", None) is None and not any(p.is_meta for p in model.parameters()):
+            from adaptkit.api.nn import trainable_parameters
+            from adaptkit_qlora.quantize import memory_report
+
+            self.last_report = memory_report(model, trainable_parameters(model))
+        return dict(getattr(self, "last_report", None) or {})
 
 
 def _refuse_conv1d(model: Any, names: list[str]) -> None:

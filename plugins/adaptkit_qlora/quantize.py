@@ -25,8 +25,11 @@ def check_blocksize(blocksize: int) -> None:
         )
 
 
-def empty_linear4bit(linear: nn.Module, *, compute_dtype: torch.dtype) -> nn.Module:
-    """A weightless (meta) NF4 ``Linear4bit`` shaped like ``linear``, double quantization on."""
+def empty_linear4bit(
+    linear: nn.Module, *, compute_dtype: torch.dtype, quant_storage: torch.dtype = torch.uint8
+) -> nn.Module:
+    """A weightless (meta) NF4 ``Linear4bit`` shaped like ``linear``, double quantization on,
+    its packed 4-bit pairs stored as ``quant_storage`` elements."""
     from bitsandbytes.nn import Linear4bit
 
     q = Linear4bit(
@@ -36,6 +39,7 @@ def empty_linear4bit(linear: nn.Module, *, compute_dtype: torch.dtype) -> nn.Mod
         compute_dtype=compute_dtype,
         compress_statistics=True,
         quant_type="nf4",
+        quant_storage=quant_storage,
         device="meta",
     )
     # bitsandbytes 0.50 repacks 4-bit weights in place for a bf16 CPU kernel on the first
@@ -43,6 +47,56 @@ def empty_linear4bit(linear: nn.Module, *, compute_dtype: torch.dtype) -> nn.Mod
     # kernel (and crashes for widths not divisible by the blocksize). Keep one exact path.
     q.support_avx512bf16_for_cpu = False
     return q
+
+
+def shardable_linear4bit(
+    linear: nn.Module, *, blocksize: int, compute_dtype: torch.dtype
+) -> tuple[nn.Module, Any]:
+    """For FSDP (``--shard``): a meta NF4 layer whose weight already has its packed shape, and
+    the function that packs a whole checkpoint weight for it.
+
+    NF4 packs two 4-bit codes per byte; stored as ``compute_dtype`` elements (the storage trick
+    of FSDP-QLoRA, bitsandbytes' ``quant_storage``), ``n`` weights become a
+    ``(⌈n/2⌉ / itemsize, 1)`` tensor of the same dtype as the rest of the model, which FSDP
+    shards along its rows like any parameter. The quantization statistics (absmax, the
+    double-quantization codes) are kept whole on the module, where bitsandbytes restores them
+    from when the gathered weight arrives as a plain tensor.
+
+    Returns:
+        ``(layer, pack)``: ``pack(weight, device)`` quantizes the whole weight on ``device``
+        (bit-identical to the one-process loader), sets ``layer.quant_state``, and returns the
+        packed tensor.
+    """
+    from bitsandbytes.nn import Params4bit
+
+    check_blocksize(blocksize)
+    layer = empty_linear4bit(linear, compute_dtype=compute_dtype, quant_storage=compute_dtype)
+    n = linear.in_features * linear.out_features
+    rows = (n + 1) // (compute_dtype.itemsize * 2)  # bitsandbytes' packed length
+    layer.weight = Params4bit(
+        torch.empty(rows, 1, dtype=compute_dtype, device="meta"),
+        requires_grad=False,
+        quant_type="nf4",
+        blocksize=blocksize,
+        compress_statistics=True,
+        quant_storage=compute_dtype,
+        module=layer,
+        bnb_quantized=True,
+    )
+
+    def pack(weight: torch.Tensor, device: torch.device) -> torch.Tensor:
+        packed = Params4bit(
+            weight,
+            requires_grad=False,
+            quant_type="nf4",
+            blocksize=blocksize,
+            compress_statistics=True,
+            quant_storage=compute_dtype,
+            module=layer,
+        ).to(device)  # bitsandbytes packs on the move and hands the statistics to the module
+        return packed.data
+
+    return layer, pack
 
 
 def quantize_linear(linear: nn.Linear, *, blocksize: int, compute_dtype: torch.dtype) -> nn.Module:
@@ -68,7 +122,8 @@ def quantize_linear(linear: nn.Linear, *, blocksize: int, compute_dtype: torch.d
 def quantized_bytes(module: nn.Module) -> tuple[int, int, int]:
     """``(per-tensor bytes, constant-table bytes, parameters)`` of a ``Linear4bit``."""
     w = module.weight
-    st = w.quant_state
+    # A sharded weight (a DTensor) cannot carry the statistics; bitsandbytes keeps them on the module.
+    st = getattr(w, "quant_state", None) or module.quant_state
     per = w.numel() * w.element_size() + st.absmax.numel() * st.absmax.element_size()
     tables = st.code.numel() * st.code.element_size()
     if st.nested:
@@ -81,6 +136,7 @@ def memory_report(
     model: nn.Module, lora_params: list[Any], optimizer_state_bytes: int | None = None
 ) -> dict[str, Any]:
     quant = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    packed = {id(m.weight) for m in quant}
     per = tables = params = 0
     for m in quant:
         p, t, n = quantized_bytes(m)
@@ -89,7 +145,7 @@ def memory_report(
     other = sum(
         p.numel() * p.element_size()
         for p in model.parameters()
-        if id(p) not in lora_ids and type(p).__name__ != "Params4bit"
+        if id(p) not in lora_ids and id(p) not in packed
     )
     lora = sum(p.numel() * p.element_size() for p in lora_params)
     return {

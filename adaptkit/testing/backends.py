@@ -27,8 +27,11 @@ Checked properties:
     * resume — (if ``"resume" in backend.supports``) a run resumed from a checkpoint takes
       the same steps as an uninterrupted one;
     * ddp — (if ``"ddp" in backend.supports``) ``torchrun`` over 2 processes equals one process
-      with the same global batch. This one runs subprocesses, so the backend's class must be
-      importable (``module.Class``) and constructible without arguments.
+      with the same global batch;
+    * shard — (if ``"shard" in backend.supports``) the same with ``--shard``: FSDP2 over 2
+      processes, the base and the factors sharded, equals one process.
+      ``ddp`` and ``shard`` run subprocesses (one ``torchrun`` launch trains both), so the
+      backend's class must be importable (``module.Class``) and constructible without arguments.
 """
 
 from __future__ import annotations
@@ -316,10 +319,13 @@ module, _, qualname = sys.argv[1].partition(":")
 backend = importlib.import_module(module)
 for part in qualname.split("."):
     backend = getattr(backend, part)
-settings = json.loads(sys.argv[2])
-settings["lora"] = LoraSettings(**settings["lora"])
-run_training(TrainConfig(**settings), backend=backend(), progress=False, log=lambda m: None)
+for settings in json.loads(sys.argv[2]):  # one run after another in the same processes
+    settings["lora"] = LoraSettings(**settings["lora"])
+    run_training(TrainConfig(**settings), backend=backend(), progress=False, log=lambda m: None)
 """
+
+#: The multi-process claims the kit knows, and the settings each adds to a run.
+_MODES = {"ddp": {}, "shard": {"shard": True}}
 
 
 def _free_port() -> int:
@@ -329,11 +335,27 @@ def _free_port() -> int:
 
 
 def check_ddp(backend: Any, tmp_path: Path, *, timeout: float = 300) -> None:
-    if "ddp" not in getattr(backend, "supports", ()):
+    """``torchrun`` over 2 processes (DDP) equals one process, if the backend claims ``ddp``."""
+    check_processes(backend, tmp_path, modes=("ddp",), timeout=timeout)
+
+
+def check_shard(backend: Any, tmp_path: Path, *, timeout: float = 300) -> None:
+    """``torchrun`` over 2 processes with ``--shard`` (FSDP2) equals one process, if the backend
+    claims ``shard``."""
+    check_processes(backend, tmp_path, modes=("shard",), timeout=timeout)
+
+
+def check_processes(
+    backend: Any, tmp_path: Path, *, modes: tuple[str, ...] = ("ddp", "shard"), timeout: float = 300
+) -> None:
+    """Each claimed multi-process mode of ``modes`` against one process with the same global
+    batch; all the modes train one after another in one ``torchrun`` launch."""
+    claimed = [m for m in modes if m in getattr(backend, "supports", ())]
+    if not claimed:
         return
     from adaptkit.io.native import load_adapter
 
-    tmp = Path(tmp_path) / f"{backend.name}-ddp"
+    tmp = Path(tmp_path) / f"{backend.name}-{'-'.join(claimed)}"
     tmp.mkdir(parents=True, exist_ok=True)
     tiny_causal_lm().save_pretrained(tmp / "model", safe_serialization=True)
     data = tmp / "data.jsonl"
@@ -347,24 +369,24 @@ def check_ddp(backend: Any, tmp_path: Path, *, timeout: float = 300) -> None:
         "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
     }
 
-    def settings(batch: int, out: str) -> str:
-        return json.dumps(
-            {
-                "backend": backend.name,
-                "model": str(tmp / "model"),
-                "data": str(data),
-                "output": str(tmp / out),
-                "lora": {"targets": ["q_proj", "v_proj", "down_proj"], "rank": 4, "alpha": 12.0},
-                "lr": 1e-2,
-                "max_steps": 3,
-                "batch_size": batch,
-                "seq_len": 32,
-                "seed": 3,
-            }
-        )
+    def settings(batch: int, out: str, **extra: Any) -> dict[str, Any]:
+        return {
+            **extra,
+            "backend": backend.name,
+            "model": str(tmp / "model"),
+            "data": str(data),
+            "output": str(tmp / out),
+            "lora": {"targets": ["q_proj", "v_proj", "down_proj"], "rank": 4, "alpha": 12.0},
+            "lr": 1e-2,
+            "max_steps": 3,
+            "batch_size": batch,
+            "seq_len": 32,
+            "seed": 3,
+        }
 
+    several = [settings(2, f"{mode}.safetensors", **_MODES[mode]) for mode in claimed]
     runs = {
-        "one": [sys.executable, str(tmp / "driver.py"), target, settings(4, "one.safetensors")],
+        "one": [sys.executable, str(tmp / "driver.py"), target, json.dumps([settings(4, "one.safetensors")])],
         "two": [
             sys.executable,
             "-m",
@@ -375,7 +397,7 @@ def check_ddp(backend: Any, tmp_path: Path, *, timeout: float = 300) -> None:
             str(_free_port()),
             str(tmp / "driver.py"),
             target,
-            settings(2, "two.safetensors"),
+            json.dumps(several),
         ],
     }
     for name, argv in runs.items():
@@ -385,16 +407,21 @@ def check_ddp(backend: Any, tmp_path: Path, *, timeout: float = 300) -> None:
         assert res.returncode == 0, f"{backend.name}: the {name}-process run failed:\n" + textwrap.indent(
             res.stderr[-3000:], "  "
         )
-    one, two = load_adapter(tmp / "one.safetensors"), load_adapter(tmp / "two.safetensors")
-    gap = _factor_gap(two, one)
-    assert gap <= 1e-4, f"{backend.name}: claims ddp, but 2 processes end {gap:.3g} away from 1"
+    one = load_adapter(tmp / "one.safetensors")
+    gaps = {mode: _factor_gap(load_adapter(tmp / f"{mode}.safetensors"), one) for mode in claimed}
+    broken = [
+        f"claims {mode}, but 2 processes end {gap:.3g} away from 1"
+        for mode, gap in gaps.items()
+        if gap > 1e-4
+    ]
+    assert not broken, f"{backend.name}: " + "; ".join(broken)
 
 
 def check_backend(backend: Any, tmp_path: Path) -> None:
     """Run every contract check against ``backend`` (writes only under ``tmp_path``)."""
     for attr in ("name", "description", "prepare", "optimizer", "extract"):
         assert hasattr(backend, attr), f"backend {backend!r} lacks {attr!r}"
-    unknown = set(getattr(backend, "supports", ())) - {"resume", "ddp"}
+    unknown = set(getattr(backend, "supports", ())) - {"resume", *_MODES}
     assert not unknown, f"{backend.name}: unknown claims in supports: {sorted(unknown)}"
     check_options(backend)
     check_prepare(backend)
@@ -403,4 +430,4 @@ def check_backend(backend: Any, tmp_path: Path) -> None:
     check_reload(backend, trained)
     check_round_trip(backend, tmp_path)
     check_resume(backend, tmp_path)
-    check_ddp(backend, tmp_path)
+    check_processes(backend, tmp_path)

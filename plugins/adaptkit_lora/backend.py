@@ -9,7 +9,7 @@ class LoraBackend:
     name = "lora"
     description = "16-bit LoRA: frozen base, LoRA in fp32/bf16/fp16, AdamW"
     requires: ClassVar[dict[str, str]] = {"torch": "torch", "transformers": "transformers"}
-    supports: ClassVar[frozenset[str]] = frozenset({"resume", "ddp"})
+    supports: ClassVar[frozenset[str]] = frozenset({"resume", "ddp", "shard"})
     #: No options: ``--option anything=...`` is refused, not silently ignored.
     options_schema: ClassVar[dict[str, Any]] = {
         "type": "object",

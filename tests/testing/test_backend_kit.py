@@ -14,7 +14,7 @@ from adaptkit_lora import LoraBackend
 @pytest.mark.parametrize("name", ["lora", "qlora"])
 def test_builtin_backends_pass_the_kit(name, tmp_path):
     backend = get_registry().get("backend", name)
-    assert {"resume", "ddp"} <= set(backend.supports)  # so the kit checks both claims
+    assert {"resume", "ddp", "shard"} <= set(backend.supports)  # so the kit checks every claim
     testing.check_backend(backend, tmp_path)
 
 
@@ -101,7 +101,7 @@ class ForgetsStateOnResume(LoraBackend):
 
 
 class ScalesByWorldSize(LoraBackend):
-    """Claims DDP but its rate depends on the number of processes."""
+    """Claims DDP and sharding, but its rate depends on the number of processes."""
 
     def optimizer(self, params, config, log):
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -149,9 +149,11 @@ def test_each_check_fires_on_its_flaw(backend, check, message, tmp_path):
         fn(*args)
 
 
-def test_ddp_check_fires_when_processes_disagree(tmp_path):
-    with pytest.raises(AssertionError, match="claims ddp, but 2 processes end"):
-        testing.check_ddp(ScalesByWorldSize(), tmp_path)
+def test_ddp_and_shard_checks_fire_when_processes_disagree(tmp_path):
+    with pytest.raises(
+        AssertionError, match=r"claims ddp, but 2 processes end .*; claims shard, but 2 processes end"
+    ):
+        testing.check_processes(ScalesByWorldSize(), tmp_path)
 
 
 def test_claims_are_only_checked_when_made(tmp_path):

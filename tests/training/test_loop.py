@@ -1,9 +1,6 @@
 """Training with the lora backend: it learns, it resumes exactly, the CLI contract holds."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,6 +8,7 @@ import torch
 from adaptkit import load_adapter
 from adaptkit.testing import counting_records
 from adaptkit.training import evaluate_loss
+from tests.helpers.distributed import adaptkit, torchrun
 from tests.helpers.files import write_jsonl
 from tests.helpers.models import tiny_llama
 from tests.helpers.training import train, train_config
@@ -170,20 +168,10 @@ def test_torchrun_two_processes_equal_one_process(model_dir, tmp_path):
         "--model", str(model_dir), "--data", str(data), "--rank", "4", "--max-steps", "3", "--lr", "1e-2",
         "--targets", "q_proj,v_proj,down_proj", "--seed", "3",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one_out, two_out = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
-    single = subprocess.run(
-        [sys.executable, "-m", "adaptkit", "train", *common, "--batch-size", "4", "-o", one_out],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
+    single = adaptkit("train", *common, "--batch-size", "4", "-o", one_out)
     assert single.returncode == 0, single.stderr[-2000:]
-    multi = subprocess.run(
-        [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-            "-m", "adaptkit", "train", *common, "--batch-size", "2", "-o", two_out,
-        ],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+    multi = torchrun(["train", *common, "--batch-size", "2", "-o", two_out])
     assert multi.returncode == 0, multi.stderr[-3000:]
     one, two = load_adapter(one_out), load_adapter(two_out)
     for name, pair in one.targets.items():

@@ -49,6 +49,10 @@ from adaptkit.errors import AdaptkitError
 #: Read-and-free rhythm of the loader: freed heap goes back to the OS every 256 MB read (see
 #: :mod:`adaptkit.nn.streamed_load`).
 _TRIM_EVERY = 256 << 20
+#: glibc's ``mallopt`` parameter number for the mmap threshold (``M_MMAP_THRESHOLD`` in malloc.h).
+_M_MMAP_THRESHOLD = -3
+#: Allocations from this size up get their own mapping (see :func:`_unfragmented_gathers`).
+_MMAP_FROM = 1 << 20
 
 
 @dataclass
@@ -248,6 +252,8 @@ def materialize(plan: ShardPlan, cfg: Any, dist: Any, note: Any) -> tuple[nn.Mod
     if cfg.cpu_offload and not offload:
         note("--cpu-offload: training on CPU, the shards are in CPU memory already")
     home = torch.device("cpu") if offload else dist.device
+    if dist.device.type == "cpu":
+        _unfragmented_gathers()
     # to_empty() leaves every tensor uninitialised: keep what the skeleton already holds (buffers
     # computed at construction, such as rotary frequencies; the LoRA factors prepare drew).
     buffers = [(m, k, b) for m in model.modules() for k, b in m._buffers.items() if b is not None]
@@ -276,6 +282,25 @@ def materialize(plan: ShardPlan, cfg: Any, dist: Any, note: Any) -> tuple[nn.Mod
         + (", parameters offloaded to CPU" if offload else "")
     )
     return model.train(), params
+
+
+def _unfragmented_gathers() -> None:
+    """Give every CPU allocation of 1 MiB or more its own mapping, returned to the OS when freed.
+
+    FSDP gathers each unit's weights before it computes and frees them after, twice per step.
+    glibc raises its mmap threshold to the size of the first large block freed (up to 32 MiB),
+    so later gathers land in the heap, whose freed holes it keeps: measured on the 0.2B
+    ``realsize`` model (2 processes, bf16), a process's RSS grew by 100–180 MB per step to 1.8 GB
+    after six steps, against 0.84 GB flat with the threshold fixed at 1 MiB (one process holding
+    the whole model: 0.91 GB). Fixing it (``mallopt``) turns that adjustment off. A no-op
+    without glibc.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, _MMAP_FROM)
+    except (OSError, AttributeError):  # not glibc: its own allocator decides
+        pass
 
 
 def _load_rows(plan: ShardPlan, device: torch.device) -> None:

@@ -137,3 +137,25 @@ def test_bad_input(tmp_path, monkeypatch):
     )
     with pytest.raises(MissingDependencyError, match="pip install bitsandbytes"):
         train(train_config("qlora", max_steps=1), qlora_llama(), counting_records(n=4))
+
+
+def test_under_shard_torch_adamw_makes_the_bitsandbytes_update():
+    """bitsandbytes' optimizer kernels cannot update sharded (DTensor) factors, so ``qlora
+    --shard`` trains with torch's AdamW: on the same gradients it moves the factors as the
+    32-bit bitsandbytes AdamW of a one-process CPU run does, to float rounding."""
+    from adaptkit_qlora.backend import QloraBackend
+
+    backend, said = QloraBackend(), []
+    torch.manual_seed(0)
+    start = torch.randn(64, 32)
+    alone, sharded = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    one = backend.optimizer([alone], train_config("qlora", lr=1e-2), said.append)
+    two = backend.optimizer([sharded], train_config("qlora", lr=1e-2, shard=True), said.append)
+    assert type(two) is torch.optim.AdamW and type(one) is not torch.optim.AdamW
+    assert "torch's AdamW" in said[-1]
+    for step in range(5):
+        grad = torch.randn(64, 32) * 10.0**-step  # shrinking gradients: the moments matter
+        alone.grad, sharded.grad = grad.clone(), grad.clone()
+        one.step(), two.step()
+    torch.testing.assert_close(sharded, alone, rtol=1e-6, atol=1e-7)
+    assert float((alone - start).abs().max()) > 1e-2  # both moved

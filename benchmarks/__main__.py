@@ -19,7 +19,9 @@ from pathlib import Path
 from benchmarks.report import render
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("combine", "train", "export", "qlora", "loraplus", "realsize", "generation", "llamacpp", "demo")
+BENCHES = (
+    "combine", "train", "export", "qlora", "loraplus", "realsize", "shard", "generation", "llamacpp", "demo",
+)  # fmt: skip
 
 
 def main(argv=None) -> int:

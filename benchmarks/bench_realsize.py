@@ -37,6 +37,14 @@ SHAPES = {
     "llama-0.2b": dict(
         hidden_size=1024, intermediate_size=2816, num_hidden_layers=12, num_attention_heads=16
     ),
+    # Llama-2-7B's shape, for the CUDA runs (benchmarks/gpu_qlora.sh): 6.7B parameters.
+    "llama-7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+    ),
 }
 
 

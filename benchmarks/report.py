@@ -277,6 +277,41 @@ def _realsize(r: dict) -> list[str]:
     ]
 
 
+def _shard(r: dict) -> list[str]:
+    one, two, setup = r["one_process"], r["sharded_2"], r["setup"]
+    batch, seq = setup["global_batch"]
+    peaks = ", ".join(f"{p}" for p in two["peak_gib_per_process"])
+    ratios = ", ".join(f"{x}" for x in r["peak_ratio_per_process"])
+    account_one, account_two = one["memory_account"], two["memory_account"]
+    return [
+        *_opening(
+            "Sharded training: `torchrun --nproc_per_node 2 -m adaptkit train --shard` vs one process", r
+        ),
+        f"`{setup['command']}`. The `realsize` base ({r['model']['name']}, random weights, bf16, built once "
+        f"and cached), `{setup['backend']} --base-dtype {setup['base_dtype']}`, rank {setup['rank']} / alpha "
+        f"{setup['alpha']} on all seven projections, {setup['steps']} steps of the same {batch}×{seq} "
+        f"`input_ids` batches, `--eval-records 0`: one process with `--batch-size {batch}` (2 threads) "
+        f"against two FSDP2 processes with `--batch-size {batch // 2}` each (torchrun: 1 thread each), on "
+        "the same 2 cores. Peak is each process's own RSS high-water mark (`VmHWM`, from its start to "
+        "the end of training, as its `--metrics` log reports it).",
+        "",
+        "| | peak RSS GiB per process | vs one process | median step s | wall s | base bytes held |",
+        "|---|---|---|---|---|---|",
+        f"| one process | {one['peak_gib_per_process'][0]} | 1 | {one['step_s']} | {one['wall_s']} | "
+        f"{account_one['base_bytes'] / 2**30:.3f} GiB |",
+        f"| 2 processes, `--shard` | {peaks} | {ratios} | {two['step_s']} | {two['wall_s']} | "
+        f"{account_two['base_bytes'] / 2**30:.3f} GiB each |",
+        "",
+        f"Losses: one process {', '.join(f'{x:.4f}' for x in one['losses'])}; sharded "
+        f"{', '.join(f'{x:.4f}' for x in two['losses'])} (largest difference "
+        f"{r['max_loss_difference']:.1e}: bf16 matmuls over a batch of {batch} rows vs {batch // 2}). "
+        f"Step time ratio {r['step_time_ratio']} (sharded / one process).",
+        "",
+        *r.get("notes", []),
+        "",
+    ]
+
+
 def _demo(r: dict) -> list[str]:
     seeds = r["seeds"]
 
@@ -366,6 +401,7 @@ RENDER = {
     "qlora": _qlora,
     "loraplus": _loraplus,
     "realsize": _realsize,
+    "shard": _shard,
     "generation": _generation,
     "llamacpp": _llamacpp,
     "demo": _demo,

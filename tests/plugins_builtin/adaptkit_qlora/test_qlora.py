@@ -159,3 +159,27 @@ def test_under_shard_torch_adamw_makes_the_bitsandbytes_update():
         one.step(), two.step()
     torch.testing.assert_close(sharded, alone, rtol=1e-6, atol=1e-7)
     assert float((alone - start).abs().max()) > 1e-2  # both moved
+
+
+def test_shardable_nf4_packs_the_bits_the_one_process_loader_packs():
+    """Stored in the compute dtype for FSDP, the packed weight holds the same bytes and the
+    layer the same statistics as bitsandbytes' default uint8 storage."""
+    from bitsandbytes.nn import Params4bit
+
+    from adaptkit_qlora.quantize import shardable_linear4bit
+
+    torch.manual_seed(0)
+    weight = torch.randn(96, 64, dtype=torch.bfloat16)
+    reference = Params4bit(
+        weight, requires_grad=False, quant_type="nf4", blocksize=64, compress_statistics=True
+    )
+    reference = reference.to("cpu")
+    layer, pack = shardable_linear4bit(
+        torch.nn.Linear(64, 96, bias=False), blocksize=64, compute_dtype=torch.float32
+    )
+    packed = pack(weight, torch.device("cpu"))
+    assert packed.dtype == torch.float32 and packed.shape == layer.weight.shape == (96 * 64 // 8, 1)
+    assert torch.equal(packed.view(torch.uint8).flatten(), reference.data.view(torch.uint8).flatten())
+    ours, theirs = layer.quant_state, reference.quant_state
+    assert torch.equal(ours.absmax, theirs.absmax) and torch.equal(ours.state2.absmax, theirs.state2.absmax)
+    assert float(ours.offset) == float(theirs.offset)

@@ -22,6 +22,7 @@ compared (the same batches, bf16 rounding apart).
 from __future__ import annotations
 
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -127,6 +128,7 @@ def main(argv=None) -> None:
         return gpu(name, model, args.backend, args.json)
     batch, seq, steps = 2, 64, 4
     data_file = data(model)
+    load_before = os.getloadavg()[0]  # other jobs on the cores slow the steps, not the peaks
     result = compare(
         model,
         data_file,
@@ -155,6 +157,7 @@ def main(argv=None) -> None:
                 "steps": steps,
                 "command": "python -m benchmarks --only shard",
             },
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             **result,
         },
         args.json,

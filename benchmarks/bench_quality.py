@@ -1,6 +1,6 @@
 """Quality of quantized exports on a trained model: top-1 agreement and perplexity against fp32.
 
-The fixture is :mod:`benchmarks.quality_model`: a ~17M-parameter Llama trained from scratch
+The fixture is :mod:`benchmarks.quality_model`: a ~22M-parameter Llama trained from scratch
 on the Python standard library's code, a LoRA adapter trained with ``adaptkit train`` on its
 documentation, and fixed held-out windows (half code, half docs). The reference is PyTorch in
 float32 with the adapter attached *unmerged* — what every export's parity check compares with.
@@ -36,7 +36,7 @@ More runtimes slot in as one more entry of :data:`VARIANTS` (the GGUF rows go he
 function that builds its artifact under ``scratch`` and returns a :class:`Scorer` whose
 ``logits(window)`` gives ``[len(window), vocab]`` float32 logits for a list of token ids.
 
-    python -m benchmarks --only quality              # full (fixture: ~25 min the first time)
+    python -m benchmarks --only quality              # full (+ the fixture's training, once)
     python -m benchmarks.bench_quality --quick       # the tiny fixture, a few minutes
 """
 

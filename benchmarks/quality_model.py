@@ -24,13 +24,16 @@ version (whose standard library is the text):
   tokenizer (``tokenizer.json`` + ``tokenizer_config.json``) in the model folder.
 - **base**: a ``LlamaForCausalLM`` (untied head) trained from scratch on the code domain with
   plain PyTorch AdamW in float32: random ``seq``-token windows of the token stream, a fixed
-  seed, linear warm-up then cosine decay, gradient clipping at 1.
+  seed, linear warm-up then cosine decay, gradient clipping at 1. Every weight matrix's input
+  width (hidden, intermediate) is a multiple of 256: llama.cpp's k-quants (``Q4_K_M``) pack
+  rows in 256-wide super-blocks and quietly fall back to other types (``Q5_0``, ``Q8_0``) for
+  rows that are not.
 - **adapter**: ``adaptkit train --backend lora`` on the docs domain (all linear layers), so it
   lowers the held-out docs loss; the fixture records base and adapted held-out losses.
 - **eval windows**: :attr:`Spec.windows` windows of :attr:`Spec.window_len` tokens, half from
   held-out code, half from held-out docs, evenly spaced.
 
-    python -m benchmarks.quality_model            # build (about 25 minutes on 2 cores) or show
+    python -m benchmarks.quality_model            # build (about 30 minutes on 2 shared cores) or show
     python -m benchmarks.quality_model --quick    # the tiny fixture --quick benchmarks use
 """
 
@@ -90,13 +93,13 @@ class Spec:
 
 SPECS = {
     "full": Spec(
-        vocab=8192, hidden=384, layers=6, heads=6, kv_heads=2, intermediate=1024, seq=256, batch=8,
+        vocab=8192, hidden=512, layers=6, heads=8, kv_heads=2, intermediate=1024, seq=256, batch=8,
         steps=300, lr=2e-3, warmup=20, lora_rank=16, lora_alpha=32.0, lora_steps=80, lora_batch=8,
         lora_lr=1e-3, windows=32, window_len=256, loss_windows=48,
     ),
     "quick": Spec(
-        vocab=1024, hidden=128, layers=2, heads=2, kv_heads=1, intermediate=256, seq=128, batch=8,
-        steps=150, lr=3e-3, warmup=10, lora_rank=8, lora_alpha=16.0, lora_steps=12, lora_batch=8,
+        vocab=1024, hidden=256, layers=2, heads=4, kv_heads=1, intermediate=512, seq=128, batch=8,
+        steps=60, lr=3e-3, warmup=6, lora_rank=8, lora_alpha=16.0, lora_steps=12, lora_batch=8,
         lora_lr=2e-3, windows=4, window_len=128, loss_windows=8, file_stride=16,
     ),
 }  # fmt: skip

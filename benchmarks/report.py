@@ -166,7 +166,7 @@ def _generation(r: dict) -> list[str]:
         "int4 agreement is measured here, not gated (`--min-agreement 0`): random weights are int4's "
         "worst case — incompressible Gaussian matrices in every layer and near-flat logits over 32000 "
         "tokens, so small errors flip the argmax. A trained checkpoint has neither; the default floor "
-        "(75%) is set from one (the quality table below). The fp32 export is exact to the token.",
+        "(80%) is set from one (the quality table below). The fp32 export is exact to the token.",
     ]
     g = r["generation"]
     tps = g["tokens_per_s"]

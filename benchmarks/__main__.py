@@ -1,6 +1,7 @@
 """Run every benchmark and regenerate docs/benchmarks.md.
 
-    python -m benchmarks            # full sizes (about 40 minutes on 2 cores)
+    python -m benchmarks            # full sizes (about 40 minutes on 2 cores, plus the quality
+                                    # fixture's training the first time: benchmarks/quality_model.py)
     python -m benchmarks --quick    # small sizes (a few minutes)
     python -m benchmarks --only combine,train
 
@@ -20,7 +21,8 @@ from benchmarks.report import render
 
 HERE = Path(__file__).resolve().parent
 BENCHES = (
-    "combine", "train", "export", "qlora", "loraplus", "realsize", "shard", "generation", "llamacpp", "demo",
+    "combine", "train", "export", "qlora", "loraplus", "realsize", "shard", "generation", "quality",
+    "llamacpp", "demo",
 )  # fmt: skip
 
 

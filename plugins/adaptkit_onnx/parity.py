@@ -72,13 +72,18 @@ class Tolerance:
 #: the generation graph by ``--precision``. The generation graph's 1e-3 is above the
 #: logits-only graph's 1e-4 because the fused attention kernels sum in another order, and at
 #: 1.1B parameters logits reach |20| (measured: docs/benchmarks.md). An fp32 generation graph
-#: must reproduce every greedy token, hence agreement 1.0.
+#: must reproduce every greedy token, hence agreement 1.0. The fp16/int4 floors are set from a
+#: trained model (docs/benchmarks.md, "Quality of quantized exports"): over the 36 probe steps
+#: every int4 graph (block size 32-128, accuracy level 0 or 4) agreed on >= 94.4% (2 flips),
+#: fp16 on 100%, and the same model without its adapter on 77.8% (8 flips). int4's 0.8 refuses
+#: 8+ flips (that adapter-less export, a broken graph) and leaves 4x the measured int4 noise;
+#: fp16's 0.9 refuses 4+.
 TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("logits", "float32"): Tolerance(atol=1e-4),
     ("logits", "float16"): Tolerance(atol=5e-2),
     ("generation", "fp32"): Tolerance(atol=1e-3, min_agreement=1.0),
     ("generation", "fp16"): Tolerance(atol=1e-3, min_agreement=0.9),
-    ("generation", "int4"): Tolerance(atol=1e-3, min_agreement=0.6),
+    ("generation", "int4"): Tolerance(atol=1e-3, min_agreement=0.8),
 }
 #: A generation graph's adapters must move the PyTorch reference's logits by more than this
 #: (fp32 on both sides).

@@ -241,7 +241,7 @@ def _quality(r: dict) -> list[str]:
         "the table only). `int4 b32/acc4` is what `adaptkit export --onnx --precision int4` writes — "
         "the model builder's defaults for the CPU provider, block size 32 and `accuracy_level` 4 (int8 "
         "activations); the other int4 rows are the same builder child with `block_size`/"
-        "`accuracy_level` set (`adaptkit export` does not expose them) on the same bake; level 0 "
+        "`accuracy_level` set (`adaptkit export --onnx --int4-block-size N --int4-accuracy-level L` sets the same two) on the same bake; level 0 "
         "(unset: float activations) is what `--device cuda` gets. int4 graphs keep the embedding table "
         f"in float32 ({spec['vocab']}×{spec['hidden']}: {spec['vocab'] * spec['hidden'] * 4 / 2**20:.0f} "
         "MiB of their size; the builder quantizes MatMul weights).",
@@ -265,6 +265,9 @@ _QUALITY_NAMES = {
     "onnx_fp32": "ONNX fp32 (`--precision fp32`)",
     "onnx_fp16": "ONNX fp16 (`--precision fp16`)",
     "onnx_int4_b32_acc4": "ONNX int4 b32/acc4 (`--precision int4`)",
+    "gguf_q8_0": "llama.cpp Q8_0 base + `adapter.gguf` (`--gguf`)",
+    "gguf_q4_k_m": "llama.cpp Q4_K_M base + `adapter.gguf` (`--gguf`)",
+    "gguf_q4_0": "llama.cpp Q4_0 base + `adapter.gguf` (`--gguf`)",
 }
 
 
@@ -319,6 +322,26 @@ def _quality_reading(r: dict) -> list[str]:
         fp16 = rows["onnx_fp16"]
         text += f" fp16 agrees on {fp16['top1_agreement']:.2%} (perplexity {fp16['ppl_delta_pct']:+.3f}%)."
     lines = [text]
+    gguf = {k: v for k, v in rows.items() if k.startswith("gguf_")}
+    if gguf and "onnx_int4_b32_acc4" in rows:
+        default, q4km = rows["onnx_int4_b32_acc4"], gguf.get("gguf_q4_k_m")
+        text = (
+            "llama.cpp, with the base quantized by its own quantizer and the adapter applied unmerged "
+            "from `adaptkit export --gguf`: "
+            + ", ".join(
+                f"{k.removeprefix('gguf_').upper()} {v['top1_agreement']:.2%} ({v['ppl_delta_pct']:+.2f}%)"
+                for k, v in gguf.items()
+            )
+            + "."
+        )
+        if q4km is not None:
+            text += (
+                f" At 4 bits its k-quants keep more than ONNX int4 does: Q4_K_M "
+                f"{q4km['top1_agreement']:.2%} against {default['top1_agreement']:.2%} for the int4 "
+                "export's defaults (block 32; ONNX keeps the embeddings in float32 as well). The adapter "
+                "is exact in both: the loss is the base's quantization."
+            )
+        lines += ["", text]
     lost = rows.get("pytorch_fp32_no_adapter")
     if lost is not None:
         worst = min(int4.values(), key=lambda v: v["top1_agreement"])
@@ -569,6 +592,34 @@ def _llamacpp(r: dict) -> list[str]:
             f"| {row['runtime']} | {row['threads']} | {row['prefill_tok_s']} | {row['decode_tok_s']} "
             f"| {row['peak_rss_mib']} | {row['file_mib']} |"
         )
+    best = {}
+    for row in r["rows"]:
+        key = row["runtime"]
+        if key not in best or row["decode_tok_s"] > best[key]["decode_tok_s"]:
+            best[key] = row
+    names = {
+        "b32": "ORT GenAI int4 block 32 level 4",
+        "b128": "ORT GenAI int4 block 128 level 4",
+        "q4km": "llama.cpp Q4_K_M + adapter.gguf",
+    }
+    if all(n in best for n in names.values()):
+        b32, b128, q4km = (best[names[k]] for k in ("b32", "b128", "q4km"))
+        out += [
+            "",
+            f"Best decode speed of each: the int4 export's defaults (block 32, level 4) "
+            f"{b32['decode_tok_s']} tokens/s, {b32['decode_tok_s'] / q4km['decode_tok_s']:.2f}x llama.cpp "
+            f"Q4_K_M with the adapter ({q4km['decode_tok_s']}); block 128 {b128['decode_tok_s']} "
+            f"({b128['decode_tok_s'] / q4km['decode_tok_s']:.2f}x), with a {b128['file_mib']} MiB file "
+            f"against {b32['file_mib']} and a peak of {b128['peak_rss_mib']} MiB against "
+            f"{b32['peak_rss_mib']}. The defaults stay at block 32 and level 4: the quality table "
+            "above shows block 128 losing more of the argmaxes and perplexity, and neither int4 setting "
+            "matching Q4_K_M's quality, so block 128 is a choice for when speed matters more "
+            "(`--int4-block-size 128`). Level 0 is slower on this CPU at no measured gain in quality. "
+            "Threads: with the machine otherwise idle both runtimes are faster on 2 threads than on 1; "
+            "under load llama.cpp's spinning threads stall each other (down to a few tokens/s), so "
+            "`adaptkit generate` leaves llama.cpp's thread count to llama-cpp-python (half the CPUs) "
+            "and gives ONNX Runtime GenAI every usable core.",
+        ]
     return [*out, ""]
 
 

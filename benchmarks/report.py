@@ -241,7 +241,8 @@ def _quality(r: dict) -> list[str]:
         "the table only). `int4 b32/acc4` is what `adaptkit export --onnx --precision int4` writes — "
         "the model builder's defaults for the CPU provider, block size 32 and `accuracy_level` 4 (int8 "
         "activations); the other int4 rows are the same builder child with `block_size`/"
-        "`accuracy_level` set (`adaptkit export --onnx --int4-block-size N --int4-accuracy-level L` sets the same two) on the same bake; level 0 "
+        "`accuracy_level` set (what `adaptkit export --onnx --int4-block-size N "
+        "--int4-accuracy-level L` sets) on the same bake; level 0 "
         "(unset: float activations) is what `--device cuda` gets. int4 graphs keep the embedding table "
         f"in float32 ({spec['vocab']}×{spec['hidden']}: {spec['vocab'] * spec['hidden'] * 4 / 2**20:.0f} "
         "MiB of their size; the builder quantizes MatMul weights).",

@@ -65,6 +65,24 @@ def _reason() -> str:
     return f" (llama.cpp: {said[0][:300]})" if said else ""
 
 
+def _load(model: Path, **settings: Any) -> Any:
+    """``llama_cpp.Llama(model, **settings)``, its failure one error naming the file and llama.cpp's
+    reason (from its log, which never reaches the terminal)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise AdaptkitError(
+            "running a GGUF needs llama-cpp-python", hint="pip install 'adaptkit[gguf]'"
+        ) from None
+    _install_log()
+    _errors.clear()
+    try:
+        return llama_cpp.Llama(str(model), verbose=False, **settings)
+    except (ValueError, RuntimeError) as exc:
+        why = _reason() or f" ({exc})"
+        raise AdaptkitError(f"llama.cpp cannot load this model{why}", path=model) from None
+
+
 class LlamaCppVocab:
     """A GGUF's vocabulary and sizes only (llama.cpp's ``vocab_only`` load: no weights read).
 
@@ -75,19 +93,7 @@ class LlamaCppVocab:
     """
 
     def __init__(self, model: Path) -> None:
-        try:
-            import llama_cpp
-        except ImportError:
-            raise AdaptkitError(
-                "running a GGUF needs llama-cpp-python", hint="pip install 'adaptkit[gguf]'"
-            ) from None
-        _install_log()
-        _errors.clear()
-        try:
-            self.llm = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
-        except (ValueError, RuntimeError) as exc:
-            why = _reason() or f" ({exc})"
-            raise AdaptkitError(f"llama.cpp cannot load this model{why}", path=model) from None
+        self.llm = _load(model, vocab_only=True)
         self.n_vocab = self.llm.n_vocab()
         # A vocab-only load reads no hyperparameters; the metadata has the trained context.
         meta = self.llm.metadata
@@ -136,32 +142,20 @@ class LlamaCppSession:
         kv_f32: bool = True,
         gpu: bool = False,
     ) -> None:
-        try:
-            import llama_cpp
-        except ImportError:
-            raise AdaptkitError(
-                "running a GGUF needs llama-cpp-python", hint="pip install 'adaptkit[gguf]'"
-            ) from None
-        _install_log()
-        _errors.clear()
         kv = {"type_k": F32, "type_v": F32} if kv_f32 else {}
-        try:
-            self.llm = llama_cpp.Llama(
-                str(model),
-                n_ctx=n_ctx,
-                n_batch=min(n_ctx, 512),
-                n_threads=threads,
-                n_threads_batch=threads,
-                logits_all=logits_all,
-                seed=seed,
-                n_gpu_layers=-1 if gpu else 0,
-                verbose=False,
-                **kv,
-            )
-        except (ValueError, RuntimeError) as exc:
-            raise AdaptkitError(
-                f"llama.cpp cannot load this model{_reason() or ': ' + str(exc)}", path=model
-            ) from None
+        self.llm = _load(
+            model,
+            n_ctx=n_ctx,
+            n_batch=min(n_ctx, 512),
+            n_threads=threads,
+            n_threads_batch=threads,
+            logits_all=logits_all,
+            seed=seed,
+            n_gpu_layers=-1 if gpu else 0,
+            **kv,
+        )
+        import llama_cpp  # installed: _load said so otherwise
+
         self._handles = []
         for path, _ in adapters:
             handle = llama_cpp.llama_adapter_lora_init(self.llm._model.model, str(path).encode())
